@@ -1,0 +1,84 @@
+"""The Python API behind `batchpredict.predict` and `batchpredict.load_predictor`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from batchpredict.columns import plan_mapping, to_model_arrays
+from batchpredict.config import RunConfig
+from batchpredict.observe import configure_logging, logging_configured, quiet_tensorflow
+from batchpredict.outputs import output_column_names, prediction_columns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from batchpredict.pipeline import RunSummary
+
+
+def predict(
+    model: str, input_file: str | list[str] | tuple[str, ...], **options: Any
+) -> RunSummary:
+    """Build a `RunConfig` from keyword options and run the CLI's pipeline."""
+    from batchpredict import pipeline
+
+    files = (input_file,) if isinstance(input_file, str) else tuple(input_file)
+    for name in ("features", "keep_columns"):
+        if isinstance(options.get(name), str):
+            options[name] = tuple(options[name].split(","))
+        elif options.get(name) is not None:
+            options[name] = tuple(options[name])
+    config = RunConfig(model=model, input_files=files, **options)
+    quiet_tensorflow(config.log_level)
+    if not logging_configured():
+        configure_logging(config.log_level)
+    return pipeline.run(config)
+
+
+class FramePredictor:
+    """A model loaded once, predicting pandas DataFrames with the CLI's column rules."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_size: int = 1024,
+        signature: str = "serving_default",
+        model_version: int | None = None,
+        unsafe_model_load: bool = False,
+        prediction_column: str = "prediction",
+    ) -> None:
+        from batchpredict.model import load_model
+        from batchpredict.predictor import Predictor
+
+        quiet_tensorflow("info")
+        self.model = load_model(
+            path, signature=signature, version=model_version, unsafe=unsafe_model_load
+        )
+        self.predictor = Predictor(self.model, batch_size)
+        self.prediction_column = prediction_column
+
+    def predict_frame(
+        self,
+        frame: pd.DataFrame,
+        *,
+        features: list[str] | None = None,
+        keep_columns: list[str] | None = None,
+    ) -> pd.DataFrame:
+        """Return the kept columns of `frame` followed by the prediction column(s)."""
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        mapping = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
+        arrays = to_model_arrays(table, mapping, "DataFrame", 0)
+        predictions = self.predictor.predict_arrays(arrays, table.num_rows)
+        names = output_column_names(self.model, self.prediction_column)
+        result = table.select(list(mapping.kept))
+        for name, column in prediction_columns(predictions, names, nested=True):
+            result = result.append_column(name, column)
+        scored: pd.DataFrame = result.to_pandas()
+        return scored
+
+
+def load_predictor(path: str, **options: Any) -> FramePredictor:
+    """Load the model at `path` for `predict_frame`."""
+    return FramePredictor(path, **options)

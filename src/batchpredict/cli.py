@@ -1,0 +1,345 @@
+"""The command line: click options -> one frozen `RunConfig` -> the library.
+
+Nothing here imports TensorFlow or pyarrow at module level, so `--help` and `--version`
+answer at once. `main` is the one boundary where exceptions become exit codes.
+"""
+
+from __future__ import annotations
+
+import signal
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+
+from batchpredict import __version__
+from batchpredict.config import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, RunConfig
+from batchpredict.errors import BatchPredictError, ExitCode
+
+F = TypeVar("F", bound=Callable[..., Any])
+ENV_PREFIX = "BATCHPREDICT_"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that outputs are aborted like on Ctrl-C."""
+
+
+def option(name: str, *extra_decls: str, **kwargs: Any) -> Callable[[F], F]:
+    """`--name` (underscores, as in the contract) plus `--dashed-name`, and its env variable."""
+    dashed = name.replace("_", "-")
+    decls = [f"--{name}", *([f"--{dashed}"] if dashed != name else []), *extra_decls, name]
+    kwargs.setdefault("envvar", f"{ENV_PREFIX}{name.upper()}")
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*decls, **kwargs)
+
+
+def _csv_list(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def model_options(func: F) -> F:
+    """Options that choose and load the model (shared by predict, inspect and validate)."""
+    for decorator in reversed(
+        [
+            option(
+                "model",
+                required=True,
+                help="Keras .keras/.h5 file, SavedModel directory, "
+                "or TF-Serving base directory with numeric versions.",
+            ),
+            option(
+                "signature",
+                default="serving_default",
+                show_default=True,
+                help="SavedModel signature to call.",
+            ),
+            option(
+                "model_version",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Version sub-directory of a TF-Serving base directory (default: highest).",
+            ),
+            option(
+                "unsafe_model_load",
+                is_flag=True,
+                default=False,
+                help="Allow Keras Lambda layers, which run code stored in the model "
+                "(trusted models only).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def mapping_options(func: F) -> F:
+    """Options that decide which columns feed the model and which are kept."""
+    for decorator in reversed(
+        [
+            option(
+                "features",
+                default=None,
+                help="Comma-separated columns for a single [None, k] input, in order "
+                "(default: the k numeric columns that are not kept-only).",
+            ),
+            option(
+                "keep_columns",
+                default=None,
+                help="Comma-separated input columns copied to the output before the "
+                "predictions (default: every column the model does not read).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def logging_options(func: F) -> F:
+    """Options for log lines."""
+    for decorator in reversed(
+        [
+            option(
+                "log_level",
+                type=click.Choice(["debug", "info", "warning", "error"]),
+                default="info",
+                show_default=True,
+                help="debug also lets TensorFlow's own logging through.",
+            ),
+            option(
+                "log_format",
+                type=click.Choice(["auto", "json", "console"]),
+                default="auto",
+                show_default=True,
+                help="auto: console on a terminal, JSON lines otherwise.",
+            ),
+            option(
+                "log_file",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="Append log lines to this file instead of stderr.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="batchpredict")
+def cli() -> None:
+    """Run TensorFlow/Keras models over CSV, JSON lines, Avro and Parquet files."""
+
+
+@cli.command()
+@model_options
+@option(
+    "input_file",
+    multiple=True,
+    required=True,
+    help="File, glob pattern or directory; repeat for more; '-' reads stdin.",
+)
+@option("input_format", default=None, help="Override the format told by the extension.")
+@option("output_file", default=None, help="One output for all inputs; '-' writes to stdout.")
+@option(
+    "output_dir",
+    default=None,
+    help="One output per input, at the input's path relative to its directory or glob root.",
+)
+@option("output_format", default=None, help="Default: the input's format.")
+@mapping_options
+@option(
+    "prediction_column",
+    default="prediction",
+    show_default=True,
+    help="Name of the column for a single model output.",
+)
+@option(
+    "batch_size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Rows per model call; every call has exactly this many (the last is padded).",
+)
+@option(
+    "chunk_size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Rows read, converted and written at a time (bounds memory).",
+)
+@option("device", default="auto", show_default=True, help="auto, cpu, gpu or gpu:N.")
+@option(
+    "gpu_memory_limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap the GPU memory TensorFlow may take, in MB.",
+)
+@option(
+    "lock_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Hold an flock on this file for the run; exit 75 at once if another run has it.",
+)
+@logging_options
+def predict(**options: Any) -> None:
+    """Predict every row of the inputs and write the predictions atomically."""
+    from batchpredict.observe import configure_logging, quiet_tensorflow
+
+    quiet_tensorflow(options["log_level"])
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    config = RunConfig(
+        model=options["model"],
+        input_files=tuple(options["input_file"]),
+        input_format=options["input_format"],
+        output_file=options["output_file"],
+        output_dir=options["output_dir"],
+        output_format=options["output_format"],
+        features=_csv_list(options["features"]),
+        keep_columns=_csv_list(options["keep_columns"]),
+        prediction_column=options["prediction_column"],
+        batch_size=options["batch_size"],
+        chunk_size=options["chunk_size"],
+        signature=options["signature"],
+        model_version=options["model_version"],
+        unsafe_model_load=options["unsafe_model_load"],
+        device=options["device"],
+        gpu_memory_limit=options["gpu_memory_limit"],
+        log_level=options["log_level"],
+        lock_file=options["lock_file"],
+    )
+    from batchpredict import pipeline
+
+    pipeline.run(config)
+
+
+@cli.command()
+@model_options
+@option(
+    "input_file",
+    multiple=True,
+    default=(),
+    help="Also show the column mapping predict would use for this file.",
+)
+@option("input_format", default=None, help="Override the format told by the extension.")
+@mapping_options
+@logging_options
+def inspect(**options: Any) -> None:
+    """Print the model's inputs and outputs (and the column mapping for an input file)."""
+    from batchpredict import pipeline
+    from batchpredict.observe import configure_logging, quiet_tensorflow
+
+    quiet_tensorflow(options["log_level"])
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    for line in pipeline.inspect(
+        model=options["model"],
+        signature=options["signature"],
+        version=options["model_version"],
+        unsafe=options["unsafe_model_load"],
+        input_files=tuple(options["input_file"]),
+        input_format=options["input_format"],
+        features=_csv_list(options["features"]),
+        keep_columns=_csv_list(options["keep_columns"]),
+    ):
+        click.echo(line)
+
+
+@cli.command()
+@model_options
+@option("input_file", multiple=True, required=True, help="File, glob pattern or directory.")
+@option("input_format", default=None, help="Override the format told by the extension.")
+@mapping_options
+@logging_options
+def validate(**options: Any) -> None:
+    """Check the first chunk of every input against the model; write nothing."""
+    from batchpredict import pipeline
+    from batchpredict.observe import configure_logging, quiet_tensorflow
+
+    quiet_tensorflow(options["log_level"])
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    for line in pipeline.validate(
+        model=options["model"],
+        signature=options["signature"],
+        version=options["model_version"],
+        unsafe=options["unsafe_model_load"],
+        input_files=tuple(options["input_file"]),
+        input_format=options["input_format"],
+        features=_csv_list(options["features"]),
+        keep_columns=_csv_list(options["keep_columns"]),
+    ):
+        click.echo(line)
+
+
+@cli.command()
+def formats() -> None:
+    """List the readers and writers and the extensions they claim."""
+    from batchpredict.formats.registry import describe_formats
+
+    click.echo(f"{'format':<10}{'read':<6}{'write':<7}extensions")
+    for name, extensions, can_read, can_write in describe_formats():
+        click.echo(
+            f"{name:<10}{'yes' if can_read else 'no':<6}{'yes' if can_write else 'no':<7}"
+            f"{' '.join(extensions)}"
+        )
+    click.echo("compression by suffix: .gz .bz2 .zst (CSV, TSV, JSON lines)")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and turn every outcome into a documented exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=argv, prog_name="batchpredict", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help, --version
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return ExitCode.USAGE if isinstance(exc, click.UsageError) else int(exc.exit_code)
+    except click.exceptions.Abort:
+        return _fail("interrupted", ExitCode.SIGINT)
+    except BatchPredictError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail(
+            "interrupted by SIGINT; no output was committed for the unfinished work",
+            ExitCode.SIGINT,
+        )
+    except Terminated:
+        return _fail(
+            "terminated by SIGTERM; no output was committed for the unfinished work",
+            ExitCode.SIGTERM,
+        )
+    except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc}",
+            ExitCode.INTERNAL,
+            traceback.format_exc(),
+        )
+    return ExitCode.OK
+
+
+def _fail(message: str, code: ExitCode, trace: str | None = None) -> int:
+    """Log the failure once as a structured line, and make sure stderr has it too."""
+    from batchpredict.observe import (
+        configure_logging,
+        get_logger,
+        logging_configured,
+        logs_to_stderr,
+    )
+
+    if not logging_configured():
+        configure_logging()
+    log = get_logger()
+    fields: dict[str, Any] = {"error": message, "exit_code": int(code)}
+    if trace is not None:
+        fields["traceback"] = trace
+    log.error("run failed", **fields)
+    if not logs_to_stderr():
+        click.echo(f"batchpredict: {message}", err=True)
+    return int(code)

@@ -1,0 +1,81 @@
+"""The frozen run configuration and the checks that need no data and no model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchpredict.errors import UsageError
+
+STDIO = "-"
+DEFAULT_BATCH_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 65536
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one `predict` run needs; built once by the CLI or the Python API."""
+
+    model: str
+    input_files: tuple[str, ...]
+    input_format: str | None = None
+    output_file: str | None = None
+    output_dir: str | None = None
+    output_format: str | None = None
+    features: tuple[str, ...] | None = None
+    keep_columns: tuple[str, ...] | None = None
+    prediction_column: str = "prediction"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    signature: str = "serving_default"
+    model_version: int | None = None
+    unsafe_model_load: bool = False
+    device: str = "auto"
+    gpu_memory_limit: int | None = None
+    log_level: str = "info"
+    lock_file: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(config: RunConfig) -> None:
+    """Refuse option combinations that cannot work, before anything is read or loaded."""
+    if not config.input_files:
+        raise UsageError("no --input_file given")
+    if config.output_file is not None and config.output_dir is not None:
+        raise UsageError("--output_file and --output_dir cannot be used together")
+    if STDIO in config.input_files:
+        if config.input_format is None:
+            raise UsageError("reading stdin ('-') needs --input_format")
+        if len(config.input_files) > 1:
+            raise UsageError("stdin ('-') cannot be combined with other --input_file values")
+        if config.output_file is None:
+            raise UsageError("reading stdin ('-') needs --output_file (a path, or '-' for stdout)")
+    if config.output_dir == STDIO:
+        raise UsageError("--output_dir cannot be '-'; use --output_file - for stdout")
+    if config.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
+    if config.chunk_size < 1:
+        raise UsageError(f"--chunk_size must be at least 1, got {config.chunk_size}")
+    if config.model_version is not None and config.model_version < 0:
+        raise UsageError(
+            f"--model_version must be a non-negative number, got {config.model_version}"
+        )
+    if config.gpu_memory_limit is not None and config.gpu_memory_limit < 1:
+        raise UsageError("--gpu_memory_limit is in MB and must be at least 1")
+    if not config.prediction_column:
+        raise UsageError("--prediction_column cannot be empty")
+    _validate_device(config.device)
+    if config.features is not None and config.keep_columns is not None:
+        both = sorted(set(config.features) & set(config.keep_columns))
+        if both:
+            raise UsageError(
+                f"column(s) {', '.join(both)} named in both --features and --keep_columns"
+            )
+
+
+def _validate_device(device: str) -> None:
+    name, _, index = device.partition(":")
+    if name not in DEVICE_CHOICES or (index and (name != "gpu" or not index.isdigit())):
+        raise UsageError(f"--device must be auto, cpu, gpu or gpu:N, got {device!r}")

@@ -1,0 +1,74 @@
+"""Error classes and the one table that maps them to process exit codes.
+
+Every failure a user can act on is raised as a `BatchPredictError` subclass whose
+`exit_code` is the documented one (README "Exit codes"); `cli.main` is the only place that
+turns exceptions into exit statuses.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit statuses; values follow BSD sysexits where one fits."""
+
+    OK = 0
+    USAGE = 2
+    DATA = 65
+    NO_INPUT = 66
+    INTERNAL = 70
+    CANNOT_CREATE_OUTPUT = 73
+    IO = 74
+    LOCKED = 75
+    MODEL = 78
+    SIGINT = 130
+    SIGTERM = 143
+
+
+class BatchPredictError(Exception):
+    """Base class: a failure with a one-line message meant for the user."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class UsageError(BatchPredictError):
+    """Options that contradict each other or cannot work, found before reading data."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataError(BatchPredictError):
+    """The data does not fit the model: missing column, wrong dtype or shape, bad rows."""
+
+    exit_code = ExitCode.DATA
+
+
+class InputMissingError(BatchPredictError):
+    """An input is missing, unreadable or empty, or a pattern matched no file."""
+
+    exit_code = ExitCode.NO_INPUT
+
+
+class OutputError(BatchPredictError):
+    """An output cannot be created (bad directory, output would overwrite an input)."""
+
+    exit_code = ExitCode.CANNOT_CREATE_OUTPUT
+
+
+class ReadWriteError(BatchPredictError):
+    """An I/O failure while reading or writing: corrupt or truncated file, disk full."""
+
+    exit_code = ExitCode.IO
+
+
+class LockHeldError(BatchPredictError):
+    """Another run holds the lock file."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class ModelError(BatchPredictError):
+    """The model cannot be loaded or used with the options given."""
+
+    exit_code = ExitCode.MODEL

@@ -1,0 +1,262 @@
+"""The reader and writer interfaces every format implements.
+
+A reader streams one input as Arrow record batches of about `chunk_size` rows; memory must
+not grow with the file. A writer has a lifecycle — open, write, commit, abort — and writes
+into a temporary file beside its target that `commit` renames into place, so that a failed
+run never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, ClassVar
+
+import pyarrow as pa
+
+from batchpredict.errors import InputMissingError, OutputError, ReadWriteError, UsageError
+
+#: Compression suffixes recognised on inputs and outputs, mapped to Arrow codec names.
+COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+
+STDIO = "-"
+
+
+def compression_of(path: str) -> str | None:
+    """The Arrow codec name implied by a path's last suffix, or None."""
+    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
+
+
+def strip_compression(path: str) -> str:
+    """The path without a compression suffix (`a.csv.gz` -> `a.csv`)."""
+    return path[: -len(Path(path).suffix)] if compression_of(path) else path
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """A library exception's message squeezed onto one line, for our one-line errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class PrefixedStream:
+    """A read-only binary file object: `head` (bytes already taken from `source`), then the rest.
+
+    Lets a reader sniff or sample the start of a non-seekable input (stdin, a decompressor)
+    and still hand the whole stream to a parser.
+    """
+
+    def __init__(self, head: bytes, source: pa.NativeFile) -> None:
+        self._head = memoryview(head)
+        self._source = source
+        self._position = 0
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all remaining for a negative size); b"" at the end."""
+        if self._head:
+            take = len(self._head) if size < 0 else min(size, len(self._head))
+            data = self._head[:take].tobytes()
+            self._head = self._head[take:]
+            # Top up from the source so that short reads only ever mean end of input.
+            if size < 0 or take < size:
+                data += self._source.read() if size < 0 else self._source.read(size - take)
+        else:
+            data = self._source.read() if size < 0 else self._source.read(size)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        """Bytes read so far."""
+        return self._position
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def seekable(self) -> bool:
+        """Never seekable: the head is consumed as it is read."""
+        return False
+
+    def close(self) -> None:
+        """Close the underlying source."""
+        self.closed = True
+        self._source.close()
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What every reader needs besides the path."""
+
+    chunk_size: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise UsageError(f"chunk size must be at least 1, not {self.chunk_size}")
+
+
+class Reader:
+    """Streams one input file (or stdin for `-`) as Arrow record batches."""
+
+    name: ClassVar[str]
+    extensions: ClassVar[tuple[str, ...]]
+    #: False for formats that need random access (Parquet): stdin is buffered in memory.
+    streamable: ClassVar[bool] = True
+    #: False for formats with their own internal compression (Parquet, Avro).
+    accepts_compression_suffix: ClassVar[bool] = True
+
+    def __init__(self, path: str, options: ReadOptions) -> None:
+        self.path = path
+        self.options = options
+
+    def open_binary(self) -> pa.NativeFile:
+        """The input as an Arrow stream, decompressed by suffix; stdin for `-`."""
+        try:
+            if self.path == STDIO:
+                return pa.PythonFile(sys.stdin.buffer, mode="r")
+            return pa.input_stream(self.path, compression="detect")
+        except FileNotFoundError as exc:
+            raise InputMissingError(f"{self.path}: no such file") from exc
+        except (IsADirectoryError, PermissionError) as exc:
+            raise InputMissingError(f"{self.path}: cannot read: {error_text(exc)}") from exc
+        except OSError as exc:
+            raise ReadWriteError(f"{self.path}: cannot open: {error_text(exc)}") from exc
+
+    def total_rows(self) -> int | None:
+        """Row count from metadata when the format has it cheaply (for progress), else None."""
+        return None
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        """Yield the file's rows in order as record batches of about `chunk_size` rows.
+
+        Raises `ReadWriteError` (corrupt, truncated) or `DataError` (malformed rows) with
+        the file name and, where known, the row or byte offset.
+        """
+        raise NotImplementedError
+
+
+class Writer:
+    """Writes record batches to a temporary file, renamed into place on `commit`.
+
+    Subclasses implement `_start`, `_write` and `_finish` against a binary sink; this base
+    class owns the temporary file, compression by suffix, the rename and the clean-up.
+    """
+
+    name: ClassVar[str]
+    extensions: ClassVar[tuple[str, ...]]
+    #: False when list columns cannot be stored (CSV, TSV): they are split into scalars.
+    supports_nested: ClassVar[bool] = True
+    accepts_compression_suffix: ClassVar[bool] = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._temp_path: str | None = None
+        self._raw: BinaryIO | None = None
+        self._sink: pa.NativeFile | None = None
+        self._schema: pa.Schema | None = None
+        self.rows_written = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self, schema: pa.Schema) -> None:
+        """Create the temporary file beside the target and start the format's stream."""
+        self._schema = schema
+        if self.path == STDIO:
+            self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
+        else:
+            target = Path(self.path)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, temp = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+                )
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create output: {exc}") from exc
+            self._temp_path = temp
+            self._raw = os.fdopen(fd, "wb")
+            sink: pa.NativeFile = pa.PythonFile(self._raw, mode="w")
+            codec = compression_of(self.path) if self.accepts_compression_suffix else None
+            if codec:
+                sink = pa.CompressedOutputStream(sink, codec)
+            self._sink = sink
+        try:
+            self._start(self._sink, schema)
+        except OSError as exc:
+            self.abort()
+            raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
+        except BaseException:
+            # E.g. a schema the format cannot hold: no temporary file may stay behind.
+            self.abort()
+            raise
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append a batch whose schema equals the one given to `open`."""
+        try:
+            self._write(batch)
+        except OSError as exc:
+            raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
+        self.rows_written += batch.num_rows
+
+    def commit(self) -> None:
+        """Finish the format, flush to disk and rename the temporary file into place."""
+        try:
+            self._finish()
+            assert self._sink is not None
+            if self.path == STDIO:
+                self._sink.flush()
+                sys.stdout.buffer.flush()
+                return
+            # Closing the Arrow stream also closes the file under it (and finishes any
+            # compression frame), so the data is synced through a fresh descriptor.
+            self._sink.close()
+            assert self._raw is not None and self._temp_path is not None
+            if not self._raw.closed:
+                self._raw.close()
+            fd = os.open(self._temp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # mkstemp creates 0600; outputs get the usual umask-governed mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            temp = Path(self._temp_path)
+            temp.chmod(0o666 & ~umask)
+            temp.replace(self.path)
+            self._temp_path = None
+        except OSError as exc:
+            self.abort()
+            raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target (and any previous output) stays untouched."""
+        with contextlib.suppress(Exception):  # best effort while already failing
+            self._abandon()
+        for closer in (self._sink, self._raw):
+            try:
+                if closer is not None and not closer.closed:
+                    closer.close()
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                pass
+        if self._temp_path is not None:
+            Path(self._temp_path).unlink(missing_ok=True)
+            self._temp_path = None
+
+    # -- format hooks ----------------------------------------------------------------
+    def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        raise NotImplementedError
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """Release the format's own resources on abort (before the sink is closed)."""

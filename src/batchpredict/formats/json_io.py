@@ -1,0 +1,399 @@
+"""JSON lines through pyarrow's JSON parser; a `[ ... ]` array of objects streamed in Python.
+
+JSON lines are cut into blocks of whole lines of about `chunk_size` rows, each parsed by
+Arrow with the schema inferred from the first block, so every batch has the same schema
+and an error names its line. A file that starts with `[` holds one array of objects; it is
+decoded element by element with the standard library, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import datetime
+import decimal
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from batchpredict.errors import DataError, InputMissingError, ReadWriteError
+from batchpredict.formats.base import Reader, Writer, error_text
+
+_SAMPLE_BYTES = 1 << 20
+_MIN_BLOCK = 64 << 10
+_MAX_BLOCK = 256 << 20
+#: A JSON array element may grow this large before it is declared malformed.
+_MAX_ELEMENT_CHARS = 256 << 20
+_WHITESPACE = " \t\r\n"
+
+_COLUMN = re.compile(r"Column\(/?([^)]*)\)")
+_ROW_SUFFIX = re.compile(r" in row \d+$")
+
+
+def _first_failure(count: int, fails: Callable[[int], bool]) -> int:
+    """The smallest n in 1..count with `fails(n)` (which must be monotonic), by bisection."""
+    low, high = 1, count
+    while low < high:
+        middle = (low + high) // 2
+        if fails(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _arrow_message(exc: BaseException) -> str:
+    """Arrow's JSON error without its block-relative row, with columns named plainly."""
+    text = _ROW_SUFFIX.sub("", error_text(exc)).removeprefix("JSON parse error: ")
+    return _COLUMN.sub(lambda m: f"column {m.group(1).replace('/', '.')!r}", text)
+
+
+class JsonLinesReader(Reader):
+    """Reads one JSON object per line (or a single JSON array of objects)."""
+
+    name = "jsonl"
+    extensions = (".jsonl", ".ndjson", ".json")
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        """Yield batches of about `chunk_size` rows, all with the first block's schema."""
+        with self.open_binary() as stream:
+            try:
+                head = stream.read(_SAMPLE_BYTES)
+                if len(head) < _SAMPLE_BYTES and not head.removeprefix(codecs.BOM_UTF8).strip():
+                    raise InputMissingError(f"{self.path}: empty input")
+                if head.lstrip(codecs.BOM_UTF8 + _WHITESPACE.encode()).startswith(b"["):
+                    yield from self._iter_array(stream, head)
+                else:
+                    yield from self._iter_lines(stream, head.removeprefix(codecs.BOM_UTF8))
+            except OSError as exc:
+                raise ReadWriteError(f"{self.path}: cannot read: {error_text(exc)}") from exc
+
+    # -- JSON lines ------------------------------------------------------------------
+    def _iter_lines(self, stream: pa.NativeFile, pending: bytes) -> Iterator[pa.RecordBatch]:
+        """Parse blocks of whole lines with Arrow."""
+        lines_in_sample = max(pending.count(b"\n"), 1)
+        size = int(len(pending) / lines_in_sample * self.options.chunk_size)
+        size = min(max(size, _MIN_BLOCK), _MAX_BLOCK)
+        schema: pa.Schema | None = None
+        schema_lines = 0
+        line, offset, at_end = 1, 0, False
+        while not at_end:
+            more = stream.read(max(size - len(pending), 1))
+            at_end = not more
+            data = pending + more
+            cut = len(data) if at_end else data.rfind(b"\n") + 1
+            block, pending = data[:cut], data[cut:]
+            if not block:  # one line longer than the block: read on
+                continue
+            table = self._parse_lines(block, line, offset, schema, schema_lines)
+            line += block.count(b"\n")
+            offset += len(block)
+            if table.num_rows:
+                if schema is None:
+                    schema, schema_lines = table.schema, line - 1
+                yield from table.to_batches(max_chunksize=self.options.chunk_size)
+
+    def _parse_lines(
+        self, block: bytes, line: int, offset: int, schema: pa.Schema | None, schema_lines: int
+    ) -> pa.Table:
+        """One block of lines (the first on `line`) as a table with `schema`, inferred if
+        None (else taken from the first `schema_lines` lines)."""
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_line = line + block.count(b"\n", 0, exc.start)
+            raise DataError(
+                f"{self.path}: line {bad_line} (byte {offset + exc.start}): invalid UTF-8"
+            ) from exc
+        if schema is None:
+            options = pajson.ParseOptions()
+        else:
+            # New fields after the first block would change the schema mid-stream.
+            options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+
+        def parse(data: bytes) -> pa.Table:
+            # Arrow crashes (segfault, pyarrow 26) when the first document is `null`: an
+            # empty object first, sliced off after, avoids that.
+            data = b"{}\n" + data
+            table = pajson.read_json(
+                pa.BufferReader(data),
+                read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 20)),
+                parse_options=options,
+            )
+            # Rows without any field carry nothing (and Arrow cannot slice zero columns).
+            return table.slice(1) if table.num_columns else pa.table({})
+
+        try:
+            return parse(block)
+        except pa.ArrowException as exc:
+            failure = exc
+        # Arrow's row numbers count documents within a block; bisect for the line.
+        lines = block.split(b"\n")
+
+        def fails(count: int) -> bool:
+            try:
+                parse(b"\n".join(lines[:count]) + b"\n")
+            except pa.ArrowException:
+                return True
+            return False
+
+        bad = _first_failure(len(lines), fails)
+        try:
+            parse(b"\n".join(lines[:bad]) + b"\n")
+        except pa.ArrowException as exc:
+            failure = exc
+        message = _arrow_message(failure)
+        if schema is not None:
+            try:
+                value = json.loads(lines[bad - 1])
+            except (ValueError, RecursionError):
+                pass  # a syntax error: Arrow's message says it all
+            else:  # valid JSON that does not fit the schema
+                if message == "unexpected field" and isinstance(value, dict):
+                    message = f"new fields {sorted(set(value) - set(schema.names))}"
+                message += f" (columns and types come from the first {schema_lines} lines)"
+        raise DataError(f"{self.path}: line {line + bad - 1}: {message}") from failure
+
+    # -- JSON array ------------------------------------------------------------------
+    def _iter_array(self, stream: pa.NativeFile, head: bytes) -> Iterator[pa.RecordBatch]:
+        """Decode `[ {...}, ... ]` element by element, in batches of `chunk_size` rows."""
+        text = _TextBuffer(self.path, stream, head)
+        parser = json.JSONDecoder(parse_constant=self._reject_constant)
+        text.next_char()  # the "[" that chose this path
+        text.position += 1
+        rows: list[Any] = []
+        first_lines: list[int] = []
+        schema: pa.Schema | None = None
+        char = text.next_char()
+        while char != "]":
+            first_lines.append(text.line_at(text.position))
+            rows.append(self._decode_element(text, parser))
+            if len(rows) == self.options.chunk_size:
+                table = self._rows_table(rows, first_lines, schema)
+                schema = schema or table.schema
+                yield from table.to_batches()
+                rows, first_lines = [], []
+            char = text.next_char()
+            if char == ",":
+                text.position += 1
+                char = text.next_char()
+                if char == "]":
+                    raise text.error("trailing comma before ']'")
+            elif char != "]":
+                raise text.error("expected ',' or ']' after an array element")
+        text.position += 1
+        if text.next_char():
+            raise text.error("unexpected data after the JSON array")
+        if rows:
+            yield from self._rows_table(rows, first_lines, schema).to_batches()
+
+    def _decode_element(self, text: _TextBuffer, parser: json.JSONDecoder) -> Any:
+        """The JSON value at the current position, reading more input while it is cut off."""
+        while True:
+            try:
+                value, end = parser.raw_decode(text.text, text.position)
+            except json.JSONDecodeError as exc:
+                # The standard scanner fails near the end of the text (or on an open
+                # string) when the value merely continues in input not read yet.
+                cut_off = exc.pos >= len(text.text) - 8 or exc.msg.startswith("Unterminated")
+                too_big = len(text.text) - text.position > _MAX_ELEMENT_CHARS
+                if cut_off and not too_big and text.read_more():
+                    continue
+                raise text.error(exc.msg, exc.pos) from exc
+            except RecursionError as exc:
+                raise text.error("JSON nested too deeply") from exc
+            except ValueError as exc:  # from _reject_constant
+                raise text.error(str(exc)) from exc
+            if not isinstance(value, dict):
+                raise text.error("array element is not a JSON object")
+            text.position = end
+            return value
+
+    def _rows_table(
+        self, rows: list[dict[str, Any]], first_lines: list[int], schema: pa.Schema | None
+    ) -> pa.Table:
+        """Rows as a table: the first chunk infers the schema, later ones must fit it."""
+        # pa.array infers a struct from the keys of all rows (from_pylist uses the first).
+        kind = None if schema is None else pa.struct(schema)
+
+        def convert(count: int) -> pa.Table:
+            array = pa.array(rows[:count], type=kind)
+            return pa.Table.from_batches([pa.RecordBatch.from_struct_array(array)])
+
+        if schema is not None:
+            unknown = set().union(*rows).difference(schema.names)
+            if unknown:
+                first = next(i for i, row in enumerate(rows) if not unknown.isdisjoint(row))
+                raise DataError(
+                    f"{self.path}: line {first_lines[first]}: fields {sorted(unknown)} are "
+                    f"not in the first {self.options.chunk_size} array elements"
+                )
+        try:
+            return convert(len(rows))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            failure: Exception = exc
+
+        def fails(count: int) -> bool:
+            try:
+                convert(count)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                return True
+            return False
+
+        bad = _first_failure(len(rows), fails)
+        hint = "" if schema is None else " (types come from the first array elements)"
+        raise DataError(
+            f"{self.path}: line {first_lines[bad - 1]}: {error_text(failure)}{hint}"
+        ) from failure
+
+    @staticmethod
+    def _reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+
+_NON_WHITESPACE = re.compile(r"[^ \t\r\n]")
+
+
+class _TextBuffer:
+    """Decoded text of a byte stream, read on demand, that tracks line numbers."""
+
+    def __init__(self, path: str, stream: pa.NativeFile, head: bytes) -> None:
+        self.path = path
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.text = ""
+        self.position = 0
+        self.at_end = False
+        self._line = 1  # the line of text[self._mark]
+        self._mark = 0
+        self._feed(head)
+
+    def _feed(self, data: bytes) -> None:
+        self.at_end = not data
+        try:
+            self.text += self._decoder.decode(data, final=self.at_end)
+        except UnicodeDecodeError as exc:
+            raise self.error("invalid UTF-8", len(self.text)) from exc
+
+    def read_more(self) -> bool:
+        """Drop the text before `position`, append more input; False at the end."""
+        if self.at_end:
+            return False
+        self.line_at(self.position)
+        self.text = self.text[self.position :]
+        self._mark -= self.position
+        self.position = 0
+        # At least double the buffer, so that a huge element is not re-parsed too often.
+        self._feed(self._stream.read(max(_SAMPLE_BYTES, len(self.text))))
+        return True
+
+    def next_char(self) -> str:
+        """Skip whitespace; the character at `position`, or "" at the end."""
+        while True:
+            match = _NON_WHITESPACE.search(self.text, self.position)
+            if match:
+                self.position = match.start()
+                return self.text[self.position]
+            self.position = len(self.text)
+            if not self.read_more():
+                return ""
+
+    def line_at(self, position: int) -> int:
+        """The 1-based line of `text[position]` (positions only move forward)."""
+        if position >= self._mark:
+            self._line += self.text.count("\n", self._mark, position)
+            self._mark = position
+            return self._line
+        return self._line - self.text.count("\n", position, self._mark)
+
+    def error(self, message: str, position: int | None = None) -> DataError:
+        """A DataError naming the file and the line of `position` (default: current)."""
+        line = self.line_at(self.position if position is None else position)
+        return DataError(f"{self.path}: line {line}: {message}")
+
+
+# -- writing ---------------------------------------------------------------------------
+def _has_float(kind: pa.DataType) -> bool:
+    """Whether floats occur anywhere in `kind`."""
+    if pa.types.is_floating(kind):
+        return True
+    if pa.types.is_map(kind):  # to_pylist gives dicts; NaN in them fails loudly
+        return False
+    return any(_has_float(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _json_floats(array: pa.Array) -> pa.Array:
+    """`array` with NaN and infinities as nulls and floats as float64, at any depth.
+
+    float32 goes through its shortest decimal text, so that Python prints 0.1 and not
+    0.10000000149011612; both are exact, but only one is what the model produced.
+    """
+    kind = array.type
+    if pa.types.is_floating(kind):
+        if pa.types.is_float16(kind):
+            array = pc.cast(array, pa.float32())
+        if not pa.types.is_float64(array.type):
+            array = pc.cast(pc.cast(array, pa.string()), pa.float64())
+        return pc.if_else(pc.is_finite(array), array, pa.scalar(None, pa.float64()))
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list_view(kind):
+        return _json_floats(pc.cast(array, pa.list_(kind.value_field)))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = array.offsets
+        start, stop = offsets[0].as_py(), offsets[-1].as_py()
+        values = _json_floats(array.values.slice(start, stop - start))
+        # Rebased offsets: Arrow cannot combine a null mask with sliced offsets.
+        return type(array).from_arrays(pc.subtract(offsets, start), values, mask=array.is_null())
+    if pa.types.is_struct(kind):
+        return pa.StructArray.from_arrays(
+            [_json_floats(child) for child in array.flatten()],
+            fields=[kind.field(i) for i in range(kind.num_fields)],
+            mask=array.is_null(),
+        )
+    return array
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the Python values Arrow gives that json cannot encode itself."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if hasattr(value, "isoformat"):  # datetime, date, time
+        return value.isoformat()
+    return str(value)  # UUID and other scalar-like objects
+
+
+class JsonLinesWriter(Writer):
+    """Writes one JSON object per line; NaN and infinities become null (valid JSON)."""
+
+    name = "jsonl"
+    extensions = (".jsonl", ".ndjson", ".json")
+
+    def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        self._out = sink
+        self._encode = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
+        ).encode
+        self._float_columns = [i for i, field in enumerate(schema) if _has_float(field.type)]
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        for i in self._float_columns:
+            column = _json_floats(batch.column(i))
+            batch = batch.set_column(i, batch.schema.field(i).with_type(column.type), column)
+        try:
+            text = "\n".join(map(self._encode, batch.to_pylist(maps_as_pydicts="lossy")))
+        except ValueError as exc:  # NaN inside a map, which _json_floats leaves alone
+            raise DataError(f"{self.path}: cannot write as JSON: {error_text(exc)}") from exc
+        self._out.write((text + "\n").encode())
+
+    def _finish(self) -> None:
+        pass

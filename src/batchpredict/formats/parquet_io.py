@@ -1,0 +1,146 @@
+"""Parquet through pyarrow.parquet: row-group streaming in, one row group per batch out."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batchpredict.errors import DataError, InputMissingError, ReadWriteError
+from batchpredict.formats.base import STDIO, Reader, ReadOptions, Writer, error_text
+
+
+class ParquetReader(Reader):
+    """Reads Parquet files; stdin is buffered in memory since Parquet needs random access."""
+
+    name = "parquet"
+    extensions = (".parquet", ".pq")
+    streamable = False
+    accepts_compression_suffix = False
+
+    def __init__(self, path: str, options: ReadOptions) -> None:
+        super().__init__(path, options)
+        self._stdin: pa.Buffer | None = None
+
+    def _open(self, int96_unit: str = "us") -> pq.ParquetFile:
+        """The ParquetFile, with errors turned into ours."""
+        source: str | pa.BufferReader = self.path
+        if self.path == STDIO:
+            if self._stdin is None:  # read once: total_rows and iter_batches both need it
+                self._stdin = pa.py_buffer(sys.stdin.buffer.read())
+            source = pa.BufferReader(self._stdin)
+        try:
+            parquet = pq.ParquetFile(
+                source,
+                # Spark's INT96 timestamps overflow nanoseconds: read them as microseconds.
+                coerce_int96_timestamp_unit=int96_unit,
+                # Otherwise pages with a wrong CRC are read silently.
+                page_checksum_verification=True,
+            )
+            # Decode every column name now: pyarrow raises on invalid UTF-8 only when a
+            # name is first used, which could be anywhere downstream.
+            str(parquet.schema_arrow)
+            return parquet
+        except UnicodeDecodeError as exc:
+            raise ReadWriteError(f"{self.path}: column names are not valid UTF-8") from exc
+        except FileNotFoundError as exc:
+            raise InputMissingError(f"{self.path}: no such file") from exc
+        except (IsADirectoryError, PermissionError) as exc:
+            raise InputMissingError(f"{self.path}: cannot read: {error_text(exc)}") from exc
+        except (pa.ArrowException, OSError) as exc:
+            if self._size() == 0:
+                raise InputMissingError(f"{self.path}: empty input") from exc
+            raise ReadWriteError(
+                f"{self.path}: not a readable Parquet file: {error_text(exc)}"
+            ) from exc
+
+    def _size(self) -> int | None:
+        """The input's size in bytes, if known."""
+        if self._stdin is not None:
+            return int(self._stdin.size)
+        try:
+            return Path(self.path).stat().st_size
+        except OSError:
+            return None
+
+    def total_rows(self) -> int | None:
+        """The row count from the footer."""
+        return int(self._open().metadata.num_rows)
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        """Yield batches of at most `chunk_size` rows, row group by row group."""
+        parquet = self._open()
+        int96 = self._int96_in_seconds(parquet)
+        rows = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=self.options.chunk_size):
+                if int96 is not None:
+                    self._check_int96(batch, next(int96), rows)
+                rows += batch.num_rows
+                yield batch
+        except (pa.ArrowException, OSError) as exc:
+            raise ReadWriteError(
+                f"{self.path}: unreadable Parquet data after row {rows}: {error_text(exc)}"
+            ) from exc
+        finally:
+            parquet.close()
+
+    def _int96_in_seconds(self, parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch] | None:
+        """The top-level INT96 columns read again in seconds, batch by batch, or None.
+
+        pyarrow converts an INT96 timestamp beyond the nanosecond range wrongly even in
+        microseconds (e.g. year 290000 from Spark); in seconds it goes wrong differently,
+        so a disagreement between the two readings exposes the bad value.
+        """
+        schema = parquet.schema
+        columns = [
+            schema.column(i).path
+            for i in range(len(schema))
+            if schema.column(i).physical_type == "INT96" and "." not in schema.column(i).path
+        ]
+        if not columns:
+            return None
+        again = self._open(int96_unit="s")
+        batches: Iterator[pa.RecordBatch] = again.iter_batches(
+            batch_size=self.options.chunk_size, columns=columns
+        )
+        return batches
+
+    def _check_int96(self, batch: pa.RecordBatch, seconds: pa.RecordBatch, rows: int) -> None:
+        """Raise DataError where the microsecond and second readings disagree."""
+        for name in seconds.schema.names:
+            micros = pc.divide(batch.column(name).cast(pa.int64()), 1_000_000)
+            drift = pc.abs(pc.subtract(micros, seconds.column(name).cast(pa.int64())))
+            bad = pc.greater(drift, 1)
+            if pc.any(bad).as_py():
+                row = rows + pc.index(bad, True).as_py() + 1
+                raise DataError(
+                    f"{self.path}: row {row}, column {name!r}: INT96 timestamp out of the "
+                    "range pyarrow converts correctly"
+                )
+
+
+class ParquetWriter(Writer):
+    """Writes a snappy-compressed Parquet file, one row group per batch written."""
+
+    name = "parquet"
+    extensions = (".parquet", ".pq")
+    accepts_compression_suffix = False
+
+    def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        self._writer = pq.ParquetWriter(sink, schema, compression="snappy")
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+
+    def _finish(self) -> None:
+        self._writer.close()
+
+    def _abandon(self) -> None:
+        # Closed here, before its sink: otherwise its destructor writes to a closed file.
+        if getattr(self, "_writer", None) is not None:
+            self._writer.close()

@@ -1,0 +1,107 @@
+"""Which reader and writer class handles which format name and file extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchpredict.errors import UsageError
+from batchpredict.formats.avro_io import AvroReader, AvroWriter
+from batchpredict.formats.base import (
+    COMPRESSION_SUFFIXES,
+    STDIO,
+    Reader,
+    ReadOptions,
+    Writer,
+    compression_of,
+    strip_compression,
+)
+from batchpredict.formats.csv_io import CsvReader, CsvWriter, TsvReader, TsvWriter
+from batchpredict.formats.json_io import JsonLinesReader, JsonLinesWriter
+from batchpredict.formats.parquet_io import ParquetReader, ParquetWriter
+
+READERS: dict[str, type[Reader]] = {
+    cls.name: cls for cls in (CsvReader, TsvReader, JsonLinesReader, AvroReader, ParquetReader)
+}
+WRITERS: dict[str, type[Writer]] = {
+    cls.name: cls for cls in (CsvWriter, TsvWriter, JsonLinesWriter, AvroWriter, ParquetWriter)
+}
+#: Other names users reach for; each maps to a registered name.
+ALIASES: dict[str, str] = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet", "tab": "tsv"}
+
+
+def _extensions() -> dict[str, str]:
+    """Extension (".csv") -> format name, over readers and writers."""
+    classes: list[type[Reader] | type[Writer]] = [*READERS.values(), *WRITERS.values()]
+    return {ext: cls.name for cls in classes for ext in cls.extensions}
+
+
+def _canonical(format_name: str, table: dict[str, type[Reader]] | dict[str, type[Writer]]) -> str:
+    """The registered name for a user-given format name, or a UsageError listing them."""
+    name = format_name.strip().lower().lstrip(".")
+    name = ALIASES.get(name, name)
+    if name not in table:
+        raise UsageError(
+            f"unknown format {format_name!r}; valid formats: {', '.join(sorted(table))}"
+        )
+    return name
+
+
+def format_for_path(path: str) -> str | None:
+    """The format implied by a path's extension (after any .gz/.bz2/.zst), or None."""
+    if path == STDIO:
+        return None
+    return _extensions().get(Path(strip_compression(path)).suffix.lower())
+
+
+def _format_of(path: str, format_name: str | None, option: str) -> str:
+    """The explicit format if given, else the one the extension implies."""
+    if format_name:
+        return format_name
+    found = format_for_path(path)
+    if found is None:
+        what = "stdin/stdout has no extension" if path == STDIO else "unknown file extension"
+        known = ", ".join(sorted(_extensions()))
+        raise UsageError(
+            f"{path}: {what}; pass {option} (known extensions: {known}, "
+            f"optionally followed by {', '.join(COMPRESSION_SUFFIXES)})"
+        )
+    return found
+
+
+def _check_compression(path: str, name: str, accepts: bool) -> None:
+    """Refuse .gz/.bz2/.zst on formats that compress internally."""
+    suffix = Path(path).suffix
+    if compression_of(path) and not accepts:
+        raise UsageError(
+            f"{path}: {name} files are compressed internally; remove the {suffix} suffix"
+        )
+
+
+def reader_for(path: str, format_name: str | None, options: ReadOptions) -> Reader:
+    """A reader for `path`, by `format_name` if given, else by extension."""
+    name = _canonical(_format_of(path, format_name, "--input_format"), READERS)
+    cls = READERS[name]
+    _check_compression(path, name, cls.accepts_compression_suffix)
+    return cls(path, options)
+
+
+def writer_for(path: str, format_name: str | None) -> Writer:
+    """A writer for `path`, by `format_name` if given, else by extension."""
+    name = _canonical(_format_of(path, format_name, "--output_format"), WRITERS)
+    cls = WRITERS[name]
+    _check_compression(path, name, cls.accepts_compression_suffix)
+    return cls(path)
+
+
+def default_extension(format_name: str) -> str:
+    """The usual extension for output files of a format (".csv", ".parquet", ...)."""
+    return WRITERS[_canonical(format_name, WRITERS)].extensions[0]
+
+
+def describe_formats() -> list[tuple[str, tuple[str, ...], bool, bool]]:
+    """(name, extensions, can read, can write) for every format, by name."""
+    rows = []
+    for name in sorted(READERS.keys() | WRITERS.keys()):
+        cls = READERS.get(name) or WRITERS[name]
+        rows.append((name, cls.extensions, name in READERS, name in WRITERS))
+    return rows

@@ -1,0 +1,235 @@
+"""Where outputs go, what their columns are, and the files written after them.
+
+Output planning happens before anything is read: every input gets its target, two inputs
+never share one by accident, and no output may be an input. Prediction arrays become Arrow
+columns here, split into `name_0..name_{n-1}` for formats without list columns (CSV, TSV).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from batchpredict.config import STDIO, RunConfig
+from batchpredict.errors import DataError, OutputError, ReadWriteError
+from batchpredict.formats.base import compression_of, strip_compression
+from batchpredict.formats.registry import WRITERS, default_extension, format_for_path
+from batchpredict.model import LoadedModel
+from batchpredict.sources import InputFile
+
+SUCCESS_MARKER = "_SUCCESS"
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """One output file and the inputs whose predictions it holds, in order."""
+
+    path: str
+    format: str
+    inputs: tuple[InputFile, ...]
+
+
+def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputTarget]:
+    """Decide every output path and format; refuse collisions and outputs that are inputs."""
+    if config.output_format is not None and config.output_format not in WRITERS:
+        raise OutputError(
+            f"unknown --output_format {config.output_format!r}; "
+            f"choose from {', '.join(sorted(WRITERS))}"
+        )
+    if config.output_file is not None:
+        fmt = (
+            config.output_format
+            or (None if config.output_file == STDIO else format_for_path(config.output_file))
+            or inputs[0].format
+        )
+        targets = [OutputTarget(config.output_file, fmt, tuple(inputs))]
+    else:
+        targets = []
+        for item in inputs:
+            fmt = config.output_format or item.format
+            if config.output_dir is not None:
+                path = str(Path(config.output_dir) / _renamed(item.relative_path, item.format, fmt))
+            else:
+                path = _beside(item.path, fmt)
+            targets.append(OutputTarget(path, fmt, (item,)))
+    _refuse_collisions(targets)
+    _refuse_overwriting_inputs(targets, inputs)
+    return targets
+
+
+def _renamed(relative: str, input_format: str, output_format: str) -> str:
+    """Keep the input's relative name; swap the extension only when the format changes."""
+    if input_format == output_format:
+        return relative
+    return f"{_stem(relative)}{default_extension(output_format)}"
+
+
+def _beside(path: str, output_format: str) -> str:
+    """`data.csv.gz` -> `data.predictions.csv.gz` (compression kept when the writer takes it)."""
+    suffix = Path(path).suffix if compression_of(path) else ""
+    if suffix and not WRITERS[output_format].accepts_compression_suffix:
+        suffix = ""
+    return f"{_stem(path)}.predictions{default_extension(output_format)}{suffix}"
+
+
+def _stem(path: str) -> str:
+    bare = strip_compression(path)
+    suffix = Path(bare).suffix
+    return bare[: -len(suffix)] if suffix else bare
+
+
+def _refuse_collisions(targets: Sequence[OutputTarget]) -> None:
+    seen: dict[str, OutputTarget] = {}
+    for target in targets:
+        key = os.path.realpath(target.path) if target.path != STDIO else STDIO
+        if key in seen:
+            first = seen[key].inputs[0].path
+            raise OutputError(
+                f"{first} and {target.inputs[0].path} would both be written to {target.path}; "
+                "use --output_dir with inputs under distinct relative paths"
+            )
+        seen[key] = target
+
+
+def _refuse_overwriting_inputs(
+    targets: Sequence[OutputTarget], inputs: Sequence[InputFile]
+) -> None:
+    input_paths = {os.path.realpath(i.path): i.path for i in inputs if i.path != STDIO}
+    for target in targets:
+        if target.path != STDIO and os.path.realpath(target.path) in input_paths:
+            raise OutputError(f"{target.path}: output would overwrite the input file")
+
+
+def output_column_names(model: LoadedModel, prediction_column: str) -> dict[str, str]:
+    """Output tensor name -> output column name (`prediction`, `output_0..`, or dict keys)."""
+    if len(model.outputs) == 1:
+        return {model.outputs[0].name: prediction_column}
+    if model.output_structure == "list":
+        return {t.name: f"output_{i}" for i, t in enumerate(model.outputs)}
+    return {t.name: t.name for t in model.outputs}
+
+
+def prediction_columns(
+    predictions: dict[str, np.ndarray], names: dict[str, str], nested: bool
+) -> list[tuple[str, pa.Array]]:
+    """Arrow columns for the predictions: scalars for width 1, lists (or `name_i`) otherwise."""
+    columns: list[tuple[str, pa.Array]] = []
+    for tensor_name, column in names.items():
+        values = predictions[tensor_name]
+        rows = len(values)
+        per_row = int(np.prod(values.shape[1:])) if values.ndim > 1 else 1
+        if per_row == 1:
+            columns.append((column, _scalar_array(values.reshape(rows))))
+        elif nested:
+            columns.append((column, _nested_list_array(values)))
+        else:
+            flat = values.reshape(rows, per_row)
+            columns.extend(
+                (f"{column}_{i}", _scalar_array(np.ascontiguousarray(flat[:, i])))
+                for i in range(per_row)
+            )
+    return columns
+
+
+def _scalar_array(values: np.ndarray) -> pa.Array:
+    if values.dtype == object:  # tf.string outputs arrive as bytes
+        return pa.array(
+            [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
+        )
+    return pa.array(values)
+
+
+def _nested_list_array(values: np.ndarray) -> pa.Array:
+    """A `[rows, a, b, ...]` array as nested Arrow lists (no per-row Python)."""
+    array: pa.Array = _scalar_array(values.reshape(-1))
+    for width in reversed(values.shape[1:]):
+        count = len(array) // width
+        offsets = pa.array(np.arange(0, count * width + 1, width, dtype=np.int32))
+        array = pa.ListArray.from_arrays(offsets, array)
+    return array
+
+
+def output_batch(
+    kept: pa.Table, predictions: list[tuple[str, pa.Array]], nested: bool, source: str
+) -> pa.RecordBatch:
+    """Kept columns followed by prediction columns as one record batch."""
+    names = [*kept.column_names, *(name for name, _ in predictions)]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DataError(
+            f"{source}: output column(s) {', '.join(clash)} would appear twice; rename the "
+            "prediction with --prediction_column or leave the input column out with --keep_columns"
+        )
+    if not nested:
+        for field in kept.schema:
+            if pa.types.is_nested(field.type):
+                raise DataError(
+                    f"{source}: kept column {field.name!r} is a {field.type} and this output "
+                    "format cannot hold lists; leave it out with --keep_columns or choose "
+                    "--output_format parquet, jsonl or avro"
+                )
+    arrays = [c.combine_chunks() for c in kept.columns] + [a for _, a in predictions]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write a small file through a temporary file and a rename."""
+    directory = os.path.dirname(path) or "."
+    try:
+        fd, temp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise ReadWriteError(f"{path}: cannot write: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CommittedOutput:
+    """An output that was renamed into place, with what it was made from."""
+
+    target: OutputTarget
+    rows: int
+
+
+def write_manifest_and_marker(output_dir: str, committed: Sequence[CommittedOutput]) -> None:
+    """Write `_manifest.json` then `_SUCCESS`, last of all, so readers see a finished folder."""
+    entries = []
+    for item in committed:
+        inputs = []
+        for source in item.target.inputs:
+            stat = os.stat(source.path)
+            inputs.append({"path": source.path, "size": stat.st_size, "mtime": stat.st_mtime})
+        out_stat = os.stat(item.target.path)
+        entries.append(
+            {
+                "inputs": inputs,
+                "output": os.path.relpath(item.target.path, output_dir),
+                "output_size": out_stat.st_size,
+                "format": item.target.format,
+                "rows": item.rows,
+            }
+        )
+    manifest = {"written_at": time.time(), "outputs": entries}
+    write_text_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(os.path.join(output_dir, SUCCESS_MARKER), "")

@@ -1,0 +1,355 @@
+"""The one place that wires read -> map columns -> batch -> predict -> write.
+
+Three stages overlap: a `tf.data` generator reads and converts the next chunks while the
+model computes the current batch, and a writer thread encodes and writes finished chunks.
+Each output is committed (renamed into place) only after all its rows were written; any
+failure aborts it, leaving the previous output untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from batchpredict.batching import batch_count, fixed_batches, rechunk, whole_batches
+from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
+from batchpredict.config import RunConfig
+from batchpredict.errors import DataError, InputMissingError
+from batchpredict.formats.base import ReadOptions, Writer
+from batchpredict.formats.registry import reader_for, writer_for
+from batchpredict.locking import hold_lock
+from batchpredict.model import LoadedModel, load_model
+from batchpredict.observe import get_logger
+from batchpredict.outputs import (
+    SUCCESS_MARKER,
+    CommittedOutput,
+    OutputTarget,
+    output_batch,
+    output_column_names,
+    plan_outputs,
+    prediction_columns,
+    write_manifest_and_marker,
+)
+from batchpredict.predictor import Predictor, configure_devices
+from batchpredict.sources import InputFile, expand_inputs
+
+#: Finished output chunks waiting for the writer thread; bounds memory.
+WRITE_QUEUE_CHUNKS = 2
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did: counts, timing and where the results went."""
+
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    seconds: float
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    model: str
+    model_version: int | None
+    batch_size: int
+    device: str
+    rows_per_second: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        rate = self.rows_out / self.seconds if self.seconds > 0 else 0.0
+        object.__setattr__(self, "rows_per_second", round(rate, 1))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON-ready values."""
+        return asdict(self)
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Predict every input of `config` and commit every output, or raise and commit nothing."""
+    with hold_lock(config.lock_file):
+        return _run(config)
+
+
+def _run(config: RunConfig) -> RunSummary:
+    log = get_logger()
+    started = time.monotonic()
+    inputs = expand_inputs(config.input_files, config.input_format)
+    targets = plan_outputs(inputs, config)
+    devices = configure_devices(config.device, config.gpu_memory_limit)
+    model = load_model(
+        config.model,
+        signature=config.signature,
+        version=config.model_version,
+        unsafe=config.unsafe_model_load,
+    )
+    predictor = Predictor(model, config.batch_size, devices.device)
+    log.info(
+        "run started",
+        model=model.source.path,
+        model_version=model.source.version,
+        signature=model.signature,
+        inputs=[i.path for i in inputs],
+        device=devices.device,
+        batch_size=predictor.batch_size,
+    )
+    if config.output_dir is not None:
+        # A stale marker from an earlier run must not vouch for a half-updated folder.
+        _remove_if_present(os.path.join(config.output_dir, SUCCESS_MARKER))
+    committed = [
+        CommittedOutput(target, _predict_target(target, model, predictor, config))
+        for target in targets
+    ]
+    if config.output_dir is not None:
+        write_manifest_and_marker(config.output_dir, committed)
+    rows = sum(c.rows for c in committed)
+    summary = RunSummary(
+        rows_in=rows,
+        rows_out=rows,
+        rows_rejected=0,
+        seconds=round(time.monotonic() - started, 3),
+        inputs=tuple(i.path for i in inputs),
+        outputs=tuple(t.path for t in targets),
+        model=model.source.path,
+        model_version=model.source.version,
+        batch_size=predictor.batch_size,
+        device=devices.device,
+    )
+    log.info("run finished", **summary.as_dict())
+    return summary
+
+
+@dataclass
+class _Chunk:
+    """Rows whose batches are in flight: the columns to keep and how many batches to await."""
+
+    source: str
+    kept: pa.Table
+    rows: int
+    batches: int
+
+
+def _predict_target(
+    target: OutputTarget, model: LoadedModel, predictor: Predictor, config: RunConfig
+) -> int:
+    """Stream every input of one target through the model into its writer; return rows written."""
+    writer = writer_for(target.path, target.format)
+    nested = writer.supports_nested
+    names = output_column_names(model, config.prediction_column)
+    in_flight: deque[_Chunk] = deque()
+    failures: list[BaseException] = []
+    batches = _batches(target.inputs, model, predictor.batch_size, config, in_flight, failures)
+    sink = _BackgroundWriter(writer)
+    try:
+        collected: list[dict[str, np.ndarray]] = []
+        for predictions in predictor.predict_stream(batches):
+            collected.append(predictions)
+            chunk = in_flight[0]
+            if len(collected) < chunk.batches:
+                continue
+            in_flight.popleft()
+            merged = {
+                name: (
+                    collected[0][name]
+                    if len(collected) == 1
+                    else np.concatenate([c[name] for c in collected])
+                )[: chunk.rows]
+                for name in names
+            }
+            collected = []
+            columns = prediction_columns(merged, names, nested)
+            sink.put(output_batch(chunk.kept, columns, nested, chunk.source))
+        if failures:
+            raise failures[0]
+        sink.close()
+        writer.commit()
+    except BaseException:
+        sink.abandon()
+        writer.abort()
+        raise
+    return writer.rows_written
+
+
+def _batches(
+    inputs: tuple[InputFile, ...],
+    model: LoadedModel,
+    batch_size: int,
+    config: RunConfig,
+    in_flight: deque[_Chunk],
+    failures: list[BaseException],
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read, map and convert chunks; yield fixed-size batches and record each chunk in flight.
+
+    Runs inside `tf.data`'s generator thread, which would turn our exceptions into
+    TensorFlow errors: they are stored in `failures` for the consumer to re-raise instead.
+    """
+    options = ReadOptions(chunk_size=config.chunk_size)
+    chunk_rows = whole_batches(config.chunk_size, batch_size)
+    try:
+        for source in inputs:
+            reader = reader_for(source.path, source.format, options)
+            mapping: ColumnMapping | None = None
+            first_row = 0
+            for table in rechunk(reader.iter_batches(), chunk_rows):
+                if mapping is None:
+                    mapping = plan_mapping(
+                        model.inputs,
+                        table.schema,
+                        source.path,
+                        config.features,
+                        config.keep_columns,
+                    )
+                arrays = to_model_arrays(table, mapping, source.path, first_row)
+                rows = table.num_rows
+                in_flight.append(
+                    _Chunk(
+                        source.path,
+                        table.select(list(mapping.kept)),
+                        rows,
+                        batch_count(rows, batch_size),
+                    )
+                )
+                yield from fixed_batches(arrays, rows, batch_size)
+                first_row += rows
+            if first_row == 0:
+                raise InputMissingError(f"{source.path}: holds no data rows")
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+        failures.append(exc)
+
+
+class _BackgroundWriter:
+    """Runs a writer on its own thread so that encoding overlaps prediction."""
+
+    _DONE = object()
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
+        self._error: BaseException | None = None
+        self._schema: pa.Schema | None = None
+        self._thread = threading.Thread(target=self._loop, name="batchpredict-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: pa.RecordBatch) -> None:
+        """Queue a batch; re-raise the writer's failure as soon as it is known."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Wait until everything queued is written; re-raise the writer's failure."""
+        self._queue.put(self._DONE)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """Stop the thread without writing what is still queued."""
+        self._error = self._error or RuntimeError("abandoned")
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(self._DONE)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is not None:
+                continue  # drain after a failure so the producer never blocks
+            try:
+                self._write(item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+                self._error = exc
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        if self._schema is None:
+            self._schema = batch.schema
+            self._writer.open(batch.schema)
+        elif not batch.schema.equals(self._schema):
+            batch = _conform(batch, self._schema)
+        self._writer.write(batch)
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a later input's batch to the first input's output schema, or explain why not."""
+    if batch.schema.names != schema.names:
+        raise DataError(
+            f"inputs written to one output have different columns: {', '.join(schema.names)} "
+            f"vs {', '.join(batch.schema.names)}; use --output_dir for one output per input"
+        )
+    try:
+        return batch.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"inputs written to one output have different column types: {exc}") from exc
+
+
+def _remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _first_chunk(source: InputFile, chunk_size: int) -> pa.Table:
+    """The first chunk of an input (for `inspect` and `validate`)."""
+    reader = reader_for(source.path, source.format, ReadOptions(chunk_size=chunk_size))
+    for table in rechunk(reader.iter_batches(), chunk_size):
+        return table
+    raise InputMissingError(f"{source.path}: holds no data rows")
+
+
+def inspect(
+    *,
+    model: str,
+    signature: str = "serving_default",
+    version: int | None = None,
+    unsafe: bool = False,
+    input_files: tuple[str, ...] = (),
+    input_format: str | None = None,
+    features: tuple[str, ...] | None = None,
+    keep_columns: tuple[str, ...] | None = None,
+) -> list[str]:
+    """Lines describing the model and, for each input given, the column mapping."""
+    from batchpredict.model import describe
+
+    loaded = load_model(model, signature=signature, version=version, unsafe=unsafe)
+    lines = describe(loaded)
+    for source in expand_inputs(input_files, input_format) if input_files else []:
+        table = _first_chunk(source, 1024)
+        mapping = plan_mapping(loaded.inputs, table.schema, source.path, features, keep_columns)
+        lines.append(f"mapping for {source.path} ({source.format}):")
+        lines.extend(f"  {line}" for line in mapping.describe())
+    return lines
+
+
+def validate(
+    *,
+    model: str,
+    input_files: tuple[str, ...],
+    signature: str = "serving_default",
+    version: int | None = None,
+    unsafe: bool = False,
+    input_format: str | None = None,
+    features: tuple[str, ...] | None = None,
+    keep_columns: tuple[str, ...] | None = None,
+    chunk_size: int = 65536,
+) -> list[str]:
+    """Check each input's first chunk against the model; raise on the first problem."""
+    loaded = load_model(model, signature=signature, version=version, unsafe=unsafe)
+    lines = []
+    for source in expand_inputs(input_files, input_format):
+        table = _first_chunk(source, chunk_size)
+        mapping = plan_mapping(loaded.inputs, table.schema, source.path, features, keep_columns)
+        to_model_arrays(table, mapping, source.path, 0)
+        lines.append(f"ok: {source.path} ({table.num_rows} rows checked)")
+    return lines

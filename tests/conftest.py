@@ -1,0 +1,176 @@
+"""Shared fixtures: real Keras models saved to disk, data files written by the real libraries,
+and the installed `batchpredict` command run in a subprocess."""
+
+from __future__ import annotations
+
+import os
+
+# Before TensorFlow is imported anywhere in the test session.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = ROOT.parent / "shared" / "corpora"
+FORMATS = ("csv", "tsv", "jsonl", "avro", "parquet")
+EXTENSIONS = {
+    "csv": ".csv",
+    "tsv": ".tsv",
+    "jsonl": ".jsonl",
+    "avro": ".avro",
+    "parquet": ".parquet",
+}
+N_FEATURES = 4
+
+
+def corpora_path(*parts: str) -> Path:
+    """A path inside ../shared/corpora, skipping the test when the folder is absent."""
+    path = CORPORA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"third-party corpus not present: {path}")
+    return path
+
+
+def batchpredict_command() -> list[str]:
+    """The installed console script next to the running interpreter (as a user runs it)."""
+    script = Path(sys.executable).with_name("batchpredict")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("batchpredict")
+    assert found, "the batchpredict command is not installed; pip install -e '.[test]'"
+    return [found]
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def log_lines(self) -> list[dict[str, object]]:
+        """stderr parsed as JSON log lines (the format used off a terminal)."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., Completed]:
+    """Run `batchpredict ARGS...` in a subprocess; return code, stdout and stderr."""
+
+    def run(
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        timeout: float = 300,
+    ) -> Completed:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
+        full_env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the tool must silence TensorFlow itself
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [*batchpredict_command(), *args],
+            cwd=cwd,
+            env=full_env,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+        )
+        return Completed(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    return run
+
+
+def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    """An id column, N_FEATURES float features and a string column, as an export would have."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"id": np.arange(1, rows + 1, dtype=np.int64)})
+    for j in range(N_FEATURES):
+        frame[f"f{j}"] = rng.normal(size=rows).astype(np.float64)
+    frame["segment"] = rng.choice(["a", "b", "c"], size=rows)
+    return frame
+
+
+def write_with_library(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
+    """Write `frame` with the format's reference library (not batchpredict's writers)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if fmt == "csv":
+        pacsv.write_csv(table, path)
+    elif fmt == "tsv":
+        pacsv.write_csv(table, path, write_options=pacsv.WriteOptions(delimiter="\t"))
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt == "avro":
+        import fastavro
+
+        fields = []
+        for name, dtype in frame.dtypes.items():
+            avro_type = {"int64": "long", "float64": "double", "float32": "float"}.get(
+                str(dtype), "string"
+            )
+            fields.append({"name": name, "type": avro_type})
+        schema = {"type": "record", "name": "Row", "fields": fields}
+        with path.open("wb") as handle:
+            fastavro.writer(handle, schema, frame.to_dict("records"), codec="deflate")
+    else:
+        raise ValueError(fmt)
+    return path
+
+
+def read_with_library(path: Path, fmt: str) -> pd.DataFrame:
+    """Read an output with the format's reference library."""
+    if fmt == "csv":
+        return pacsv.read_csv(path).to_pandas()
+    if fmt == "tsv":
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t")).to_pandas()
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True)
+    if fmt == "parquet":
+        return pq.read_table(path).to_pandas()
+    if fmt == "avro":
+        import fastavro
+
+        with path.open("rb") as handle:
+            return pd.DataFrame.from_records(list(fastavro.reader(handle)))
+    raise ValueError(fmt)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def mlp_model(models_dir: Path) -> Path:
+    """A Keras MLP with one [None, N_FEATURES] input and one width-1 output, saved as .keras."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input(shape=(N_FEATURES,), name="features")
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    output = keras.layers.Dense(1, activation="sigmoid", name="score")(hidden)
+    model = keras.Model(inputs, output)
+    path = models_dir / "mlp.keras"
+    model.save(path)
+    return path
+
+
+def reference_predictions(model_path: Path, features: np.ndarray) -> np.ndarray:
+    """The model called directly (loaded back from disk), the ground truth for comparisons."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    return np.asarray(model(features.astype(np.float32), training=False))

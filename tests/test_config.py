@@ -1,0 +1,39 @@
+"""RunConfig refuses option combinations that cannot work, before any data is read."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchpredict.config import RunConfig
+from batchpredict.errors import ExitCode, UsageError
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"output_file": "a.csv", "output_dir": "d"}, "cannot be used together"),
+        ({"input_files": ("-",)}, "needs --input_format"),
+        ({"input_files": ("-",), "input_format": "csv"}, "needs --output_file"),
+        (
+            {"input_files": ("-", "a.csv"), "input_format": "csv", "output_file": "-"},
+            "cannot be combined",
+        ),
+        ({"batch_size": 0}, "--batch_size"),
+        ({"chunk_size": 0}, "--chunk_size"),
+        ({"device": "tpu"}, "--device"),
+        ({"device": "cpu:1"}, "--device"),
+        ({"features": ("a", "b"), "keep_columns": ("b",)}, "both --features and --keep_columns"),
+        ({"input_files": ()}, "no --input_file"),
+    ],
+)
+def test_invalid_combinations_are_usage_errors(changes: dict[str, object], message: str) -> None:
+    options: dict[str, object] = {"model": "m.keras", "input_files": ("a.csv",)}
+    options.update(changes)
+    with pytest.raises(UsageError, match=message) as info:
+        RunConfig(**options)  # type: ignore[arg-type]
+    assert info.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "gpu", "gpu:3"])
+def test_valid_devices(device: str) -> None:
+    assert RunConfig(model="m", input_files=("a",), device=device).device == device
