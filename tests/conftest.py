@@ -173,4 +173,23 @@ def reference_predictions(model_path: Path, features: np.ndarray) -> np.ndarray:
     import keras
 
     model = keras.saving.load_model(model_path, compile=False)
-    return np.asarray(model(features.astype(np.float32), training=False))
+    return keras.ops.convert_to_numpy(model(features.astype(np.float32), training=False))
+
+
+@pytest.fixture(scope="session")
+def two_in_two_out_model(models_dir: Path) -> Path:
+    """Named scalar inputs `a`, `b`; dict outputs `score` (width 1) and `embedding` (width 3)."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    a = keras.Input(shape=(1,), name="a")
+    b = keras.Input(shape=(1,), name="b")
+    hidden = keras.layers.Dense(6, activation="tanh")(keras.layers.Concatenate()([a, b]))
+    outputs = {
+        "score": keras.layers.Dense(1, name="score")(hidden),
+        "embedding": keras.layers.Dense(3, name="embedding")(hidden),
+    }
+    model = keras.Model({"a": a, "b": b}, outputs)
+    path = models_dir / "two_in_two_out.keras"
+    model.save(path)
+    return path

@@ -21,7 +21,7 @@ import pyarrow as pa
 from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import DataError, OutputError, ReadWriteError
 from batchpredict.formats.base import compression_of, strip_compression
-from batchpredict.formats.registry import WRITERS, default_extension, format_for_path
+from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
 from batchpredict.model import LoadedModel
 from batchpredict.sources import InputFile
 
@@ -40,14 +40,10 @@ class OutputTarget:
 
 def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputTarget]:
     """Decide every output path and format; refuse collisions and outputs that are inputs."""
-    if config.output_format is not None and config.output_format not in WRITERS:
-        raise OutputError(
-            f"unknown --output_format {config.output_format!r}; "
-            f"choose from {', '.join(sorted(WRITERS))}"
-        )
+    output_format = writer_format(config.output_format) if config.output_format else None
     if config.output_file is not None:
         fmt = (
-            config.output_format
+            output_format
             or (None if config.output_file == STDIO else format_for_path(config.output_file))
             or inputs[0].format
         )
@@ -55,7 +51,7 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
     else:
         targets = []
         for item in inputs:
-            fmt = config.output_format or item.format
+            fmt = output_format or item.format
             if config.output_dir is not None:
                 path = str(Path(config.output_dir) / _renamed(item.relative_path, item.format, fmt))
             else:

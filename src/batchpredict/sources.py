@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchpredict.errors import InputMissingError, UsageError
-from batchpredict.formats.registry import READERS, format_for_path
+from batchpredict.formats.registry import READERS, format_for_path, reader_format
 
 STDIO = "-"
 _GLOB_CHARS = frozenset("*?[")
@@ -42,10 +42,8 @@ def expand_inputs(values: tuple[str, ...], input_format: str | None) -> list[Inp
     and batchpredict's own outputs (`*.predictions.*`, `*.rejects.jsonl`), so that a second
     run over the same folder does not score the first run's results.
     """
-    if input_format is not None and input_format not in READERS:
-        raise UsageError(
-            f"unknown --input_format {input_format!r}; choose from {', '.join(sorted(READERS))}"
-        )
+    if input_format is not None:
+        input_format = reader_format(input_format)
     found: list[InputFile] = []
     seen: set[str] = set()
     for value in values:

@@ -46,6 +46,16 @@ def _canonical(format_name: str, table: dict[str, type[Reader]] | dict[str, type
     return name
 
 
+def reader_format(format_name: str) -> str:
+    """The registered reader name for `--input_format` (aliases allowed), or a UsageError."""
+    return _canonical(format_name, READERS)
+
+
+def writer_format(format_name: str) -> str:
+    """The registered writer name for `--output_format` (aliases allowed), or a UsageError."""
+    return _canonical(format_name, WRITERS)
+
+
 def format_for_path(path: str) -> str | None:
     """The format implied by a path's extension (after any .gz/.bz2/.zst), or None."""
     if path == STDIO:
