@@ -92,7 +92,8 @@ def test_validate_writes_nothing_and_reports_problems(
         "--features", "f0,f1,missing,f3",
     )  # fmt: skip
     assert bad.returncode == 65
-    assert "--features names missing column(s): missing" in bad.stderr
+    assert "problem: " in bad.stdout and "--features names missing column(s): missing" in bad.stdout
+    assert "1 problem(s) found" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
 
 

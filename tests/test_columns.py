@@ -78,7 +78,7 @@ def test_list_length_mismatch_names_row_and_column() -> None:
     inputs = (TensorInfo("seq", "float32", (None, 3)),)
     mapping = plan_mapping(inputs, table().schema, "f.parquet")
     with pytest.raises(
-        DataError, match=r"f.parquet: row 11, column 'seq': list of length 2, .* expects 3"
+        DataError, match=r"f.parquet: row 11, column 'seq': list of length 2 where .* needs 3"
     ):
         to_model_arrays(table(), mapping, "f.parquet", first_row=10)
 
@@ -110,3 +110,68 @@ def test_keep_columns_must_exist() -> None:
         plan_mapping(
             STACKED, table().schema, "f.csv", features=["a", "b", "c"], keep_columns=["nope"]
         )
+
+
+def _one(column: pa.Array, tensor: TensorInfo, first_row: int = 0) -> np.ndarray:
+    data = pa.table({tensor.name: column})
+    mapping = plan_mapping((tensor,), data.schema, "f.parquet")
+    return to_model_arrays(data, mapping, "f.parquet", first_row)[tensor.name]
+
+
+def test_image_from_flat_list_is_reshaped_to_the_declared_shape() -> None:
+    pixels = np.arange(2 * 4 * 3 * 2, dtype=np.float32).reshape(2, 4 * 3 * 2)
+    column = pa.array(list(pixels), pa.list_(pa.float32()))
+    image = _one(column, TensorInfo("img", "float32", (None, 4, 3, 2)))
+    np.testing.assert_array_equal(image, pixels.reshape(2, 4, 3, 2))
+
+
+def test_image_from_nested_lists() -> None:
+    images = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2, 1)
+    column = pa.array(images.tolist(), pa.list_(pa.list_(pa.list_(pa.float32()))))
+    np.testing.assert_array_equal(
+        _one(column, TensorInfo("img", "float32", (None, 3, 2, 1))), images
+    )
+
+
+def test_sequence_of_vectors_and_open_length() -> None:
+    seqs = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    column = pa.array(seqs.tolist(), pa.list_(pa.list_(pa.float64())))
+    got = _one(column, TensorInfo("seq", "float32", (None, None, 3)))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, seqs)
+
+
+def test_flat_sequence_feeds_trailing_unit_dimension() -> None:
+    column = pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.int64()))
+    got = _one(column, TensorInfo("seq", "float32", (None, 3, 1)))
+    assert got.shape == (2, 3, 1)
+
+
+def test_wrong_inner_length_names_the_row() -> None:
+    column = pa.array([[[1.0, 2.0, 3.0]] * 5, [[1.0, 2.0, 3.0]] * 4 + [[1.0, 2.0]]])
+    with pytest.raises(DataError, match=r"row 8, column 'seq': list of length 2 where .* needs 3"):
+        _one(column, TensorInfo("seq", "float32", (None, 5, 3)), first_row=6)
+
+
+def test_flat_list_of_the_wrong_size_is_not_silently_reshaped() -> None:
+    column = pa.array([list(range(12)), list(range(11))], pa.list_(pa.float32()))
+    with pytest.raises(DataError, match=r"row 2, column 'img': list of length 11 .* needs 12"):
+        _one(column, TensorInfo("img", "float32", (None, 2, 2, 3)))
+
+
+def test_null_inside_a_list_names_the_row() -> None:
+    column = pa.array([[1.0, 2.0], [3.0, None]])
+    with pytest.raises(DataError, match=r"row 2, column 'seq': null inside a list"):
+        _one(column, TensorInfo("seq", "float32", (None, 2)))
+
+
+def test_integer_ids_must_fit_the_input_dtype() -> None:
+    ok = _one(pa.array([1, 2], pa.int64()), TensorInfo("ids", "int32", (None,)))
+    assert ok.dtype == np.int32
+    with pytest.raises(DataError, match=r"row 2, column 'ids': value 3000000000 does not fit"):
+        _one(pa.array([1, 3_000_000_000], pa.int64()), TensorInfo("ids", "int32", (None,)))
+
+
+def test_string_input_keeps_text() -> None:
+    got = _one(pa.array(["good film", "bad film"]), TensorInfo("text", "string", (None,)))
+    assert got.tolist() == ["good film", "bad film"]

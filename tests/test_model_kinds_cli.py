@@ -177,3 +177,73 @@ def test_corrupt_corpora_model_exits_78(tmp_path: Path, run_cli: RunCli) -> None
     result = run_cli("predict", "--model", str(local), "--input_file", str(source))
     assert result.returncode == 78, result.stderr
     assert str(local) in result.stderr
+
+
+@pytest.fixture(scope="module")
+def two_signature_model(models_dir: Path) -> Path:
+    """A SavedModel with `serving_default` (x * 2) and `plus_one` (x + 1)."""
+    import tensorflow as tf
+
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def double(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": x * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def plus_one(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": x + 1.0}
+
+    module = Doubler()
+    path = models_dir / "two_signatures"
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={"serving_default": module.double, "plus_one": module.plus_one},
+    )
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signature", "expected"), [(None, [2.0, 4.0, 10.0]), ("plus_one", [2.0, 3.0, 6.0])]
+)
+def test_signature_option(
+    signature: str | None,
+    expected: list[float],
+    tmp_path: Path,
+    two_signature_model: Path,
+    run_cli: RunCli,
+) -> None:
+    pq.write_table(pa.table({"x": [1.0, 2.0, 5.0]}), tmp_path / "x.parquet")
+    args = ["--signature", signature] if signature else []
+    result = run_cli(
+        "predict",
+        "--model",
+        str(two_signature_model),
+        "--input_file",
+        str(tmp_path / "x.parquet"),
+        *args,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        pq.read_table(tmp_path / "x.predictions.parquet").column("prediction").to_pylist()
+        == expected
+    )
+
+
+@pytest.mark.slow
+def test_unknown_signature_lists_the_available_ones(
+    tmp_path: Path, two_signature_model: Path, run_cli: RunCli
+) -> None:
+    pq.write_table(pa.table({"x": [1.0]}), tmp_path / "x.parquet")
+    result = run_cli(
+        "predict",
+        "--model",
+        str(two_signature_model),
+        "--input_file",
+        str(tmp_path / "x.parquet"),
+        "--signature",
+        "nope",
+    )
+    assert result.returncode == 78
+    assert "plus_one" in result.stderr and "serving_default" in result.stderr

@@ -9,7 +9,7 @@ import pyarrow as pa
 from batchpredict.columns import plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.observe import configure_logging, logging_configured, quiet_tensorflow
-from batchpredict.outputs import output_column_names, prediction_columns
+from batchpredict.outputs import PredictionColumns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,6 +48,8 @@ class FramePredictor:
         model_version: int | None = None,
         unsafe_model_load: bool = False,
         prediction_column: str = "prediction",
+        class_names: tuple[str, ...] | None = None,
+        threshold: float | None = None,
     ) -> None:
         from batchpredict.model import load_model
         from batchpredict.predictor import Predictor
@@ -57,7 +59,9 @@ class FramePredictor:
             path, signature=signature, version=model_version, unsafe=unsafe_model_load
         )
         self.predictor = Predictor(self.model, batch_size)
-        self.prediction_column = prediction_column
+        self.columns = PredictionColumns.for_model(
+            self.model, prediction_column, class_names, threshold
+        )
 
     def predict_frame(
         self,
@@ -71,9 +75,8 @@ class FramePredictor:
         mapping = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
         arrays = to_model_arrays(table, mapping, "DataFrame", 0)
         predictions = self.predictor.predict_arrays(arrays, table.num_rows)
-        names = output_column_names(self.model, self.prediction_column)
         result = table.select(list(mapping.kept))
-        for name, column in prediction_columns(predictions, names, nested=True):
+        for name, column in self.columns.build(predictions, nested=True):
             result = result.append_column(name, column)
         scored: pd.DataFrame = result.to_pandas()
         return scored

@@ -16,7 +16,7 @@ import click
 
 from batchpredict import __version__
 from batchpredict.config import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, RunConfig
-from batchpredict.errors import BatchPredictError, ExitCode
+from batchpredict.errors import BatchPredictError, DataError, ExitCode, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_PREFIX = "BATCHPREDICT_"
@@ -39,6 +39,16 @@ def _csv_list(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _class_names(listed: str | None, path: str | None) -> tuple[str, ...] | None:
+    """Names from --class_names or --class_names_file (one per line, blank lines skipped)."""
+    if listed is not None and path is not None:
+        raise UsageError("give --class_names or --class_names_file, not both")
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            return tuple(line.strip() for line in handle if line.strip())
+    return _csv_list(listed)
 
 
 def model_options(func: F) -> F:
@@ -158,6 +168,24 @@ def cli() -> None:
     help="Name of the column for a single model output.",
 )
 @option(
+    "class_names",
+    default=None,
+    help="Comma-separated class names: adds `label` (argmax, or the threshold for one "
+    "sigmoid output: negative,positive) and `score` columns.",
+)
+@option(
+    "class_names_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Class names, one per line (instead of --class_names).",
+)
+@option(
+    "threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Cut-off for a single sigmoid output's `label` (default 0.5 with --class_names).",
+)
+@option(
     "batch_size",
     type=click.IntRange(min=1),
     default=DEFAULT_BATCH_SIZE,
@@ -201,6 +229,8 @@ def predict(**options: Any) -> None:
         features=_csv_list(options["features"]),
         keep_columns=_csv_list(options["keep_columns"]),
         prediction_column=options["prediction_column"],
+        class_names=_class_names(options["class_names"], options["class_names_file"]),
+        threshold=options["threshold"],
         batch_size=options["batch_size"],
         chunk_size=options["chunk_size"],
         signature=options["signature"],
@@ -260,7 +290,7 @@ def validate(**options: Any) -> None:
 
     quiet_tensorflow(options["log_level"])
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
-    for line in pipeline.validate(
+    report = pipeline.validate(
         model=options["model"],
         signature=options["signature"],
         version=options["model_version"],
@@ -269,8 +299,13 @@ def validate(**options: Any) -> None:
         input_format=options["input_format"],
         features=_csv_list(options["features"]),
         keep_columns=_csv_list(options["keep_columns"]),
-    ):
+    )
+    for line in report.lines:
         click.echo(line)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if report.problems:
+        raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
 
 
 @cli.command()

@@ -8,7 +8,8 @@ ones named by `--features`, or else every numeric column that is not kept-only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,11 +159,7 @@ def _column_array(
     column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, first_row: int
 ) -> np.ndarray:
     inner = tuple(tensor.shape[1:])
-    if (
-        pa.types.is_list(column.type)
-        or pa.types.is_large_list(column.type)
-        or pa.types.is_fixed_size_list(column.type)
-    ):
+    if _is_list(column.type):
         return _list_column(column, name, tensor, source, first_row)
     values = _scalar_column(column, name, tensor, source, first_row)
     if any(d not in (1, None) for d in inner):
@@ -178,6 +175,7 @@ def _scalar_column(
 ) -> np.ndarray:
     _check_convertible(column.type, name, tensor, source)
     _check_no_nulls(column, name, source, first_row)
+    _check_int_range(column, name, tensor, source, lambda i: first_row + i + 1)
     if tensor.dtype == "string":
         return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
     if pa.types.is_decimal(column.type):
@@ -188,50 +186,98 @@ def _scalar_column(
 def _list_column(
     column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, first_row: int
 ) -> np.ndarray:
-    """Flatten a (nested) list column, checking every level's length against the shape."""
+    """Flatten a (nested) list column into `[rows, *shape]`, checking every level's length.
+
+    Outer list levels map one to one onto the input's dimensions; the innermost level holds
+    the remaining dimensions flattened, so a flat list of H*W*C values feeds `[None, H, W, C]`
+    and a flat list of T values feeds `[None, T, 1]`.
+    """
     _check_no_nulls(column, name, source, first_row)
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     inner = list(tensor.shape[1:])
+    depth = _list_depth(array.type)
+    if depth > len(inner):
+        raise DataError(
+            f"{source}: column {name!r} is a list nested {depth} deep but model input "
+            f"{tensor.name!r} expects shape {_shape(tensor.shape)}"
+        )
+    rest = inner[depth - 1 :]
+    known = [d for d in rest if d is not None]
+    if len(known) == len(rest):
+        innermost: int | None = math.prod(known)
+    elif len(rest) == 1:
+        innermost = None  # any length, the same in every row of the chunk
+    else:
+        raise DataError(
+            f"{source}: column {name!r}: a list nested {depth} deep cannot fill model input "
+            f"{tensor.name!r} of shape {_shape(tensor.shape)} with open dimensions; "
+            "store one list level per dimension"
+        )
+    wanted = [*inner[: depth - 1], innermost]
     dims: list[int] = []
-    level = array
-    depth = 0
-    while (
-        pa.types.is_list(level.type)
-        or pa.types.is_large_list(level.type)
-        or pa.types.is_fixed_size_list(level.type)
-    ):
+    level: pa.Array = array
+    for expected in wanted:
         lengths = pc.list_value_length(level).to_numpy(zero_copy_only=False)
-        expected = inner[depth] if depth < len(inner) else None
         want = expected if expected is not None else (int(lengths[0]) if len(lengths) else 0)
         bad = np.flatnonzero(lengths != want)
         if len(bad):
-            row = _row_of(bad[0], dims, first_row)
             raise DataError(
-                f"{source}: row {row}, column {name!r}: list of length {int(lengths[bad[0]])}, "
-                f"model input {tensor.name!r} expects {want} (shape {_shape(tensor.shape)})"
+                f"{source}: row {_row_of(bad[0], dims, first_row)}, column {name!r}: list of "
+                f"length {int(lengths[bad[0]])} where model input {tensor.name!r} of shape "
+                f"{_shape(tensor.shape)} needs {want}"
             )
         dims.append(want)
         level = level.flatten()
-        depth += 1
         if level.null_count:
-            raise DataError(f"{source}: column {name!r} has null list elements")
-    _check_convertible(level.type, name, tensor, source)
-    values = np.asarray(level.to_numpy(zero_copy_only=False), dtype=_numpy_dtype(tensor))
-    shape = (len(array), *dims)
-    if len(inner) > len(dims):  # e.g. [None, T, 1] fed from a flat list of length T
-        extra = inner[len(dims) :]
-        if any(d not in (1, None) for d in extra):
+            first = int(np.flatnonzero(level.is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(
-                f"{source}: column {name!r} has {len(dims)} list level(s) but model input "
-                f"{tensor.name!r} expects shape {_shape(tensor.shape)}"
+                f"{source}: row {_row_of(first, dims, first_row)}, column {name!r}: "
+                "null inside a list"
             )
-        shape = (*shape, *([1] * len(extra)))
-    elif len(inner) < len(dims):
-        raise DataError(
-            f"{source}: column {name!r} is nested {len(dims)} deep but model input "
-            f"{tensor.name!r} expects shape {_shape(tensor.shape)}"
-        )
-    return values.reshape(shape)
+    _check_convertible(level.type, name, tensor, source)
+    _check_int_range(level, name, tensor, source, lambda i: _row_of(i, dims, first_row))
+    values = np.asarray(level.to_numpy(zero_copy_only=False), dtype=_numpy_dtype(tensor))
+    shape = [d if d is not None else dims[-1] for d in rest]
+    return values.reshape((len(array), *dims[:-1], *shape))
+
+
+def _list_depth(arrow_type: pa.DataType) -> int:
+    depth = 0
+    while _is_list(arrow_type):
+        arrow_type = arrow_type.value_type
+        depth += 1
+    return depth
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
+def _check_int_range(
+    values: pa.Array | pa.ChunkedArray,
+    name: str,
+    tensor: TensorInfo,
+    source: str,
+    row_of: Callable[[int], int],
+) -> None:
+    """Integers must fit the input's integer dtype: an int64 id never wraps into int32."""
+    if not (pa.types.is_integer(values.type) and tensor.dtype.startswith(("int", "uint"))):
+        return
+    limits = np.iinfo(tensor.dtype)
+    bounds = pc.min_max(values).as_py()
+    low, high = bounds["min"], bounds["max"]
+    if low is None or (limits.min <= low and high <= limits.max):
+        return
+    data = values.to_numpy(zero_copy_only=False)
+    first = int(np.flatnonzero((data < limits.min) | (data > limits.max))[0])
+    raise DataError(
+        f"{source}: row {row_of(first)}, column {name!r}: value {data[first]} does not fit "
+        f"model input {tensor.name!r} ({tensor.dtype})"
+    )
 
 
 def _row_of(index: int, outer_dims: list[int], first_row: int) -> int:

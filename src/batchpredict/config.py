@@ -25,6 +25,8 @@ class RunConfig:
     features: tuple[str, ...] | None = None
     keep_columns: tuple[str, ...] | None = None
     prediction_column: str = "prediction"
+    class_names: tuple[str, ...] | None = None
+    threshold: float | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     chunk_size: int = DEFAULT_CHUNK_SIZE
     signature: str = "serving_default"
@@ -67,6 +69,12 @@ def validate(config: RunConfig) -> None:
     if not config.prediction_column:
         raise UsageError("--prediction_column cannot be empty")
     _validate_device(config.device)
+    if config.class_names is not None and len(set(config.class_names)) != len(config.class_names):
+        raise UsageError("--class_names has duplicate names")
+    if config.class_names is not None and len(config.class_names) < 2:
+        raise UsageError("--class_names needs at least two names")
+    if config.threshold is not None and not 0.0 <= config.threshold <= 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1, got {config.threshold}")
     if config.features is not None and config.keep_columns is not None:
         both = sorted(set(config.features) & set(config.keep_columns))
         if both:

@@ -8,6 +8,7 @@ columns here, split into `name_0..name_{n-1}` for formats without list columns (
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchpredict.config import STDIO, RunConfig
-from batchpredict.errors import DataError, OutputError, ReadWriteError
+from batchpredict.errors import DataError, ModelError, OutputError, ReadWriteError
 from batchpredict.formats.base import compression_of, strip_compression
 from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
 from batchpredict.model import LoadedModel
@@ -105,35 +106,115 @@ def _refuse_overwriting_inputs(
             raise OutputError(f"{target.path}: output would overwrite the input file")
 
 
-def output_column_names(model: LoadedModel, prediction_column: str) -> dict[str, str]:
-    """Output tensor name -> output column name (`prediction`, `output_0..`, or dict keys)."""
-    if len(model.outputs) == 1:
-        return {model.outputs[0].name: prediction_column}
-    if model.output_structure == "list":
-        return {t.name: f"output_{i}" for i, t in enumerate(model.outputs)}
-    return {t.name: t.name for t in model.outputs}
+@dataclass(frozen=True)
+class PredictionColumns:
+    """How model outputs become output columns, and the optional `label` and `score`."""
 
+    #: Output tensor name -> column name, in the model's output order.
+    names: dict[str, str]
+    class_names: tuple[str, ...] | None = None
+    #: Cut-off for a single sigmoid output; set (0.5 by default) whenever labels are made
+    #: from a width-1 output.
+    threshold: float | None = None
+    labelled: bool = False
 
-def prediction_columns(
-    predictions: dict[str, np.ndarray], names: dict[str, str], nested: bool
-) -> list[tuple[str, pa.Array]]:
-    """Arrow columns for the predictions: scalars for width 1, lists (or `name_i`) otherwise."""
-    columns: list[tuple[str, pa.Array]] = []
-    for tensor_name, column in names.items():
-        values = predictions[tensor_name]
-        rows = len(values)
-        per_row = int(np.prod(values.shape[1:])) if values.ndim > 1 else 1
-        if per_row == 1:
-            columns.append((column, _scalar_array(values.reshape(rows))))
-        elif nested:
-            columns.append((column, _nested_list_array(values)))
+    @classmethod
+    def for_model(
+        cls,
+        model: LoadedModel,
+        prediction_column: str = "prediction",
+        class_names: tuple[str, ...] | None = None,
+        threshold: float | None = None,
+    ) -> PredictionColumns:
+        """Name the columns (`prediction`, `output_0..` or dict keys) and check label options.
+
+        `--class_names`/`--threshold` need exactly one output: of width 1 (sigmoid: two
+        names, negative then positive) or of width k with k names (softmax).
+        """
+        if len(model.outputs) == 1:
+            names = {model.outputs[0].name: prediction_column}
+        elif model.output_structure == "list":
+            names = {t.name: f"output_{i}" for i, t in enumerate(model.outputs)}
         else:
-            flat = values.reshape(rows, per_row)
-            columns.extend(
-                (f"{column}_{i}", _scalar_array(np.ascontiguousarray(flat[:, i])))
-                for i in range(per_row)
+            names = {t.name: t.name for t in model.outputs}
+        if class_names is None and threshold is None:
+            return cls(names)
+        if len(model.outputs) != 1:
+            raise ModelError(
+                "--class_names and --threshold need a model with one output; this one has "
+                f"{len(model.outputs)}: {', '.join(t.name for t in model.outputs)}"
             )
-    return columns
+        width = _width(model.outputs[0].shape)
+        if width == 1:
+            if class_names is not None and len(class_names) != 2:
+                raise ModelError(
+                    f"the model has one sigmoid-style output of width 1, so --class_names "
+                    f"needs 2 names (negative, positive), got {len(class_names)}"
+                )
+            threshold = 0.5 if threshold is None else threshold
+        else:
+            if threshold is not None:
+                raise ModelError(
+                    f"--threshold is for a single output of width 1; output "
+                    f"{model.outputs[0].name!r} has width {width or 'unknown'} (use --class_names)"
+                )
+            if width is not None and class_names is not None and len(class_names) != width:
+                raise ModelError(
+                    f"--class_names has {len(class_names)} names but output "
+                    f"{model.outputs[0].name!r} has width {width}"
+                )
+        return cls(names, class_names, threshold, labelled=True)
+
+    def build(self, predictions: dict[str, np.ndarray], nested: bool) -> list[tuple[str, pa.Array]]:
+        """Arrow columns: scalars for width 1, lists (or `name_i` when not `nested`) otherwise."""
+        columns: list[tuple[str, pa.Array]] = []
+        for tensor_name, column in self.names.items():
+            values = predictions[tensor_name]
+            rows = len(values)
+            per_row = int(np.prod(values.shape[1:])) if values.ndim > 1 else 1
+            if per_row == 1:
+                columns.append((column, _scalar_array(values.reshape(rows))))
+            elif nested:
+                columns.append((column, _nested_list_array(values)))
+            else:
+                flat = values.reshape(rows, per_row)
+                columns.extend(
+                    (f"{column}_{i}", _scalar_array(np.ascontiguousarray(flat[:, i])))
+                    for i in range(per_row)
+                )
+        if self.labelled:
+            (values,) = (predictions[name] for name in self.names)
+            columns.extend(self._labels(values))
+        return columns
+
+    def _labels(self, values: np.ndarray) -> list[tuple[str, pa.Array]]:
+        """`label` (argmax, or the threshold for one sigmoid) and `score`, its probability."""
+        flat = values.reshape(len(values), -1)
+        if flat.shape[1] == 1:
+            probability = flat[:, 0]
+            assert self.threshold is not None
+            index = (probability >= self.threshold).astype(np.int64)
+            score = np.where(index == 1, probability, 1 - probability)
+        else:
+            if self.class_names is not None and flat.shape[1] != len(self.class_names):
+                raise DataError(
+                    f"the model output has width {flat.shape[1]} but --class_names has "
+                    f"{len(self.class_names)} names"
+                )
+            index = np.argmax(flat, axis=1)
+            score = flat[np.arange(len(flat)), index]
+        label = (
+            pa.array(self.class_names).take(pa.array(index))
+            if self.class_names is not None
+            else pa.array(index)
+        )
+        return [("label", label), ("score", pa.array(score))]
+
+
+def _width(shape: tuple[int | None, ...]) -> int | None:
+    """Values per row of an output shape (None when a dimension is open)."""
+    known = [d for d in shape[1:] if d is not None]
+    return math.prod(known) if len(known) == len(shape) - 1 else None
 
 
 def _scalar_array(values: np.ndarray) -> pa.Array:

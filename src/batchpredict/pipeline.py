@@ -34,10 +34,9 @@ from batchpredict.outputs import (
     SUCCESS_MARKER,
     CommittedOutput,
     OutputTarget,
+    PredictionColumns,
     output_batch,
-    output_column_names,
     plan_outputs,
-    prediction_columns,
     write_manifest_and_marker,
 )
 from batchpredict.predictor import Predictor, configure_devices
@@ -91,6 +90,9 @@ def _run(config: RunConfig) -> RunSummary:
         unsafe=config.unsafe_model_load,
     )
     predictor = Predictor(model, config.batch_size, devices.device)
+    columns = PredictionColumns.for_model(
+        model, config.prediction_column, config.class_names, config.threshold
+    )
     log.info(
         "run started",
         model=model.source.path,
@@ -104,7 +106,7 @@ def _run(config: RunConfig) -> RunSummary:
         # A stale marker from an earlier run must not vouch for a half-updated folder.
         _remove_if_present(os.path.join(config.output_dir, SUCCESS_MARKER))
     committed = [
-        CommittedOutput(target, _predict_target(target, model, predictor, config))
+        CommittedOutput(target, _predict_target(target, model, predictor, columns, config))
         for target in targets
     ]
     if config.output_dir is not None:
@@ -137,12 +139,15 @@ class _Chunk:
 
 
 def _predict_target(
-    target: OutputTarget, model: LoadedModel, predictor: Predictor, config: RunConfig
+    target: OutputTarget,
+    model: LoadedModel,
+    predictor: Predictor,
+    columns: PredictionColumns,
+    config: RunConfig,
 ) -> int:
     """Stream every input of one target through the model into its writer; return rows written."""
     writer = writer_for(target.path, target.format)
     nested = writer.supports_nested
-    names = output_column_names(model, config.prediction_column)
     in_flight: deque[_Chunk] = deque()
     failures: list[BaseException] = []
     batches = _batches(target.inputs, model, predictor.batch_size, config, in_flight, failures)
@@ -161,11 +166,11 @@ def _predict_target(
                     if len(collected) == 1
                     else np.concatenate([c[name] for c in collected])
                 )[: chunk.rows]
-                for name in names
+                for name in columns.names
             }
             collected = []
-            columns = prediction_columns(merged, names, nested)
-            sink.put(output_batch(chunk.kept, columns, nested, chunk.source))
+            results = columns.build(merged, nested)
+            sink.put(output_batch(chunk.kept, results, nested, chunk.source))
         if failures:
             raise failures[0]
         sink.close()
@@ -332,6 +337,14 @@ def inspect(
     return lines
 
 
+@dataclass(frozen=True)
+class ValidationReport:
+    """What `validate` found: a line per input checked, and every problem."""
+
+    lines: tuple[str, ...]
+    problems: tuple[str, ...]
+
+
 def validate(
     *,
     model: str,
@@ -343,13 +356,29 @@ def validate(
     features: tuple[str, ...] | None = None,
     keep_columns: tuple[str, ...] | None = None,
     chunk_size: int = 65536,
-) -> list[str]:
-    """Check each input's first chunk against the model; raise on the first problem."""
+) -> ValidationReport:
+    """Check each input's first chunk against the model, collecting every problem found.
+
+    Each model input is converted on its own, so one bad column does not hide another.
+    """
     loaded = load_model(model, signature=signature, version=version, unsafe=unsafe)
-    lines = []
+    lines: list[str] = []
+    problems: list[str] = []
     for source in expand_inputs(input_files, input_format):
-        table = _first_chunk(source, chunk_size)
-        mapping = plan_mapping(loaded.inputs, table.schema, source.path, features, keep_columns)
-        to_model_arrays(table, mapping, source.path, 0)
-        lines.append(f"ok: {source.path} ({table.num_rows} rows checked)")
-    return lines
+        try:
+            table = _first_chunk(source, chunk_size)
+            mapping = plan_mapping(loaded.inputs, table.schema, source.path, features, keep_columns)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        found = []
+        for binding in mapping.bindings:
+            single = ColumnMapping((binding,), ())
+            try:
+                to_model_arrays(table, single, source.path, 0)
+            except DataError as exc:
+                found.append(str(exc))
+        problems.extend(found)
+        if not found:
+            lines.append(f"ok: {source.path} ({table.num_rows} rows checked)")
+    return ValidationReport(tuple(lines), tuple(problems))
