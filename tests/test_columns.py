@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchpredict.columns import plan_mapping, to_model_arrays
+from batchpredict.columns import RowProblem, plan_mapping, to_model_arrays
 from batchpredict.errors import DataError
 from batchpredict.model import TensorInfo
 
@@ -30,7 +30,7 @@ def test_stacked_default_uses_numeric_columns_not_kept() -> None:
     mapping = plan_mapping(STACKED, table().schema, "f.csv", keep_columns=["id", "name", "seq"])
     assert mapping.bindings[0].columns == ("a", "b", "c")
     assert mapping.kept == ("id", "name", "seq")
-    arrays = to_model_arrays(table(), mapping, "f.csv", 0)
+    arrays = to_model_arrays(table(), mapping, "f.csv").arrays
     np.testing.assert_array_equal(
         arrays["features"], np.array([[0.5, 1, 2], [1.5, 2, 3]], np.float32)
     )
@@ -58,7 +58,7 @@ def test_named_inputs_read_same_named_columns() -> None:
         TensorInfo("name", "string", (None, 1)),
     )
     mapping = plan_mapping(inputs, table().schema, "f.parquet")
-    arrays = to_model_arrays(table(), mapping, "f.parquet", 0)
+    arrays = to_model_arrays(table(), mapping, "f.parquet").arrays
     assert arrays["a"].shape == (2,)
     np.testing.assert_array_equal(arrays["seq"], [[1, 2], [3, 4]])
     assert arrays["name"].tolist() == [["x"], ["y"]]
@@ -74,27 +74,35 @@ def test_missing_named_column_names_file_missing_and_available() -> None:
         plan_mapping(inputs, table().schema, "f.avro")
 
 
-def test_list_length_mismatch_names_row_and_column() -> None:
+def test_list_length_mismatch_is_a_row_problem() -> None:
     inputs = (TensorInfo("seq", "float32", (None, 3)),)
     mapping = plan_mapping(inputs, table().schema, "f.parquet")
-    with pytest.raises(
-        DataError, match=r"f.parquet: row 11, column 'seq': list of length 2 where .* needs 3"
-    ):
-        to_model_arrays(table(), mapping, "f.parquet", first_row=10)
+    converted = to_model_arrays(table(), mapping, "f.parquet")
+    assert converted.rows == 0
+    assert converted.problems[0] == RowProblem(
+        0, "seq", "list of length 2 where model input 'seq' of shape [None, 3] needs 3"
+    )
 
 
-def test_null_feature_is_a_data_error_with_row() -> None:
-    data = table().set_column(1, "a", pa.array([0.5, None]))
+def test_null_and_nan_rows_are_left_out_with_their_reason() -> None:
+    data = table().set_column(1, "a", pa.array([None, float("nan")]))
+    data = pa.concat_tables([data, table()])
     mapping = plan_mapping(STACKED, data.schema, "f.csv", features=["a", "b", "c"])
-    with pytest.raises(DataError, match=r"f.csv: row 102, column 'a': value is null"):
-        to_model_arrays(data, mapping, "f.csv", first_row=100)
+    converted = to_model_arrays(data, mapping, "f.csv")
+    assert [(p.index, p.reason) for p in converted.problems] == [
+        (0, "value is null"),
+        (1, "value is NaN"),
+    ]
+    assert converted.good is not None and converted.good.tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(converted.arrays["features"][:, 0], [0.5, 1.5])
 
 
-def test_nan_feature_is_a_data_error_with_row() -> None:
-    data = table().set_column(1, "a", pa.array([float("nan"), 1.0]))
+def test_fill_value_replaces_nulls_and_nan() -> None:
+    data = table().set_column(1, "a", pa.array([None, float("nan")]))
     mapping = plan_mapping(STACKED, data.schema, "f.csv", features=["a", "b", "c"])
-    with pytest.raises(DataError, match=r"row 1, column 'a': value is NaN"):
-        to_model_arrays(data, mapping, "f.csv", first_row=0)
+    converted = to_model_arrays(data, mapping, "f.csv", fill_value=-1.0)
+    assert not converted.problems
+    np.testing.assert_array_equal(converted.arrays["features"][:, 0], [-1.0, -1.0])
 
 
 @pytest.mark.parametrize(("column", "dtype"), [("name", "float32"), ("a", "int64")])
@@ -102,7 +110,7 @@ def test_unsafe_casts_are_refused(column: str, dtype: str) -> None:
     inputs = (TensorInfo(column, dtype, (None,)),)
     mapping = plan_mapping(inputs, table().schema, "f.csv")
     with pytest.raises(DataError, match=f"column '{column}' has type .* needs {dtype}"):
-        to_model_arrays(table(), mapping, "f.csv", 0)
+        to_model_arrays(table(), mapping, "f.csv")
 
 
 def test_keep_columns_must_exist() -> None:
@@ -112,10 +120,18 @@ def test_keep_columns_must_exist() -> None:
         )
 
 
-def _one(column: pa.Array, tensor: TensorInfo, first_row: int = 0) -> np.ndarray:
+def _one(column: pa.Array, tensor: TensorInfo) -> np.ndarray:
     data = pa.table({tensor.name: column})
     mapping = plan_mapping((tensor,), data.schema, "f.parquet")
-    return to_model_arrays(data, mapping, "f.parquet", first_row)[tensor.name]
+    converted = to_model_arrays(data, mapping, "f.parquet")
+    assert not converted.problems, converted.problems
+    return converted.arrays[tensor.name]
+
+
+def _problems(column: pa.Array, tensor: TensorInfo) -> list[tuple[int, str]]:
+    data = pa.table({tensor.name: column})
+    mapping = plan_mapping((tensor,), data.schema, "f.parquet")
+    return [(p.index, p.reason) for p in to_model_arrays(data, mapping, "f.parquet").problems]
 
 
 def test_image_from_flat_list_is_reshaped_to_the_declared_shape() -> None:
@@ -147,29 +163,44 @@ def test_flat_sequence_feeds_trailing_unit_dimension() -> None:
     assert got.shape == (2, 3, 1)
 
 
-def test_wrong_inner_length_names_the_row() -> None:
-    column = pa.array([[[1.0, 2.0, 3.0]] * 5, [[1.0, 2.0, 3.0]] * 4 + [[1.0, 2.0]]])
-    with pytest.raises(DataError, match=r"row 8, column 'seq': list of length 2 where .* needs 3"):
-        _one(column, TensorInfo("seq", "float32", (None, 5, 3)), first_row=6)
+def test_wrong_inner_length_is_the_row_of_the_element() -> None:
+    column = pa.array(
+        [[[1.0, 2.0, 3.0]] * 5, [[1.0, 2.0, 3.0]] * 4 + [[1.0, 2.0]], [[0.0] * 3] * 5]
+    )
+    tensor = TensorInfo("seq", "float32", (None, 5, 3))
+    assert _problems(column, tensor) == [
+        (1, "list of length 2 where model input 'seq' of shape [None, 5, 3] needs 3")
+    ]
 
 
 def test_flat_list_of_the_wrong_size_is_not_silently_reshaped() -> None:
     column = pa.array([list(range(12)), list(range(11))], pa.list_(pa.float32()))
-    with pytest.raises(DataError, match=r"row 2, column 'img': list of length 11 .* needs 12"):
-        _one(column, TensorInfo("img", "float32", (None, 2, 2, 3)))
+    assert _problems(column, TensorInfo("img", "float32", (None, 2, 2, 3))) == [
+        (1, "list of length 11 where model input 'img' of shape [None, 2, 2, 3] needs 12")
+    ]
 
 
-def test_null_inside_a_list_names_the_row() -> None:
-    column = pa.array([[1.0, 2.0], [3.0, None]])
-    with pytest.raises(DataError, match=r"row 2, column 'seq': null inside a list"):
-        _one(column, TensorInfo("seq", "float32", (None, 2)))
+def test_null_and_nan_inside_a_list() -> None:
+    column = pa.array([[1.0, 2.0], [3.0, None], None, [float("nan"), 1.0]])
+    assert _problems(column, TensorInfo("seq", "float32", (None, 2))) == [
+        (1, "null inside a list"),
+        (2, "value is null"),
+        (3, "NaN inside a list"),
+    ]
 
 
 def test_integer_ids_must_fit_the_input_dtype() -> None:
     ok = _one(pa.array([1, 2], pa.int64()), TensorInfo("ids", "int32", (None,)))
     assert ok.dtype == np.int32
-    with pytest.raises(DataError, match=r"row 2, column 'ids': value 3000000000 does not fit"):
-        _one(pa.array([1, 3_000_000_000], pa.int64()), TensorInfo("ids", "int32", (None,)))
+    assert _problems(
+        pa.array([1, 3_000_000_000], pa.int64()), TensorInfo("ids", "int32", (None,))
+    ) == [(1, "value 3000000000 does not fit model input 'ids' (int32)")]
+
+
+def test_open_dimension_takes_the_first_good_rows_length() -> None:
+    column = pa.array([None, [1.0, 2.0, 3.0], [1.0], [4.0, 5.0, 6.0]])
+    tensor = TensorInfo("seq", "float32", (None, None))
+    assert [i for i, _ in _problems(column, tensor)] == [0, 2]
 
 
 def test_string_input_keeps_text() -> None:

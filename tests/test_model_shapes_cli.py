@@ -384,8 +384,10 @@ def test_validate_lists_every_problem(
     assert result.returncode == 65
     problems = [line for line in result.stdout.splitlines() if line.startswith("problem:")]
     assert len(problems) == 2, result.stdout
-    assert "column 'history': list of length 4" in problems[0] + problems[1]
-    assert "column 'clicks': list of length 3" in problems[0] + problems[1]
+    history = next(p for p in problems if "column 'history'" in p)
+    assert "4 of 4 rows checked are bad; first, row 1: list of length 4" in history
+    clicks = next(p for p in problems if "column 'clicks'" in p)
+    assert "first, row 1: list of length 3" in clicks
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from batchpredict.columns import plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
+from batchpredict.errors import DataError
 from batchpredict.observe import configure_logging, logging_configured, quiet_tensorflow
 from batchpredict.outputs import PredictionColumns
 
@@ -73,8 +74,13 @@ class FramePredictor:
         """Return the kept columns of `frame` followed by the prediction column(s)."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
         mapping = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
-        arrays = to_model_arrays(table, mapping, "DataFrame", 0)
-        predictions = self.predictor.predict_arrays(arrays, table.num_rows)
+        converted = to_model_arrays(table, mapping, "DataFrame")
+        if converted.problems:
+            first = converted.problems[0]
+            raise DataError(
+                f"DataFrame: row {first.index + 1}, column {first.column!r}: {first.reason}"
+            )
+        predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
         result = table.select(list(mapping.kept))
         for name, column in self.columns.build(predictions, nested=True):
             result = result.append_column(name, column)

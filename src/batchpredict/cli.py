@@ -207,6 +207,42 @@ def cli() -> None:
     help="Cap the GPU memory TensorFlow may take, in MB.",
 )
 @option(
+    "on_error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="fail: stop at the first bad row (exit 65). skip: write bad rows to the rejects "
+    "file and go on.",
+)
+@option(
+    "rejects_file",
+    default=None,
+    help="Where --on_error skip writes bad rows as JSON lines "
+    "(default: <output>.rejects.jsonl, or DIR/_rejects.jsonl with --output_dir).",
+)
+@option(
+    "max_error_rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.01,
+    show_default=True,
+    help="With --on_error skip: fail (exit 65, output not written) when a larger fraction "
+    "of an output's rows is bad.",
+)
+@option(
+    "fill_value",
+    type=float,
+    default=None,
+    help="Use this number for null and NaN values in numeric features instead of "
+    "treating those rows as bad.",
+)
+@option(
+    "skip_existing",
+    is_flag=True,
+    default=False,
+    help="With --output_dir: skip inputs whose output the manifest records as complete "
+    "(same input size and mtime), so a rerun resumes.",
+)
+@option(
     "lock_file",
     type=click.Path(dir_okay=False),
     default=None,
@@ -240,6 +276,11 @@ def predict(**options: Any) -> None:
         gpu_memory_limit=options["gpu_memory_limit"],
         log_level=options["log_level"],
         lock_file=options["lock_file"],
+        on_error=options["on_error"],
+        rejects_file=options["rejects_file"],
+        max_error_rate=options["max_error_rate"],
+        fill_value=options["fill_value"],
+        skip_existing=options["skip_existing"],
     )
     from batchpredict import pipeline
 

@@ -134,34 +134,183 @@ def _is_numeric(arrow_type: pa.DataType) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class RowProblem:
+    """A row that cannot be fed to the model: its position in the chunk and the reason."""
+
+    index: int
+    column: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A chunk converted for the model, without the rows that could not be."""
+
+    arrays: dict[str, np.ndarray]
+    #: Rows converted, as a mask over the chunk; None when every row was.
+    good: np.ndarray | None
+    #: The bad rows in chunk order, each with the first problem found in it.
+    problems: tuple[RowProblem, ...]
+
+    @property
+    def rows(self) -> int:
+        """How many rows were converted."""
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+
+class _Problems:
+    """Collects the first problem of each bad row; reasons are formatted only when kept."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, RowProblem] = {}
+
+    def add(self, indices: np.ndarray, column: str, reason: str | Callable[[int], str]) -> None:
+        for position, index in enumerate(indices.tolist()):
+            if index not in self.found:
+                text = reason if isinstance(reason, str) else reason(position)
+                self.found[index] = RowProblem(index, column, text)
+
+    def mask(self, rows: int) -> np.ndarray:
+        bad = np.zeros(rows, dtype=bool)
+        bad[list(self.found)] = True
+        return bad
+
+
 def to_model_arrays(
-    table: pa.Table, mapping: ColumnMapping, source: str, first_row: int
-) -> dict[str, np.ndarray]:
+    table: pa.Table, mapping: ColumnMapping, source: str, fill_value: float | None = None
+) -> Converted:
     """Convert one chunk into `{input name: array}` with the model's dtypes and shapes.
 
-    `first_row` is the chunk's 0-based offset in its file, so errors name the data row.
+    Row-level problems (null or NaN without `fill_value`, a list of the wrong length, an
+    integer that does not fit) leave their rows out and are reported; a column whose type
+    cannot feed its input at all raises `DataError`.
     """
+    problems = _Problems()
+    for binding in mapping.bindings:
+        for name in binding.columns:
+            column = table.column(name)
+            if _is_list(column.type) and not binding.stacked:
+                _check_list(column, name, binding.tensor, source, problems)
+            else:
+                _check_scalar(column, name, binding.tensor, source, fill_value, problems)
+    good: np.ndarray | None = None
+    if problems.found:
+        good = ~problems.mask(table.num_rows)
+        table = table.filter(pa.array(good))
     arrays: dict[str, np.ndarray] = {}
     for binding in mapping.bindings:
         tensor = binding.tensor
         if binding.stacked:
             out = np.empty((table.num_rows, len(binding.columns)), dtype=tensor.dtype)
             for j, name in enumerate(binding.columns):
-                out[:, j] = _scalar_column(table.column(name), name, tensor, source, first_row)
+                out[:, j] = _scalar_values(table.column(name), tensor, fill_value)
             arrays[tensor.name] = out
         else:
             name = binding.columns[0]
-            arrays[tensor.name] = _column_array(table.column(name), name, tensor, source, first_row)
-    return arrays
+            arrays[tensor.name] = _column_array(
+                table.column(name), name, tensor, source, fill_value
+            )
+    found = tuple(problems.found[i] for i in sorted(problems.found))
+    return Converted(arrays, good, found)
+
+
+def _check_scalar(
+    column: pa.ChunkedArray,
+    name: str,
+    tensor: TensorInfo,
+    source: str,
+    fill_value: float | None,
+    problems: _Problems,
+) -> None:
+    _check_convertible(column.type, name, tensor, source)
+    fills = fill_value is not None and tensor.dtype != "string"
+    if column.null_count and not fills:
+        problems.add(_where(column.is_null()), name, "value is null")
+    if pa.types.is_floating(column.type) and not fills:
+        problems.add(_where(pc.is_nan(column)), name, "value is NaN")
+    _check_int_range(column, name, tensor, np.arange(len(column)), problems)
+
+
+def _check_list(
+    column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, problems: _Problems
+) -> None:
+    """Mark rows whose (nested) lists do not match the input's shape, or hold null/NaN."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    wanted, _ = _list_layout(array.type, name, tensor, source)
+    if array.null_count:
+        problems.add(_where(array.is_null()), name, "value is null")
+    level: pa.Array = array
+    owner = np.arange(len(array))  # the row each element of `level` belongs to
+    for expected in wanted:
+        lengths = pc.list_value_length(level).to_numpy(zero_copy_only=False)
+        want = expected if expected is not None else _first_length(lengths, owner, problems)
+        bad = np.flatnonzero(lengths != want)
+        problems.add(owner[bad], name, _length_reason(lengths[bad], want, tensor))
+        owner = owner[pc.list_parent_indices(level).to_numpy()]
+        level = level.flatten()
+        if level.null_count:
+            problems.add(np.unique(owner[_where(level.is_null())]), name, "null inside a list")
+    _check_convertible(level.type, name, tensor, source)
+    if pa.types.is_floating(level.type):
+        problems.add(np.unique(owner[_where(pc.is_nan(level))]), name, "NaN inside a list")
+    _check_int_range(level, name, tensor, owner, problems)
+
+
+def _length_reason(found: np.ndarray, want: int, tensor: TensorInfo) -> Callable[[int], str]:
+    def reason(i: int) -> str:
+        return (
+            f"list of length {int(found[i])} where model input {tensor.name!r} "
+            f"of shape {_shape(tensor.shape)} needs {want}"
+        )
+
+    return reason
+
+
+def _first_length(lengths: np.ndarray, owner: np.ndarray, problems: _Problems) -> int:
+    """The length an open dimension takes: that of the first row not already bad."""
+    for position, row in enumerate(owner.tolist()):
+        if row not in problems.found and not np.isnan(lengths[position]):
+            return int(lengths[position])
+    return 0
+
+
+def _where(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Indices where a boolean Arrow array is true (nulls count as false)."""
+    return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+
+
+def _check_int_range(
+    values: pa.Array | pa.ChunkedArray,
+    name: str,
+    tensor: TensorInfo,
+    owner: np.ndarray,
+    problems: _Problems,
+) -> None:
+    """Integers must fit the input's integer dtype: an int64 id never wraps into int32."""
+    if not (pa.types.is_integer(values.type) and tensor.dtype.startswith(("int", "uint"))):
+        return
+    limits = np.iinfo(tensor.dtype)
+    bounds = pc.min_max(values).as_py()
+    low, high = bounds["min"], bounds["max"]
+    if low is None or (limits.min <= low and high <= limits.max):
+        return
+    data = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((data < limits.min) | (data > limits.max))
+    problems.add(
+        owner[bad],
+        name,
+        lambda i: f"value {data[bad[i]]} does not fit model input {tensor.name!r} ({tensor.dtype})",
+    )
 
 
 def _column_array(
-    column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, first_row: int
+    column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, fill_value: float | None
 ) -> np.ndarray:
     inner = tuple(tensor.shape[1:])
     if _is_list(column.type):
-        return _list_column(column, name, tensor, source, first_row)
-    values = _scalar_column(column, name, tensor, source, first_row)
+        return _list_values(column, name, tensor, source)
+    values = _scalar_values(column, tensor, fill_value)
     if any(d not in (1, None) for d in inner):
         raise DataError(
             f"{source}: column {name!r} holds scalars but model input {tensor.name!r} "
@@ -170,32 +319,33 @@ def _column_array(
     return values.reshape((len(values), *([1] * len(inner))))
 
 
-def _scalar_column(
-    column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, first_row: int
+def _scalar_values(
+    column: pa.ChunkedArray, tensor: TensorInfo, fill_value: float | None
 ) -> np.ndarray:
-    _check_convertible(column.type, name, tensor, source)
-    _check_no_nulls(column, name, source, first_row)
-    _check_int_range(column, name, tensor, source, lambda i: first_row + i + 1)
+    """The column's values in the input's dtype; nulls and NaN replaced by `fill_value`."""
     if tensor.dtype == "string":
         return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
-    if pa.types.is_decimal(column.type):
+    if pa.types.is_decimal(column.type) or pa.types.is_null(column.type):
         column = column.cast(pa.float64())
-    return np.asarray(column.to_numpy(), dtype=tensor.dtype)
+    if fill_value is not None and column.null_count:
+        column = pc.fill_null(column, pa.scalar(fill_value).cast(column.type, safe=False))
+    values = np.asarray(column.to_numpy(), dtype=tensor.dtype)
+    if fill_value is not None and values.dtype.kind == "f":
+        values = np.where(np.isnan(values), values.dtype.type(fill_value), values)
+    return values
 
 
-def _list_column(
-    column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str, first_row: int
-) -> np.ndarray:
-    """Flatten a (nested) list column into `[rows, *shape]`, checking every level's length.
+def _list_layout(
+    arrow_type: pa.DataType, name: str, tensor: TensorInfo, source: str
+) -> tuple[list[int | None], list[int | None]]:
+    """The length each list level must have, and the dimensions the innermost level holds.
 
     Outer list levels map one to one onto the input's dimensions; the innermost level holds
     the remaining dimensions flattened, so a flat list of H*W*C values feeds `[None, H, W, C]`
     and a flat list of T values feeds `[None, T, 1]`.
     """
-    _check_no_nulls(column, name, source, first_row)
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     inner = list(tensor.shape[1:])
-    depth = _list_depth(array.type)
+    depth = _list_depth(arrow_type)
     if depth > len(inner):
         raise DataError(
             f"{source}: column {name!r} is a list nested {depth} deep but model input "
@@ -213,29 +363,19 @@ def _list_column(
             f"{tensor.name!r} of shape {_shape(tensor.shape)} with open dimensions; "
             "store one list level per dimension"
         )
-    wanted = [*inner[: depth - 1], innermost]
+    return [*inner[: depth - 1], innermost], rest
+
+
+def _list_values(column: pa.ChunkedArray, name: str, tensor: TensorInfo, source: str) -> np.ndarray:
+    """Flatten a (nested) list column whose rows all passed `_check_list` into an array."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    wanted, rest = _list_layout(array.type, name, tensor, source)
     dims: list[int] = []
     level: pa.Array = array
     for expected in wanted:
         lengths = pc.list_value_length(level).to_numpy(zero_copy_only=False)
-        want = expected if expected is not None else (int(lengths[0]) if len(lengths) else 0)
-        bad = np.flatnonzero(lengths != want)
-        if len(bad):
-            raise DataError(
-                f"{source}: row {_row_of(bad[0], dims, first_row)}, column {name!r}: list of "
-                f"length {int(lengths[bad[0]])} where model input {tensor.name!r} of shape "
-                f"{_shape(tensor.shape)} needs {want}"
-            )
-        dims.append(want)
+        dims.append(expected if expected is not None else (int(lengths[0]) if len(lengths) else 0))
         level = level.flatten()
-        if level.null_count:
-            first = int(np.flatnonzero(level.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(
-                f"{source}: row {_row_of(first, dims, first_row)}, column {name!r}: "
-                "null inside a list"
-            )
-    _check_convertible(level.type, name, tensor, source)
-    _check_int_range(level, name, tensor, source, lambda i: _row_of(i, dims, first_row))
     values = np.asarray(level.to_numpy(zero_copy_only=False), dtype=_numpy_dtype(tensor))
     shape = [d if d is not None else dims[-1] for d in rest]
     return values.reshape((len(array), *dims[:-1], *shape))
@@ -255,35 +395,6 @@ def _is_list(arrow_type: pa.DataType) -> bool:
         or pa.types.is_large_list(arrow_type)
         or pa.types.is_fixed_size_list(arrow_type)
     )
-
-
-def _check_int_range(
-    values: pa.Array | pa.ChunkedArray,
-    name: str,
-    tensor: TensorInfo,
-    source: str,
-    row_of: Callable[[int], int],
-) -> None:
-    """Integers must fit the input's integer dtype: an int64 id never wraps into int32."""
-    if not (pa.types.is_integer(values.type) and tensor.dtype.startswith(("int", "uint"))):
-        return
-    limits = np.iinfo(tensor.dtype)
-    bounds = pc.min_max(values).as_py()
-    low, high = bounds["min"], bounds["max"]
-    if low is None or (limits.min <= low and high <= limits.max):
-        return
-    data = values.to_numpy(zero_copy_only=False)
-    first = int(np.flatnonzero((data < limits.min) | (data > limits.max))[0])
-    raise DataError(
-        f"{source}: row {row_of(first)}, column {name!r}: value {data[first]} does not fit "
-        f"model input {tensor.name!r} ({tensor.dtype})"
-    )
-
-
-def _row_of(index: int, outer_dims: list[int], first_row: int) -> int:
-    """The 1-based file row of element `index` of a level nested below `outer_dims`."""
-    per_row = int(np.prod(outer_dims)) if outer_dims else 1
-    return first_row + int(index) // max(per_row, 1) + 1
 
 
 def _check_convertible(arrow_type: pa.DataType, name: str, tensor: TensorInfo, source: str) -> None:
@@ -310,18 +421,6 @@ def _check_convertible(arrow_type: pa.DataType, name: str, tensor: TensorInfo, s
             f"{source}: column {name!r} has type {arrow_type}; model input {tensor.name!r} "
             f"needs {target} and that conversion is not safe"
         )
-
-
-def _check_no_nulls(column: pa.ChunkedArray, name: str, source: str, first_row: int) -> None:
-    nulls = column.null_count
-    if not nulls and pa.types.is_floating(column.type):
-        nulls = pc.sum(pc.is_nan(column)).as_py() or 0
-        if nulls:
-            first = int(np.flatnonzero(np.isnan(column.to_numpy()))[0])
-            raise DataError(f"{source}: row {first_row + first + 1}, column {name!r}: value is NaN")
-    if nulls:
-        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{source}: row {first_row + first + 1}, column {name!r}: value is null")
 
 
 def _numpy_dtype(tensor: TensorInfo) -> str | type:

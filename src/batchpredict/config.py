@@ -10,6 +10,8 @@ STDIO = "-"
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_CHUNK_SIZE = 65536
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
+ON_ERROR_CHOICES = ("fail", "skip")
+DEFAULT_MAX_ERROR_RATE = 0.01
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class RunConfig:
     gpu_memory_limit: int | None = None
     log_level: str = "info"
     lock_file: str | None = None
+    on_error: str = "fail"
+    rejects_file: str | None = None
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    fill_value: float | None = None
+    skip_existing: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
@@ -69,6 +76,16 @@ def validate(config: RunConfig) -> None:
     if not config.prediction_column:
         raise UsageError("--prediction_column cannot be empty")
     _validate_device(config.device)
+    if config.on_error not in ON_ERROR_CHOICES:
+        raise UsageError(f"--on_error must be fail or skip, got {config.on_error!r}")
+    if config.rejects_file is not None and config.on_error != "skip":
+        raise UsageError("--rejects_file needs --on_error skip")
+    if config.on_error == "skip" and config.rejects_file is None and config.output_file == STDIO:
+        raise UsageError("--on_error skip with output to stdout needs --rejects_file")
+    if not 0.0 <= config.max_error_rate <= 1.0:
+        raise UsageError(f"--max_error_rate must be between 0 and 1, got {config.max_error_rate}")
+    if config.skip_existing and config.output_dir is None:
+        raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
     if config.class_names is not None and len(set(config.class_names)) != len(config.class_names):
         raise UsageError("--class_names has duplicate names")
     if config.class_names is not None and len(config.class_names) < 2:

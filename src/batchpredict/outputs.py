@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,7 @@ from batchpredict.sources import InputFile
 
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
+REJECTS = "_rejects.jsonl"
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,20 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
             targets.append(OutputTarget(path, fmt, (item,)))
     _refuse_collisions(targets)
     _refuse_overwriting_inputs(targets, inputs)
+    if config.on_error == "skip":
+        _refuse_overwriting_inputs(
+            [OutputTarget(rejects_path(t, config), "jsonl", t.inputs) for t in targets], inputs
+        )
     return targets
+
+
+def rejects_path(target: OutputTarget, config: RunConfig) -> str:
+    """Where a target's bad rows go: `--rejects_file`, `DIR/_rejects.jsonl`, or beside it."""
+    if config.rejects_file is not None:
+        return config.rejects_file
+    if config.output_dir is not None:
+        return os.path.join(config.output_dir, REJECTS)
+    return f"{target.path}.rejects.jsonl"
 
 
 def _renamed(relative: str, input_format: str, output_format: str) -> str:
@@ -258,6 +273,14 @@ def output_batch(
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+def _publish(temp: str, path: str) -> None:
+    """Give a finished temporary file the usual permissions and rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, path)
+
+
 def write_text_atomically(path: str, text: str) -> None:
     """Write a small file through a temporary file and a rename."""
     directory = os.path.dirname(path) or "."
@@ -270,10 +293,7 @@ def write_text_atomically(path: str, text: str) -> None:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)
-            os.replace(temp, path)
+            _publish(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
@@ -281,32 +301,165 @@ def write_text_atomically(path: str, text: str) -> None:
         raise ReadWriteError(f"{path}: cannot write: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class CommittedOutput:
-    """An output that was renamed into place, with what it was made from."""
-
-    target: OutputTarget
-    rows: int
+def input_fingerprint(item: InputFile) -> dict[str, Any]:
+    """What identifies an input's content for `--skip_existing`: path, size and mtime."""
+    stat = os.stat(item.path)
+    return {"path": item.path, "size": stat.st_size, "mtime": stat.st_mtime}
 
 
-def write_manifest_and_marker(output_dir: str, committed: Sequence[CommittedOutput]) -> None:
-    """Write `_manifest.json` then `_SUCCESS`, last of all, so readers see a finished folder."""
-    entries = []
-    for item in committed:
-        inputs = []
-        for source in item.target.inputs:
-            stat = os.stat(source.path)
-            inputs.append({"path": source.path, "size": stat.st_size, "mtime": stat.st_mtime})
-        out_stat = os.stat(item.target.path)
-        entries.append(
-            {
-                "inputs": inputs,
-                "output": os.path.relpath(item.target.path, output_dir),
-                "output_size": out_stat.st_size,
-                "format": item.target.format,
-                "rows": item.rows,
+class Manifest:
+    """`_manifest.json` of an `--output_dir`: rewritten atomically after every commit.
+
+    Because it is current after each output, a run that was killed leaves a manifest of
+    what it finished, and `--skip_existing` resumes from there. `_SUCCESS` is written
+    only by `finish`, after the last output.
+    """
+
+    def __init__(self, output_dir: str, resume: bool) -> None:
+        self.output_dir = output_dir
+        self.path = os.path.join(output_dir, MANIFEST)
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._previous: dict[str, dict[str, Any]] = self._load() if resume else {}
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            return {entry["output"]: entry for entry in data["outputs"]}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ReadWriteError(f"{self.path}: cannot read the manifest: {exc}") from exc
+
+    def _key(self, target: OutputTarget) -> str:
+        return os.path.relpath(target.path, self.output_dir)
+
+    def already_done(self, target: OutputTarget, inputs: list[dict[str, Any]]) -> bool:
+        """Whether a previous run committed this output from inputs of the same size and mtime.
+
+        A match is carried into this run's manifest.
+        """
+        entry = self._previous.get(self._key(target))
+        if entry is None or entry.get("inputs") != inputs:
+            return False
+        try:
+            if os.stat(target.path).st_size != entry.get("output_size"):
+                return False
+        except FileNotFoundError:
+            return False
+        self.entries[entry["output"]] = entry
+        self._write()
+        return True
+
+    def record(
+        self, target: OutputTarget, inputs: list[dict[str, Any]], rows: int, rejected: int
+    ) -> None:
+        """Add a committed output and rewrite the manifest."""
+        key = self._key(target)
+        self.entries[key] = {
+            "inputs": inputs,
+            "output": key,
+            "output_size": os.stat(target.path).st_size,
+            "format": target.format,
+            "rows": rows,
+            "rejected_rows": rejected,
+        }
+        self._write()
+
+    def _write(self) -> None:
+        manifest = {"written_at": time.time(), "outputs": list(self.entries.values())}
+        write_text_atomically(self.path, json.dumps(manifest, indent=2) + "\n")
+
+    def finish(self) -> None:
+        """Mark the folder complete: `_SUCCESS`, last of all."""
+        self._write()
+        write_text_atomically(os.path.join(self.output_dir, SUCCESS_MARKER), "")
+
+
+class RejectsWriter:
+    """The rejects file: one JSON line per bad row, written to a temporary file and renamed.
+
+    Each line has the source file, the 1-based data row, the column, the reason and the
+    row's values as read, so that nothing is lost and the rows can be fixed and re-fed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.count = 0
+        self._handle: Any = None
+        self._temp: str | None = None
+
+    def add(self, source: str, rows: np.ndarray, table: pa.Table, problems: Sequence[Any]) -> None:
+        """Record the bad rows of one chunk; `rows` maps chunk positions to file rows."""
+        if self._handle is None:
+            directory = os.path.dirname(self.path) or "."
+            try:
+                os.makedirs(directory, exist_ok=True)
+                fd, self._temp = tempfile.mkstemp(
+                    prefix=f".{os.path.basename(self.path)}.{os.getpid()}.",
+                    suffix=".tmp",
+                    dir=directory,
+                )
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create the rejects file: {exc}") from exc
+            self._handle = os.fdopen(fd, "w", encoding="utf-8")
+        values = table.take(pa.array([p.index for p in problems])).to_pylist()
+        lines = []
+        for problem, raw in zip(problems, values, strict=True):
+            record = {
+                "source": source,
+                "row": int(rows[problem.index]),
+                "column": problem.column,
+                "reason": problem.reason,
+                "values": _json_safe(raw),
             }
-        )
-    manifest = {"written_at": time.time(), "outputs": entries}
-    write_text_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    write_text_atomically(os.path.join(output_dir, SUCCESS_MARKER), "")
+            lines.append(json.dumps(record, default=_json_default, allow_nan=False) + "\n")
+        try:
+            self._handle.write("".join(lines))
+        except OSError as exc:
+            raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
+        self.count += len(problems)
+
+    def commit(self) -> None:
+        """Rename the rejects into place (an empty file when there were none)."""
+        if self._handle is None:
+            write_text_atomically(self.path, "")
+            return
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            assert self._temp is not None
+            _publish(self._temp, self.path)
+        except OSError as exc:
+            raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
+        finally:
+            self._handle = None
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._temp is not None:
+            Path(self._temp).unlink(missing_ok=True)
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity" (JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    """Rejected values JSON cannot hold natively: bytes as text, dates as ISO strings."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

@@ -32,12 +32,14 @@ from batchpredict.model import LoadedModel, load_model
 from batchpredict.observe import get_logger
 from batchpredict.outputs import (
     SUCCESS_MARKER,
-    CommittedOutput,
+    Manifest,
     OutputTarget,
     PredictionColumns,
+    RejectsWriter,
+    input_fingerprint,
     output_batch,
     plan_outputs,
-    write_manifest_and_marker,
+    rejects_path,
 )
 from batchpredict.predictor import Predictor, configure_devices
 from batchpredict.sources import InputFile, expand_inputs
@@ -56,6 +58,9 @@ class RunSummary:
     seconds: float
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    #: Inputs not read because `--skip_existing` found their output complete.
+    skipped: tuple[str, ...]
+    rejects_files: tuple[str, ...]
     model: str
     model_version: int | None
     batch_size: int
@@ -63,7 +68,7 @@ class RunSummary:
     rows_per_second: float = field(init=False)
 
     def __post_init__(self) -> None:
-        rate = self.rows_out / self.seconds if self.seconds > 0 else 0.0
+        rate = self.rows_in / self.seconds if self.seconds > 0 else 0.0
         object.__setattr__(self, "rows_per_second", round(rate, 1))
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,8 +76,26 @@ class RunSummary:
         return asdict(self)
 
 
+@dataclass
+class _Counts:
+    """Rows read, written and rejected for one output (or, summed, the run)."""
+
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+
+    def add(self, other: _Counts) -> None:
+        self.read += other.read
+        self.written += other.written
+        self.rejected += other.rejected
+
+
 def run(config: RunConfig) -> RunSummary:
-    """Predict every input of `config` and commit every output, or raise and commit nothing."""
+    """Predict every input of `config` and commit every output, or raise and commit nothing.
+
+    Invariant: rows read = rows written + rows rejected, and an output exists under its
+    final name only if everything in it was written.
+    """
     with hold_lock(config.lock_file):
         return _run(config)
 
@@ -82,6 +105,11 @@ def _run(config: RunConfig) -> RunSummary:
     started = time.monotonic()
     inputs = expand_inputs(config.input_files, config.input_format)
     targets = plan_outputs(inputs, config)
+    rejects = (
+        {path: RejectsWriter(path) for path in {rejects_path(t, config) for t in targets}}
+        if config.on_error == "skip"
+        else {}
+    )
     devices = configure_devices(config.device, config.gpu_memory_limit)
     model = load_model(
         config.model,
@@ -102,23 +130,53 @@ def _run(config: RunConfig) -> RunSummary:
         device=devices.device,
         batch_size=predictor.batch_size,
     )
+    manifest: Manifest | None = None
     if config.output_dir is not None:
         # A stale marker from an earlier run must not vouch for a half-updated folder.
         _remove_if_present(os.path.join(config.output_dir, SUCCESS_MARKER))
-    committed = [
-        CommittedOutput(target, _predict_target(target, model, predictor, columns, config))
-        for target in targets
-    ]
-    if config.output_dir is not None:
-        write_manifest_and_marker(config.output_dir, committed)
-    rows = sum(c.rows for c in committed)
+        manifest = Manifest(config.output_dir, resume=config.skip_existing)
+    totals = _Counts()
+    skipped: list[str] = []
+    try:
+        for target in targets:
+            # Taken before reading: a file that changes during the run is redone next time.
+            fingerprints = (
+                [input_fingerprint(i) for i in target.inputs] if manifest is not None else []
+            )
+            if (
+                manifest is not None
+                and config.skip_existing
+                and manifest.already_done(target, fingerprints)
+            ):
+                log.info("output already complete, skipped", output=target.path)
+                skipped.extend(i.path for i in target.inputs)
+                continue
+            sink = rejects.get(rejects_path(target, config)) if rejects else None
+            counts = _predict_target(target, model, predictor, columns, config, sink)
+            totals.add(counts)
+            if manifest is not None:
+                manifest.record(target, fingerprints, counts.written, counts.rejected)
+        if manifest is not None:
+            manifest.finish()
+    except BaseException as exc:
+        # Bad rows are the diagnosis of a data failure: keep them; otherwise drop them.
+        for writer in rejects.values():
+            if isinstance(exc, DataError):
+                writer.commit()
+            else:
+                writer.abort()
+        raise
+    for writer in rejects.values():
+        writer.commit()
     summary = RunSummary(
-        rows_in=rows,
-        rows_out=rows,
-        rows_rejected=0,
+        rows_in=totals.read,
+        rows_out=totals.written,
+        rows_rejected=totals.rejected,
         seconds=round(time.monotonic() - started, 3),
         inputs=tuple(i.path for i in inputs),
         outputs=tuple(t.path for t in targets),
+        skipped=tuple(skipped),
+        rejects_files=tuple(rejects),
         model=model.source.path,
         model_version=model.source.version,
         batch_size=predictor.batch_size,
@@ -144,13 +202,21 @@ def _predict_target(
     predictor: Predictor,
     columns: PredictionColumns,
     config: RunConfig,
-) -> int:
-    """Stream every input of one target through the model into its writer; return rows written."""
+    rejects: RejectsWriter | None,
+) -> _Counts:
+    """Stream every input of one target through the model into its writer, then commit.
+
+    The output is committed only if its share of rejected rows is within
+    `--max_error_rate`; otherwise it is aborted and the run fails with a data error.
+    """
     writer = writer_for(target.path, target.format)
     nested = writer.supports_nested
     in_flight: deque[_Chunk] = deque()
     failures: list[BaseException] = []
-    batches = _batches(target.inputs, model, predictor.batch_size, config, in_flight, failures)
+    counts = _Counts()
+    batches = _batches(
+        target.inputs, model, predictor.batch_size, config, in_flight, failures, counts, rejects
+    )
     sink = _BackgroundWriter(writer)
     try:
         collected: list[dict[str, np.ndarray]] = []
@@ -174,12 +240,20 @@ def _predict_target(
         if failures:
             raise failures[0]
         sink.close()
+        if counts.rejected > config.max_error_rate * counts.read:
+            raise DataError(
+                f"{counts.rejected} of {counts.read} rows rejected for {target.path} "
+                f"({counts.rejected / max(counts.read, 1):.2%}), more than --max_error_rate "
+                f"{config.max_error_rate:.2%}; the output was not written"
+                + (f"; the bad rows are in {rejects.path}" if rejects else "")
+            )
         writer.commit()
     except BaseException:
         sink.abandon()
         writer.abort()
         raise
-    return writer.rows_written
+    counts.written = writer.rows_written
+    return counts
 
 
 def _batches(
@@ -189,9 +263,12 @@ def _batches(
     config: RunConfig,
     in_flight: deque[_Chunk],
     failures: list[BaseException],
+    counts: _Counts,
+    rejects: RejectsWriter | None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read, map and convert chunks; yield fixed-size batches and record each chunk in flight.
 
+    Bad rows stop the run (`--on_error fail`) or go to the rejects file and are left out.
     Runs inside `tf.data`'s generator thread, which would turn our exceptions into
     TensorFlow errors: they are stored in `failures` for the consumer to re-raise instead.
     """
@@ -211,18 +288,32 @@ def _batches(
                         config.features,
                         config.keep_columns,
                     )
-                arrays = to_model_arrays(table, mapping, source.path, first_row)
-                rows = table.num_rows
-                in_flight.append(
-                    _Chunk(
-                        source.path,
-                        table.select(list(mapping.kept)),
-                        rows,
-                        batch_count(rows, batch_size),
+                converted = to_model_arrays(table, mapping, source.path, config.fill_value)
+                counts.read += table.num_rows
+                kept = table.select(list(mapping.kept))
+                if converted.problems:
+                    rows = np.arange(first_row + 1, first_row + table.num_rows + 1)
+                    if rejects is None:
+                        first = converted.problems[0]
+                        raise DataError(
+                            f"{source.path}: row {rows[first.index]}, column {first.column!r}: "
+                            f"{first.reason}"
+                        )
+                    rejects.add(source.path, rows, table, converted.problems)
+                    counts.rejected += len(converted.problems)
+                    assert converted.good is not None
+                    kept = kept.filter(pa.array(converted.good))
+                first_row += table.num_rows
+                if converted.rows:
+                    in_flight.append(
+                        _Chunk(
+                            source.path,
+                            kept,
+                            converted.rows,
+                            batch_count(converted.rows, batch_size),
+                        )
                     )
-                )
-                yield from fixed_batches(arrays, rows, batch_size)
-                first_row += rows
+                    yield from fixed_batches(converted.arrays, converted.rows, batch_size)
             if first_row == 0:
                 raise InputMissingError(f"{source.path}: holds no data rows")
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
@@ -375,9 +466,17 @@ def validate(
         for binding in mapping.bindings:
             single = ColumnMapping((binding,), ())
             try:
-                to_model_arrays(table, single, source.path, 0)
+                converted = to_model_arrays(table, single, source.path)
             except DataError as exc:
                 found.append(str(exc))
+                continue
+            if converted.problems:
+                first = converted.problems[0]
+                found.append(
+                    f"{source.path}: column {first.column!r}: {len(converted.problems)} of "
+                    f"{table.num_rows} rows checked are bad; first, row {first.index + 1}: "
+                    f"{first.reason}"
+                )
         problems.extend(found)
         if not found:
             lines.append(f"ok: {source.path} ({table.num_rows} rows checked)")

@@ -24,6 +24,27 @@ from batchpredict.formats.base import PrefixedStream, Reader, Writer, error_text
 MAGIC = b"Obj\x01"
 
 _AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OBJECT_REPR = re.compile(r"\s*(from\s+)?<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    """fastavro's message on one line, without object reprs; EOFError has no message."""
+    if isinstance(exc, EOFError) and not str(exc):
+        return "unexpected end of data"
+    return _OBJECT_REPR.sub("", error_text(exc))
+
+
+def _bytes_left(block: Any) -> int:
+    """Bytes of a decoded block that its records did not use (0 when it cannot be told).
+
+    A block holds exactly its records: bytes left over mean the count, the data or the
+    schema is wrong, and the records decoded from it are garbage.
+    """
+    data = getattr(block, "bytes_", None)
+    if not isinstance(data, io.BytesIO):
+        return 0
+    used = data.tell()
+    return data.seek(0, io.SEEK_END) - used
 
 
 def _read_long(stream: BinaryIO) -> int:
@@ -198,7 +219,7 @@ class AvroReader(Reader):
         try:
             blocks = fastavro.block_reader(source)
         except Exception as exc:
-            raise ReadWriteError(f"{self.path}: corrupt Avro header: {error_text(exc)}") from exc
+            raise ReadWriteError(f"{self.path}: corrupt Avro header: {_reason(exc)}") from exc
         schema = arrow_schema(blocks.writer_schema, self.path)
         is_record = _is_record(blocks.writer_schema)
         chunk = self.options.chunk_size
@@ -215,7 +236,7 @@ class AvroReader(Reader):
                     break
                 raise ReadWriteError(
                     f"{self.path}: corrupt or truncated Avro block after record "
-                    f"{emitted + len(rows)} (byte {block_end}): {error_text(exc)}"
+                    f"{emitted + len(rows)} (byte {block_end}): {_reason(exc)}"
                 ) from exc
             block_end = source.tell()
             try:
@@ -225,8 +246,17 @@ class AvroReader(Reader):
                 detail = "bad union or enum index" if isinstance(exc, IndexError) else ""
                 raise ReadWriteError(
                     f"{self.path}: corrupt Avro record {emitted + len(rows) + 1}: "
-                    f"{detail or error_text(exc)}"
+                    f"{detail or _reason(exc)}"
                 ) from exc
+            left = _bytes_left(block)
+            if left:
+                last = emitted + len(rows)
+                what = f"records {last - block.num_records + 1}-{last}"
+                raise ReadWriteError(
+                    f"{self.path}: corrupt Avro block at byte {block.offset} "
+                    f"({what if block.num_records else 'no records'}): {left} bytes left over "
+                    "after its last record"
+                )
             while len(rows) >= chunk:
                 yield self._batch(rows[:chunk], schema, is_record, emitted)
                 del rows[:chunk]

@@ -65,7 +65,11 @@ class CsvReader(Reader):
                 raise ReadWriteError(f"{self.path}: cannot read: {error_text(exc)}") from exc
             if not head.strip():
                 raise InputMissingError(f"{self.path}: empty input (a header row is required)")
-            column_types = self._infer_types(head, at_end=len(head) < block_size)
+            at_end = len(head) < block_size
+            if at_end and b"\n" not in head and b"\r" not in head:
+                # A lone header without a line end: Arrow calls that an empty file.
+                head += b"\n"
+            column_types = self._infer_types(head, at_end=at_end)
             names = list(column_types)
             chunk = self.options.chunk_size
             try:

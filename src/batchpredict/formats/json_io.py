@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -30,6 +31,10 @@ _MAX_BLOCK = 256 << 20
 #: A JSON array element may grow this large before it is declared malformed.
 _MAX_ELEMENT_CHARS = 256 << 20
 _WHITESPACE = " \t\r\n"
+#: Deepest nesting of objects and arrays accepted in a JSON line. Arrow's parser recurses
+#: and crashes the process (segfault, pyarrow 26) somewhere past 10,000 levels; the
+#: standard library, used for a JSON array, stops at about 1,000.
+MAX_JSON_DEPTH = 1000
 
 _COLUMN = re.compile(r"Column\(/?([^)]*)\)")
 _ROW_SUFFIX = re.compile(r" in row \d+$")
@@ -45,6 +50,47 @@ def _first_failure(count: int, fails: Callable[[int], bool]) -> int:
         else:
             low = middle + 1
     return low
+
+
+def _max_depth(line: bytes) -> int:
+    """The deepest nesting of objects and arrays in one JSON text (brackets in strings
+    do not count; valid for well-formed strings, which cannot hold a raw newline)."""
+    # A leading space: every quote then has a byte before it.
+    data = np.frombuffer(b" " + line, dtype=np.uint8)
+    quotes = np.flatnonzero(data == ord('"'))
+    if b"\\" in line and len(quotes):
+        # A quote preceded by an odd run of backslashes is escaped.
+        positions = np.arange(len(data))
+        last_other = np.maximum.accumulate(np.where(data == ord("\\"), 0, positions))
+        run = quotes - 1 - last_other[quotes - 1]
+        quotes = quotes[run % 2 == 0]
+    step = (data == ord("{")).astype(np.int32) + (data == ord("["))
+    step -= (data == ord("}")).astype(np.int32) + (data == ord("]"))
+    # Inside a string: from an opening quote up to its closing quote.
+    toggles = np.zeros(len(data) + 1, dtype=np.int32)
+    toggles[quotes + 1] = 1
+    step[np.cumsum(toggles[:-1]) % 2 == 1] = 0
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _too_deep(block: bytes, limit: int = MAX_JSON_DEPTH) -> int | None:
+    """The 0-based index of the first line of `block` nested deeper than `limit`, or None.
+
+    Only lines with more than `limit` opening brackets (an upper bound of their depth)
+    are measured, so ordinary data costs two vectorised scans.
+    """
+    data = np.frombuffer(block, dtype=np.uint8)
+    opens = np.flatnonzero((data == ord("{")) | (data == ord("[")))
+    if len(opens) <= limit:
+        return None
+    ends = np.append(np.flatnonzero(data == ord("\n")), len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    counts = np.searchsorted(opens, ends) - np.searchsorted(opens, starts)
+    for index in np.flatnonzero(counts > limit):
+        start, end = int(starts[index]), int(ends[index])
+        if _max_depth(block[start:end]) > limit:
+            return int(index)
+    return None
 
 
 def _arrow_message(exc: BaseException) -> str:
@@ -110,6 +156,12 @@ class JsonLinesReader(Reader):
             raise DataError(
                 f"{self.path}: line {bad_line} (byte {offset + exc.start}): invalid UTF-8"
             ) from exc
+        deep = None  # MUTANT
+        if deep is not None:
+            raise DataError(
+                f"{self.path}: line {line + deep}: JSON nested too deeply "
+                f"(more than {MAX_JSON_DEPTH} levels)"
+            )
         if schema is None:
             options = pajson.ParseOptions()
         else:

@@ -72,43 +72,83 @@ class ParquetReader(Reader):
         return int(self._open().metadata.num_rows)
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
-        """Yield batches of at most `chunk_size` rows, row group by row group."""
+        """Yield batches of at most `chunk_size` rows, row group by row group.
+
+        A corrupt page fails with the row group, its rows and, where it can be told, the
+        column it is in.
+        """
         parquet = self._open()
-        int96 = self._int96_in_seconds(parquet)
+        metadata = parquet.metadata
+        groups = metadata.num_row_groups
+        int96 = self._int96_columns(parquet)
+        seconds = self._open(int96_unit="s") if int96 else None
         rows = 0
         try:
-            for batch in parquet.iter_batches(batch_size=self.options.chunk_size):
-                if int96 is not None:
-                    self._check_int96(batch, next(int96), rows)
-                rows += batch.num_rows
-                yield batch
-        except (pa.ArrowException, OSError) as exc:
-            raise ReadWriteError(
-                f"{self.path}: unreadable Parquet data after row {rows}: {error_text(exc)}"
-            ) from exc
+            for group in range(groups):
+                group_rows = metadata.row_group(group).num_rows
+                try:
+                    batches = parquet.iter_batches(
+                        batch_size=self.options.chunk_size, row_groups=[group]
+                    )
+                    again: Iterator[pa.RecordBatch] | None = None
+                    if seconds is not None:
+                        again = seconds.iter_batches(
+                            batch_size=self.options.chunk_size, row_groups=[group], columns=int96
+                        )
+                    done = 0
+                    for batch in batches:
+                        if again is not None:
+                            self._check_int96(batch, next(again), rows + done)
+                        done += batch.num_rows
+                        yield batch
+                except (pa.ArrowException, OSError) as exc:
+                    raise self._corrupt(parquet, group, rows, error_text(exc)) from exc
+                if done != group_rows:
+                    # pyarrow can return fewer rows than the metadata says without an error.
+                    raise self._corrupt(
+                        parquet, group, rows, f"{done} of its {group_rows} rows could be read"
+                    )
+                rows += group_rows
         finally:
             parquet.close()
+            if seconds is not None:
+                seconds.close()
 
-    def _int96_in_seconds(self, parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch] | None:
-        """The top-level INT96 columns read again in seconds, batch by batch, or None.
+    def _corrupt(self, parquet: pq.ParquetFile, group: int, before: int, reason: str) -> Exception:
+        """Our error for a row group that fails to read, with its rows and the bad column."""
+        groups = parquet.metadata.num_row_groups
+        group_rows = parquet.metadata.row_group(group).num_rows
+        where = f"row group {group + 1} of {groups}"
+        if group_rows:
+            where += f" (rows {before + 1}-{before + group_rows})"
+        column = self._bad_column(parquet, group, group_rows)
+        if column is not None:
+            where += f", column {column!r}"
+        return ReadWriteError(f"{self.path}: corrupt Parquet data in {where}: {reason}")
+
+    def _bad_column(self, parquet: pq.ParquetFile, group: int, group_rows: int) -> str | None:
+        """The first top-level column of a row group that does not read on its own, if any."""
+        for name in parquet.schema_arrow.names:
+            try:
+                if parquet.read_row_group(group, columns=[name]).num_rows != group_rows:
+                    return str(name)
+            except (pa.ArrowException, OSError):
+                return str(name)
+        return None
+
+    def _int96_columns(self, parquet: pq.ParquetFile) -> list[str]:
+        """The top-level INT96 columns, read a second time in seconds to check them.
 
         pyarrow converts an INT96 timestamp beyond the nanosecond range wrongly even in
         microseconds (e.g. year 290000 from Spark); in seconds it goes wrong differently,
         so a disagreement between the two readings exposes the bad value.
         """
         schema = parquet.schema
-        columns = [
+        return [
             schema.column(i).path
             for i in range(len(schema))
             if schema.column(i).physical_type == "INT96" and "." not in schema.column(i).path
         ]
-        if not columns:
-            return None
-        again = self._open(int96_unit="s")
-        batches: Iterator[pa.RecordBatch] = again.iter_batches(
-            batch_size=self.options.chunk_size, columns=columns
-        )
-        return batches
 
     def _check_int96(self, batch: pa.RecordBatch, seconds: pa.RecordBatch, rows: int) -> None:
         """Raise DataError where the microsecond and second readings disagree."""
