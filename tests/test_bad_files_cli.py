@@ -408,10 +408,11 @@ def in_process_results(
             else:
                 outcomes[record["path"]] = record
                 started = None
-    assert started is None and proc.returncode == 0, (
-        f"the driver died (return code {proc.returncode}) while running {started}:\n"
-        + proc.stderr.decode("utf-8", "replace")[-3000:]
-    )
+    if started is not None or proc.returncode != 0:
+        pytest.fail(
+            f"the driver died (return code {proc.returncode}) while running {started}:\n"
+            + proc.stderr.decode("utf-8", "replace")[-3000:]
+        )
     after = {str(p) for p in folder.rglob("*")}
     assert sorted(after - before - {str(jobs_file)}) == [], "outputs or temporary files left"
 

@@ -251,9 +251,9 @@ def cli() -> None:
 @logging_options
 def predict(**options: Any) -> None:
     """Predict every row of the inputs and write the predictions atomically."""
+    from batchpredict.locking import hold_lock
     from batchpredict.observe import configure_logging, quiet_tensorflow
 
-    quiet_tensorflow(options["log_level"])
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     config = RunConfig(
         model=options["model"],
@@ -282,9 +282,12 @@ def predict(**options: Any) -> None:
         fill_value=options["fill_value"],
         skip_existing=options["skip_existing"],
     )
-    from batchpredict import pipeline
+    # Taken before TensorFlow loads, so that a second run exits 75 at once.
+    with hold_lock(config.lock_file):
+        quiet_tensorflow(config.log_level)
+        from batchpredict import pipeline
 
-    pipeline.run(config)
+        pipeline.run(config)
 
 
 @cli.command()
@@ -370,6 +373,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and turn every outcome into a documented exit code."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Past a file-size limit (ulimit -f) a write should fail with EFBIG, exit 74, and the
+    # temporary file be removed, rather than the kernel killing the process mid-write.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         cli.main(args=argv, prog_name="batchpredict", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
@@ -377,15 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE if isinstance(exc, click.UsageError) else int(exc.exit_code)
-    except click.exceptions.Abort:
-        return _fail("interrupted", ExitCode.SIGINT)
-    except BatchPredictError as exc:
-        return _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         return _fail(
             "interrupted by SIGINT; no output was committed for the unfinished work",
             ExitCode.SIGINT,
         )
+    except BatchPredictError as exc:
+        return _fail(str(exc), exc.exit_code)
     except Terminated:
         return _fail(
             "terminated by SIGTERM; no output was committed for the unfinished work",

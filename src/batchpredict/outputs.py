@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from batchpredict.atomic import publish, temp_beside
 from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import DataError, ModelError, OutputError, ReadWriteError
 from batchpredict.formats.base import compression_of, strip_compression
@@ -273,27 +273,16 @@ def output_batch(
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def _publish(temp: str, path: str) -> None:
-    """Give a finished temporary file the usual permissions and rename it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    os.replace(temp, path)
-
-
 def write_text_atomically(path: str, text: str) -> None:
     """Write a small file through a temporary file and a rename."""
-    directory = os.path.dirname(path) or "."
     try:
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
+        fd, temp = temp_beside(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            _publish(temp, path)
+            publish(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
@@ -392,14 +381,8 @@ class RejectsWriter:
     def add(self, source: str, rows: np.ndarray, table: pa.Table, problems: Sequence[Any]) -> None:
         """Record the bad rows of one chunk; `rows` maps chunk positions to file rows."""
         if self._handle is None:
-            directory = os.path.dirname(self.path) or "."
             try:
-                os.makedirs(directory, exist_ok=True)
-                fd, self._temp = tempfile.mkstemp(
-                    prefix=f".{os.path.basename(self.path)}.{os.getpid()}.",
-                    suffix=".tmp",
-                    dir=directory,
-                )
+                fd, self._temp = temp_beside(self.path)
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot create the rejects file: {exc}") from exc
             self._handle = os.fdopen(fd, "w", encoding="utf-8")
@@ -430,7 +413,7 @@ class RejectsWriter:
             os.fsync(self._handle.fileno())
             self._handle.close()
             assert self._temp is not None
-            _publish(self._temp, self.path)
+            publish(self._temp, self.path)
         except OSError as exc:
             raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
         finally:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 import pyarrow as pa
 
+from batchpredict.atomic import publish, temp_beside
 from batchpredict.errors import InputMissingError, OutputError, ReadWriteError, UsageError
 
 #: Compression suffixes recognised on inputs and outputs, mapped to Arrow codec names.
@@ -89,10 +89,26 @@ class PrefixedStream:
 
 
 @dataclass(frozen=True)
+class BadRecord:
+    """A record a reader could not parse (`--on_error skip`), reported instead of raised."""
+
+    #: 1-based number of the record among the file's data records (the CSV header and
+    #: blank JSON lines are not records), counting the bad records themselves.
+    row: int
+    reason: str
+    #: The record's raw text, as far as it could be recovered.
+    text: str
+
+
+@dataclass(frozen=True)
 class ReadOptions:
     """What every reader needs besides the path."""
 
     chunk_size: int = 65536
+    #: With `--on_error skip`: malformed records (a CSV row with the wrong number of
+    #: fields, a JSON line that does not parse) are passed here and left out; None raises
+    #: `DataError` at the first one instead.
+    on_bad_record: Callable[[BadRecord], None] | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -167,12 +183,8 @@ class Writer:
         if self.path == STDIO:
             self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
         else:
-            target = Path(self.path)
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, temp = tempfile.mkstemp(
-                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-                )
+                fd, temp = temp_beside(self.path)
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot create output: {exc}") from exc
             self._temp_path = temp
@@ -220,12 +232,7 @@ class Writer:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            # mkstemp creates 0600; outputs get the usual umask-governed mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            temp = Path(self._temp_path)
-            temp.chmod(0o666 & ~umask)
-            temp.replace(self.path)
+            publish(self._temp_path, self.path)
             self._temp_path = None
         except OSError as exc:
             self.abort()

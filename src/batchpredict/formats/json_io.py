@@ -156,7 +156,7 @@ class JsonLinesReader(Reader):
             raise DataError(
                 f"{self.path}: line {bad_line} (byte {offset + exc.start}): invalid UTF-8"
             ) from exc
-        deep = None  # MUTANT
+        deep = _too_deep(block)
         if deep is not None:
             raise DataError(
                 f"{self.path}: line {line + deep}: JSON nested too deeply "

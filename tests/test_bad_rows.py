@@ -1,0 +1,205 @@
+"""Bad rows: stop at the first, or keep them in the rejects file; never lose a row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchpredict.config import RunConfig
+from batchpredict.errors import DataError
+from conftest import (
+    EXTENSIONS,
+    N_FEATURES,
+    Completed,
+    make_frame,
+    read_with_library,
+    reference_predictions,
+    write_with_library,
+)
+
+RunCli = Callable[..., Completed]
+FEATURES = [f"f{j}" for j in range(N_FEATURES)]
+
+
+def with_holes(frame: pd.DataFrame, holes: dict[int, tuple[str, float | None]]) -> pd.DataFrame:
+    """`frame` with some feature cells set to null (None) or NaN, by 0-based row."""
+    frame = frame.copy()
+    for row, (column, value) in holes.items():
+        frame.loc[row, column] = np.nan if value is None else value
+    return frame
+
+
+def rejects_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_first_bad_row_stops_the_run_with_file_row_and_column(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    frame = with_holes(make_frame(300), {205: ("f2", None)})
+    source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--chunk_size", "64", "--batch_size", "16",
+    )  # fmt: skip
+    assert result.returncode == 65
+    assert f"{source}: row 206, column 'f2': value is" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "avro", "parquet"])
+def test_skip_writes_bad_rows_to_the_rejects_file_and_the_rest_out(
+    fmt: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    frame = make_frame(400, seed=2)
+    holes = {0: ("f0", None), 150: ("f3", None), 399: ("f1", None)}
+    source = write_with_library(with_holes(frame, holes), tmp_path / f"d{EXTENSIONS[fmt]}", fmt)
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--on_error", "skip", "--chunk_size", "100",
+        "--output_file", str(tmp_path / "out.parquet"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    good = frame.drop(index=list(holes)).reset_index(drop=True)
+    assert out["id"].tolist() == good["id"].tolist()
+    expected = reference_predictions(mlp_model, good[FEATURES].to_numpy()).reshape(-1)
+    np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-6)
+    rejects = rejects_of(tmp_path / "out.parquet.rejects.jsonl")
+    assert [(r["row"], r["column"]) for r in rejects] == [(1, "f0"), (151, "f3"), (400, "f1")]
+    assert all(r["source"] == str(source) for r in rejects)
+    assert (
+        rejects[1]["values"]["id"] == 151
+        and rejects[1]["values"]["segment"] == frame["segment"][150]
+    )
+    assert rejects[0]["reason"] in ("value is null", "value is NaN")
+    finished = next(line for line in result.log_lines() if line["event"] == "run finished")
+    assert (finished["rows_in"], finished["rows_out"], finished["rows_rejected"]) == (400, 397, 3)
+
+
+@pytest.mark.slow
+def test_too_many_bad_rows_commit_nothing_but_keep_the_rejects(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    frame = with_holes(make_frame(100), dict.fromkeys(range(0, 100, 10), ("f0", None)))
+    source = write_with_library(frame, tmp_path / "d.csv", "csv")
+    out = tmp_path / "d.predictions.csv"
+    out.write_text("yesterday's predictions\n")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--on_error", "skip", "--max_error_rate", "0.05",
+        "--rejects_file", str(tmp_path / "bad.jsonl"),
+    )  # fmt: skip
+    assert result.returncode == 65
+    assert (
+        "10 of 100 rows rejected" in result.stderr
+        and "more than --max_error_rate 5.00%" in result.stderr
+    )
+    assert out.read_text() == "yesterday's predictions\n"
+    assert len(rejects_of(tmp_path / "bad.jsonl")) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "d.csv", "d.predictions.csv"]
+
+
+@pytest.mark.slow
+def test_fill_value_scores_rows_with_missing_features(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    frame = make_frame(20)
+    holed = with_holes(frame, {3: ("f1", None), 7: ("f2", None)})
+    source = write_with_library(holed, tmp_path / "d.jsonl", "jsonl")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--fill_value", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = read_with_library(tmp_path / "d.predictions.jsonl", "jsonl")
+    filled = holed[FEATURES].fillna(0.0).to_numpy()
+    np.testing.assert_allclose(
+        out["prediction"],
+        reference_predictions(mlp_model, filled).reshape(-1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+corruption = st.dictionaries(
+    keys=st.integers(min_value=0, max_value=119),
+    values=st.tuples(st.sampled_from(FEATURES), st.sampled_from([None, float("nan")])),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    holes=corruption,
+    fmt=st.sampled_from(["parquet", "avro", "jsonl", "csv"]),
+    chunk=st.integers(5, 50),
+)
+def test_rows_in_equal_rows_out_plus_rejected(
+    holes: dict[int, tuple[str, float | None]],
+    fmt: str,
+    chunk: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    mlp_model: Path,
+) -> None:
+    """Every row is either written, in order, or in the rejects file with its row number."""
+    from batchpredict import pipeline
+
+    tmp = tmp_path_factory.mktemp("conservation")
+    frame = make_frame(120, seed=len(holes))
+    source = write_with_library(with_holes(frame, holes), tmp / f"d{EXTENSIONS[fmt]}", fmt)
+    config = RunConfig(
+        model=str(mlp_model), input_files=(str(source),), output_file=str(tmp / "o.parquet"),
+        keep_columns=("id", "segment"), on_error="skip", max_error_rate=1.0,
+        chunk_size=chunk, batch_size=8,
+    )  # fmt: skip
+    summary = pipeline.run(config)
+    rejected_rows = sorted(r["row"] for r in rejects_of(tmp / "o.parquet.rejects.jsonl"))
+    written = pq.read_table(tmp / "o.parquet").column("id").to_pylist()
+    assert summary.rows_in == 120 == summary.rows_out + summary.rows_rejected
+    assert rejected_rows == sorted(row + 1 for row in holes)
+    assert written == [i for i in frame["id"].tolist() if i - 1 not in holes]
+
+
+def test_python_api_reports_the_first_bad_row(mlp_model: Path) -> None:
+    import batchpredict
+
+    frame = with_holes(make_frame(5), {2: ("f0", None)})
+    with pytest.raises(DataError, match=r"DataFrame: row 3, column 'f0'"):
+        batchpredict.load_predictor(str(mlp_model)).predict_frame(
+            frame, keep_columns=["id", "segment"]
+        )
+
+
+def test_rejects_keep_values_json_cannot_hold(tmp_path: Path) -> None:
+    from batchpredict.columns import RowProblem
+    from batchpredict.outputs import RejectsWriter
+
+    writer = RejectsWriter(str(tmp_path / "r.jsonl"))
+    table = pa.table({"x": [float("nan"), float("inf")], "b": [b"\xff", b"ok"]})
+    writer.add(
+        "f.parquet",
+        np.array([7, 8]),
+        table,
+        [RowProblem(0, "x", "value is NaN"), RowProblem(1, "x", "too big")],
+    )
+    writer.commit()
+    rows = rejects_of(tmp_path / "r.jsonl")
+    assert rows[0]["values"] == {"x": "NaN", "b": "\\xff"} and rows[0]["row"] == 7
+    assert rows[1]["values"]["x"] == "Infinity"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]

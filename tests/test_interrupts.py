@@ -1,0 +1,187 @@
+"""Kills, full disks and overlapping runs: no output under its final name unless the run
+succeeded, the previous output intact, and a killed nightly job that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import Completed, batchpredict_command, make_frame, write_with_library
+
+RunCli = Callable[..., Completed]
+pytestmark = pytest.mark.slow
+
+
+def big_csv(path: Path, rows: int = 400_000) -> Path:
+    """A file that takes a few seconds to score with small chunks, long enough to interrupt."""
+    return write_with_library(make_frame(rows), path, "csv")
+
+
+def start(*args: str, **popen: object) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
+    return subprocess.Popen(
+        [*batchpredict_command(), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        **popen,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float = 120) -> None:
+    """Read stderr until a log line containing `text` appears."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode()
+        if text in line:
+            return
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {text!r}")
+    raise AssertionError(f"no {text!r} within {timeout}s")
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_run_removes_temporaries_and_keeps_previous_output(
+    signum: int, code: int, tmp_path: Path, mlp_model: Path
+) -> None:
+    source = big_csv(tmp_path / "d.csv")
+    out = tmp_path / "d.predictions.csv"
+    out.write_text("previous\n")
+    proc = start(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--chunk_size", "2000", "--batch_size", "256",
+        "--on_error", "skip",
+    )  # fmt: skip
+    wait_for_line(proc, "run started")
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
+    assert proc.stderr is not None
+    assert "no output was committed" in proc.stderr.read().decode()
+    assert out.read_text() == "previous\n"
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "d.predictions.csv.rejects.jsonl").exists()
+
+
+def test_sigkill_leaves_no_final_output_and_the_next_run_cleans_up(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    source = big_csv(tmp_path / "d.csv")
+    args = [
+        "predict",
+        "--model",
+        str(mlp_model),
+        "--input_file",
+        str(source),
+        "--keep_columns",
+        "id,segment",
+    ]
+    proc = start(*args, "--chunk_size", "2000", "--batch_size", "256")
+    wait_for_line(proc, "run started")
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert not (tmp_path / "d.predictions.csv").exists()
+    assert leftovers(tmp_path), "a killed run leaves its temporary file (nothing can remove it)"
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert leftovers(tmp_path) == []
+    assert sum(1 for _ in (tmp_path / "d.predictions.csv").open()) == 400_001
+
+
+def test_file_size_limit_is_an_io_error_and_previous_output_survives(
+    tmp_path: Path, mlp_model: Path
+) -> None:
+    source = write_with_library(make_frame(50_000), tmp_path / "d.parquet", "parquet")
+    out = tmp_path / "d.predictions.csv"
+    out.write_text("previous\n")
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    proc = start(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--output_format", "csv", "--chunk_size", "5000",
+        preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert proc.wait(timeout=120) == 74
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode()
+    assert "d.predictions.csv" in stderr and "Traceback" not in stderr
+    assert out.read_text() == "previous\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_two_runs_racing_on_one_lock(tmp_path: Path, mlp_model: Path) -> None:
+    source = big_csv(tmp_path / "d.csv", rows=100_000)
+    lock = tmp_path / "job.lock"
+    args = [
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--lock_file", str(lock), "--chunk_size", "2000",
+        "--batch_size", "256",
+    ]  # fmt: skip
+    first = start(*args)
+    wait_for_line(first, "run started")
+    second = start(*args)
+    assert second.wait(timeout=120) == 75
+    assert first.wait(timeout=300) == 0
+    assert (tmp_path / "d.predictions.csv").exists()
+
+
+def test_skip_existing_resumes_a_killed_run(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    exports = tmp_path / "exports"
+    for day in range(1, 5):
+        (exports / f"day={day}").mkdir(parents=True)
+        write_with_library(
+            make_frame(60_000, seed=day), exports / f"day={day}" / "part-0.parquet", "parquet"
+        )
+    out_dir = tmp_path / "scored"
+    args = [
+        "predict", "--model", str(mlp_model), "--input_file", str(exports),
+        "--output_dir", str(out_dir), "--keep_columns", "id,segment", "--chunk_size", "2000",
+        "--batch_size", "128",
+    ]  # fmt: skip
+    proc = start(*args)
+    manifest = out_dir / "_manifest.json"
+    deadline = time.monotonic() + 120
+    while not manifest.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    done_before = [e["output"] for e in json.loads(manifest.read_text())["outputs"]]
+    assert 1 <= len(done_before) < 4, "the kill should land between the first and last output"
+    assert not (out_dir / "_SUCCESS").exists()
+    mtimes = {name: (out_dir / name).stat().st_mtime_ns for name in done_before}
+
+    result = run_cli(*args, "--skip_existing")
+    assert result.returncode == 0, result.stderr
+    skipped = [
+        line["output"]
+        for line in result.log_lines()
+        if line["event"] == "output already complete, skipped"
+    ]
+    assert sorted(os.path.relpath(s, out_dir) for s in skipped) == sorted(done_before)
+    assert {name: (out_dir / name).stat().st_mtime_ns for name in done_before} == mtimes
+    assert (out_dir / "_SUCCESS").exists()
+    entries = json.loads(manifest.read_text())["outputs"]
+    assert sorted(e["output"] for e in entries) == [f"day={d}/part-0.parquet" for d in range(1, 5)]
+    for day in range(1, 5):
+        table = pq.read_table(out_dir / f"day={day}" / "part-0.parquet")
+        assert table.column("id").to_pylist() == list(range(1, 60_001))
+        assert table.column("prediction").null_count == 0
