@@ -22,7 +22,7 @@ import pyarrow as pa
 from batchpredict.atomic import publish, temp_beside
 from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import DataError, ModelError, OutputError, ReadWriteError
-from batchpredict.formats.base import compression_of, strip_compression
+from batchpredict.formats.base import BadRecord, compression_of, strip_compression
 from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
 from batchpredict.model import LoadedModel
 from batchpredict.sources import InputFile
@@ -380,12 +380,6 @@ class RejectsWriter:
 
     def add(self, source: str, rows: np.ndarray, table: pa.Table, problems: Sequence[Any]) -> None:
         """Record the bad rows of one chunk; `rows` maps chunk positions to file rows."""
-        if self._handle is None:
-            try:
-                fd, self._temp = temp_beside(self.path)
-            except OSError as exc:
-                raise OutputError(f"{self.path}: cannot create the rejects file: {exc}") from exc
-            self._handle = os.fdopen(fd, "w", encoding="utf-8")
         values = table.take(pa.array([p.index for p in problems])).to_pylist()
         lines = []
         for problem, raw in zip(problems, values, strict=True):
@@ -397,11 +391,26 @@ class RejectsWriter:
                 "values": _json_safe(raw),
             }
             lines.append(json.dumps(record, default=_json_default, allow_nan=False) + "\n")
+        self._write_lines(lines)
+        self.count += len(problems)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if self._handle is None:
+            try:
+                fd, self._temp = temp_beside(self.path)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create the rejects file: {exc}") from exc
+            self._handle = os.fdopen(fd, "w", encoding="utf-8")
         try:
             self._handle.write("".join(lines))
         except OSError as exc:
             raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
-        self.count += len(problems)
+
+    def add_record(self, source: str, record: BadRecord) -> None:
+        """Record a record the reader could not parse: its number, reason and raw text."""
+        line = {"source": source, "row": record.row, "column": None, "reason": record.reason}
+        self._write_lines([json.dumps({**line, "text": record.text}) + "\n"])
+        self.count += 1
 
     def commit(self) -> None:
         """Rename the rejects into place (an empty file when there were none)."""

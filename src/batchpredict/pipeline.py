@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from batchpredict.batching import batch_count, fixed_batches, rechunk, whole_bat
 from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.errors import DataError, InputMissingError
-from batchpredict.formats.base import ReadOptions, Writer
+from batchpredict.formats.base import BadRecord, ReadOptions, Writer
 from batchpredict.formats.registry import reader_for, writer_for
 from batchpredict.locking import hold_lock
 from batchpredict.model import LoadedModel, load_model
@@ -272,10 +272,20 @@ def _batches(
     Runs inside `tf.data`'s generator thread, which would turn our exceptions into
     TensorFlow errors: they are stored in `failures` for the consumer to re-raise instead.
     """
-    options = ReadOptions(chunk_size=config.chunk_size)
     chunk_rows = whole_batches(config.chunk_size, batch_size)
     try:
         for source in inputs:
+            # Records the reader could not parse, by record number, for the row numbers
+            # of the rows after them (only with --on_error skip).
+            dropped: list[int] = []
+            options = ReadOptions(
+                chunk_size=config.chunk_size,
+                on_bad_record=(
+                    _bad_record_sink(source.path, rejects, counts, dropped)
+                    if rejects is not None
+                    else None
+                ),
+            )
             reader = reader_for(source.path, source.format, options)
             mapping: ColumnMapping | None = None
             first_row = 0
@@ -292,7 +302,7 @@ def _batches(
                 counts.read += table.num_rows
                 kept = table.select(list(mapping.kept))
                 if converted.problems:
-                    rows = np.arange(first_row + 1, first_row + table.num_rows + 1)
+                    rows = file_rows(first_row, table.num_rows, dropped)
                     if rejects is None:
                         first = converted.problems[0]
                         raise DataError(
@@ -314,10 +324,39 @@ def _batches(
                         )
                     )
                     yield from fixed_batches(converted.arrays, converted.rows, batch_size)
-            if first_row == 0:
+            if first_row == 0 and not dropped:
                 raise InputMissingError(f"{source.path}: holds no data rows")
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         failures.append(exc)
+
+
+def _bad_record_sink(
+    source: str, rejects: RejectsWriter, counts: _Counts, dropped: list[int]
+) -> Callable[[BadRecord], None]:
+    """What a reader calls for a record it could not parse: count it, keep it, note its row."""
+
+    def on_bad_record(record: BadRecord) -> None:
+        dropped.append(record.row)
+        rejects.add_record(source, record)
+        counts.read += 1
+        counts.rejected += 1
+
+    return on_bad_record
+
+
+def file_rows(first_row: int, rows: int, dropped: list[int]) -> np.ndarray:
+    """1-based file record numbers of the rows `first_row .. first_row + rows` read so far.
+
+    A reader leaves out records it could not parse (`dropped`, their record numbers), so
+    the k-th row it yields is record k plus the number of dropped records before it.
+    """
+    ordinals = np.arange(first_row + 1, first_row + rows + 1)
+    if not dropped:
+        return ordinals
+    drops = np.sort(np.asarray(dropped))
+    # Good records before each dropped one; a drop precedes row k if fewer than k are.
+    good_before = drops - 1 - np.arange(len(drops))
+    return ordinals + np.searchsorted(good_before, ordinals, side="left")
 
 
 class _BackgroundWriter:
