@@ -274,3 +274,28 @@ def test_python_api_matches_the_cli(tmp_path: Path, mlp_model: Path, run_cli: Ru
     framed = pd.read_parquet(str(api_out) + ".frame.parquet")
     assert list(framed.columns) == ["id", "prediction"]
     np.testing.assert_allclose(framed["prediction"], expected["prediction"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_config_file_supplies_defaults_and_the_command_line_wins(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    frame = make_frame(30)
+    write_with_library(frame, tmp_path / "d.csv", "csv")
+    config = tmp_path / "job.toml"
+    config.write_text(
+        f'model = "{mlp_model}"\n'
+        "[predict]\n"
+        f'input_file = ["{tmp_path / "d.csv"}"]\n'
+        'keep_columns = ["id"]\n'
+        'prediction_column = "from_config"\n'
+        f'output_file = "{tmp_path / "out.parquet"}"\n'
+    )
+    result = run_cli("predict", "--config", str(config), "--prediction_column", "p")
+    assert result.returncode == 0, result.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    assert list(out.columns) == ["id", "p"]
+    config.write_text(config.read_text() + "no_such_option = 1\n")
+    bad = run_cli("predict", "--config", str(config))
+    assert bad.returncode == 2
+    assert "unknown option(s) for predict: no_such_option" in bad.stderr

@@ -9,7 +9,14 @@ import pyarrow as pa
 from batchpredict.columns import plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.errors import DataError
-from batchpredict.observe import configure_logging, logging_configured, quiet_tensorflow
+from batchpredict.observe import (
+    bind_run_id,
+    configure_logging,
+    logging_configured,
+    new_run_id,
+    quiet_tensorflow,
+    unbind_run_id,
+)
 from batchpredict.outputs import PredictionColumns
 
 if TYPE_CHECKING:
@@ -34,7 +41,11 @@ def predict(
     quiet_tensorflow(config.log_level)
     if not logging_configured():
         configure_logging(config.log_level)
-    return pipeline.run(config)
+    bind_run_id(new_run_id())
+    try:
+        return pipeline.run(config)
+    finally:
+        unbind_run_id()
 
 
 class FramePredictor:

@@ -7,6 +7,7 @@ answer at once. `main` is the one boundary where exceptions become exit codes.
 from __future__ import annotations
 
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
@@ -16,14 +17,21 @@ import click
 
 from batchpredict import __version__
 from batchpredict.config import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, RunConfig
-from batchpredict.errors import BatchPredictError, DataError, ExitCode, UsageError
+from batchpredict.errors import (
+    BatchPredictError,
+    DataError,
+    ExitCode,
+    Terminated,
+    UsageError,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_PREFIX = "BATCHPREDICT_"
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that outputs are aborted like on Ctrl-C."""
 
 
 def option(name: str, *extra_decls: str, **kwargs: Any) -> Callable[[F], F]:
@@ -51,10 +59,51 @@ def _class_names(listed: str | None, path: str | None) -> tuple[str, ...] | None
     return _csv_list(listed)
 
 
+def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """`--config FILE`: TOML whose keys are option names, used as the command's defaults.
+
+    Top-level keys apply to every command; a table named after the command (`[predict]`)
+    overrides them. The command line and `BATCHPREDICT_*` variables still win.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{path} is not valid TOML: {exc}") from exc
+    section = data.get(ctx.info_name or "")
+    values = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    values.update(section if isinstance(section, dict) else {})
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    known = {p.name for p in ctx.command.params} - {"config"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise click.BadParameter(
+            f"{path}: unknown option(s) for {ctx.info_name}: {', '.join(unknown)}"
+        )
+    for name, value in values.items():
+        if isinstance(value, list) and name not in ("input_file",):
+            values[name] = ",".join(str(v) for v in value)  # e.g. features = ["a", "b"]
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
 def model_options(func: F) -> F:
     """Options that choose and load the model (shared by predict, inspect and validate)."""
     for decorator in reversed(
         [
+            option(
+                "config",
+                type=click.Path(dir_okay=False),
+                is_eager=True,
+                expose_value=False,
+                callback=_load_config_file,
+                help="TOML file of option defaults (keys as option names; a [predict] "
+                "table applies to predict only).",
+            ),
             option(
                 "model",
                 required=True,
@@ -248,13 +297,45 @@ def cli() -> None:
     default=None,
     help="Hold an flock on this file for the run; exit 75 at once if another run has it.",
 )
+@option(
+    "progress_every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds between progress log lines when not on a terminal.",
+)
+@option("no_progress", is_flag=True, default=False, help="No progress bar and no progress lines.")
+@option(
+    "metrics_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write Prometheus textfile-collector metrics here (also on failure).",
+)
+@option(
+    "job_name",
+    default="batchpredict",
+    show_default=True,
+    help="The `job` label of the metrics.",
+)
+@option(
+    "summary_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the run summary here as JSON (also on failure).",
+)
 @logging_options
 def predict(**options: Any) -> None:
     """Predict every row of the inputs and write the predictions atomically."""
     from batchpredict.locking import hold_lock
-    from batchpredict.observe import configure_logging, quiet_tensorflow
+    from batchpredict.observe import (
+        bind_run_id,
+        configure_logging,
+        new_run_id,
+        quiet_tensorflow,
+    )
 
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    bind_run_id(new_run_id())
     config = RunConfig(
         model=options["model"],
         input_files=tuple(options["input_file"]),
@@ -281,6 +362,11 @@ def predict(**options: Any) -> None:
         max_error_rate=options["max_error_rate"],
         fill_value=options["fill_value"],
         skip_existing=options["skip_existing"],
+        progress=not options["no_progress"],
+        progress_every=options["progress_every"],
+        metrics_file=options["metrics_file"],
+        job_name=options["job_name"],
+        summary_file=options["summary_file"],
     )
     # Taken before TensorFlow loads, so that a second run exits 75 at once.
     with hold_lock(config.lock_file):

@@ -43,6 +43,11 @@ class RunConfig:
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     fill_value: float | None = None
     skip_existing: bool = False
+    progress: bool = True
+    progress_every: float = 30.0
+    metrics_file: str | None = None
+    job_name: str = "batchpredict"
+    summary_file: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -84,6 +89,10 @@ def validate(config: RunConfig) -> None:
         raise UsageError("--on_error skip with output to stdout needs --rejects_file")
     if not 0.0 <= config.max_error_rate <= 1.0:
         raise UsageError(f"--max_error_rate must be between 0 and 1, got {config.max_error_rate}")
+    if not config.progress_every > 0:
+        raise UsageError(f"--progress_every must be above 0, got {config.progress_every}")
+    if not config.job_name:
+        raise UsageError("--job_name cannot be empty")
     if config.skip_existing and config.output_dir is None:
         raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
     if config.class_names is not None and len(set(config.class_names)) != len(config.class_names):

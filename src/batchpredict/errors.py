@@ -72,3 +72,18 @@ class ModelError(BatchPredictError):
     """The model cannot be loaded or used with the options given."""
 
     exit_code = ExitCode.MODEL
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that outputs are aborted as on Ctrl-C."""
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The documented exit code for an exception that ended a run."""
+    if isinstance(exc, BatchPredictError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.SIGINT
+    if isinstance(exc, Terminated):
+        return ExitCode.SIGTERM
+    return ExitCode.INTERNAL

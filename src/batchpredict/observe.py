@@ -1,25 +1,48 @@
-"""Logging for unattended runs: structlog lines on stderr, TensorFlow kept quiet.
+"""Observing unattended runs: logs, progress, a metrics file and a summary file.
 
-`quiet_tensorflow` must run before TensorFlow is imported: its C++ logging reads the
-environment once, at import.
+- Logging: structlog lines on stderr (or `--log_file`), TensorFlow kept quiet.
+  `quiet_tensorflow` must run before TensorFlow is imported: its C++ logging reads the
+  environment once, at import. `bind_run_id` puts a run id on every line.
+- `Progress`: a tqdm bar on a terminal, a `progress` log line every few seconds otherwise.
+- `write_metrics`: Prometheus textfile-collector gauges (`--metrics_file`).
+- `write_summary`: the run summary as JSON (`--summary_file`).
+
+Files are written through `batchpredict.atomic`: a reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import math
 import os
+import re
+import secrets
 import sys
 import tempfile
+import time
 import warnings
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, NoReturn, TextIO
 
 import structlog
+from structlog.types import EventDict, WrappedLogger
+from tqdm import tqdm
+
+from batchpredict.atomic import publish, temp_beside
+from batchpredict.errors import ReadWriteError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 
 #: Where log lines go once configured: True for stderr, False for a log file.
 _to_stderr: bool | None = None
+
+#: The run id from `bind_run_id`, added to lines logged from any thread.
+_run_id: str | None = None
 
 
 def quiet_tensorflow(log_level: str) -> None:
@@ -74,6 +97,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_run_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
@@ -97,3 +121,405 @@ def logging_configured() -> bool:
 def logs_to_stderr() -> bool:
     """Whether log lines reach stderr (False when they go to `--log_file`)."""
     return bool(_to_stderr)
+
+
+# --- run id -------------------------------------------------------------------------------
+
+
+def new_run_id() -> str:
+    """A fresh run id: 12 random hex digits, to tie one run's log lines and files together."""
+    return secrets.token_hex(6)
+
+
+def bind_run_id(run_id: str) -> None:
+    """Put `run_id` on every log line from now on, from this thread and any other.
+
+    Bound into structlog's contextvars (for this context) and kept module-wide, because
+    threads started with `threading.Thread` do not inherit contextvars.
+    """
+    global _run_id
+    _run_id = run_id
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+
+
+def unbind_run_id() -> None:
+    """Stop adding a run id to log lines (for library callers running several jobs)."""
+    global _run_id
+    _run_id = None
+    structlog.contextvars.unbind_contextvars("run_id")
+
+
+def _add_run_id(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the bound run id, on lines from threads without the contextvar."""
+    if _run_id is not None:
+        event_dict.setdefault("run_id", _run_id)
+    return event_dict
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+class Progress:
+    """Rows processed so far: a tqdm bar on a terminal, a log line now and then elsewhere.
+
+    On a TTY (`stream.isatty()`; `stream` defaults to stderr) a tqdm bar is drawn on
+    `stream`, with percentage and ETA when `total_rows` is known. Otherwise nothing is
+    written to `stream`: at most every `every_seconds`, `log` (default: the project's
+    logger) gets an info line `progress` with rows, rows_per_second, elapsed_seconds and,
+    when `total_rows` is known, percent and eta_seconds. `close()` logs nothing (the
+    pipeline logs its own summary). With `enabled=False` there is no output at all.
+
+    `update` is called often, from one thread: between lines it only adds and reads the
+    clock.
+    """
+
+    def __init__(
+        self,
+        total_rows: int | None,
+        *,
+        enabled: bool = True,
+        every_seconds: float = 30.0,
+        stream: TextIO | None = None,
+        log: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not every_seconds > 0:
+            raise ValueError(f"every_seconds must be positive, got {every_seconds!r}")
+        self.total_rows = total_rows if total_rows is None or total_rows >= 0 else None
+        self.rows = 0
+        self._every = float(every_seconds)
+        self._clock = clock
+        self._bar: tqdm[NoReturn] | None = None
+        self._log: Any = None
+        self._closed = False
+        self._start = self._due = 0.0
+        if not enabled:
+            return
+        stream = sys.stderr if stream is None else stream
+        if _isatty(stream):
+            self._bar = tqdm(
+                total=self.total_rows,
+                unit="rows",
+                unit_scale=True,
+                file=stream,
+                mininterval=0.5,
+                dynamic_ncols=True,
+                leave=True,
+                disable=False,
+            )
+        else:
+            self._log = get_logger() if log is None else log
+            self._start = clock()
+            self._due = self._start + self._every
+
+    def update(self, rows: int) -> None:
+        """Count `rows` more rows processed; draw or log if due."""
+        self.rows += rows
+        if self._bar is not None:
+            self._bar.update(rows)
+        elif self._log is not None:
+            now = self._clock()
+            if now >= self._due:
+                self._emit(now)
+
+    def _emit(self, now: float) -> None:
+        # Next line a full interval from now: after a stall, one line, not a burst.
+        self._due = now + self._every
+        elapsed = max(now - self._start, 0.0)
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        fields: dict[str, Any] = {
+            "rows": self.rows,
+            "rows_per_second": round(rate, 1),
+            "elapsed_seconds": round(elapsed, 1),
+        }
+        total = self.total_rows
+        if total is not None:
+            done = min(self.rows / total, 1.0) if total > 0 else 1.0
+            fields["percent"] = round(100.0 * done, 1)
+            remaining = max(total - self.rows, 0)
+            fields["eta_seconds"] = round(remaining / rate, 1) if rate > 0 else None
+        self._log.info("progress", **fields)
+
+    def close(self) -> None:
+        """Finish the bar (on a TTY); log nothing. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = self._log = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+# --- metrics file -------------------------------------------------------------------------
+
+_LAST_SUCCESS = "batchpredict_last_success_timestamp_seconds"
+
+#: The gauges `write_metrics` writes, in file order, with their help text.
+METRICS: dict[str, str] = {
+    "batchpredict_last_run_timestamp_seconds": "Unix time the last run of the job finished.",
+    _LAST_SUCCESS: "Unix time the last successful run of the job finished.",
+    "batchpredict_rows_total": "Rows read by the last run of the job.",
+    "batchpredict_rejected_rows_total": "Rows rejected by the last run of the job.",
+    "batchpredict_duration_seconds": "Wall-clock duration of the last run of the job.",
+    "batchpredict_last_exit_code": "Exit status of the last run of the job (0: success).",
+}
+
+_SAMPLE = re.compile(
+    r"\s*(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)"
+    r"(?:\s+-?\d+)?\s*$"
+)
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_COMMENT = re.compile(r"#\s*(HELP|TYPE)\s+([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\s|$)")
+_UNESCAPE = {"\\": "\\", '"': '"', "n": "\n"}
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class _Family:
+    """One metric family read from an existing file: its comment lines and samples."""
+
+    def __init__(self) -> None:
+        self.comments: list[str] = []
+        self.samples: dict[tuple[str, Labels], float] = {}
+
+
+def write_metrics(
+    path: str,
+    *,
+    job: str,
+    succeeded: bool,
+    finished_at: float,
+    duration_seconds: float,
+    rows: int,
+    rejected_rows: int,
+    exit_code: int,
+) -> None:
+    """Write the run's gauges to `path` in Prometheus textfile-collector format, atomically.
+
+    `finished_at` is Unix time (`time.time()`). Every sample is labelled `job="<job>"`.
+    On failure, the last-success time is carried over from the job's sample in the existing
+    file, or left out if the job never succeeded. Samples of other jobs (and any other
+    metrics) in the existing file are kept, so several jobs can share one file; writers of
+    one directory take turns under an flock on it. Raises `ReadWriteError` if it cannot write.
+    """
+    ours: Labels = (("job", job),)
+    directory = os.path.dirname(path) or "."
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise ReadWriteError(f"{path}: cannot write metrics: {_oneline(exc)}") from exc
+    with _directory_lock(directory):
+        families = _read_metrics(path)
+        last_success: float | None = finished_at if succeeded else None
+        if not succeeded and _LAST_SUCCESS in families:
+            last_success = families[_LAST_SUCCESS].samples.get((_LAST_SUCCESS, ours))
+        values: dict[str, float | None] = {
+            "batchpredict_last_run_timestamp_seconds": finished_at,
+            _LAST_SUCCESS: last_success,
+            "batchpredict_rows_total": rows,
+            "batchpredict_rejected_rows_total": rejected_rows,
+            "batchpredict_duration_seconds": duration_seconds,
+            "batchpredict_last_exit_code": exit_code,
+        }
+        lines: list[str] = []
+        for name, help_text in METRICS.items():
+            family = families.pop(name, _Family())
+            samples = {k: v for k, v in family.samples.items() if _job(k[1]) != job}
+            value = values[name]
+            if value is not None:
+                samples[(name, ours)] = value
+            if not samples:
+                continue
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines += _render_samples(samples)
+        # Whatever else the file held: other metrics, kept as they were, less this job's
+        # batchpredict_* samples (a different version of this tool wrote those).
+        for family in families.values():
+            samples = {
+                k: v
+                for k, v in family.samples.items()
+                if not (k[0].startswith("batchpredict_") and _job(k[1]) == job)
+            }
+            if samples:
+                lines += family.comments
+                lines += _render_samples(samples)
+        _write_atomically(path, "\n".join(lines) + "\n", "metrics")
+
+
+def _read_metrics(path: str) -> dict[str, _Family]:
+    """The families in an existing metrics file, by name; lines that do not parse are skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:  # missing (the first run) or unreadable: start afresh
+        return {}
+    families: dict[str, _Family] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            comment = _COMMENT.match(line.strip())
+            if comment is not None:
+                current = comment.group(2)
+                families.setdefault(current, _Family()).comments.append(line.strip())
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        labels = _parse_labels(match.group("labels") or "")
+        try:
+            value = float(match.group("value"))
+        except ValueError:
+            continue
+        if labels is None:
+            continue
+        name = match.group("name")
+        # Samples follow their family's comments; histograms add suffixes to the name.
+        family = (
+            current if current and (name == current or name.startswith(current + "_")) else name
+        )
+        families.setdefault(family, _Family()).samples[(name, labels)] = value
+    return families
+
+
+def _parse_labels(text: str) -> Labels | None:
+    labels: dict[str, str] = {}
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        match = _LABEL.match(text, position)
+        if match is None:
+            return None
+        labels[match.group(1)] = re.sub(
+            r"\\(.)", lambda m: _UNESCAPE.get(m.group(1), "\\" + m.group(1)), match.group(2)
+        )
+        position = match.end()
+    return tuple(sorted(labels.items()))
+
+
+def _job(labels: Labels) -> str | None:
+    return dict(labels).get("job")
+
+
+def _render_samples(samples: dict[tuple[str, Labels], float]) -> list[str]:
+    return [
+        f"{name}{_render_labels(labels)} {_format_value(value)}"
+        for (name, labels), value in sorted(samples.items())
+    ]
+
+
+def _render_labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{escape_label_value(value)}"' for key, value in labels) + "}"
+
+
+def escape_label_value(value: str) -> str:
+    """A label value escaped for the Prometheus text exposition format."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _format_value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: str, wait_seconds: float = 10.0) -> Iterator[None]:
+    """Best effort: an flock on `directory`, so jobs sharing a metrics file take turns.
+
+    Gives up quietly (no lock) where directories cannot be locked, or after `wait_seconds`.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --- summary file -------------------------------------------------------------------------
+
+
+def write_summary(path: str, summary: dict[str, Any]) -> None:
+    """Write the run summary to `path` as indented JSON, atomically.
+
+    Values JSON cannot hold are written as strings; NaN and infinities as null.
+    Raises `ReadWriteError` if it cannot write.
+    """
+    text = json.dumps(_json_ready(summary), indent=2, ensure_ascii=False, default=str)
+    _write_atomically(path, text + "\n", "summary")
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+# --- atomic writes ------------------------------------------------------------------------
+
+
+def _write_atomically(path: str, text: str, what: str) -> None:
+    """Write `text` to a temporary file beside `path`, fsync it, then rename it into place."""
+    temp: str | None = None
+    try:
+        fd, temp = temp_beside(path)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        publish(temp, path)
+        temp = None
+    except OSError as exc:
+        raise ReadWriteError(f"{path}: cannot write {what}: {_oneline(exc)}") from exc
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

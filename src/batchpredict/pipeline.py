@@ -24,12 +24,18 @@ import pyarrow as pa
 from batchpredict.batching import batch_count, fixed_batches, rechunk, whole_batches
 from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
-from batchpredict.errors import DataError, InputMissingError
+from batchpredict.errors import (
+    BatchPredictError,
+    DataError,
+    InputMissingError,
+    LockHeldError,
+    exit_code_for,
+)
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
 from batchpredict.formats.registry import reader_for, writer_for
 from batchpredict.locking import hold_lock
 from batchpredict.model import LoadedModel, load_model
-from batchpredict.observe import get_logger
+from batchpredict.observe import Progress, get_logger, write_metrics, write_summary
 from batchpredict.outputs import (
     SUCCESS_MARKER,
     Manifest,
@@ -96,13 +102,58 @@ def run(config: RunConfig) -> RunSummary:
     Invariant: rows read = rows written + rows rejected, and an output exists under its
     final name only if everything in it was written.
     """
-    with hold_lock(config.lock_file):
-        return _run(config)
-
-
-def _run(config: RunConfig) -> RunSummary:
-    log = get_logger()
     started = time.monotonic()
+    totals = _Counts()
+    try:
+        with hold_lock(config.lock_file):
+            summary = _run(config, started, totals)
+    except LockHeldError:
+        raise  # the run that holds the lock reports for the job
+    except BaseException as exc:
+        _report_failure(config, exc, time.monotonic() - started, totals)
+        raise
+    _report(config, summary.as_dict(), succeeded=True, exit_code=0, seconds=summary.seconds)
+    return summary
+
+
+def _report_failure(config: RunConfig, exc: BaseException, seconds: float, totals: _Counts) -> None:
+    """Metrics and summary of a failed run; never hides the failure being reported."""
+    code = int(exit_code_for(exc))
+    summary = {
+        "rows_in": totals.read,
+        "rows_out": totals.written,
+        "rows_rejected": totals.rejected,
+        "seconds": round(seconds, 3),
+        "error": str(exc) or type(exc).__name__,
+    }
+    try:
+        _report(config, summary, succeeded=False, exit_code=code, seconds=seconds)
+    except BatchPredictError as report_error:
+        get_logger().warning("could not write metrics or summary", error=str(report_error))
+
+
+def _report(
+    config: RunConfig, summary: dict[str, Any], *, succeeded: bool, exit_code: int, seconds: float
+) -> None:
+    """Write `--metrics_file` and `--summary_file`, when asked for."""
+    if config.metrics_file is not None:
+        write_metrics(
+            config.metrics_file,
+            job=config.job_name,
+            succeeded=succeeded,
+            finished_at=time.time(),
+            duration_seconds=seconds,
+            rows=int(summary["rows_in"]),
+            rejected_rows=int(summary["rows_rejected"]),
+            exit_code=exit_code,
+        )
+    if config.summary_file is not None:
+        status = "succeeded" if succeeded else "failed"
+        write_summary(config.summary_file, {"status": status, "exit_code": exit_code, **summary})
+
+
+def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
+    log = get_logger()
     inputs = expand_inputs(config.input_files, config.input_format)
     targets = plan_outputs(inputs, config)
     rejects = (
@@ -135,8 +186,12 @@ def _run(config: RunConfig) -> RunSummary:
         # A stale marker from an earlier run must not vouch for a half-updated folder.
         _remove_if_present(os.path.join(config.output_dir, SUCCESS_MARKER))
         manifest = Manifest(config.output_dir, resume=config.skip_existing)
-    totals = _Counts()
     skipped: list[str] = []
+    progress = Progress(
+        _known_total_rows(inputs, config.chunk_size),
+        enabled=config.progress,
+        every_seconds=config.progress_every,
+    )
     try:
         for target in targets:
             # Taken before reading: a file that changes during the run is redone next time.
@@ -152,13 +207,15 @@ def _run(config: RunConfig) -> RunSummary:
                 skipped.extend(i.path for i in target.inputs)
                 continue
             sink = rejects.get(rejects_path(target, config)) if rejects else None
-            counts = _predict_target(target, model, predictor, columns, config, sink)
+            counts = _predict_target(target, model, predictor, columns, config, sink, progress)
             totals.add(counts)
             if manifest is not None:
                 manifest.record(target, fingerprints, counts.written, counts.rejected)
         if manifest is not None:
             manifest.finish()
+        progress.close()
     except BaseException as exc:
+        progress.close()
         # Bad rows are the diagnosis of a data failure: keep them; otherwise drop them.
         for writer in rejects.values():
             if isinstance(exc, DataError):
@@ -203,6 +260,7 @@ def _predict_target(
     columns: PredictionColumns,
     config: RunConfig,
     rejects: RejectsWriter | None,
+    progress: Progress,
 ) -> _Counts:
     """Stream every input of one target through the model into its writer, then commit.
 
@@ -237,6 +295,7 @@ def _predict_target(
             collected = []
             results = columns.build(merged, nested)
             sink.put(output_batch(chunk.kept, results, nested, chunk.source))
+            progress.update(chunk.rows)
         if failures:
             raise failures[0]
         sink.close()
@@ -328,6 +387,21 @@ def _batches(
                 raise InputMissingError(f"{source.path}: holds no data rows")
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         failures.append(exc)
+
+
+def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:
+    """All inputs' rows when every format records it (Parquet), for progress and ETA."""
+    total = 0
+    for source in inputs:
+        if source.path == "-":
+            return None
+        rows = reader_for(
+            source.path, source.format, ReadOptions(chunk_size=chunk_size)
+        ).total_rows()
+        if rows is None:
+            return None
+        total += rows
+    return total
 
 
 def _bad_record_sink(

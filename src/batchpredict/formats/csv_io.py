@@ -3,26 +3,47 @@
 The reader samples the start of the input to size its blocks at about `chunk_size` rows,
 infers column types from the first block and then fixes them for the rest of the file, so
 that later blocks either convert to the same schema or fail with the row and column named.
+
+With `ReadOptions.on_bad_record` set (`--on_error skip`), malformed rows are reported and left
+out instead: a row with the wrong number of fields through Arrow's invalid-row handler, and a
+value that does not convert to its column's type by reading the input again with that column
+as text and converting it batch by batch (see `CsvReader._iter_skipping`).
 """
 
 from __future__ import annotations
 
+import bisect
 import codecs
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError
-from batchpredict.formats.base import PrefixedStream, Reader, Writer, error_text
+from batchpredict.formats.base import (
+    STDIO,
+    BadRecord,
+    PrefixedStream,
+    Reader,
+    Writer,
+    error_text,
+)
 
 #: Bytes read up front to estimate the row length.
 _SAMPLE_BYTES = 1 << 20
 #: Block size bounds: Arrow reads up to 8 blocks ahead, so the upper bound caps memory.
 _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 64 << 20
+
+#: Values that did not convert are read as null afterwards (`_convert_text`), this many
+#: per column at most: Arrow keeps null values in a trie of limited size.
+_MAX_KNOWN_BAD = 0
+_MAX_KNOWN_BAD_CHARS = 64
 
 _CONVERSION = re.compile(r"In CSV column #(\d+): Row #(\d+): (.*)", re.DOTALL)
 _INVALID_VALUE = re.compile(r"CSV conversion error to (\S+): invalid value (.*)", re.DOTALL)
@@ -32,6 +53,78 @@ def _block_size(sample: bytes, chunk_size: int) -> int:
     """Bytes per block so that a block holds about `chunk_size` rows like those sampled."""
     row_bytes = len(sample) / max(sample.count(b"\n"), 1)
     return int(min(max(row_bytes * chunk_size, _MIN_BLOCK), _MAX_BLOCK))
+
+
+def _quoted_lines(values: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
+    """`values` (text) as one-column CSV, every value quoted on its own line: the bytes and
+    the offset of each line (one more offset than values)."""
+    escaped = pc.replace_substring(values.fill_null(""), '"', '""')
+    lines = pc.binary_join_element_wise('"', escaped, '"\n', "")
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+    return lines.buffers()[2], offsets[lines.offset : lines.offset + len(lines) + 1]
+
+
+def _convert_lines(
+    text: pa.Buffer, offsets: np.ndarray, kind: pa.DataType, also_null: list[str]
+) -> pa.Array:
+    """The quoted lines of `text` between two offsets converted to `kind` by Arrow's CSV
+    converter (the one that read the file, so nulls, whitespace and formats agree), with
+    the values `also_null` read as null."""
+    start, stop = int(offsets[0]), int(offsets[-1])
+    if stop == start:
+        return pa.array([], type=kind)
+    convert = pacsv.ConvertOptions(column_types={"v": kind})
+    if also_null:
+        convert.null_values = [*convert.null_values, *also_null]
+    table = pacsv.read_csv(
+        pa.BufferReader(text.slice(start, stop - start)),
+        read_options=pacsv.ReadOptions(
+            column_names=["v"], use_threads=False, block_size=stop - start + 1
+        ),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=convert,
+    )
+    return table.column(0).combine_chunks()
+
+
+def _convert_text(
+    values: pa.Array, kind: pa.DataType, known_bad: dict[str, str]
+) -> tuple[pa.Array | None, dict[int, str]]:
+    """`values` (a column read as text) converted to `kind` and {}, or None and the reason
+    for every index whose value does not convert.
+
+    `known_bad` maps values found not to convert (in this column, so far) to the reason,
+    and gains those found here: they are read as null and then left out by value, so that a
+    token repeated down the column costs one conversion error, not one each.
+    """
+    text, offsets = _quoted_lines(values)
+    # Arrow names the first value that fails only: after one, convert windows that grow
+    # while they convert, so that a few bad values cost a few passes over the column.
+    failures: dict[int, str] = {}
+    array = None
+    low, width = 0, len(values)
+    while low < len(values):
+        high = min(len(values), low + width)
+        try:
+            array = _convert_lines(text, offsets[low : high + 1], kind, list(known_bad))
+        except pa.ArrowInvalid as exc:
+            match = _CONVERSION.match(error_text(exc))
+            value = _INVALID_VALUE.match(match.group(3)) if match else None
+            if match is None or value is None:
+                raise
+            index = low + int(match.group(2)) - 1
+            failures[index] = reason = f"cannot read {value.group(2)} as {value.group(1)}"
+            raw = values[index].as_py()
+            if len(known_bad) < _MAX_KNOWN_BAD and len(raw) <= _MAX_KNOWN_BAD_CHARS:
+                known_bad[raw] = reason
+            low, width = index + 1, 1
+        else:
+            low, width = high, width * 2
+    if known_bad:
+        matches = pc.is_in(values, value_set=pa.array(list(known_bad), pa.string()))
+        for index in np.flatnonzero(matches.to_numpy(zero_copy_only=False)):
+            failures.setdefault(int(index), known_bad[values[int(index)].as_py()])
+    return (array, {}) if not failures else (None, failures)
 
 
 def _read_head(stream: pa.NativeFile, chunk_size: int) -> tuple[bytes, int]:
@@ -70,6 +163,11 @@ class CsvReader(Reader):
                 # A lone header without a line end: Arrow calls that an empty file.
                 head += b"\n"
             column_types = self._infer_types(head, at_end=at_end)
+            if self.options.on_bad_record is not None:
+                yield from self._iter_skipping(
+                    PrefixedStream(head, stream), block_size, column_types
+                )
+                return
             names = list(column_types)
             chunk = self.options.chunk_size
             try:
@@ -87,6 +185,169 @@ class CsvReader(Reader):
                         yield batch.slice(start, chunk)
             except (pa.ArrowException, OSError) as exc:
                 raise self._error(exc, bad_rows, names) from exc
+
+    def _iter_skipping(
+        self, source: PrefixedStream, block_size: int, column_types: dict[str, pa.DataType]
+    ) -> Iterator[pa.RecordBatch]:
+        """`iter_batches` with `on_bad_record` set: bad rows are reported and left out.
+
+        Rows with the wrong number of fields are skipped by Arrow's handler. A value that
+        does not convert stops Arrow's reader for good, so the input is opened again with
+        that column read as text, the rows already handled are passed over, and from there
+        on the column is converted here per batch (with Arrow's CSV converter), leaving out
+        the rows whose value does not convert; the batches keep the inferred types.
+
+        Rows are numbered among the data rows (header excluded, bad rows included), as Arrow
+        numbers them. Reports are made in row order, before the batch that follows them.
+        """
+        report = self.options.on_bad_record
+        assert report is not None
+        names = list(column_types)
+        schema = pa.schema(list(column_types.items()))
+        chunk = self.options.chunk_size
+        #: Bad row numbers (wrong field count) minus the bad rows before each: a row read by
+        #: Arrow as the n-th (1-based) is data row n + bisect_right(shifted, n).
+        shifted: list[int] = []
+        last_bad = 0  # the highest of those rows, so that a second pass reports none twice
+        pending: list[BadRecord] = []
+        as_text: set[str] = set()  # columns read as text and converted here
+        known_bad: dict[str, dict[str, str]] = {}  # per column, values that do not convert
+        done = 0  # rows (of the right length) yielded or reported, over all passes
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            nonlocal last_bad
+            if row.number is None:  # not with use_threads=False; never guess a number
+                return "error"
+            number = row.number - 1  # Arrow counts the header as row 1
+            if number > last_bad:
+                last_bad = number
+                shifted.append(number - len(shifted))
+                reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
+                pending.append(BadRecord(number, reason, row.text))
+            return "skip"
+
+        def row_number(rank: int) -> int:
+            return rank + bisect.bisect_right(shifted, rank)
+
+        def flush(up_to: int | None) -> None:
+            pending.sort(key=lambda bad: bad.row)
+            count = len(pending)
+            if up_to is not None:
+                count = bisect.bisect_right([bad.row for bad in pending], up_to)
+            ready = pending[:count]
+            del pending[:count]
+            for bad in ready:
+                report(bad)
+
+        with contextlib.ExitStack() as reopened:
+            stream: pa.NativeFile = pa.PythonFile(source, mode="r")
+            while True:
+                types = {n: pa.string() if n in as_text else t for n, t in column_types.items()}
+                rank = 0  # rows (of the right length) read in this pass
+                failure: BaseException | None = None
+                try:
+                    reader = pacsv.open_csv(
+                        stream,
+                        read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
+                        parse_options=self._parse_options(on_invalid),
+                        convert_options=pacsv.ConvertOptions(column_types=types),
+                    )
+                    batch = _next_batch(reader)
+                except (pa.ArrowException, OSError) as exc:
+                    failure, batch = exc, None
+                while batch is not None:
+                    start, rank = rank, rank + batch.num_rows
+                    if rank > done:  # else handled in an earlier pass
+                        batch = batch.slice(max(done - start, 0))
+                        start = max(start, done)
+                        if as_text:
+                            try:
+                                batch = self._from_text(
+                                    batch, schema, as_text, start, row_number, pending, known_bad
+                                )
+                            except pa.ArrowException as exc:
+                                raise self._error(exc, [], names) from exc
+                        done = rank
+                        flush(row_number(rank))
+                        for offset in range(0, batch.num_rows, chunk):
+                            yield batch.slice(offset, chunk)
+                    try:
+                        batch = _next_batch(reader)
+                    except (pa.ArrowException, OSError) as exc:
+                        failure, batch = exc, None
+                if failure is None:
+                    flush(None)
+                    return
+                column = _unconvertible_column(failure, names)
+                if column is None or column in as_text:
+                    raise self._error(failure, [], names) from failure
+                if self.path == STDIO:  # it cannot be read a second time
+                    raise DataError(
+                        f"{self._error(failure, [], names)} (with --on_error skip, a value "
+                        "that does not convert cannot be skipped in stdin; read from a file)"
+                    ) from failure
+                as_text.add(column)
+                stream = reopened.enter_context(self.open_binary())
+
+    def _from_text(
+        self,
+        batch: pa.RecordBatch,
+        schema: pa.Schema,
+        as_text: set[str],
+        start: int,
+        row_number: Callable[[int], int],
+        pending: list[BadRecord],
+        known_bad: dict[str, dict[str, str]],
+    ) -> pa.RecordBatch:
+        """`batch` (its first row the `start + 1`-th read) with the `as_text` columns
+        converted to their `schema` types; rows whose value does not convert are added to
+        `pending` and left out. `known_bad`: per column, values found not to convert."""
+        converted: dict[str, pa.Array | None] = {}
+        bad: dict[int, str] = {}
+        for name in schema.names:
+            if name in as_text:
+                known = known_bad.setdefault(name, {})
+                array, failures = _convert_text(batch.column(name), schema.field(name).type, known)
+                converted[name] = array
+                for index, reason in failures.items():
+                    bad.setdefault(index, f"column {name!r}: {reason}")
+        if bad:
+            indexes = sorted(bad)
+            texts = self._row_texts(batch.take(indexes))
+            for index, text in zip(indexes, texts, strict=True):
+                pending.append(BadRecord(row_number(start + index + 1), bad[index], text))
+            keep = np.ones(batch.num_rows, dtype=bool)
+            keep[indexes] = False
+            batch = batch.filter(pa.array(keep))
+            converted = dict.fromkeys(converted)  # convert the rows kept
+        arrays = []
+        for name in schema.names:
+            array = batch.column(name)
+            if name in as_text:
+                array = converted[name]
+                if array is None:
+                    text, offsets = _quoted_lines(batch.column(name))
+                    array = _convert_lines(text, offsets, schema.field(name).type, [])
+            arrays.append(array)
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    def _row_texts(self, rows: pa.RecordBatch) -> list[str]:
+        """Rows rebuilt as CSV text (for the rejects: the raw text is gone once parsed)."""
+        columns = []
+        for column in rows.columns:
+            try:
+                values = pc.cast(column, pa.string()).to_pylist()
+            except pa.ArrowException:
+                values = [None if v is None else str(v) for v in column.to_pylist()]
+            columns.append(["" if v is None else v for v in values])
+        special = (self.delimiter, '"', "\n", "\r")
+        return [
+            self.delimiter.join(
+                f'"{v.replace(chr(34), chr(34) * 2)}"' if any(c in v for c in special) else v
+                for v in row
+            )
+            for row in zip(*columns, strict=True)
+        ]
 
     def _parse_options(self, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pacsv.ParseOptions:
         """The dialect: quoted values may hold newlines (else blocks split inside them)."""
@@ -160,6 +421,24 @@ class CsvReader(Reader):
         if isinstance(exc, OSError):
             return ReadWriteError(f"{self.path}: cannot read: {text}")
         return DataError(f"{self.path}: {text}")
+
+
+def _next_batch(reader: pacsv.CSVStreamingReader) -> pa.RecordBatch | None:
+    """The reader's next batch, or None at the end."""
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+def _unconvertible_column(exc: BaseException, names: list[str]) -> str | None:
+    """The column of Arrow's 'invalid value' conversion error, or None for other errors
+    (invalid UTF-8 included: reading the column as text would fail the same way)."""
+    match = _CONVERSION.match(error_text(exc))
+    if match is None or not _INVALID_VALUE.match(match.group(3)):
+        return None
+    column = int(match.group(1))
+    return names[column] if column < len(names) else None
 
 
 class TsvReader(CsvReader):
