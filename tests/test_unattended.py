@@ -123,8 +123,8 @@ def test_metrics_file_on_success_then_failure(
     prom = tmp_path / "textfile" / "batchpredict.prom"
     summary = tmp_path / "summary.json"
     args = [
-        "predict", "--model", str(mlp_model), "--keep_columns", "id,segment", "--job_name", "nightly",
-        "--metrics_file", str(prom), "--summary_file", str(summary),
+        "predict", "--model", str(mlp_model), "--keep_columns", "id,segment",
+        "--job_name", "nightly", "--metrics_file", str(prom), "--summary_file", str(summary),
     ]  # fmt: skip
     ok = run_cli(*args, "--input_file", str(source))
     assert ok.returncode == 0, ok.stderr
