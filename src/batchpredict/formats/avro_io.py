@@ -1,21 +1,33 @@
-"""Avro object container files through fastavro, mapped to and from Arrow types.
+"""Avro object container files, mapped to and from Arrow types.
 
-Records are decoded by fastavro (in Python objects, the only way it offers) and turned into
-Arrow batches of `chunk_size` rows with a schema derived from the file's Avro schema, so
-that every batch, even one with only nulls, has the same types.
+Batches have `chunk_size` records (the last one fewer) and a schema derived from the file's
+Avro schema, so that every batch, even one with only nulls, has the same types. Records are
+decoded by polars' Avro reader (Rust, an optional dependency imported when first needed)
+when the schema and codec allow, a run of blocks at a time, its result checked against the
+bytes; otherwise, and from the first block where polars fails or its result cannot be
+vouched for, by fastavro, in Python objects (the only way it offers), giving the results
+and errors the reader always gave.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import json
 import re
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import cramjam
 import fastavro
 import fastavro.read
 import fastavro.write
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import zstandard
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError
@@ -186,6 +198,540 @@ def arrow_schema(avro_schema: Any, path: str = "<schema>") -> pa.Schema:
     return pa.schema([types.field("value", avro_schema, "")])
 
 
+# -- the fast path: polars decodes runs of blocks, the bytes vouch for the result --------
+#
+# polars' Avro decoder (Rust) is about ten times faster than fastavro, but more lenient: it
+# takes any union branch other than the null one for the value, reads a boolean byte other
+# than 1 as false, keeps an `int` to 32 bits, ignores bytes left over in a block and panics
+# when a block is shorter than its record count says. So it is only given schemas whose
+# values fastavro would turn into the same Arrow values, and its result is checked against
+# the bytes: the canonical (shortest) encoding of the decoded values must tile each block
+# exactly, every varint must end where its canonical encoding ends, and every union branch
+# index and boolean byte must be the one the value implies. Decoding in order, each check
+# that passes proves that both decoders read that value from the same bytes, so when all
+# pass polars read what fastavro would have read. Anything else goes to fastavro.
+
+#: Bytes of the Avro types with a fixed width (`long`s, lengths and counts are varints).
+_WIDTHS = {"float": 4, "double": 8, "boolean": 1}
+#: Avro primitives polars decodes as fastavro does (given `int` as `long`, see `_Node`).
+_FAST_PRIMITIVES = ("long", "int", "float", "double", "boolean", "string", "bytes")
+_INT32 = (-(2**31), 2**31 - 1)
+_EPOCH = dt.datetime(1970, 1, 1)
+#: Values fastavro turns into datetimes and dates for sure (a day inside years 1 to 9999).
+_MICROS = (
+    (dt.datetime(1, 1, 2) - _EPOCH) // dt.timedelta(microseconds=1),
+    (dt.datetime(9999, 12, 30) - _EPOCH) // dt.timedelta(microseconds=1),
+)
+_DAYS = ((dt.date(1, 1, 2) - _EPOCH.date()).days, (dt.date(9999, 12, 30) - _EPOCH.date()).days)
+#: Bounds of the `long` logical types the fast path takes, by logicalType.
+_TIMESTAMPS = {
+    "timestamp-millis": (_MICROS[0] // 1000 + 1, _MICROS[1] // 1000),
+    "local-timestamp-millis": (_MICROS[0] // 1000 + 1, _MICROS[1] // 1000),
+    "timestamp-micros": _MICROS,
+    "local-timestamp-micros": _MICROS,
+}
+#: 2**7, 2**14, ... 2**63: a zig-zag value below the k-th takes k bytes as a varint.
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+#: Largest block read from a stream whose length is unknown (stdin); fastavro reads larger.
+_MAX_STREAMED_BLOCK = 1 << 31
+
+_Ints = npt.NDArray[np.int64]
+
+
+class _Mismatch(Exception):
+    """polars could not decode a run of blocks, or its result is not what fastavro reads."""
+
+
+class _Unreadable(Exception):
+    """A block cannot be read: truncated, wrong sync marker, or its data does not inflate."""
+
+
+@dataclass(frozen=True)
+class _Node:
+    """The Avro type of a value, as far as the fast path needs it.
+
+    kind: long (also `int`, given to polars as `long` to keep all 64 bits, and the logical
+    types on them), float, double, boolean, string, bytes, array or nullable (a union of
+    null and `child`, null first or not).
+    """
+
+    kind: str
+    child: _Node | None = None
+    null_first: bool = True
+    #: For `long`: the range of values fastavro turns into the same Arrow value.
+    low: int = -(2**63)
+    high: int = 2**63 - 1
+
+    def polars_schema(self) -> Any:
+        """The Avro schema polars is given for this value."""
+        if self.kind == "array":
+            assert self.child is not None
+            return {"type": "array", "items": self.child.polars_schema()}
+        if self.kind == "nullable":
+            assert self.child is not None
+            inner = self.child.polars_schema()
+            return ["null", inner] if self.null_first else [inner, "null"]
+        return self.kind
+
+
+def _fast_node(schema: Any, top: bool) -> _Node | None:
+    """The node of an Avro schema the fast path can read, else None (`top`: a field)."""
+    if isinstance(schema, list):
+        nulls = [_is_null(branch) for branch in schema]
+        if len(schema) != 2 or nulls.count(True) != 1:
+            return None
+        inner = _fast_node(schema[1] if nulls[0] else schema[0], top)
+        return None if inner is None else _Node("nullable", inner, null_first=nulls[0])
+    logical = None
+    kind = schema
+    if isinstance(schema, dict):
+        kind, logical = schema.get("type"), schema.get("logicalType")
+        if kind == "array":
+            items = _fast_node(schema.get("items"), top=False)
+            return None if items is None else _Node("array", items)
+    if kind not in _FAST_PRIMITIVES:
+        return None
+    if logical is None:
+        if kind == "int":
+            return _Node("long", low=_INT32[0], high=_INT32[1])
+        return _Node(str(kind))
+    if kind == "long" and logical in _TIMESTAMPS:
+        low, high = _TIMESTAMPS[logical]
+        return _Node("long", low=low, high=high)
+    if kind == "int" and logical == "date" and top:  # Arrow casts int32, not int64, to date32
+        return _Node("long", low=_DAYS[0], high=_DAYS[1])
+    return None  # time-*, uuid, decimal, ...: fastavro's Python objects
+
+
+def _min_size(node: _Node) -> int:
+    """The fewest bytes a value of `node` takes."""
+    return _WIDTHS.get(node.kind, 1)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the fast path reads one file."""
+
+    nodes: tuple[_Node, ...]
+    decompress: Callable[[bytes], bytes]
+    #: The container header polars is given: our schema for it, codec null.
+    header: bytes
+    sync: bytes
+    #: Bytes per record when every field has a fixed width, else None.
+    record_size: int | None
+    min_record_size: int
+    #: Appended to every block for polars: a varint read there fails (10 bytes 0xff is too
+    #: long) instead of panicking past the end when a block holds fewer records than it says.
+    padding: bytes
+
+
+def _inflate(data: bytes) -> bytes:
+    """A deflate block, as fastavro reads it (raw deflate, trailing bytes ignored)."""
+    return zlib.decompressobj(-15).decompress(data)
+
+
+def _unsnappy(data: bytes) -> bytes:
+    """A snappy block, as fastavro reads it (its CRC-32 is not checked)."""
+    if len(data) < 4:
+        raise ValueError("snappy block shorter than its checksum")
+    return bytes(cramjam.snappy.decompress_raw(data[:-4]))
+
+
+def _unzstd(data: bytes) -> bytes:
+    """A zstandard block, as `_zstandard_read_block` reads it."""
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+#: The codecs the fast path reads: it decompresses blocks itself and gives polars codec null
+#: (polars knows neither zstandard nor the bzip2, xz and lz4 that fastavro reads).
+_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "null": _as_is,
+    "deflate": _inflate,
+    "snappy": _unsnappy,
+    "zstandard": _unzstd,
+}
+
+
+def _encode_long(value: int) -> bytes:
+    """One zig-zag varint."""
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag >= 0x80:
+        out.append(zigzag & 0x7F | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+def _encode_bytes(data: bytes) -> bytes:
+    return _encode_long(len(data)) + data
+
+
+def _fast_plan(writer_schema: Any, codec: str, sync: bytes) -> _Plan | None:
+    """How polars can read a file of `writer_schema`, or None when it cannot."""
+    if not _is_record(writer_schema) or codec not in _DECOMPRESS:
+        return None
+    fields = writer_schema.get("fields") or []
+    nodes = [_fast_node(field["type"], top=True) for field in fields]
+    if not nodes or any(node is None for node in nodes):
+        return None
+    try:
+        import polars  # noqa: F401 - an optional speed-up: without it, fastavro reads
+    except ImportError:
+        return None
+    known = tuple(node for node in nodes if node is not None)
+    polars_schema = {
+        "type": "record",
+        "name": "r",
+        "fields": [{"name": f"f{i}", "type": node.polars_schema()} for i, node in enumerate(known)],
+    }
+    header = b"".join(
+        [
+            MAGIC,
+            _encode_long(2),
+            _encode_bytes(b"avro.schema"),
+            _encode_bytes(json.dumps(polars_schema).encode()),
+            _encode_bytes(b"avro.codec"),
+            _encode_bytes(b"null"),
+            _encode_long(0),
+            sync,
+        ]
+    )
+    widths = [_WIDTHS.get(node.kind) for node in known]
+    fixed = sum(width for width in widths if width is not None)
+    return _Plan(
+        nodes=known,
+        decompress=_DECOMPRESS[codec],
+        header=header,
+        sync=sync,
+        record_size=fixed if None not in widths else None,
+        min_record_size=sum(_min_size(node) for node in known),
+        padding=b"\xff" * (fixed + 16),
+    )
+
+
+@dataclass(frozen=True)
+class _RawBlock:
+    """One block: its record count and its data, decompressed."""
+
+    count: int
+    data: bytes
+
+
+def _read_varint(source: Any) -> int | None:
+    """One zig-zag varint; None at the end of the input before its first byte."""
+    shift = result = 0
+    for _ in range(10):
+        byte: bytes = source.read(1)
+        if not byte:
+            if shift:
+                raise _Unreadable("end of input inside a varint")
+            return None
+        result |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return (result >> 1) ^ -(result & 1)
+        shift += 7
+    raise _Unreadable("varint longer than 10 bytes")
+
+
+def _read_block(source: Any, plan: _Plan, end: int | None) -> _RawBlock | None:
+    """The block at the current position, None at the end of the input.
+
+    Raises `_Unreadable` where fastavro would fail, or might read differently (which it
+    is then left to do).
+    """
+    count = _read_varint(source)
+    if count is None:
+        return None
+    size = _read_varint(source)
+    if size is None:
+        raise _Unreadable("end of input inside a block header")
+    limit = _MAX_STREAMED_BLOCK if end is None else end - source.tell()
+    if count < 0 or size < 0 or size > limit:
+        raise _Unreadable("bad block header")
+    payload = source.read(size)
+    if len(payload) != size or source.read(len(plan.sync)) != plan.sync:
+        raise _Unreadable("truncated block or wrong sync marker")
+    try:
+        return _RawBlock(count, plan.decompress(payload))
+    except Exception as exc:
+        raise _Unreadable("block does not decompress") from exc
+
+
+def _decode_run(run: list[_RawBlock], schema: pa.Schema, plan: _Plan) -> pa.Table | None:
+    """The records of consecutive blocks, decoded by polars and checked; None if none.
+
+    Raises `_Mismatch` when polars fails or its result cannot be vouched for.
+    """
+    import polars
+
+    if any(block.data and not block.count for block in run):
+        raise _Mismatch("bytes in a block without records")
+    blocks = [block for block in run if block.count]
+    if not blocks:
+        return None
+    for block in blocks:
+        size = len(block.data)
+        if plan.record_size is not None and block.count * plan.record_size != size:
+            raise _Mismatch("block size does not fit its record count")
+        if block.count * plan.min_record_size > size:
+            raise _Mismatch("block too short for its record count")
+    parts = [plan.header]
+    for block in blocks:
+        parts += [
+            _encode_long(block.count),
+            _encode_long(len(block.data) + len(plan.padding)),
+            block.data,
+            plan.padding,
+            plan.sync,
+        ]
+    try:
+        table = polars.read_avro(io.BytesIO(b"".join(parts))).to_arrow()
+    except (Exception, polars.exceptions.PanicException) as exc:
+        raise _Mismatch(error_text(exc)) from exc
+    if table.num_rows != sum(block.count for block in blocks):
+        raise _Mismatch("polars decoded another number of records")
+    if table.num_columns != len(plan.nodes):
+        raise _Mismatch("polars decoded another number of columns")
+    columns = [column.combine_chunks() for column in table.columns]
+    data = np.frombuffer(b"".join(block.data for block in blocks), dtype=np.uint8)
+    _check_layout(columns, plan.nodes, data, blocks)
+    try:
+        arrays = [
+            _convert(column, field.type) for column, field in zip(columns, schema, strict=True)
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise _Mismatch(error_text(exc)) from exc
+
+
+def _convert(array: pa.Array, kind: pa.DataType) -> pa.Array:
+    """A column from polars (long for int and the logical types) as the Arrow type `kind`."""
+    if pa.types.is_date32(kind):
+        return array.cast(pa.int32()).cast(kind)
+    return array.cast(kind)
+
+
+# -- checking polars' result against the bytes (see the comment on the fast path) --------
+def _ints(array: pa.Array) -> _Ints:
+    """An integer column without nulls as int64."""
+    if array.null_count:
+        raise _Mismatch("null where the schema has none")
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _varint_sizes(values: _Ints) -> _Ints:
+    """Bytes of the canonical zig-zag varint of each value."""
+    zigzag = (values << 1) ^ (values >> 63)
+    sizes = np.searchsorted(_VARINT_LIMITS, zigzag.view(np.uint64), side="right")
+    return np.asarray(sizes, dtype=np.int64) + 1
+
+
+def _sum_per_list(sizes: int | _Ints, counts: _Ints) -> _Ints:
+    """Total of consecutive runs of `counts` item sizes."""
+    if isinstance(sizes, int):
+        return counts * sizes
+    totals = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
+    ends = np.cumsum(counts)
+    return np.asarray(totals[ends] - totals[ends - counts], dtype=np.int64)
+
+
+def _sizes(array: pa.Array, node: _Node) -> int | _Ints:
+    """Bytes of the canonical encoding of each value (an int when all are the same)."""
+    width = _WIDTHS.get(node.kind)
+    if width is not None:
+        return width
+    if node.kind == "long":
+        return _varint_sizes(_ints(array))
+    if node.kind in ("string", "bytes"):
+        lengths = _ints(pc.binary_length(array))
+        return _varint_sizes(lengths) + lengths
+    assert node.child is not None
+    if node.kind == "array":
+        counts = _ints(pc.list_value_length(array))
+        items = _sum_per_list(_sizes(array.flatten(), node.child), counts)
+        return np.where(counts > 0, _varint_sizes(counts) + items + 1, 1)
+    # nullable: the branch index (one byte, 0 or 2), then the value unless null
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    sizes = np.ones(len(array), dtype=np.int64)
+    width = _WIDTHS.get(node.child.kind)
+    sizes[valid] += width if width is not None else _sizes(pc.drop_null(array), node.child)
+    return sizes
+
+
+def _expect_varint_ends(data: npt.NDArray[np.uint8], last: _Ints) -> None:
+    """The bytes at `last` end varints (have no continuation bit)."""
+    if np.any(data[last] & 0x80):
+        raise _Mismatch("a varint does not end where its value's shortest encoding does")
+
+
+def _expect_varints(data: npt.NDArray[np.uint8], at: _Ints, values: _Ints) -> None:
+    """The bytes at `at` are the canonical varints of non-negative `values`."""
+    zigzag = values << 1
+    sizes = _varint_sizes(values)
+    for k in range(int(sizes.max()) if len(sizes) else 0):
+        here = sizes > k
+        want = (zigzag[here] >> (7 * k)) & 0x7F | np.where(sizes[here] - 1 > k, 0x80, 0)
+        if np.any(data[at[here] + k] != want):
+            raise _Mismatch("a count is not encoded as expected")
+
+
+def _check(array: pa.Array, node: _Node, at: _Ints, data: npt.NDArray[np.uint8]) -> None:
+    """Check the values of `array`, encoded at `at` in `data`, against the bytes."""
+    kind = node.kind
+    if kind in ("float", "double"):
+        return
+    if kind == "boolean":
+        flags = np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.uint8)
+        if array.null_count or np.any(data[at] != flags):
+            raise _Mismatch("a boolean byte other than 0 or 1")
+    elif kind == "long":
+        values = _ints(array)
+        if len(values) and (values.min() < node.low or values.max() > node.high):
+            raise _Mismatch("a value out of the range of its Avro type")
+        _expect_varint_ends(data, at + _varint_sizes(values) - 1)
+    elif kind in ("string", "bytes"):
+        _expect_varint_ends(data, at + _varint_sizes(_ints(pc.binary_length(array))) - 1)
+    elif kind == "array":
+        assert node.child is not None
+        counts = _ints(pc.list_value_length(array))
+        heads = _varint_sizes(counts)
+        items = array.flatten()
+        item_sizes = _sizes(items, node.child)
+        sizes = np.where(counts > 0, heads + _sum_per_list(item_sizes, counts) + 1, 1)
+        if np.any(data[at + sizes - 1] != 0):
+            raise _Mismatch("an array does not end where expected")
+        filled = counts > 0
+        _expect_varints(data, at[filled], counts[filled])
+        if len(items):
+            if isinstance(item_sizes, int):
+                item_sizes = np.full(len(items), item_sizes, dtype=np.int64)
+            before = np.concatenate([np.zeros(1, np.int64), np.cumsum(item_sizes)])
+            firsts = np.cumsum(counts) - counts
+            item_at = np.repeat(at + heads - before[firsts], counts) + before[:-1]
+            _check(items, node.child, item_at, data)
+    else:  # nullable
+        assert node.child is not None
+        valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        branch = np.where(valid, 2, 0) if node.null_first else np.where(valid, 0, 2)
+        if np.any(data[at] != branch):
+            raise _Mismatch("a union branch index other than the null's and the value's")
+        if node.child.kind not in ("float", "double"):
+            _check(pc.drop_null(array), node.child, at[valid] + 1, data)
+
+
+def _check_layout(
+    columns: list[pa.Array],
+    nodes: tuple[_Node, ...],
+    data: npt.NDArray[np.uint8],
+    blocks: list[_RawBlock],
+) -> None:
+    """Raise `_Mismatch` unless the decoded records are exactly what the block data holds."""
+    counts = np.array([block.count for block in blocks], dtype=np.int64)
+    lengths = np.array([len(block.data) for block in blocks], dtype=np.int64)
+    field_sizes = [_sizes(column, node) for column, node in zip(columns, nodes, strict=True)]
+    record_sizes: int | _Ints = sum(field_sizes, start=0)
+    if isinstance(record_sizes, int):
+        if np.any(counts * record_sizes != lengths):
+            raise _Mismatch("records do not fill their blocks exactly")
+        at = np.arange(int(counts.sum()), dtype=np.int64) * record_sizes
+    else:
+        per_block = np.add.reduceat(record_sizes, np.cumsum(counts) - counts)
+        if not np.array_equal(per_block, lengths):
+            raise _Mismatch("records do not fill their blocks exactly")
+        at = np.cumsum(record_sizes) - record_sizes
+    for column, node, size in zip(columns, nodes, field_sizes, strict=True):
+        _check(column, node, at, data)
+        at = at + size
+
+
+# -- reading helpers ---------------------------------------------------------------------
+class _Replayable:
+    """A stream that is not seekable, but can go back to the position last marked.
+
+    The fast path marks the start of each run of blocks, and on trouble rewinds there for
+    fastavro; the bytes since the mark are kept until then.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self._kept = bytearray()  # bytes from _kept_at on, while marked
+        self._kept_at = 0
+        self._position = 0
+        self._marked = False
+        self.closed = False
+
+    def mark(self) -> None:
+        """Keep the bytes read from here on, so that `rewind` can go back here."""
+        del self._kept[: self._position - self._kept_at]
+        self._kept_at = self._position
+        self._marked = True
+
+    def rewind(self, position: int) -> None:
+        """Go back to `position`, at or after the mark; stop keeping what is read."""
+        if not self._kept_at <= position <= self._kept_at + len(self._kept):
+            raise ValueError(f"cannot go back to byte {position}")
+        self._position = position
+        self._marked = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all remaining for a negative size); b"" at the end."""
+        start = self._position - self._kept_at
+        out = b""
+        if start < len(self._kept):
+            stop = len(self._kept) if size < 0 else min(len(self._kept), start + size)
+            out = bytes(self._kept[start:stop])
+        if size < 0 or len(out) < size:
+            more = self._source.read(-1 if size < 0 else size - len(out))
+            if self._marked:
+                self._kept += more
+            out += more
+        self._position += len(out)
+        if not self._marked and self._position >= self._kept_at + len(self._kept):
+            self._kept.clear()
+            self._kept_at = self._position
+        return out
+
+    def tell(self) -> int:
+        """Bytes read so far (less any rewound)."""
+        return self._position
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def seekable(self) -> bool:
+        """Not seekable (except back to the mark, with `rewind`)."""
+        return False
+
+    def close(self) -> None:
+        """Close the underlying source."""
+        self.closed = True
+        self._source.close()
+
+
+def _size_of(source: Any) -> int:
+    """The length of a seekable stream."""
+    position = source.tell()
+    end = int(source.seek(0, io.SEEK_END))
+    source.seek(position)
+    return end
+
+
+def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    """A table of at least one row as one record batch."""
+    batches = table.combine_chunks().to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return pa.RecordBatch.from_arrays(
+        [column.combine_chunks() for column in table.columns], schema=schema
+    )
+
+
 class AvroReader(Reader):
     """Reads Avro object container files (codecs null, deflate, snappy, zstandard, ...)."""
 
@@ -206,25 +752,113 @@ class AvroReader(Reader):
                 stream.seek(0)
                 source = stream
             else:
-                source = PrefixedStream(magic, stream)
+                source = _Replayable(PrefixedStream(magic, stream))
             yield from self._records(source)
 
     def _records(self, source: Any) -> Iterator[pa.RecordBatch]:
-        """Decode the container block by block into batches of `chunk_size` records.
-
-        fastavro has no exception class for corrupt input: it raises whatever its decoder,
-        the codecs or its C code hit (IndexError, EOFError, zlib.error, SystemError, ...),
-        so every failure of a fastavro call is reported as a corrupt file.
-        """
+        """Read the header, then decode the blocks with polars when the file allows it."""
         try:
             blocks = fastavro.block_reader(source)
         except Exception as exc:
             raise ReadWriteError(f"{self.path}: corrupt Avro header: {_reason(exc)}") from exc
         schema = arrow_schema(blocks.writer_schema, self.path)
+        plan = _fast_plan(blocks.writer_schema, blocks.codec, blocks._header["sync"])
+        if plan is None:
+            yield from self._decode_slowly(source, blocks, schema, [], 0)
+        else:
+            yield from self._decode_fast(source, blocks, schema, plan)
+
+    # -- the fast path ------------------------------------------------------------------
+    def _decode_fast(
+        self, source: Any, blocks: Any, schema: pa.Schema, plan: _Plan
+    ) -> Iterator[pa.RecordBatch]:
+        """Decode runs of blocks of about `chunk_size` records with polars.
+
+        From the first run polars cannot decode, or whose result does not match the bytes
+        (see `_check_layout`), and from the first block that cannot be read, fastavro takes
+        over (`_decode_slowly`): it gives the results and errors the reader always gave.
+        """
+        chunk = self.options.chunk_size
+        replay = source if isinstance(source, _Replayable) else None
+        end = None if replay is not None else _size_of(source)
+        held: pa.Table | None = None  # decoded records not yet yielded (fewer than `chunk`)
+        done = 0  # records yielded
+        while True:
+            start = source.tell()
+            if replay is not None:
+                replay.mark()
+            run: list[_RawBlock] = []
+            records = 0
+            wanted = chunk - (held.num_rows if held is not None else 0)
+            broken: int | None = None  # offset of a block that cannot be read
+            finished = False
+            while records < wanted:
+                offset = source.tell()
+                try:
+                    block = _read_block(source, plan, end)
+                except _Unreadable:
+                    # Some writers end the file with a newline after the last block.
+                    finished = self._only_whitespace_after(source, offset)
+                    broken = None if finished else offset
+                    break
+                if block is None:
+                    finished = True
+                    break
+                run.append(block)
+                records += block.count
+            try:
+                table = _decode_run(run, schema, plan)
+            except _Mismatch:
+                yield from self._fall_back(source, blocks, schema, start, held, done)
+                return
+            if table is not None:
+                held = table if held is None else pa.concat_tables([held, table])
+                taken = 0
+                while held.num_rows - taken >= chunk:
+                    yield _one_batch(held.slice(taken, chunk), schema)
+                    taken += chunk
+                done += taken
+                held = held.slice(taken)
+            if broken is not None:
+                yield from self._fall_back(source, blocks, schema, broken, held, done)
+                return
+            if finished:
+                if held is not None and held.num_rows:
+                    yield _one_batch(held, schema)
+                return
+
+    def _fall_back(
+        self,
+        source: Any,
+        blocks: Any,
+        schema: pa.Schema,
+        position: int,
+        held: pa.Table | None,
+        done: int,
+    ) -> Iterator[pa.RecordBatch]:
+        """Go on with fastavro from the block at `position`, the records before it
+        (`done` yielded, `held` not yet) as if fastavro had decoded them."""
+        if isinstance(source, _Replayable):
+            source.rewind(position)
+        else:
+            source.seek(position)
+        rows = held.to_pylist() if held is not None else []
+        yield from self._decode_slowly(source, blocks, schema, rows, done)
+
+    # -- the fastavro path --------------------------------------------------------------
+    def _decode_slowly(
+        self, source: Any, blocks: Any, schema: pa.Schema, rows: list[Any], emitted: int
+    ) -> Iterator[pa.RecordBatch]:
+        """Decode the container block by block into batches of `chunk_size` records.
+
+        Starts at the block `source` is at, `rows` decoded before it but not yet yielded,
+        after `emitted` yielded records. fastavro has no exception class for corrupt input:
+        it raises whatever its decoder, the codecs or its C code hit (IndexError, EOFError,
+        zlib.error, SystemError, ...), so every failure of a fastavro call is reported as a
+        corrupt file.
+        """
         is_record = _is_record(blocks.writer_schema)
         chunk = self.options.chunk_size
-        rows: list[Any] = []
-        emitted = 0  # records already yielded
         block_end = source.tell()
         while True:
             try:

