@@ -215,3 +215,35 @@ def test_file_rows_skip_the_records_a_reader_dropped(bad: list[bool], first: int
     good = [r for r, is_bad in zip(records, bad, strict=True) if not is_bad]
     first = min(first, len(good))
     assert file_rows(first, len(good) - first, dropped).tolist() == good[first:]
+
+
+@pytest.mark.slow
+def test_records_the_reader_cannot_parse_are_rejected_with_their_row(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    """A CSV row with a field too many and a value that is not a number, under skip.
+
+    The bad value lies past the first block (up to 4 MiB), from which types are inferred;
+    inside it, it would make the whole column text (a data error naming the column).
+    """
+    frame = make_frame(60_000)
+    source = write_with_library(frame, tmp_path / "d.csv", "csv")
+    lines = source.read_text().splitlines()
+    lines[10] += ",extra"  # data row 10
+    cells = lines[55_000].split(",")
+    cells[2] = "oops"  # data row 55000, column f1
+    lines[55_000] = ",".join(cells)
+    source.write_text("\n".join(lines) + "\n")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--on_error", "skip", "--max_error_rate", "0.1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rejects = rejects_of(tmp_path / "d.predictions.csv.rejects.jsonl")
+    assert [(r["row"], r["column"]) for r in rejects] == [(10, None), (55_000, "f1")]
+    assert "expected 6 fields, got 7" in rejects[0]["reason"] and rejects[0]["text"].endswith(
+        ",extra"
+    )
+    assert "cannot read 'oops'" in rejects[1]["reason"]
+    out = read_with_library(tmp_path / "d.predictions.csv", "csv")
+    assert out["id"].tolist() == [i for i in range(1, 60_001) if i not in (10, 55_000)]

@@ -408,7 +408,12 @@ class RejectsWriter:
 
     def add_record(self, source: str, record: BadRecord) -> None:
         """Record a record the reader could not parse: its number, reason and raw text."""
-        line = {"source": source, "row": record.row, "column": None, "reason": record.reason}
+        line = {
+            "source": source,
+            "row": record.row,
+            "column": record.column,
+            "reason": record.reason,
+        }
         self._write_lines([json.dumps({**line, "text": record.text}) + "\n"])
         self.count += 1
 

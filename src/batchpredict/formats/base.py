@@ -98,6 +98,8 @@ class BadRecord:
     reason: str
     #: The record's raw text, as far as it could be recovered.
     text: str
+    #: The column at fault, when the record parsed but one of its values did not convert.
+    column: str | None = None
 
 
 @dataclass(frozen=True)

@@ -319,19 +319,20 @@ class CsvReader(Reader):
         converted to their `schema` types; rows whose value does not convert are added to
         `pending` and left out. `known_bad`: per column, values found not to convert."""
         converted: dict[str, pa.Array | None] = {}
-        bad: dict[int, str] = {}
+        bad: dict[int, tuple[str, str]] = {}
         for name in schema.names:
             if name in as_text:
                 known = known_bad.setdefault(name, {})
                 array, failures = _convert_text(batch.column(name), schema.field(name).type, known)
                 converted[name] = array
                 for index, reason in failures.items():
-                    bad.setdefault(index, f"column {name!r}: {reason}")
+                    bad.setdefault(index, (name, f"column {name!r}: {reason}"))
         if bad:
             indexes = sorted(bad)
             texts = self._row_texts(batch.take(indexes))
             for index, text in zip(indexes, texts, strict=True):
-                pending.append(BadRecord(row_number(start + index + 1), bad[index], text))
+                column, reason = bad[index]
+                pending.append(BadRecord(row_number(start + index + 1), reason, text, column))
             keep = np.ones(batch.num_rows, dtype=bool)
             keep[indexes] = False
             batch = batch.filter(pa.array(keep))
