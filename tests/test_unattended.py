@@ -244,3 +244,31 @@ def test_a_real_cron_daemon_runs_the_crontab_example_line(
     assert "\r" not in log.read_text()
     scraped = metrics(tmp_path / "textfile" / "batchpredict.prom", job="nightly_scoring")
     assert scraped["batchpredict_rows_total"] == 40 and scraped["batchpredict_last_exit_code"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expect_started", "json_lines"),
+    [
+        (["--log_level", "warning"], False, True),
+        (["--log_format", "console"], True, False),
+        (["--log_level", "debug", "--log_format", "json"], True, True),
+    ],
+)
+def test_log_level_and_format(
+    args: list[str],
+    expect_started: bool,
+    json_lines: bool,
+    tmp_path: Path,
+    mlp_model: Path,
+    run_cli: RunCli,
+) -> None:
+    source = write_with_library(make_frame(10), tmp_path / "d.csv", "csv")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--device", "cpu", "--gpu_memory_limit", "512", *args,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ours = [line for line in result.stderr.splitlines() if "run started" in line]
+    assert bool(ours) == expect_started
+    if ours:
+        assert ours[0].startswith("{") == json_lines

@@ -59,6 +59,17 @@ def _class_names(listed: str | None, path: str | None) -> tuple[str, ...] | None
     return _csv_list(listed)
 
 
+def option_group(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several options as one decorator, in the order given (as they appear in --help)."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
 def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """`--config FILE`: TOML whose keys are option names, used as the command's defaults.
 
@@ -91,100 +102,84 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | No
     return path
 
 
-def model_options(func: F) -> F:
-    """Options that choose and load the model (shared by predict, inspect and validate)."""
-    for decorator in reversed(
-        [
-            option(
-                "config",
-                type=click.Path(dir_okay=False),
-                is_eager=True,
-                expose_value=False,
-                callback=_load_config_file,
-                help="TOML file of option defaults (keys as option names; a [predict] "
-                "table applies to predict only).",
-            ),
-            option(
-                "model",
-                required=True,
-                help="Keras .keras/.h5 file, SavedModel directory, "
-                "or TF-Serving base directory with numeric versions.",
-            ),
-            option(
-                "signature",
-                default="serving_default",
-                show_default=True,
-                help="SavedModel signature to call.",
-            ),
-            option(
-                "model_version",
-                type=click.IntRange(min=0),
-                default=None,
-                help="Version sub-directory of a TF-Serving base directory (default: highest).",
-            ),
-            option(
-                "unsafe_model_load",
-                is_flag=True,
-                default=False,
-                help="Allow Keras Lambda layers, which run code stored in the model "
-                "(trusted models only).",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
+#: Options that choose and load the model (shared by predict, inspect and validate).
+model_options = option_group(
+    option(
+        "config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config_file,
+        help="TOML file of option defaults (keys as option names; a [predict] "
+        "table applies to predict only).",
+    ),
+    option(
+        "model",
+        required=True,
+        help="Keras .keras/.h5 file, SavedModel directory, "
+        "or TF-Serving base directory with numeric versions.",
+    ),
+    option(
+        "signature",
+        default="serving_default",
+        show_default=True,
+        help="SavedModel signature to call.",
+    ),
+    option(
+        "model_version",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Version sub-directory of a TF-Serving base directory (default: highest).",
+    ),
+    option(
+        "unsafe_model_load",
+        is_flag=True,
+        default=False,
+        help="Allow Keras Lambda layers, which run code stored in the model (trusted models only).",
+    ),
+)
 
 
-def mapping_options(func: F) -> F:
-    """Options that decide which columns feed the model and which are kept."""
-    for decorator in reversed(
-        [
-            option(
-                "features",
-                default=None,
-                help="Comma-separated columns for a single [None, k] input, in order "
-                "(default: the k numeric columns that are not kept-only).",
-            ),
-            option(
-                "keep_columns",
-                default=None,
-                help="Comma-separated input columns copied to the output before the "
-                "predictions (default: every column the model does not read).",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
+#: Options that decide which columns feed the model and which are kept.
+mapping_options = option_group(
+    option(
+        "features",
+        default=None,
+        help="Comma-separated columns for a single [None, k] input, in order "
+        "(default: the k numeric columns that are not kept-only).",
+    ),
+    option(
+        "keep_columns",
+        default=None,
+        help="Comma-separated input columns copied to the output before the "
+        "predictions (default: every column the model does not read).",
+    ),
+)
 
 
-def logging_options(func: F) -> F:
-    """Options for log lines."""
-    for decorator in reversed(
-        [
-            option(
-                "log_level",
-                type=click.Choice(["debug", "info", "warning", "error"]),
-                default="info",
-                show_default=True,
-                help="debug also lets TensorFlow's own logging through.",
-            ),
-            option(
-                "log_format",
-                type=click.Choice(["auto", "json", "console"]),
-                default="auto",
-                show_default=True,
-                help="auto: console on a terminal, JSON lines otherwise.",
-            ),
-            option(
-                "log_file",
-                type=click.Path(dir_okay=False),
-                default=None,
-                help="Append log lines to this file instead of stderr.",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
+#: Options for log lines.
+logging_options = option_group(
+    option(
+        "log_level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        help="debug also lets TensorFlow's own logging through.",
+    ),
+    option(
+        "log_format",
+        type=click.Choice(["auto", "json", "console"]),
+        default="auto",
+        show_default=True,
+        help="auto: console on a terminal, JSON lines otherwise.",
+    ),
+    option(
+        "log_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Append log lines to this file instead of stderr.",
+    ),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
