@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,13 +27,23 @@ def big_csv(path: Path, rows: int = 400_000) -> Path:
     return write_with_library(make_frame(rows), path, "csv")
 
 
-def start(*args: str, **popen: object) -> subprocess.Popen[bytes]:
+def start(*args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start the command as a terminal would: SIGINT at its default even if this test
+    process inherited it ignored (shells ignore SIGINT in background jobs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
+    extra = popen.pop("preexec_fn", None)
+
+    def prepare() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if extra is not None:
+            extra()
+
     return subprocess.Popen(
         [*batchpredict_command(), *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         env=env,
+        preexec_fn=prepare,
         **popen,
     )
 
