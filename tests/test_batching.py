@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchpredict.batching import batch_count, fixed_batches, pad_rows, rechunk
+from batchpredict.batching import Prefetch, batch_count, fixed_batches, pad_rows, rechunk
 
 
 def _batches(sizes: list[int]) -> list[pa.RecordBatch]:
@@ -57,3 +62,35 @@ def test_full_batches_are_views_not_copies() -> None:
 def test_pad_rows_keeps_trailing_dimensions() -> None:
     padded = pad_rows(np.ones((3, 5, 2)), 7)
     assert padded.shape == (7, 5, 2)
+
+
+def test_prefetch_yields_in_order_and_raises_the_producers_error_in_place() -> None:
+    def produce() -> Iterator[int]:
+        yield from range(5)
+        raise ValueError("bad row 6")
+
+    feed = Prefetch(produce, depth=2)
+    seen = []
+    with pytest.raises(ValueError, match="bad row 6"):
+        for item in feed:
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+    assert list(feed) == []
+
+
+def test_prefetch_close_stops_the_producer_without_draining_it() -> None:
+    produced: list[int] = []
+    made_on: list[str] = []
+
+    def produce() -> Iterator[int]:
+        made_on.append(threading.current_thread().name)
+        for item in range(1_000_000):
+            produced.append(item)
+            yield item
+
+    feed = Prefetch(produce, depth=2, name="test-prefetch")
+    assert next(feed) == 0
+    feed.close()
+    time.sleep(0.5)
+    assert len(produced) < 10, "the producer kept going after close"
+    assert made_on == ["test-prefetch"], "the iterable is created on the prefetch thread"

@@ -3,11 +3,13 @@ succeeded, the previous output intact, and a killed nightly job that resumes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +25,53 @@ pytestmark = pytest.mark.slow
 
 
 def big_csv(path: Path, rows: int = 400_000) -> Path:
-    """A file that takes a few seconds to score with small chunks, long enough to interrupt."""
+    """A file that takes a few seconds to score with small chunks."""
     return write_with_library(make_frame(rows), path, "csv")
+
+
+class HeldInput:
+    """Feeds a CSV file to a command's stdin but holds back its second half until released,
+    so the run is certainly still going when a test interrupts it, on any machine speed."""
+
+    def __init__(self, source: Path) -> None:
+        self.data = source.read_bytes()
+        self.released = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def feed(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None
+        stdin = proc.stdin
+        half = len(self.data) // 2
+
+        def run() -> None:
+            try:
+                stdin.write(self.data[:half])
+                stdin.flush()
+                self.released.wait(timeout=300)
+                stdin.write(self.data[half:])
+            except (BrokenPipeError, ValueError):
+                return  # the command was stopped; nothing more to feed
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def release(self) -> None:
+        self.released.set()
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+
+
+def wait_for_temporary(
+    directory: Path, proc: subprocess.Popen[bytes], timeout: float = 120
+) -> None:
+    """Wait until the run has opened its output's temporary file."""
+    deadline = time.monotonic() + timeout
+    while not leftovers(directory):
+        assert proc.poll() is None, f"process ended ({proc.returncode}) before writing"
+        assert time.monotonic() < deadline, "no temporary output file appeared"
+        time.sleep(0.05)
 
 
 def start(*args: str, **popen: Any) -> subprocess.Popen[bytes]:
@@ -48,6 +95,10 @@ def start(*args: str, **popen: Any) -> subprocess.Popen[bytes]:
     )
 
 
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if p.name.endswith(".tmp"))
+
+
 def wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float = 120) -> None:
     """Read stderr until a log line containing `text` appears."""
     assert proc.stderr is not None
@@ -61,26 +112,24 @@ def wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float = 120
     raise AssertionError(f"no {text!r} within {timeout}s")
 
 
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.rglob("*") if p.name.endswith(".tmp"))
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_run_removes_temporaries_and_keeps_previous_output(
     signum: int, code: int, tmp_path: Path, mlp_model: Path
 ) -> None:
-    source = big_csv(tmp_path / "d.csv")
+    held = HeldInput(big_csv(tmp_path / "d.csv", rows=100_000))
     out = tmp_path / "d.predictions.csv"
     out.write_text("previous\n")
     proc = start(
-        "predict", "--model", str(mlp_model), "--input_file", str(source),
-        "--keep_columns", "id,segment", "--chunk_size", "2000", "--batch_size", "256",
-        "--on_error", "skip",
+        "predict", "--model", str(mlp_model), "--input_file", "-", "--input_format", "csv",
+        "--output_file", str(out), "--keep_columns", "id,segment", "--chunk_size", "2000",
+        "--batch_size", "256", "--on_error", "skip",
+        stdin=subprocess.PIPE,
     )  # fmt: skip
-    wait_for_line(proc, "run started")
-    time.sleep(1.0)
+    held.feed(proc)
+    wait_for_temporary(tmp_path, proc)
     proc.send_signal(signum)
     assert proc.wait(timeout=60) == code
+    held.release()
     assert proc.stderr is not None
     assert "no output was committed" in proc.stderr.read().decode()
     assert out.read_text() == "previous\n"
@@ -91,27 +140,26 @@ def test_signal_mid_run_removes_temporaries_and_keeps_previous_output(
 def test_sigkill_leaves_no_final_output_and_the_next_run_cleans_up(
     tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
-    source = big_csv(tmp_path / "d.csv")
-    args = [
-        "predict",
-        "--model",
-        str(mlp_model),
-        "--input_file",
-        str(source),
-        "--keep_columns",
-        "id,segment",
-    ]
-    proc = start(*args, "--chunk_size", "2000", "--batch_size", "256")
-    wait_for_line(proc, "run started")
-    time.sleep(1.0)
+    source = big_csv(tmp_path / "d.csv", rows=100_000)
+    held = HeldInput(source)
+    out = tmp_path / "d.predictions.csv"
+    args = ["predict", "--model", str(mlp_model), "--keep_columns", "id,segment"]
+    proc = start(
+        *args, "--input_file", "-", "--input_format", "csv", "--output_file", str(out),
+        "--chunk_size", "2000", "--batch_size", "256",
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    held.feed(proc)
+    wait_for_temporary(tmp_path, proc)
     proc.kill()
     proc.wait(timeout=60)
-    assert not (tmp_path / "d.predictions.csv").exists()
+    held.release()
+    assert not out.exists()
     assert leftovers(tmp_path), "a killed run leaves its temporary file (nothing can remove it)"
-    result = run_cli(*args)
+    result = run_cli(*args, "--input_file", str(source))
     assert result.returncode == 0, result.stderr
     assert leftovers(tmp_path) == []
-    assert sum(1 for _ in (tmp_path / "d.predictions.csv").open()) == 400_001
+    assert sum(1 for _ in out.open()) == 100_001
 
 
 def test_file_size_limit_is_an_io_error_and_previous_output_survives(
@@ -138,19 +186,26 @@ def test_file_size_limit_is_an_io_error_and_previous_output_survives(
 
 
 def test_two_runs_racing_on_one_lock(tmp_path: Path, mlp_model: Path) -> None:
-    source = big_csv(tmp_path / "d.csv", rows=100_000)
+    source = big_csv(tmp_path / "d.csv", rows=20_000)
+    held = HeldInput(source)
     lock = tmp_path / "job.lock"
     args = [
-        "predict", "--model", str(mlp_model), "--input_file", str(source),
-        "--keep_columns", "id,segment", "--lock_file", str(lock), "--chunk_size", "2000",
-        "--batch_size", "256",
+        "predict", "--model", str(mlp_model), "--keep_columns", "id,segment",
+        "--lock_file", str(lock), "--chunk_size", "2000", "--batch_size", "256",
     ]  # fmt: skip
-    first = start(*args)
+    first = start(
+        *args, "--input_file", "-", "--input_format", "csv",
+        "--output_file", str(tmp_path / "first.csv"),
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    held.feed(first)
     wait_for_line(first, "run started")
-    second = start(*args)
+    second = start(*args, "--input_file", str(source))
     assert second.wait(timeout=120) == 75
+    held.release()
     assert first.wait(timeout=300) == 0
-    assert (tmp_path / "d.predictions.csv").exists()
+    assert sum(1 for _ in (tmp_path / "first.csv").open()) == 20_001
+    assert not (tmp_path / "d.predictions.csv").exists()
 
 
 def test_skip_existing_resumes_a_killed_run(

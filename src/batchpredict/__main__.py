@@ -1,7 +1,5 @@
 """`python -m batchpredict`: the same CLI."""
 
-import sys
+from batchpredict.cli import console
 
-from batchpredict.cli import main
-
-sys.exit(main())
+console()

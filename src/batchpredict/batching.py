@@ -7,10 +7,15 @@ the right dtype, unlike zeros for string inputs) and the padding is dropped afte
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
+
+T = TypeVar("T")
 
 
 def rechunk(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
@@ -64,3 +69,76 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     if missing <= 0:
         return array
     return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+
+
+class _Failed:
+    """An exception raised by the producer, handed to the consumer in order."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+class Prefetch(Generic[T]):
+    """Iterates what `produce()` returns on its own thread, up to `depth` items ahead.
+
+    Decoding (pyarrow, NumPy) releases the GIL, so the next batches are prepared while the
+    model runs. The consumer waits in a Python queue, never inside a C++ call that a
+    signal cannot interrupt, so SIGTERM and Ctrl-C end a run promptly even when the input
+    stalls. The producer's exceptions are raised by `__next__` in order; `close` stops it.
+    The iterable is created on the thread and referenced only there: readers blocked on a
+    stalled pipe are then never torn down (and waited for) on the consumer's thread.
+    """
+
+    def __init__(
+        self, produce: Callable[[], Iterable[T]], depth: int, name: str = "batchpredict-reader"
+    ) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(
+            target=self._produce, args=(produce,), name=name, daemon=True
+        )
+        self._thread.start()
+
+    def __iter__(self) -> Prefetch[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Failed):
+            self._finished = True
+            raise item.error
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the producer at its next item (it may be blocked reading; it is a daemon)."""
+        self._stopped.set()
+        self._finished = True
+
+    def _produce(self, produce: Callable[[], Iterable[T]]) -> None:
+        try:
+            for item in produce():
+                if not self._offer(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the consumer's thread
+            self._offer(_Failed(exc))
+            return
+        self._offer(_END)
+
+    def _offer(self, item: object) -> bool:
+        """Queue `item` unless the consumer has gone; False once it has."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False

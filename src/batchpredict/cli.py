@@ -6,12 +6,14 @@ answer at once. `main` is the one boundary where exceptions become exit codes.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -449,6 +451,22 @@ def formats() -> None:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
+
+
+def console() -> NoReturn:
+    """The `batchpredict` command: `main`, and after a failure exit at once.
+
+    A failed run has already removed its temporary files and logged why; what may be left
+    is a thread blocked reading a stalled input pipe, which a normal interpreter exit would
+    wait for (Arrow joins its I/O threads at exit), so SIGTERM would not end the process.
+    """
+    code = main()
+    if code != ExitCode.OK:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The one place that wires read -> map columns -> batch -> predict -> write.
 
-Three stages overlap: a `tf.data` generator reads and converts the next chunks while the
+Three stages overlap: a reading thread reads and converts the next chunks while the
 model computes the current batch, and a writer thread encodes and writes finished chunks.
 Each output is committed (renamed into place) only after all its rows were written; any
 failure aborts it, leaving the previous output untouched.
@@ -9,6 +9,7 @@ failure aborts it, leaving the previous output untouched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -270,15 +271,17 @@ def _predict_target(
     writer = writer_for(target.path, target.format)
     nested = writer.supports_nested
     in_flight: deque[_Chunk] = deque()
-    failures: list[BaseException] = []
     counts = _Counts()
-    batches = _batches(
-        target.inputs, model, predictor.batch_size, config, in_flight, failures, counts, rejects
-    )
     sink = _BackgroundWriter(writer)
+    stream = predictor.predict_stream(
+        functools.partial(
+            _batches,
+            target.inputs, model, predictor.batch_size, config, in_flight, counts, rejects,
+        )
+    )  # fmt: skip
     try:
         collected: list[dict[str, np.ndarray]] = []
-        for predictions in predictor.predict_stream(batches):
+        for predictions in stream:
             collected.append(predictions)
             chunk = in_flight[0]
             if len(collected) < chunk.batches:
@@ -296,8 +299,6 @@ def _predict_target(
             results = columns.build(merged, nested)
             sink.put(output_batch(chunk.kept, results, nested, chunk.source))
             progress.update(chunk.rows)
-        if failures:
-            raise failures[0]
         sink.close()
         if counts.rejected > config.max_error_rate * counts.read:
             raise DataError(
@@ -308,6 +309,7 @@ def _predict_target(
             )
         writer.commit()
     except BaseException:
+        stream.close()  # stops the reading thread
         sink.abandon()
         writer.abort()
         raise
@@ -321,72 +323,67 @@ def _batches(
     batch_size: int,
     config: RunConfig,
     in_flight: deque[_Chunk],
-    failures: list[BaseException],
     counts: _Counts,
     rejects: RejectsWriter | None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read, map and convert chunks; yield fixed-size batches and record each chunk in flight.
 
     Bad rows stop the run (`--on_error fail`) or go to the rejects file and are left out.
-    Runs inside `tf.data`'s generator thread, which would turn our exceptions into
-    TensorFlow errors: they are stored in `failures` for the consumer to re-raise instead.
+    Runs on the prediction's prefetch thread, which re-raises its exceptions in order.
     """
     chunk_rows = whole_batches(config.chunk_size, batch_size)
-    try:
-        for source in inputs:
-            # Records the reader could not parse, by record number, for the row numbers
-            # of the rows after them (only with --on_error skip).
-            dropped: list[int] = []
-            options = ReadOptions(
-                chunk_size=config.chunk_size,
-                on_bad_record=(
-                    _bad_record_sink(source.path, rejects, counts, dropped)
-                    if rejects is not None
-                    else None
-                ),
-            )
-            reader = reader_for(source.path, source.format, options)
-            mapping: ColumnMapping | None = None
-            first_row = 0
-            for table in rechunk(reader.iter_batches(), chunk_rows):
-                if mapping is None:
-                    mapping = plan_mapping(
-                        model.inputs,
-                        table.schema,
+    for source in inputs:
+        # Records the reader could not parse, by record number, for the row numbers
+        # of the rows after them (only with --on_error skip).
+        dropped: list[int] = []
+        options = ReadOptions(
+            chunk_size=config.chunk_size,
+            on_bad_record=(
+                _bad_record_sink(source.path, rejects, counts, dropped)
+                if rejects is not None
+                else None
+            ),
+        )
+        reader = reader_for(source.path, source.format, options)
+        mapping: ColumnMapping | None = None
+        first_row = 0
+        for table in rechunk(reader.iter_batches(), chunk_rows):
+            if mapping is None:
+                mapping = plan_mapping(
+                    model.inputs,
+                    table.schema,
+                    source.path,
+                    config.features,
+                    config.keep_columns,
+                )
+            converted = to_model_arrays(table, mapping, source.path, config.fill_value)
+            counts.read += table.num_rows
+            kept = table.select(list(mapping.kept))
+            if converted.problems:
+                rows = file_rows(first_row, table.num_rows, dropped)
+                if rejects is None:
+                    first = converted.problems[0]
+                    raise DataError(
+                        f"{source.path}: row {rows[first.index]}, column {first.column!r}: "
+                        f"{first.reason}"
+                    )
+                rejects.add(source.path, rows, table, converted.problems)
+                counts.rejected += len(converted.problems)
+                assert converted.good is not None
+                kept = kept.filter(pa.array(converted.good))
+            first_row += table.num_rows
+            if converted.rows:
+                in_flight.append(
+                    _Chunk(
                         source.path,
-                        config.features,
-                        config.keep_columns,
+                        kept,
+                        converted.rows,
+                        batch_count(converted.rows, batch_size),
                     )
-                converted = to_model_arrays(table, mapping, source.path, config.fill_value)
-                counts.read += table.num_rows
-                kept = table.select(list(mapping.kept))
-                if converted.problems:
-                    rows = file_rows(first_row, table.num_rows, dropped)
-                    if rejects is None:
-                        first = converted.problems[0]
-                        raise DataError(
-                            f"{source.path}: row {rows[first.index]}, column {first.column!r}: "
-                            f"{first.reason}"
-                        )
-                    rejects.add(source.path, rows, table, converted.problems)
-                    counts.rejected += len(converted.problems)
-                    assert converted.good is not None
-                    kept = kept.filter(pa.array(converted.good))
-                first_row += table.num_rows
-                if converted.rows:
-                    in_flight.append(
-                        _Chunk(
-                            source.path,
-                            kept,
-                            converted.rows,
-                            batch_count(converted.rows, batch_size),
-                        )
-                    )
-                    yield from fixed_batches(converted.arrays, converted.rows, batch_size)
-            if first_row == 0 and not dropped:
-                raise InputMissingError(f"{source.path}: holds no data rows")
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-        failures.append(exc)
+                )
+                yield from fixed_batches(converted.arrays, converted.rows, batch_size)
+        if first_row == 0 and not dropped:
+            raise InputMissingError(f"{source.path}: holds no data rows")
 
 
 def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:

@@ -1,20 +1,22 @@
-"""Run a loaded model over fixed-size batches: one traced function, `tf.data` prefetching.
+"""Run a loaded model over fixed-size batches: one traced function, batches prefetched.
 
 The step function is traced once with a fully fixed batch dimension, so there is no
 retracing however many files or chunks a run has. Batches come from a Python generator
-through `tf.data.Dataset.from_generator(...).prefetch`, so the next chunk is read and
-converted while the current batch is computed.
+run on a prefetch thread (`batching.Prefetch`), so the next chunk is read and converted
+while the current batch is computed. A plain queue rather than
+`tf.data.Dataset.from_generator`: as fast here, and the main thread then waits where a
+signal can interrupt it, so SIGTERM ends a run whose input pipe has stalled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from batchpredict.batching import fixed_batches
+from batchpredict.batching import Prefetch, fixed_batches
 from batchpredict.errors import ModelError, UsageError
 from batchpredict.model import LoadedModel
 
@@ -95,19 +97,19 @@ class Predictor:
         self._step = tf.function(step, input_signature=[self.input_specs], autograph=False)
 
     def predict_stream(
-        self, batches: Iterable[dict[str, np.ndarray]]
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Predict each fixed-size batch in order, preparing the next ones meanwhile."""
+        self, batches: Callable[[], Iterable[dict[str, np.ndarray]]]
+    ) -> Generator[dict[str, np.ndarray], None, None]:
+        """Predict each fixed-size batch of `batches()` in order; a thread prepares them."""
         import tensorflow as tf
 
-        iterator = iter(batches)
-        dataset = tf.data.Dataset.from_generator(
-            lambda: iterator, output_signature=self.input_specs
-        ).prefetch(PREFETCH_BATCHES)
-        with tf.device(self.device):
-            for batch in dataset:
-                outputs = self._step(batch)
-                yield {name: value.numpy() for name, value in outputs.items()}
+        feed = Prefetch(batches, PREFETCH_BATCHES)
+        try:
+            with tf.device(self.device):
+                for batch in feed:
+                    outputs = self._step(batch)
+                    yield {name: value.numpy() for name, value in outputs.items()}
+        finally:
+            feed.close()
 
     def predict_arrays(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Predict `rows` rows held in memory; padding is added and dropped here."""

@@ -88,6 +88,58 @@ class PrefixedStream:
         self._source.close()
 
 
+class DescriptorStream:
+    """A read-only binary file object over a file descriptor (stdin), read with `os.read`.
+
+    Unlike `sys.stdin.buffer` it holds no lock while it waits, so a reader thread blocked
+    on a stalled pipe cannot stop the process from exiting on SIGTERM or Ctrl-C. Reads
+    loop until `size` bytes arrive, so a short read only ever means end of input.
+    """
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor = descriptor
+        self._position = 0
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all remaining for a negative size); b"" at the end."""
+        parts: list[bytes] = []
+        remaining = size
+        while remaining != 0:
+            part = os.read(self._descriptor, remaining if remaining > 0 else 1 << 20)
+            if not part:
+                break
+            parts.append(part)
+            remaining = remaining - len(part) if remaining > 0 else -1
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        """Bytes read so far."""
+        return self._position
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def seekable(self) -> bool:
+        """Never seekable: a pipe cannot be rewound."""
+        return False
+
+    def close(self) -> None:
+        """Mark closed; the descriptor (stdin) stays open for the process."""
+        self.closed = True
+
+
+def stdin_stream() -> BinaryIO | DescriptorStream:
+    """Standard input as a binary file object that can be read from a background thread."""
+    try:
+        return DescriptorStream(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced by an in-memory stream
+        return sys.stdin.buffer
+
+
 @dataclass(frozen=True)
 class BadRecord:
     """A record a reader could not parse (`--on_error skip`), reported instead of raised."""
@@ -135,7 +187,7 @@ class Reader:
         """The input as an Arrow stream, decompressed by suffix; stdin for `-`."""
         try:
             if self.path == STDIO:
-                return pa.PythonFile(sys.stdin.buffer, mode="r")
+                return pa.PythonFile(stdin_stream(), mode="r")
             return pa.input_stream(self.path, compression="detect")
         except FileNotFoundError as exc:
             raise InputMissingError(f"{self.path}: no such file") from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError
-from batchpredict.formats.base import STDIO, Reader, ReadOptions, Writer, error_text
+from batchpredict.formats.base import (
+    STDIO,
+    Reader,
+    ReadOptions,
+    Writer,
+    error_text,
+    stdin_stream,
+)
 
 
 class ParquetReader(Reader):
@@ -31,7 +37,7 @@ class ParquetReader(Reader):
         source: str | pa.BufferReader = self.path
         if self.path == STDIO:
             if self._stdin is None:  # read once: total_rows and iter_batches both need it
-                self._stdin = pa.py_buffer(sys.stdin.buffer.read())
+                self._stdin = pa.py_buffer(stdin_stream().read())
             source = pa.BufferReader(self._stdin)
         try:
             parquet = pq.ParquetFile(
