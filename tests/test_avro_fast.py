@@ -417,10 +417,12 @@ def corrupt_files() -> dict[str, bytes]:
     plain = two_field_bytes(100)
     blocks = blocks_of(plain)
     third = blocks[2].offset
+    sync_byte = blocks[1].offset + blocks[1].size - 3
     return {
         "truncated final block": plain[:-40],
         "truncated deflate block": two_field_bytes(2000, "deflate", 16000)[:-40],
-        "wrong sync marker": patch_byte(plain, blocks[1].offset + blocks[1].size - 3, 0),
+        # Flipped, not zeroed: the marker is random and its byte may already be 0.
+        "wrong sync marker": patch_byte(plain, sync_byte, plain[sync_byte] ^ 0xFF),
         "block count too small": patch_byte(plain, third, plain[third] - 2),
         "block count too large": patch_byte(plain, third, plain[third] + 2),
         "block count far too large": patch_byte(plain, third, 0x7E),
@@ -494,7 +496,8 @@ def test_rows_before_a_corrupt_block_come_out_as_before(
     data = two_field_bytes(3000, "deflate", 500)
     late = blocks_of(data)[-5]
     path = tmp_path / "late.avro"
-    path.write_bytes(patch_byte(data, late.offset + late.size - 1, 0))  # its sync marker
+    marker = late.offset + late.size - 1  # the last byte of its sync marker, flipped
+    path.write_bytes(patch_byte(data, marker, data[marker] ^ 0xFF))
     calls = Calls(monkeypatch)
     got, error = outcome(path, 64)
     assert error is not None and f"(byte {late.offset})" in error

@@ -166,6 +166,21 @@ def test_every_option_from_the_environment(
     assert started["batch_size"] == 7 and started["device"] == "/CPU:0"
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("abc", "neither a number of rows nor 'auto'"), ("0", "is not at least 1")],
+)
+def test_batch_size_is_a_number_or_auto(
+    value: str, message: str, tmp_path: Path, run_cli: RunCli
+) -> None:
+    result = run_cli(
+        "predict", "--model", str(tmp_path / "m.keras"), "--input_file", "x.csv",
+        "--batch_size", value,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and "--batch_size" in result.stderr
+
+
 @pytest.mark.slow
 def test_second_run_exits_75_while_the_lock_is_held(
     tmp_path: Path, mlp_model: Path, run_cli: RunCli

@@ -22,6 +22,8 @@ from batchpredict.errors import ExitCode, UsageError
         ({"chunk_size": 0}, "--chunk_size"),
         ({"device": "tpu"}, "--device"),
         ({"device": "cpu:1"}, "--device"),
+        ({"device": "gpu:0,cpu:1"}, "--device"),
+        ({"device": "gpu:0,"}, "--device"),
         ({"features": ("a", "b"), "keep_columns": ("b",)}, "both --features and --keep_columns"),
         ({"input_files": ()}, "no --input_file"),
     ],
@@ -34,6 +36,6 @@ def test_invalid_combinations_are_usage_errors(changes: dict[str, object], messa
     assert info.value.exit_code == ExitCode.USAGE
 
 
-@pytest.mark.parametrize("device", ["auto", "cpu", "gpu", "gpu:3"])
+@pytest.mark.parametrize("device", ["auto", "cpu", "gpu", "gpu:3", "gpu:0,gpu:2", "cpu:0,cpu:1"])
 def test_valid_devices(device: str) -> None:
     assert RunConfig(model="m", input_files=("a",), device=device).device == device

@@ -551,6 +551,69 @@ def test_json_writer_writes_nan_and_infinity_as_null(tmp_path: Path) -> None:
     assert first == {"x": 0.1, "v": [0.1, None]}  # float32 0.1 printed as 0.1
 
 
+def test_json_writer_fast_path_writes_what_the_per_row_path_writes(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "id": pa.array([1, 2**62, -3], pa.int64()),
+            "u": pa.array([0, 255, None], pa.uint8()),
+            "p": pa.array([0.1, 1 / 3, math.nan], pa.float32()),
+            "d": pa.array([1e20, -0.0, 2.0]),
+            "s": pa.array(['quote " back \\ nl \n', "\u0001 ü \u2028", None]),
+            "ok": pa.array([True, None, False]),
+            "l": pa.array([[0.5, math.inf], [], None], pa.list_(pa.float32())),
+            "st": pa.array([{"a": 1, "b": "x"}, None, {"a": None, "b": "z"}]),
+        }
+    )
+    texts = []
+    for fast in (True, False):
+        path = tmp_path / f"out-{fast}.jsonl"
+        writer = writer_for(str(path), None)
+        writer.open(table.schema)
+        assert writer._polars is True  # type: ignore[attr-defined]
+        writer._polars = fast  # type: ignore[attr-defined]
+        writer.write(table.to_batches()[0])
+        writer.commit()
+        texts.append(path.read_text(encoding="utf-8"))
+    # split("\n"), not splitlines(): U+2028 inside a string is no line end in JSON lines.
+    fast_rows = [json.loads(line) for line in texts[0].rstrip("\n").split("\n")]
+    assert fast_rows == [json.loads(line) for line in texts[1].rstrip("\n").split("\n")]
+    assert fast_rows[0]["p"] == 0.1 and fast_rows[2]["p"] is None
+    assert fast_rows[0]["s"] == 'quote " back \\ nl \n'
+
+
+def test_avro_writer_fast_path_writes_what_fastavro_writes(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "id": pa.array([1, None, 2**40, -5], pa.int64()),
+            "n": pa.array([1, 2, None, -(2**31)], pa.int32()),
+            "p": pa.array([0.1, None, math.inf, -0.0], pa.float32()),
+            "d": pa.array([1e300, 2.5, None, math.nan]),
+            "s": pa.array(["a", "ü ☃", None, ""]),
+            "ok": pa.array([True, None, False, True]),
+        }
+    )
+    schemas, rows = [], []
+    for fast in (True, False):
+        path = tmp_path / f"out-{fast}.avro"
+        writer = writer_for(str(path), None)
+        writer.open(table.schema)
+        assert writer._polars is True  # type: ignore[attr-defined]
+        writer._polars = fast  # type: ignore[attr-defined]
+        for batch in table.to_batches(max_chunksize=3):  # two blocks
+            writer.write(batch)
+        writer.commit()
+        with path.open("rb") as handle:
+            reader = fastavro.reader(handle)
+            schemas.append(reader.writer_schema)
+            rows.append(list(reader))
+    assert schemas[0] == schemas[1]
+    assert rows[0][3]["d"] != rows[0][3]["d"]  # NaN survives
+    for row in rows:
+        row[3]["d"] = None
+    assert rows[0] == rows[1]
+    assert [row["id"] for row in rows[0]] == [1, None, 2**40, -5]
+
+
 def test_csv_writer_refuses_list_columns_and_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
     writer = writer_for(str(path), None)
@@ -804,3 +867,69 @@ def test_damaged_files_fail_with_our_errors(
     except (DataError, ReadWriteError, InputMissingError) as exc:
         assert "\n" not in str(exc)
         assert str(path) in str(exc)
+
+
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut CSV input into ranges of 4 KiB, so that small files cross many ranges."""
+    from batchpredict.formats import csv_io
+
+    monkeypatch.setattr(csv_io, "_RANGE_BYTES", 4096)
+    monkeypatch.setattr(csv_io, "_RANGE_BLOCK", 1024)
+    monkeypatch.setattr(csv_io, "_MAX_RANGE", 16384)
+
+
+def _range_csv(path: Path, rows: int, line: Callable[[int], str]) -> Path:
+    path.write_text("id,x,note\n" + "".join(line(i) for i in range(1, rows + 1)), "utf-8")
+    return path
+
+
+@pytest.mark.usefixtures("small_ranges")
+@pytest.mark.parametrize(
+    "line",
+    [
+        lambda i: f"{i},{i / 3},plain\n",
+        # Quoted values with line ends (after the unquoted start the path was chosen on).
+        lambda i: f'{i},{i / 3},"two\nlines, ""quoted"""\n' if i > 300 else f"{i},{i / 3},p\n",
+        lambda i: f"{i},{i / 3},p\r\n",
+    ],
+    ids=["plain", "quoted-newlines-later", "crlf"],
+)
+def test_csv_ranges_read_every_row_in_order(tmp_path: Path, line: Callable[[int], str]) -> None:
+    path = _range_csv(tmp_path / "r.csv", 2000, line)
+    got = pa.Table.from_batches(read_all(path, chunk_size=100))
+    want = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    assert got.num_rows == 2000
+    assert got.column("id").to_pylist() == list(range(1, 2001))
+    assert got.column("note").to_pylist() == want.column("note").to_pylist()
+
+
+@pytest.mark.usefixtures("small_ranges")
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("120000,oops,p\n", "row 120000, column 'x': cannot read 'oops' as double"),
+        ("120000,1.5\n", "row 120000: expected 3 fields, got 2"),
+    ],
+)
+def test_csv_ranges_name_the_row_of_a_bad_value_deep_in_the_file(
+    tmp_path: Path, bad_line: str, message: str
+) -> None:
+    # 2 MB: past the first MiB that column types are inferred from.
+    path = _range_csv(
+        tmp_path / "r.csv", 150_000, lambda i: bad_line if i == 120_000 else f"{i},0.5,p\n"
+    )
+    with pytest.raises(DataError, match=message):
+        read_all(path, chunk_size=10_000)
+
+
+@pytest.mark.usefixtures("small_ranges")
+def test_csv_stray_quote_falls_back_to_the_streaming_reader(tmp_path: Path) -> None:
+    # A quote inside an unquoted field is literal to Arrow but defeats quote counting:
+    # no record end is found, and the streaming reader reads on from there.
+    path = _range_csv(
+        tmp_path / "r.csv", 3000, lambda i: f'{i},0.5,5"\n' if i == 10 else f"{i},0.5,p\n"
+    )
+    got = pa.Table.from_batches(read_all(path, chunk_size=100))
+    assert got.column("id").to_pylist() == list(range(1, 3001))
+    assert got.column("note").to_pylist()[9] == '5"'

@@ -292,4 +292,29 @@ def test_stderr_has_only_our_log_lines(tmp_path: Path, mlp_model: Path, run_cli:
     lines = result.stderr.splitlines()
     assert lines and all(line.startswith("{") for line in lines), result.stderr
     events = [entry["event"] for entry in result.log_lines()]
-    assert events == ["run started", "run finished"]
+    assert events == ["run started", "batch size chosen", "run finished"]
+
+
+@pytest.mark.slow
+def test_several_devices_each_get_batches_and_order_is_kept(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    """The CPU split into two logical devices stands in for two GPUs: one replica each."""
+    frame = make_frame(3000, seed=11)
+    source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--keep_columns", "id,segment", "--device", "cpu:0,cpu:1",
+        "--batch_size", "64", "--chunk_size", "1000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_predictions(
+        read_with_library(tmp_path / "d.predictions.parquet", "parquet"), frame, mlp_model
+    )
+    finished = result.log_lines()[-1]
+    assert finished["device"] == "/CPU:0,/CPU:1"
+    per_device = finished["batches_per_device"]
+    assert set(per_device) == {"/CPU:0", "/CPU:1"}
+    # Chunks of 1024 rows (1000 rounded up to whole batches): 1024 + 1024 + 952 rows.
+    assert sum(per_device.values()) == 16 + 16 + 15
+    assert min(per_device.values()) >= 23, "batches alternate between the devices"

@@ -11,18 +11,27 @@ import pytest
 
 from batchpredict.config import RunConfig
 from batchpredict.errors import UsageError
-from batchpredict.predictor import DevicePlan, Predictor, choose_device
+from batchpredict.predictor import (
+    AUTO_BATCH_SIZES,
+    DevicePlan,
+    Predictor,
+    auto_batch_sizes,
+    choose_device,
+    chunk_rows_for,
+)
 from conftest import N_FEATURES, make_frame, reference_predictions, write_with_library
 
 
 @pytest.mark.parametrize(
     ("spec", "gpus", "plan"),
     [
-        ("auto", 0, DevicePlan((), "/CPU:0")),
-        ("auto", 2, DevicePlan((0,), "/GPU:0")),
-        ("cpu", 2, DevicePlan((), "/CPU:0")),
-        ("gpu", 1, DevicePlan((0,), "/GPU:0")),
-        ("gpu:1", 2, DevicePlan((1,), "/GPU:0")),
+        ("auto", 0, DevicePlan((), ("/CPU:0",))),
+        ("auto", 2, DevicePlan((0, 1), ("/GPU:0", "/GPU:1"))),
+        ("cpu", 2, DevicePlan((), ("/CPU:0",))),
+        ("gpu", 1, DevicePlan((0,), ("/GPU:0",))),
+        ("gpu:1", 2, DevicePlan((1,), ("/GPU:0",))),
+        ("gpu:3,gpu:1", 4, DevicePlan((3, 1), ("/GPU:0", "/GPU:1"))),
+        ("cpu:0,cpu:1", 0, DevicePlan((), ("/CPU:0", "/CPU:1"), cpu_split=2)),
     ],
 )
 def test_device_choice(spec: str, gpus: int, plan: DevicePlan) -> None:
@@ -30,7 +39,13 @@ def test_device_choice(spec: str, gpus: int, plan: DevicePlan) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "gpus", "message"), [("gpu", 0, "no GPU"), ("gpu:2", 2, "gpu:0 to gpu:1")]
+    ("spec", "gpus", "message"),
+    [
+        ("gpu", 0, "no GPU"),
+        ("gpu:2", 2, "gpu:0 to gpu:1"),
+        ("gpu:0,gpu:5", 2, "gpu:0 to gpu:1"),
+        ("gpu:1,gpu:1", 2, "named twice"),
+    ],
 )
 def test_impossible_device_is_a_usage_error(spec: str, gpus: int, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -52,6 +67,50 @@ def test_one_trace_for_every_batch_and_padding_dropped(mlp_model: Path) -> None:
             values, reference_predictions(mlp_model, features), rtol=1e-5, atol=1e-6
         )
     assert predictor.trace_count() == 1
+
+
+def test_auto_batch_size_times_real_rows_and_keeps_one_trace(mlp_model: Path) -> None:
+    from batchpredict.model import load_model
+
+    model = load_model(str(mlp_model))
+    predictor = Predictor(model, batch_size=None)
+    rows = 20_000
+    features = np.random.default_rng(1).normal(size=(rows, N_FEATURES)).astype(np.float32)
+    choice = predictor.choose_batch_size({"features": features}, rows)
+    assert choice.batch_size == predictor.batch_size
+    assert choice.batch_size in choice.rows_per_second
+    assert set(choice.rows_per_second) <= {size for size in AUTO_BATCH_SIZES if size <= rows}
+    assert len(choice.rows_per_second) >= 2, "at least two sizes are compared"
+    assert all(speed > 0 for speed in choice.rows_per_second.values())
+    got = predictor.predict_arrays({"features": features}, rows)["score"]
+    np.testing.assert_allclose(
+        got, reference_predictions(mlp_model, features), rtol=1e-5, atol=1e-6
+    )
+    assert predictor.trace_count() == 1, "the sizes not chosen are dropped"
+
+
+def test_auto_batch_sizes_respect_chunk_size_and_row_bytes(tmp_path: Path) -> None:
+    import keras
+
+    from batchpredict.model import load_model
+
+    image = keras.Input(shape=(224, 224, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(image)
+    keras.Model(image, keras.layers.Dense(2)(pooled)).save(tmp_path / "image.keras")
+    images = load_model(str(tmp_path / "image.keras"))
+    # 224*224*3 float32 = 588 KiB a row: 32 rows stay within the 32 MiB budget, 64 do not.
+    assert auto_batch_sizes(images, 65536) == [32]
+    assert chunk_rows_for(1000, None, images) == 1024
+
+    inputs = keras.Input(shape=(4,), name="x")
+    keras.Model(inputs, keras.layers.Dense(1)(inputs)).save(tmp_path / "small.keras")
+    small = load_model(str(tmp_path / "small.keras"))
+    assert auto_batch_sizes(small, 65536) == list(AUTO_BATCH_SIZES)
+    assert auto_batch_sizes(small, 3000) == [256, 1024]
+    assert auto_batch_sizes(small, 500) == [256]
+    assert chunk_rows_for(65536, None, small) == 65536
+    assert chunk_rows_for(50_000, None, small) == 65536  # whole batches of 16384
+    assert chunk_rows_for(100, 64, small) == 128
 
 
 def test_model_with_fixed_batch_dimension_sets_the_batch_size(tmp_path: Path) -> None:

@@ -48,10 +48,13 @@ def test_json_log_lines_field_by_field(tmp_path: Path, mlp_model: Path, run_cli:
     assert len(lines) == len(result.stderr.splitlines()), "every stderr line is a JSON log line"
     assert len({line["run_id"] for line in lines}) == 1
     assert all({"run_id", "level", "timestamp", "event"} <= line.keys() for line in lines)
-    started, *progress, finished = lines
+    started, chosen, *progress, finished = lines
     assert started["event"] == "run started"
     assert started["model"] == str(mlp_model) and started["inputs"] == [str(source)]
-    assert started["batch_size"] == 1024 and started["device"] == "/CPU:0"
+    assert started["batch_size"] == "auto" and started["device"] == "/CPU:0"
+    # --batch_size auto picks among powers of two no larger than --chunk_size.
+    assert chosen["event"] == "batch size chosen" and chosen["batch_size"] == 256
+    assert finished["batch_size"] == 256
     assert {"model_version", "signature"} <= started.keys()
     assert progress and all(p["event"] == "progress" for p in progress)
     assert progress[-1]["rows"] <= 5000 and progress[-1]["percent"] <= 100
@@ -86,7 +89,9 @@ def test_log_file_has_no_carriage_returns_and_no_progress_when_asked(
     assert "\r" not in text
     events = [json.loads(line)["event"] for line in text.splitlines()]
     assert "progress" in events
-    assert events[-2:] == ["run started", "run finished"], "--no_progress run has no progress lines"
+    assert events[-3:] == ["run started", "batch size chosen", "run finished"], (
+        "--no_progress run has no progress lines"
+    )
 
 
 def test_progress_bar_on_a_terminal(tmp_path: Path, mlp_model: Path) -> None:

@@ -55,7 +55,7 @@ class FramePredictor:
         self,
         path: str,
         *,
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         signature: str = "serving_default",
         model_version: int | None = None,
         unsafe_model_load: bool = False,

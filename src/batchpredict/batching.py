@@ -90,13 +90,24 @@ class Prefetch(Generic[T]):
     stalls. The producer's exceptions are raised by `__next__` in order; `close` stops it.
     The iterable is created on the thread and referenced only there: readers blocked on a
     stalled pipe are then never torn down (and waited for) on the consumer's thread.
+
+    With `hold_after_first`, the producer waits after the first item until `release()`,
+    so that the consumer can time something on it without the producer competing for the
+    CPU (`--batch_size auto`).
     """
 
     def __init__(
-        self, produce: Callable[[], Iterable[T]], depth: int, name: str = "batchpredict-reader"
+        self,
+        produce: Callable[[], Iterable[T]],
+        depth: int,
+        name: str = "batchpredict-reader",
+        hold_after_first: bool = False,
     ) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
+        self._released = threading.Event()
+        if not hold_after_first:
+            self._released.set()
         self._finished = False
         self._thread = threading.Thread(
             target=self._produce, args=(produce,), name=name, daemon=True
@@ -118,9 +129,14 @@ class Prefetch(Generic[T]):
             raise item.error
         return item  # type: ignore[return-value]
 
+    def release(self) -> None:
+        """Let a producer held after its first item go on."""
+        self._released.set()
+
     def close(self) -> None:
         """Stop the producer at its next item (it may be blocked reading; it is a daemon)."""
         self._stopped.set()
+        self._released.set()
         self._finished = True
 
     def _produce(self, produce: Callable[[], Iterable[T]]) -> None:
@@ -128,6 +144,7 @@ class Prefetch(Generic[T]):
             for item in produce():
                 if not self._offer(item):
                     return
+                self._released.wait()
         except BaseException as exc:  # noqa: BLE001 - re-raised on the consumer's thread
             self._offer(_Failed(exc))
             return

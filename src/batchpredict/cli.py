@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batchpredict import __version__
-from batchpredict.config import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, RunConfig
+from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
@@ -43,6 +43,26 @@ def option(name: str, *extra_decls: str, **kwargs: Any) -> Callable[[F], F]:
     kwargs.setdefault("envvar", f"{ENV_PREFIX}{name.upper()}")
     kwargs.setdefault("show_envvar", True)
     return click.option(*decls, **kwargs)
+
+
+class BatchSizeType(click.ParamType):  # type: ignore[type-arg]  # generic in click 8.3+ only
+    """`--batch_size`: a positive number of rows, or `auto` (None)."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number of rows nor 'auto'", param, ctx)
+        if size < 1:
+            self.fail(f"{size} is not at least 1", param, ctx)
+        return size
+
+
+BATCH_SIZE = BatchSizeType()
 
 
 def _csv_list(value: str | None) -> tuple[str, ...] | None:
@@ -233,10 +253,11 @@ def cli() -> None:
 )
 @option(
     "batch_size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BATCH_SIZE,
+    type=BATCH_SIZE,
+    default="auto",
     show_default=True,
-    help="Rows per model call; every call has exactly this many (the last is padded).",
+    help="Rows per model call, or `auto`: time a few sizes on the first chunk and keep the "
+    "fastest. Every call has exactly this many rows (the last is padded).",
 )
 @option(
     "chunk_size",
@@ -245,7 +266,13 @@ def cli() -> None:
     show_default=True,
     help="Rows read, converted and written at a time (bounds memory).",
 )
-@option("device", default="auto", show_default=True, help="auto, cpu, gpu or gpu:N.")
+@option(
+    "device",
+    default="auto",
+    show_default=True,
+    help="auto or gpu (every GPU, a model replica each; else the CPU), cpu, gpu:N, or a "
+    "list: gpu:0,gpu:1.",
+)
 @option(
     "gpu_memory_limit",
     type=click.IntRange(min=1),

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from batchpredict.errors import UsageError
 
 STDIO = "-"
-DEFAULT_BATCH_SIZE = 1024
 DEFAULT_CHUNK_SIZE = 65536
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -29,7 +28,7 @@ class RunConfig:
     prediction_column: str = "prediction"
     class_names: tuple[str, ...] | None = None
     threshold: float | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None  # None: `auto`, measured on the first chunk
     chunk_size: int = DEFAULT_CHUNK_SIZE
     signature: str = "serving_default"
     model_version: int | None = None
@@ -68,7 +67,7 @@ def validate(config: RunConfig) -> None:
             raise UsageError("reading stdin ('-') needs --output_file (a path, or '-' for stdout)")
     if config.output_dir == STDIO:
         raise UsageError("--output_dir cannot be '-'; use --output_file - for stdout")
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
     if config.chunk_size < 1:
         raise UsageError(f"--chunk_size must be at least 1, got {config.chunk_size}")
@@ -110,6 +109,13 @@ def validate(config: RunConfig) -> None:
 
 
 def _validate_device(device: str) -> None:
-    name, _, index = device.partition(":")
-    if name not in DEVICE_CHOICES or (index and (name != "gpu" or not index.isdigit())):
-        raise UsageError(f"--device must be auto, cpu, gpu or gpu:N, got {device!r}")
+    """auto, cpu, gpu, gpu:N, or a list of gpu:N (or of cpu:N: logical CPU devices)."""
+    if device in DEVICE_CHOICES:
+        return
+    parts = [part.partition(":") for part in device.split(",")]
+    kinds = {name for name, _, _ in parts}
+    logical_cpus = kinds == {"cpu"} and len(parts) > 1
+    if not ((kinds == {"gpu"} or logical_cpus) and all(sep and i.isdigit() for _, sep, i in parts)):
+        raise UsageError(
+            f"--device must be auto, cpu, gpu, gpu:N or a list like gpu:0,gpu:1, got {device!r}"
+        )

@@ -8,6 +8,7 @@ TensorFlow is imported inside the functions so that `batchpredict --help` stays 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -86,6 +87,13 @@ class LoadedModel:
     call: Callable[[dict[str, Any]], dict[str, Any]]
     #: How the model returns its outputs: "single" (one tensor), "list" or "dict".
     output_structure: str = "single"
+
+    def call_on(self, device: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """`call` on a replica whose weights live on `device` (Keras models); a SavedModel
+        signature's variables stay where they were loaded and are read from there."""
+        if isinstance(self.call, _KerasCall):
+            return self.call.copy_on(device)
+        return self.call
 
 
 # --------------------------------------------------------------------------- resolving
@@ -224,6 +232,20 @@ class _KerasCall:
     input_structure: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+
+    def copy_on(self, device: str) -> _KerasCall:
+        """The same call on a copy of the model whose weights live on `device` (a model
+        replica), or this call if Keras cannot rebuild the model from its config."""
+        import keras
+        import tensorflow as tf
+
+        with tf.device(device):
+            try:
+                clone = keras.models.clone_model(self.model)
+                clone.set_weights(self.model.get_weights())
+            except (ValueError, TypeError, NotImplementedError):
+                return self
+        return dataclasses.replace(self, model=clone)
 
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run the model in inference mode and name its outputs."""

@@ -14,7 +14,6 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchpredict.batching import batch_count, fixed_batches, rechunk, whole_batches
+from batchpredict.batching import Prefetch, rechunk
 from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.errors import (
@@ -48,9 +47,11 @@ from batchpredict.outputs import (
     plan_outputs,
     rejects_path,
 )
-from batchpredict.predictor import Predictor, configure_devices
+from batchpredict.predictor import Predictor, chunk_rows_for, configure_devices
 from batchpredict.sources import InputFile, expand_inputs
 
+#: Converted chunks waiting for the model; the reading thread works on one more.
+PREFETCH_CHUNKS = 2
 #: Finished output chunks waiting for the writer thread; bounds memory.
 WRITE_QUEUE_CHUNKS = 2
 
@@ -70,8 +71,10 @@ class RunSummary:
     rejects_files: tuple[str, ...]
     model: str
     model_version: int | None
-    batch_size: int
+    batch_size: int | None
     device: str
+    #: Model calls per device: with several (`--device gpu:0,gpu:1`), each gets a share.
+    batches_per_device: dict[str, int] = field(default_factory=dict)
     rows_per_second: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,7 +172,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         version=config.model_version,
         unsafe=config.unsafe_model_load,
     )
-    predictor = Predictor(model, config.batch_size, devices.device)
+    predictor = Predictor(model, config.batch_size, devices.devices)
     columns = PredictionColumns.for_model(
         model, config.prediction_column, config.class_names, config.threshold
     )
@@ -180,7 +183,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         signature=model.signature,
         inputs=[i.path for i in inputs],
         device=devices.device,
-        batch_size=predictor.batch_size,
+        batch_size=predictor.batch_size or "auto",
     )
     manifest: Manifest | None = None
     if config.output_dir is not None:
@@ -239,6 +242,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         model_version=model.source.version,
         batch_size=predictor.batch_size,
         device=devices.device,
+        batches_per_device=dict(predictor.batches_per_device),
     )
     log.info("run finished", **summary.as_dict())
     return summary
@@ -246,12 +250,23 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
 
 @dataclass
 class _Chunk:
-    """Rows whose batches are in flight: the columns to keep and how many batches to await."""
+    """Rows ready for the model: their model-input arrays and the columns to keep."""
 
     source: str
     kept: pa.Table
+    arrays: dict[str, np.ndarray]
     rows: int
-    batches: int
+
+
+def _choose_batch_size(predictor: Predictor, chunk: _Chunk, chunk_size: int) -> None:
+    """`--batch_size auto`: measure on the first chunk and log the choice."""
+    choice = predictor.choose_batch_size(chunk.arrays, chunk.rows, chunk_size)
+    get_logger().info(
+        "batch size chosen",
+        batch_size=choice.batch_size,
+        rows_per_second={str(k): round(v) for k, v in choice.rows_per_second.items()},
+        seconds=round(choice.seconds, 3),
+    )
 
 
 def _predict_target(
@@ -270,33 +285,23 @@ def _predict_target(
     """
     writer = writer_for(target.path, target.format)
     nested = writer.supports_nested
-    in_flight: deque[_Chunk] = deque()
     counts = _Counts()
     sink = _BackgroundWriter(writer)
-    stream = predictor.predict_stream(
-        functools.partial(
-            _batches,
-            target.inputs, model, predictor.batch_size, config, in_flight, counts, rejects,
-        )
-    )  # fmt: skip
+    chunk_rows = chunk_rows_for(config.chunk_size, predictor.batch_size, model)
+    choosing = predictor.batch_size is None
+    chunks = Prefetch(
+        functools.partial(_chunks, target.inputs, model, chunk_rows, config, counts, rejects),
+        depth=PREFETCH_CHUNKS,
+        hold_after_first=choosing,  # reading would skew the timing
+    )
     try:
-        collected: list[dict[str, np.ndarray]] = []
-        for predictions in stream:
-            collected.append(predictions)
-            chunk = in_flight[0]
-            if len(collected) < chunk.batches:
-                continue
-            in_flight.popleft()
-            merged = {
-                name: (
-                    collected[0][name]
-                    if len(collected) == 1
-                    else np.concatenate([c[name] for c in collected])
-                )[: chunk.rows]
-                for name in columns.names
-            }
-            collected = []
-            results = columns.build(merged, nested)
+        for chunk in chunks:
+            if choosing:
+                _choose_batch_size(predictor, chunk, config.chunk_size)
+                chunks.release()
+                choosing = False
+            predictions = predictor.predict_arrays(chunk.arrays, chunk.rows)
+            results = columns.build(predictions, nested)
             sink.put(output_batch(chunk.kept, results, nested, chunk.source))
             progress.update(chunk.rows)
         sink.close()
@@ -309,7 +314,7 @@ def _predict_target(
             )
         writer.commit()
     except BaseException:
-        stream.close()  # stops the reading thread
+        chunks.close()  # stops the reading thread
         sink.abandon()
         writer.abort()
         raise
@@ -317,21 +322,19 @@ def _predict_target(
     return counts
 
 
-def _batches(
+def _chunks(
     inputs: tuple[InputFile, ...],
     model: LoadedModel,
-    batch_size: int,
+    chunk_rows: int,
     config: RunConfig,
-    in_flight: deque[_Chunk],
     counts: _Counts,
     rejects: RejectsWriter | None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Read, map and convert chunks; yield fixed-size batches and record each chunk in flight.
+) -> Iterator[_Chunk]:
+    """Read, map and convert the inputs chunk by chunk, ready for the model.
 
     Bad rows stop the run (`--on_error fail`) or go to the rejects file and are left out.
-    Runs on the prediction's prefetch thread, which re-raises its exceptions in order.
+    Runs on the prefetch thread, which re-raises its exceptions in order.
     """
-    chunk_rows = whole_batches(config.chunk_size, batch_size)
     for source in inputs:
         # Records the reader could not parse, by record number, for the row numbers
         # of the rows after them (only with --on_error skip).
@@ -373,15 +376,7 @@ def _batches(
                 kept = kept.filter(pa.array(converted.good))
             first_row += table.num_rows
             if converted.rows:
-                in_flight.append(
-                    _Chunk(
-                        source.path,
-                        kept,
-                        converted.rows,
-                        batch_count(converted.rows, batch_size),
-                    )
-                )
-                yield from fixed_batches(converted.arrays, converted.rows, batch_size)
+                yield _Chunk(source.path, kept, converted.arrays, converted.rows)
         if first_row == 0 and not dropped:
             raise InputMissingError(f"{source.path}: holds no data rows")
 

@@ -1,53 +1,89 @@
 """Run a loaded model over fixed-size batches: one traced function, batches prefetched.
 
 The step function is traced once with a fully fixed batch dimension, so there is no
-retracing however many files or chunks a run has. Batches come from a Python generator
-run on a prefetch thread (`batching.Prefetch`), so the next chunk is read and converted
-while the current batch is computed. A plain queue rather than
+retracing however many files or chunks a run has (`--batch_size auto` traces each size
+it tries once, on the first chunk, and keeps one). The pipeline hands over whole chunks
+prepared on a prefetch thread (`batching.Prefetch`) rather than feeding
 `tf.data.Dataset.from_generator`: as fast here, and the main thread then waits where a
 signal can interrupt it, so SIGTERM ends a run whose input pipe has stalled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from batchpredict.batching import Prefetch, fixed_batches
+from batchpredict.batching import batch_count, fixed_batches
+from batchpredict.config import DEFAULT_CHUNK_SIZE
 from batchpredict.errors import ModelError, UsageError
 from batchpredict.model import LoadedModel
 
-#: Batches prepared ahead of the one being computed.
-PREFETCH_BATCHES = 4
+#: Sizes `--batch_size auto` chooses from (powers of two; see `auto_batch_sizes`). Steps
+#: of 4: each size tried costs a trace (~0.04 s for an MLP) and per-row speed changes
+#: little between neighbours.
+AUTO_BATCH_SIZES = (256, 1024, 4096, 16384)
+#: Input bytes one batch may hold under `auto` (bounds memory for image-sized rows).
+AUTO_BATCH_BYTES = 32 << 20
+#: Bytes assumed per string value when sizing batches.
+AUTO_STRING_BYTES = 256
+#: Measuring stops trying larger sizes after this long (heavy models).
+AUTO_BUDGET_SECONDS = 2.0
+#: Each size is timed for at least this long (at least 2 runs, at most 10).
+AUTO_MIN_TIMED_SECONDS = 0.03
 
 
 @dataclass(frozen=True)
 class DevicePlan:
-    """Which physical GPUs TensorFlow may see and the device the model runs on."""
+    """Which physical GPUs TensorFlow may see, how many logical CPUs to split the CPU
+    into (0: none), and the devices that each run a replica of the model."""
 
     visible_gpus: tuple[int, ...]
-    device: str
+    devices: tuple[str, ...]
+    cpu_split: int = 0
+
+    @property
+    def device(self) -> str:
+        """The devices as one string for logs: `/CPU:0`, or `/GPU:0,/GPU:1`."""
+        return ",".join(self.devices)
 
 
 def choose_device(spec: str, gpu_count: int) -> DevicePlan:
-    """Pure decision for `--device auto|cpu|gpu|gpu:N` given how many GPUs exist."""
+    """Pure decision for `--device` given how many GPUs exist.
+
+    `auto` and `gpu` take every GPU (one model replica each), `gpu:N` one, and a list
+    (`gpu:0,gpu:2`) those named. `cpu:0,cpu:1` splits the CPU into logical devices, one
+    replica each: the same dispatch as several GPUs, for testing it without them.
+    """
     if spec == "cpu" or (spec == "auto" and gpu_count == 0):
-        return DevicePlan((), "/CPU:0")
+        return DevicePlan((), ("/CPU:0",))
     if spec in ("auto", "gpu"):
         if gpu_count == 0:
             raise UsageError("--device gpu: no GPU is visible to TensorFlow on this machine")
-        return DevicePlan((0,), "/GPU:0")
-    index = int(spec.partition(":")[2])
-    if index >= gpu_count:
+        return DevicePlan(tuple(range(gpu_count)), _gpu_names(gpu_count))
+    kinds = {part.partition(":")[0] for part in spec.split(",")}
+    indexes = [int(part.partition(":")[2]) for part in spec.split(",")]
+    if len(set(indexes)) != len(indexes):
+        raise UsageError(f"--device {spec}: a device is named twice")
+    if kinds == {"cpu"}:
+        return DevicePlan((), tuple(f"/CPU:{i}" for i in indexes), cpu_split=max(indexes) + 1)
+    missing = [i for i in indexes if i >= gpu_count]
+    if missing:
         raise UsageError(
             f"--device {spec}: this machine has {gpu_count} GPU(s)"
             + (f" (gpu:0 to gpu:{gpu_count - 1})" if gpu_count else "")
         )
-    # Only the chosen GPU is made visible, so inside TensorFlow it is GPU:0.
-    return DevicePlan((index,), "/GPU:0")
+    # Only the chosen GPUs are made visible, so inside TensorFlow they are GPU:0, GPU:1...
+    return DevicePlan(tuple(indexes), _gpu_names(len(indexes)))
+
+
+def _gpu_names(count: int) -> tuple[str, ...]:
+    return tuple(f"/GPU:{i}" for i in range(count))
 
 
 def configure_devices(spec: str, gpu_memory_limit_mb: int | None = None) -> DevicePlan:
@@ -67,69 +103,206 @@ def configure_devices(spec: str, gpu_memory_limit_mb: int | None = None) -> Devi
             else:
                 # Grow on demand so that other jobs on a shared GPU are not starved.
                 tf.config.experimental.set_memory_growth(gpu, True)
+        if plan.cpu_split:
+            (cpu,) = tf.config.list_physical_devices("CPU")
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * plan.cpu_split
+            )
     except RuntimeError as exc:  # TensorFlow was initialised already
         raise ModelError(f"cannot apply --device {spec}: {exc}") from exc
     return plan
 
 
-class Predictor:
-    """A model wrapped in one traced function over batches of exactly `batch_size` rows."""
+@dataclass(frozen=True)
+class BatchSizeChoice:
+    """What `--batch_size auto` measured (rows/s per size tried) and kept."""
 
-    def __init__(self, model: LoadedModel, batch_size: int, device: str = "/CPU:0") -> None:
+    batch_size: int
+    rows_per_second: dict[int, float]
+    seconds: float
+
+
+class Predictor:
+    """A model wrapped in one traced function over batches of exactly `batch_size` rows.
+
+    `batch_size=None` (`--batch_size auto`) leaves the size to `choose_batch_size`, which
+    times a few sizes on the first chunk of real rows and keeps the fastest.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        batch_size: int | None,
+        devices: Sequence[str] | str = ("/CPU:0",),
+    ) -> None:
+        self.model = model
+        self.devices = (devices,) if isinstance(devices, str) else tuple(devices)
+        self.device = self.devices[0]
+        fixed = _fixed_batch_size(model)
+        self.batch_size: int | None = fixed or batch_size
+        self._calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self._steps: dict[tuple[int, str], Any] = {}
+        #: Batches each device computed (several devices: every one should get work).
+        self.batches_per_device: Counter[str] = Counter()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def input_specs(self, batch_size: int) -> dict[str, Any]:
+        """The fully fixed `tf.TensorSpec` of every input for batches of `batch_size` rows."""
         import tensorflow as tf
 
-        self.model = model
-        self.device = device
-        self.batch_size = _batch_size_for(model, batch_size)
-        self.input_specs = {
+        return {
             t.name: tf.TensorSpec(
-                (self.batch_size, *t.shape[1:]),
+                (batch_size, *t.shape[1:]),
                 tf.string if t.dtype == "string" else tf.as_dtype(t.dtype),
                 name=t.name,
             )
-            for t in model.inputs
+            for t in self.model.inputs
         }
-        call = model.call
 
-        def step(inputs: dict[str, Any]) -> dict[str, Any]:
-            return call(inputs)
+    def _step(self, batch_size: int, device: str | None = None) -> Any:
+        """The traced function for batches of `batch_size` rows on `device` (the first by
+        default), traced on its first call; other devices run their own model replica."""
+        device = device or self.device
+        step = self._steps.get((batch_size, device))
+        if step is None:
+            import tensorflow as tf
 
-        self._step = tf.function(step, input_signature=[self.input_specs], autograph=False)
+            call = self._calls.get(device)
+            if call is None:
+                call = self.model.call if device == self.device else self.model.call_on(device)
+                self._calls[device] = call
 
-    def predict_stream(
-        self, batches: Callable[[], Iterable[dict[str, np.ndarray]]]
-    ) -> Generator[dict[str, np.ndarray], None, None]:
-        """Predict each fixed-size batch of `batches()` in order; a thread prepares them."""
+            def run(inputs: dict[str, Any]) -> dict[str, Any]:
+                return call(inputs)
+
+            step = tf.function(run, input_signature=[self.input_specs(batch_size)], autograph=False)
+            self._steps[(batch_size, device)] = step
+        return step
+
+    def choose_batch_size(
+        self, arrays: dict[str, np.ndarray], rows: int, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> BatchSizeChoice:
+        """Time candidate sizes on these rows, keep the fastest and drop the other traces.
+
+        Sizes are powers of two (so chunks of the largest are whole batches of each) whose
+        inputs fit `AUTO_BATCH_BYTES`; larger sizes are tried while they are at least 5%
+        faster per row and the measuring stays within `AUTO_BUDGET_SECONDS`.
+        """
         import tensorflow as tf
 
-        feed = Prefetch(batches, PREFETCH_BATCHES)
-        try:
+        started = time.perf_counter()
+        candidates = auto_batch_sizes(self.model, chunk_size)
+        usable = [size for size in candidates if size <= rows] or candidates[:1]
+        speeds: dict[int, float] = {}
+        if len(usable) > 1:
             with tf.device(self.device):
-                for batch in feed:
-                    outputs = self._step(batch)
-                    yield {name: value.numpy() for name, value in outputs.items()}
-        finally:
-            feed.close()
+                for size in usable:
+                    best = max(speeds.values(), default=0.0)
+                    try:
+                        speeds[size] = self._rows_per_second(arrays, rows, size)
+                    except tf.errors.ResourceExhaustedError:
+                        self._steps.pop((size, self.device), None)
+                        break  # out of (GPU) memory: the sizes so far are the choice
+                    if speeds[size] < best * 1.05:
+                        break  # a larger batch no longer pays
+                    if time.perf_counter() - started > AUTO_BUDGET_SECONDS:
+                        break
+            chosen = max(speeds, key=lambda size: speeds[size], default=usable[0])
+        else:
+            chosen = usable[0]
+        self.batch_size = chosen
+        self._steps = {key: step for key, step in self._steps.items() if key[0] == chosen}
+        return BatchSizeChoice(chosen, speeds, time.perf_counter() - started)
+
+    def _rows_per_second(self, arrays: dict[str, np.ndarray], rows: int, size: int) -> float:
+        """Rows per second of the traced step on the first `size` rows (after one warm-up)."""
+        step = self._step(size)
+        batch = next(fixed_batches(arrays, min(rows, size), size))
+        step(batch)  # traces and allocates; not timed
+        runs, elapsed = 0, 0.0
+        while runs < 2 or (elapsed < AUTO_MIN_TIMED_SECONDS and runs < 10):
+            start = time.perf_counter()
+            for value in step(batch).values():
+                value.numpy()
+            elapsed += time.perf_counter() - start
+            runs += 1
+        return runs * size / elapsed
 
     def predict_arrays(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """Predict `rows` rows held in memory; padding is added and dropped here."""
+        """Predict `rows` rows held in memory; padding is added and dropped here.
+
+        With several devices, batches go to them in turn, each computed on a thread of its
+        own (TensorFlow releases the GIL), and the results are put back in order.
+        """
+        if self.batch_size is None:
+            self.choose_batch_size(arrays, rows)
+        assert self.batch_size is not None
+        size = self.batch_size
+        batches = fixed_batches(arrays, rows, size)
+        if len(self.devices) == 1:
+            results = [self._run_on(self.device, size, batch) for batch in batches]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(len(self.devices), "batchpredict-device")
+            pool = self._pool
+            futures = [
+                pool.submit(self._run_on, self.devices[i % len(self.devices)], size, batch)
+                for i, batch in enumerate(batches)
+            ]
+            results = [future.result() for future in futures]
+        return {
+            name: (
+                results[0][name]
+                if len(results) == 1
+                else np.concatenate([result[name] for result in results])
+            )[:rows]
+            for name in results[0]
+        }
+
+    def _run_on(
+        self, device: str, size: int, batch: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """One batch through the step function on `device`."""
         import tensorflow as tf
 
-        parts: dict[str, list[np.ndarray]] = {}
-        with tf.device(self.device):
-            for batch in fixed_batches(arrays, rows, self.batch_size):
-                for name, value in self._step(batch).items():
-                    parts.setdefault(name, []).append(value.numpy())
-        return {name: np.concatenate(chunks)[:rows] for name, chunks in parts.items()}
+        with tf.device(device):
+            outputs = self._step(size, device)(batch)
+            result = {name: value.numpy() for name, value in outputs.items()}
+        self.batches_per_device[device] += 1
+        return result
 
     def trace_count(self) -> int:
-        """How many times the step function was traced (1 once it has run)."""
-        return int(self._step.experimental_get_tracing_count())
+        """How many times the kept step function was traced (1 once it has run)."""
+        return sum(int(step.experimental_get_tracing_count()) for step in self._steps.values())
 
 
-def _batch_size_for(model: LoadedModel, requested: int) -> int:
+def auto_batch_sizes(model: LoadedModel, chunk_size: int) -> list[int]:
+    """The sizes `--batch_size auto` may try for this model, smallest first: none above
+    `chunk_size`, none whose inputs exceed `AUTO_BATCH_BYTES`."""
+    row_bytes = sum(
+        max(int(np.prod([d or 1 for d in t.shape[1:]])), 1)
+        * (AUTO_STRING_BYTES if t.dtype == "string" else np.dtype(t.dtype).itemsize)
+        for t in model.inputs
+    )
+    limit = min(chunk_size, max(AUTO_BATCH_BYTES // max(row_bytes, 1), 1))
+    fitting = [size for size in AUTO_BATCH_SIZES if size <= limit]
+    if fitting:
+        return fitting
+    # Large rows (images) or small chunks: the largest power of two within the limit.
+    return [1 << (limit.bit_length() - 1)]
+
+
+def chunk_rows_for(chunk_size: int, batch_size: int | None, model: LoadedModel) -> int:
+    """Rows per chunk: `chunk_size` rounded up to whole batches of the batch size (for
+    `auto`, of the largest it may choose, which every smaller choice divides), so that
+    only a file's last batch is padded."""
+    size = batch_size or max(auto_batch_sizes(model, chunk_size))
+    return batch_count(chunk_size, size) * size
+
+
+def _fixed_batch_size(model: LoadedModel) -> int | None:
     """A model that fixes its batch dimension (e.g. `[1, 10]`) dictates the batch size."""
     fixed = {t.shape[0] for t in model.inputs if t.shape and t.shape[0] is not None}
     if len(fixed) > 1:
         raise ModelError(f"model inputs fix different batch sizes: {sorted(fixed)}")
-    return fixed.pop() if fixed else requested
+    return fixed.pop() if fixed else None

@@ -1022,19 +1022,49 @@ def avro_schema(schema: pa.Schema, path: str = "<schema>") -> dict[str, Any]:
     }
 
 
+def _polars_encodes(field: pa.Field) -> bool:
+    """Whether polars encodes `field` as `avro_schema` declares it: a nullable boolean,
+    32/64-bit integer, float or string is `["null", type]` in both."""
+    kind = field.type
+    return bool(field.nullable) and (
+        pa.types.is_boolean(kind)
+        or pa.types.is_int32(kind)
+        or pa.types.is_int64(kind)
+        or pa.types.is_float32(kind)
+        or pa.types.is_float64(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+    )
+
+
 class AvroWriter(Writer):
-    """Writes an Avro object container file, deflate-compressed."""
+    """Writes an Avro object container file, deflate-compressed.
+
+    For flat rows of numbers, booleans and text (the usual predictions output) polars
+    encodes each batch (Rust, ~40x fastavro's record by record, which held the GIL and
+    slowed the whole pipeline) and its block is deflated here and appended under our
+    header and sync marker; other schemas go through fastavro.
+    """
 
     name = "avro"
     extensions = (".avro",)
     accepts_compression_suffix = False
     codec = "deflate"
+    #: zlib level of the polars path: level 1 deflated 1M predictions 4x faster than the
+    #: default 6, to a file no larger (floats barely compress either way).
+    deflate_level = 1
 
     def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
         parsed = fastavro.parse_schema(avro_schema(schema, self.path))
-        self._writer = fastavro.write.Writer(sink, parsed, codec=self.codec)
+        self._out = sink
+        self._writer = fastavro.write.Writer(sink, parsed, codec=self.codec)  # writes the header
+        self._sync: bytes = self._writer.sync_marker  # type: ignore[attr-defined]
+        self._polars = all(_polars_encodes(field) for field in schema)
 
     def _write(self, batch: pa.RecordBatch) -> None:
+        if self._polars:
+            self._write_polars(batch)
+            return
         try:
             for record in batch.to_pylist():
                 self._writer.write(record)
@@ -1044,6 +1074,23 @@ class AvroWriter(Writer):
                 f"{self.path}: rows {first}-{first + batch.num_rows - 1} cannot be written "
                 f"as Avro: {error_text(exc)}"
             ) from exc
+
+    def _write_polars(self, batch: pa.RecordBatch) -> None:
+        """`batch` encoded by polars, as deflated blocks of this file."""
+        import polars as pl
+
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        encoded = io.BytesIO()
+        frame.write_avro(encoded, compression="uncompressed")
+        encoded.seek(0)
+        block: Any
+        for block in fastavro.block_reader(encoded):
+            deflate = zlib.compressobj(self.deflate_level, zlib.DEFLATED, -15)
+            data = deflate.compress(block.bytes_.getvalue()) + deflate.flush()
+            self._out.write(
+                _encode_long(block.num_records) + _encode_long(len(data)) + data + self._sync
+            )
 
     def _finish(self) -> None:
         self._writer.flush()

@@ -42,6 +42,13 @@ _SAMPLE_BYTES = 1 << 20
 _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 4 << 20
 
+#: Bytes of whole records parsed at a time by the multithreaded path, in blocks of
+#: `_RANGE_BLOCK` (one per thread and more); a range without a record end doubles up to
+#: `_MAX_RANGE` before the streaming reader takes over.
+_RANGE_BYTES = 8 << 20
+_RANGE_BLOCK = 1 << 20
+_MAX_RANGE = 64 << 20
+
 #: Values that did not convert are read as null afterwards (`_convert_text`), this many
 #: per column at most: Arrow keeps null values in a trie of limited size.
 _MAX_KNOWN_BAD = 64
@@ -62,6 +69,25 @@ def _value_error(detail: str) -> str | None:
     if other := _CONVERSION_TO.match(detail):
         return f"cannot read as {other.group(1)}: {other.group(2)}"
     return None
+
+
+def _record_end(data: bytes, first: bool = False) -> int:
+    """The end of the last (or with `first`, the first) whole record in `data`: just past
+    a line end with an even number of quote characters before it; 0 if there is none."""
+    if b'"' not in data:  # memchr: far faster than counting
+        return (data.find(b"\n") if first else data.rfind(b"\n")) + 1
+    if first:
+        end = data.find(b"\n")
+        while end >= 0 and data.count(b'"', 0, end) % 2:
+            end = data.find(b"\n", end + 1)
+        return end + 1
+    end = data.rfind(b"\n")
+    quotes = data.count(b'"', 0, end) if end >= 0 else 0
+    while end >= 0 and quotes % 2:
+        previous = data.rfind(b"\n", 0, end)
+        quotes -= data.count(b'"', previous + 1, end)
+        end = previous
+    return end + 1
 
 
 def _block_size(sample: bytes, chunk_size: int) -> int:
@@ -161,12 +187,6 @@ class CsvReader(Reader):
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most `chunk_size` rows with the types of the first block."""
-        bad_rows: list[pacsv.InvalidRow] = []
-
-        def reject(row: pacsv.InvalidRow) -> str:
-            bad_rows.append(row)
-            return "error"
-
         with self.open_binary() as stream:
             try:
                 head, block_size = _read_head(stream, self.options.chunk_size)
@@ -185,22 +205,114 @@ class CsvReader(Reader):
                 )
                 return
             names = list(column_types)
-            chunk = self.options.chunk_size
+            source = PrefixedStream(head, stream)
+            header_end = _record_end(head, first=True)
+            if header_end and b'"' not in head[header_end:]:
+                # Unquoted data (the usual export): whole records can be cut anywhere.
+                source = PrefixedStream(head[header_end:], stream)
+                yield from self._iter_ranges(source, head[:header_end], column_types)
+            else:
+                yield from self._iter_stream(source, column_types, names)
+
+    def _iter_stream(
+        self,
+        source: PrefixedStream,
+        column_types: dict[str, pa.DataType],
+        names: list[str],
+        header: bool = True,
+        rows_before: int = 0,
+    ) -> Iterator[pa.RecordBatch]:
+        """Arrow's single-threaded streaming reader over `source` (with its header row, or
+        without one when `header` is False); errors name rows counted from `rows_before`."""
+        bad_rows: list[pacsv.InvalidRow] = []
+
+        def reject(row: pacsv.InvalidRow) -> str:
+            bad_rows.append(row)
+            return "error"
+
+        chunk = self.options.chunk_size
+        row_shift = rows_before - (1 if header else 0)
+        try:
+            # Single-threaded parsing is what gives row numbers in errors.
+            reader = pacsv.open_csv(
+                pa.PythonFile(source, mode="r"),
+                read_options=pacsv.ReadOptions(
+                    use_threads=False,
+                    block_size=_block_size(b"", chunk),
+                    column_names=None if header else names,
+                ),
+                parse_options=self._parse_options(reject),
+                convert_options=pacsv.ConvertOptions(column_types=column_types),
+            )
+            for batch in reader:
+                # Blocks are sized by an estimate: zero-copy slices cap the rows.
+                for start in range(0, batch.num_rows, chunk):
+                    yield batch.slice(start, chunk)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._error(exc, bad_rows, names, row_shift) from exc
+
+    def _iter_ranges(
+        self, source: PrefixedStream, header: bytes, column_types: dict[str, pa.DataType]
+    ) -> Iterator[pa.RecordBatch]:
+        """Cut the input into ranges of whole records and parse each with Arrow's
+        multithreaded reader (~1.7x the streaming reader on 2 cores).
+
+        A range ends at the last line end outside quotes (an even number of quote
+        characters before it). A range that fails is parsed again single-threaded to name
+        the row. Input whose records cannot be cut that way within `_MAX_RANGE` bytes (a
+        stray quote character) is read on by the streaming reader.
+        """
+        names = list(column_types)
+        chunk = self.options.chunk_size
+        pending = b""
+        rows_before = 0
+        size = _RANGE_BYTES
+        while True:
             try:
-                # Single-threaded parsing is what gives row numbers in errors; on a stream
-                # it costs little, since reading and decompressing dominate.
-                reader = pacsv.open_csv(
-                    pa.PythonFile(PrefixedStream(head, stream), mode="r"),
-                    read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
-                    parse_options=self._parse_options(reject),
-                    convert_options=pacsv.ConvertOptions(column_types=column_types),
-                )
-                for batch in reader:
-                    # Blocks are sized by an estimate: zero-copy slices cap the rows.
-                    for start in range(0, batch.num_rows, chunk):
-                        yield batch.slice(start, chunk)
-            except (pa.ArrowException, OSError) as exc:
-                raise self._error(exc, bad_rows, names) from exc
+                data = pending + source.read(size - len(pending))
+            except OSError as exc:
+                raise ReadWriteError(f"{self.path}: cannot read: {error_text(exc)}") from exc
+            at_end = len(data) < size
+            cut = len(data) if at_end else _record_end(data)
+            if not cut and not at_end:
+                if size >= _MAX_RANGE:
+                    rest = PrefixedStream(data, source)
+                    yield from self._iter_stream(rest, column_types, names, False, rows_before)
+                    return
+                pending, size = data, size * 2
+                continue
+            block, pending, size = data[:cut], data[cut:], _RANGE_BYTES
+            if block.strip():
+                table = self._parse_range(block, header, column_types, rows_before)
+                yield from table.to_batches(max_chunksize=chunk)
+                rows_before += table.num_rows
+            if at_end:
+                return
+
+    def _parse_range(
+        self, block: bytes, header: bytes, column_types: dict[str, pa.DataType], rows_before: int
+    ) -> pa.Table:
+        """One range of whole records (no header) as a table, or the error naming its row."""
+        names = list(column_types)
+        try:
+            return pacsv.read_csv(
+                pa.BufferReader(block),
+                read_options=pacsv.ReadOptions(
+                    use_threads=True, block_size=_RANGE_BLOCK, column_names=names
+                ),
+                # Quoted line ends cost ~20% of parsing; most ranges hold no quotes.
+                parse_options=self._parse_options(
+                    lambda _row: "error", newlines_in_values=b'"' in block
+                ),
+                convert_options=pacsv.ConvertOptions(column_types=column_types),
+            )
+        except (pa.ArrowException, OSError):
+            pass
+        # Again, single-threaded with the header in front, for the row number.
+        source = PrefixedStream(header + block, pa.BufferReader(b""))
+        for _ in self._iter_stream(source, column_types, names, True, rows_before):
+            pass
+        raise DataError(f"{self.path}: cannot read the rows after row {rows_before}")
 
     def _iter_skipping(
         self, source: PrefixedStream, block_size: int, column_types: dict[str, pa.DataType]
@@ -366,10 +478,14 @@ class CsvReader(Reader):
 
         return [self.delimiter.join(map(field, row)) for row in zip(*columns, strict=True)]
 
-    def _parse_options(self, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pacsv.ParseOptions:
+    def _parse_options(
+        self, on_invalid: Callable[[pacsv.InvalidRow], str], newlines_in_values: bool = True
+    ) -> pacsv.ParseOptions:
         """The dialect: quoted values may hold newlines (else blocks split inside them)."""
         return pacsv.ParseOptions(
-            delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
+            delimiter=self.delimiter,
+            newlines_in_values=newlines_in_values,
+            invalid_row_handler=on_invalid,
         )
 
     def _infer_types(self, head: bytes, at_end: bool) -> dict[str, pa.DataType]:
@@ -413,12 +529,19 @@ class CsvReader(Reader):
         }
 
     def _error(
-        self, exc: BaseException, bad_rows: list[pacsv.InvalidRow], names: list[str]
+        self,
+        exc: BaseException,
+        bad_rows: list[pacsv.InvalidRow],
+        names: list[str],
+        row_shift: int = -1,
     ) -> Exception:
-        """Our error for a failure in the streaming pass, with row and column where known."""
+        """Our error for a failure in the streaming pass, with row and column where known.
+
+        Data rows are Arrow's row numbers plus `row_shift` (-1: the header is Arrow's row 1).
+        """
         if bad_rows:
             row = bad_rows[-1]
-            where = f"row {row.number - 1}" if row.number is not None else "a row"
+            where = f"row {row.number + row_shift}" if row.number is not None else "a row"
             return DataError(
                 f"{self.path}: {where}: expected {row.expected_columns} fields, got "
                 f"{row.actual_columns}: {row.text[:80]!r}"
@@ -432,7 +555,8 @@ class CsvReader(Reader):
             elif value := _INVALID_VALUE.match(detail):
                 kind, shown = value.groups()
                 detail = f"cannot read {shown} as {kind} (the type inferred from the first rows)"
-            return DataError(f"{self.path}: row {int(row_number) - 1}, column {name!r}: {detail}")
+            row = int(row_number) + row_shift
+            return DataError(f"{self.path}: row {row}, column {name!r}: {detail}")
         if "straddling" in text:
             return DataError(f"{self.path}: a row is too long or has an unclosed quote: {text}")
         if isinstance(exc, OSError):

@@ -19,6 +19,9 @@ from batchpredict.formats.base import (
     stdin_stream,
 )
 
+#: Bytes read at a time from a column chunk.
+_READ_BUFFER = 1 << 20
+
 
 class ParquetReader(Reader):
     """Reads Parquet files; stdin is buffered in memory since Parquet needs random access."""
@@ -49,6 +52,10 @@ class ParquetReader(Reader):
                 # Pre-buffering reads ahead whole column chunks: measured slower here
                 # (0.94 s vs 0.53 s for 1M rows) and its memory grows with the file.
                 pre_buffer=False,
+                # Stream each column chunk through a 1 MiB buffer instead of reading it
+                # whole: 1M rows in one row group read in 0.22 s instead of 0.49 s, at a
+                # peak of 227 MiB instead of 329 MiB.
+                buffer_size=_READ_BUFFER,
             )
             # Decode every column name now: pyarrow raises on invalid UTF-8 only when a
             # name is first used, which could be anywhere downstream.
