@@ -2,7 +2,7 @@
 and batchpredict's own stages in isolation, per input format. See benchmarks/README.md.
 
     python benchmarks/bench.py [--rows 1000000] [--formats csv,parquet,jsonl,avro]
-                               [--contenders batchpredict,seed,seed_tuned,ray,stages]
+                               [--contenders batchpredict,seed,seed_tuned,ray,ray_engine,stages]
                                [--repeat 1] [--out benchmarks/out]
 """
 
@@ -35,7 +35,9 @@ AVRO_CODEC = "null"
 SAMPLE_SECONDS = 0.05
 QUIET: dict[str, Any] = {"capture_output": True, "text": True}
 FORMATS = {"csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl", "avro": ".avro"}
-END_TO_END = ("batchpredict", "seed", "seed_tuned", "ray")
+END_TO_END = ("batchpredict", "seed", "seed_tuned", "ray", "ray_engine")
+#: Contenders that need `import ray`.
+NEEDS_RAY = ("ray", "ray_engine")
 STAGES = ("read", "predict", "write", "startup")
 #: Not a contender of its own: runs whenever batchpredict does, to measure its start-up.
 ONE_ROW = "batchpredict_1row"
@@ -45,6 +47,7 @@ LABELS = {
     "seed": "seed script (pandas, `predict` batch 32)",
     "seed_tuned": "seed script, `batch_size=8192`",
     "ray": "Ray Data (1 actor, batch 8192)",
+    "ray_engine": "batchpredict `--engine ray` (local Ray)",
     "read": "stage: read (our reader)",
     "predict": "stage: predict (tf.function [8192, 30])",
     "write": "stage: write (our writer)",
@@ -58,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--formats", default=",".join(FORMATS))
-    parser.add_argument("--contenders", default="batchpredict,seed,seed_tuned,ray,stages")
+    parser.add_argument(
+        "--contenders", default="batchpredict,seed,seed_tuned,ray,ray_engine,stages"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the median is reported")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args()
@@ -218,6 +223,8 @@ class Setup:
 
 def output_path(name: str, setup: Setup) -> Path:
     """Where a contender writes: our own format, or CSV for Avro where pandas/Ray have none."""
+    if name == "ray_engine":
+        return setup.work / f"{setup.fmt}-ray_engine"  # a folder of part files
     ours = name in (*STAGES, "batchpredict", ONE_ROW)
     extension = FORMATS[setup.fmt] if ours or setup.fmt != "avro" else ".csv"
     return setup.work / f"{setup.fmt}-{name}{extension}"
@@ -236,6 +243,7 @@ def command_for(name: str, setup: Setup) -> list[str]:
         "seed": seed,
         "seed_tuned": [*seed, "8192"],
         "ray": [PYTHON, str(HERE / "ray_script.py"), data, output, model],
+        "ray_engine": [*predict, data, "--output_dir", output, *options[2:], "--engine", "ray"],
         "write": [*stage, output, str(setup.rows)],
     }
     return commands.get(name, [*stage, data, str(setup.rows)])
@@ -317,7 +325,7 @@ def bench_format(fmt: str, args: argparse.Namespace, model: Path, ray_ok: bool) 
     data = cached_input(args.out, args.rows, fmt)
     one_row = cached_input(args.out, 1, fmt)
     warm_cache(data)
-    plan = [n for n in args.contenders if n != "ray" or ray_ok]
+    plan = [n for n in args.contenders if n not in NEEDS_RAY or ray_ok]
     if "batchpredict" in plan:
         plan.insert(plan.index("batchpredict") + 1, ONE_ROW)
     setup = Setup(fmt, args.rows, data, one_row, model, args.out / "work")
@@ -328,8 +336,9 @@ def bench_format(fmt: str, args: argparse.Namespace, model: Path, ray_ok: bool) 
             runs[name].append(run)
             print(f"{fmt} {name} round {round_}: {json.dumps(run)}", flush=True)
     results = {name: summarize(name, found, args.rows) for name, found in runs.items()}
-    if "ray" in args.contenders and not ray_ok:
-        results["ray"] = {"status": "skipped: ray not installed"}
+    for name in NEEDS_RAY:
+        if name in args.contenders and not ray_ok:
+            results[name] = {"status": "skipped: ray not installed"}
     return {"contenders": results, **derived(results)}
 
 
@@ -459,7 +468,7 @@ def main() -> None:
     for folder in ("logs", "work"):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
     model = cached_model(args.out)
-    ray_ok = "ray" in args.contenders and ray_installed()
+    ray_ok = any(name in args.contenders for name in NEEDS_RAY) and ray_installed()
     report: dict[str, Any] = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join(["python", "benchmarks/bench.py", *sys.argv[1:]]),

@@ -26,6 +26,14 @@ from batchpredict.errors import ExitCode, UsageError
         ({"device": "gpu:0,"}, "--device"),
         ({"features": ("a", "b"), "keep_columns": ("b",)}, "both --features and --keep_columns"),
         ({"input_files": ()}, "no --input_file"),
+        ({"engine": "spark"}, "--engine must be local or ray"),
+        ({"engine": "ray", "output_file": "o.csv"}, "give --output_dir"),
+        (
+            {"engine": "ray", "input_files": ("-",), "input_format": "csv", "output_dir": "d"},
+            "stdin",
+        ),
+        ({"engine": "ray", "output_dir": "d", "skip_existing": True}, "--skip_existing"),
+        ({"engine": "ray", "output_dir": "d", "ray_concurrency": 0}, "--ray_concurrency"),
     ],
 )
 def test_invalid_combinations_are_usage_errors(changes: dict[str, object], message: str) -> None:

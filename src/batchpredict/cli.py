@@ -347,6 +347,37 @@ def cli() -> None:
     default=None,
     help="Write the run summary here as JSON (also on failure).",
 )
+@option(
+    "engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine's threads. ray: Ray Data (pip install 'batchpredict[ray]'), "
+    "part files in --output_dir.",
+)
+@option(
+    "ray_address",
+    default=None,
+    help="With --engine ray: the cluster (ray://head:10001, or auto); default: start Ray here.",
+)
+@option(
+    "ray_concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: model actors (default: one per GPU, else one per 4 CPUs).",
+)
+@option(
+    "ray_gpus_per_worker",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --engine ray: GPUs per actor (default 1 when the cluster has GPUs, else 0).",
+)
+@option(
+    "preserve_order",
+    is_flag=True,
+    default=False,
+    help="With --engine ray: part files in input order (slower: blocks wait for earlier ones).",
+)
 @logging_options
 def predict(**options: Any) -> None:
     """Predict every row of the inputs and write the predictions atomically."""
@@ -391,6 +422,11 @@ def predict(**options: Any) -> None:
         metrics_file=options["metrics_file"],
         job_name=options["job_name"],
         summary_file=options["summary_file"],
+        engine=options["engine"],
+        ray_address=options["ray_address"],
+        ray_concurrency=options["ray_concurrency"],
+        ray_gpus_per_worker=options["ray_gpus_per_worker"],
+        preserve_order=options["preserve_order"],
     )
     # Taken before TensorFlow loads, so that a second run exits 75 at once.
     with hold_lock(config.lock_file):

@@ -10,6 +10,7 @@ STDIO = "-"
 DEFAULT_CHUNK_SIZE = 65536
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
 ON_ERROR_CHOICES = ("fail", "skip")
+ENGINE_CHOICES = ("local", "ray")
 DEFAULT_MAX_ERROR_RATE = 0.01
 
 
@@ -47,6 +48,11 @@ class RunConfig:
     metrics_file: str | None = None
     job_name: str = "batchpredict"
     summary_file: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_concurrency: int | None = None
+    ray_gpus_per_worker: float | None = None
+    preserve_order: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
@@ -65,6 +71,17 @@ def validate(config: RunConfig) -> None:
             raise UsageError("stdin ('-') cannot be combined with other --input_file values")
         if config.output_file is None:
             raise UsageError("reading stdin ('-') needs --output_file (a path, or '-' for stdout)")
+    if config.engine not in ENGINE_CHOICES:
+        raise UsageError(f"--engine must be local or ray, got {config.engine!r}")
+    if config.engine == "ray":
+        if config.output_dir is None:
+            raise UsageError("--engine ray writes part files: give --output_dir")
+        if STDIO in config.input_files:
+            raise UsageError("--engine ray cannot read stdin: Ray's workers read the files")
+        if config.skip_existing:
+            raise UsageError("--skip_existing is for the local engine (one output per input)")
+    if config.ray_concurrency is not None and config.ray_concurrency < 1:
+        raise UsageError("--ray_concurrency must be at least 1")
     if config.output_dir == STDIO:
         raise UsageError("--output_dir cannot be '-'; use --output_file - for stdout")
     if config.batch_size is not None and config.batch_size < 1:

@@ -74,6 +74,12 @@ class ModelError(BatchPredictError):
     exit_code = ExitCode.MODEL
 
 
+class ConfigError(BatchPredictError):
+    """Something the run needs is not installed or not set up (an optional extra)."""
+
+    exit_code = ExitCode.MODEL  # 78, EX_CONFIG
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so that outputs are aborted as on Ctrl-C."""
 

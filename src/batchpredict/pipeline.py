@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -110,7 +111,10 @@ def run(config: RunConfig) -> RunSummary:
     totals = _Counts()
     try:
         with hold_lock(config.lock_file):
-            summary = _run(config, started, totals)
+            if config.engine == "ray":
+                summary = _run_on_ray(config, started, totals)
+            else:
+                summary = _run(config, started, totals)
     except LockHeldError:
         raise  # the run that holds the lock reports for the job
     except BaseException as exc:
@@ -243,6 +247,40 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         batch_size=predictor.batch_size,
         device=devices.device,
         batches_per_device=dict(predictor.batches_per_device),
+    )
+    log.info("run finished", **summary.as_dict())
+    return summary
+
+
+def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
+    """`--engine ray`: the same run on Ray Data (see `ray_engine`)."""
+    from batchpredict import ray_engine
+
+    log = get_logger()
+    log.info(
+        "run started",
+        engine="ray",
+        model=config.model,
+        model_version=config.model_version,
+        signature=config.signature,
+        inputs=list(config.input_files),
+        batch_size=config.batch_size or "auto",
+    )
+    done = ray_engine.run(config, uuid.uuid4().hex)
+    totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
+    summary = RunSummary(
+        rows_in=totals.read,
+        rows_out=totals.written,
+        rows_rejected=totals.rejected,
+        seconds=round(time.monotonic() - started, 3),
+        inputs=done["inputs"],
+        outputs=done["outputs"],
+        skipped=(),
+        rejects_files=done["rejects_files"],
+        model=config.model,
+        model_version=config.model_version,
+        batch_size=config.batch_size,
+        device="ray",
     )
     log.info("run finished", **summary.as_dict())
     return summary

@@ -1,0 +1,443 @@
+"""`--engine ray`: the same readers, column mapping, predictor and writers, run by Ray Data.
+
+    our readers (one read task per input file)  ->  map_batches(_ModelActor)  ->  our writers
+    input_files_datasource                           model loaded once per actor    parts_datasink
+
+Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
+first; only when the whole dataset has been written does the driver move the parts into
+place (after removing the previous run's parts), merge the rejects into one file, and write
+`_manifest.json` and `_SUCCESS`, last. A failed run removes its staging folder and leaves
+the previous outputs as they were.
+
+Ray is imported only here, and this module only when the engine is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from batchpredict.config import RunConfig
+from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
+from batchpredict.formats.base import BadRecord, ReadOptions
+from batchpredict.formats.registry import default_extension, reader_for, writer_for, writer_format
+from batchpredict.observe import get_logger
+from batchpredict.outputs import (
+    SUCCESS_MARKER,
+    RejectsWriter,
+    input_fingerprint,
+    write_text_atomically,
+)
+from batchpredict.sources import InputFile, expand_inputs
+
+#: Columns the read tasks add so that actors can name a rejected row's file and row.
+SOURCE_COLUMN = "__batchpredict_source"
+ROW_COLUMN = "__batchpredict_row"
+STAGING = "_temporary"
+REJECTS_NAME = "_rejects.jsonl"
+INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
+
+
+def import_ray() -> Any:
+    """Ray, or a configuration error (exit 78) that says how to install it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigError(INSTALL_HINT) from exc
+    return ray
+
+
+def run(config: RunConfig, run_id: str) -> dict[str, Any]:
+    """Predict every input on Ray and commit the parts; returns the run's counts and outputs."""
+    ray = import_ray()
+    log = get_logger()
+    assert config.output_dir is not None  # RunConfig requires it for the Ray engine
+    inputs = expand_inputs(config.input_files, config.input_format)
+    output_format = writer_format(config.output_format) if config.output_format else None
+    output_format = output_format or inputs[0].format
+    staging = os.path.join(config.output_dir, STAGING, run_id)
+    os.makedirs(staging, exist_ok=True)
+    # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
+    # as our one-line error) would mix with our log lines on stderr.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if not ray.is_initialized():
+        ray.init(
+            address=config.ray_address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.CRITICAL,
+        )
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = config.preserve_order
+    context.enable_progress_bars = False
+    resources = ray.cluster_resources()
+    gpus = config.ray_gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    concurrency = config.ray_concurrency or _default_concurrency(resources, gpus)
+    log.info(
+        "ray engine started",
+        address=config.ray_address or "local",
+        actors=concurrency,
+        gpus_per_actor=gpus,
+        cluster_cpus=resources.get("CPU", 0),
+        cluster_gpus=resources.get("GPU", 0),
+    )
+    try:
+        dataset = ray.data.read_datasource(input_files_datasource(inputs, config, staging))
+        predicted = dataset.map_batches(
+            _ModelActor,
+            fn_constructor_kwargs={"config": config, "staging": staging},
+            batch_size=config.chunk_size,
+            batch_format="pyarrow",
+            concurrency=concurrency,
+            num_gpus=gpus,
+            zero_copy_batch=True,
+        )
+        sink = parts_datasink(staging, output_format)
+        predicted.write_datasink(sink)
+        return _commit(config, inputs, staging, output_format, sink.parts)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(os.path.join(config.output_dir, STAGING))
+        raise _unwrapped(exc) from exc
+
+
+def _default_concurrency(resources: dict[str, float], gpus: float) -> int:
+    """One actor per GPU; on CPUs one per 4 cores (each actor's TensorFlow uses several)."""
+    if gpus > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus))
+    return max(1, int(resources.get("CPU", 1)) // 4)
+
+
+_OUR_ERROR = re.compile(r"batchpredict\.errors\.(\w+): (.+)")
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The batchpredict error a Ray task raised, rebuilt from Ray's wrapper (Ray passes the
+    worker's traceback as text, not the exception), or `exc` itself."""
+    from batchpredict import errors
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BatchPredictError):
+            return seen
+        found = _OUR_ERROR.findall(str(seen))
+        if found:
+            name, message = found[-1]
+            kind = getattr(errors, name, None)
+            if isinstance(kind, type) and issubclass(kind, BatchPredictError):
+                return kind(message.strip())
+        cause = getattr(seen, "cause", None)
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    return exc
+
+
+def _commit(
+    config: RunConfig,
+    inputs: list[InputFile],
+    staging: str,
+    output_format: str,
+    parts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Check the reject rate, then move the parts into place, merge the rejects, and write
+    the manifest and `_SUCCESS` last."""
+    assert config.output_dir is not None
+    rejects = sorted(glob.glob(os.path.join(staging, "rejects-*.jsonl")))
+    rejected = sum(_line_count(path) for path in rejects)
+    written = sum(part["rows"] for part in parts)
+    read = written + rejected
+    if rejected > config.max_error_rate * read:
+        raise DataError(
+            f"{rejected} of {read} rows rejected ({rejected / max(read, 1):.2%}), more than "
+            f"--max_error_rate {config.max_error_rate:.2%}; nothing was written"
+        )
+    output_dir = config.output_dir
+    for marker in (SUCCESS_MARKER, "_manifest.json"):
+        Path(output_dir, marker).unlink(missing_ok=True)
+    extension = default_extension(output_format)
+    for old in glob.glob(os.path.join(output_dir, f"part-*{extension}")):
+        os.remove(old)
+    outputs = []
+    for part in sorted(parts, key=lambda p: p["index"]):
+        final = os.path.join(output_dir, os.path.basename(part["path"]))
+        os.replace(part["path"], final)
+        outputs.append(
+            {"output": os.path.basename(final), "rows": part["rows"], "format": output_format}
+        )
+    rejects_file = config.rejects_file or os.path.join(output_dir, REJECTS_NAME)
+    if config.on_error == "skip":
+        _merge(rejects, rejects_file)
+    shutil.rmtree(staging, ignore_errors=True)
+    _remove_empty(os.path.join(output_dir, STAGING))
+    manifest = {
+        "written_at": time.time(),
+        "engine": "ray",
+        "inputs": [input_fingerprint(item) for item in inputs],
+        "outputs": outputs,
+        "rows": written,
+        "rejected_rows": rejected,
+    }
+    write_text_atomically(
+        os.path.join(output_dir, "_manifest.json"), json.dumps(manifest, indent=2) + "\n"
+    )
+    write_text_atomically(os.path.join(output_dir, SUCCESS_MARKER), "")
+    return {
+        "read": read,
+        "written": written,
+        "rejected": rejected,
+        "outputs": tuple(os.path.join(output_dir, o["output"]) for o in outputs),
+        "rejects_files": (rejects_file,) if config.on_error == "skip" else (),
+        "inputs": tuple(item.path for item in inputs),
+    }
+
+
+def _line_count(path: str) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def _merge(parts: list[str], target: str) -> None:
+    """Concatenate the rejects parts into `target`, atomically (empty if there were none)."""
+    text = []
+    for path in parts:
+        with open(path, encoding="utf-8") as handle:
+            text.append(handle.read())
+    write_text_atomically(target, "".join(text))
+
+
+def _remove_empty(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
+# -- read -------------------------------------------------------------------------------------
+def _read_file(item: InputFile, config: RunConfig, staging: str) -> Iterator[pa.Table]:
+    """One input through our reader, as tables of `chunk_size` rows with the file and the
+    1-based row of every row; records the reader could not parse go to a rejects part."""
+    rejects = RejectsWriter(os.path.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
+    dropped: list[int] = []
+
+    def on_bad_record(record: BadRecord) -> None:
+        dropped.append(record.row)
+        rejects.add_record(item.path, record)
+
+    options = ReadOptions(
+        chunk_size=config.chunk_size,
+        on_bad_record=on_bad_record if config.on_error == "skip" else None,
+    )
+    from batchpredict.pipeline import file_rows
+
+    first_row = 0
+    try:
+        for batch in reader_for(item.path, item.format, options).iter_batches():
+            rows = file_rows(first_row, batch.num_rows, dropped)
+            first_row += batch.num_rows
+            table = pa.Table.from_batches([batch])
+            names = pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(batch.num_rows, np.int32)), pa.array([item.path])
+            )
+            table = table.append_column(SOURCE_COLUMN, names).append_column(
+                ROW_COLUMN, pa.array(rows, pa.int64())
+            )
+            yield table
+        if first_row == 0 and not dropped:
+            raise InputMissingError(f"{item.path}: holds no data rows")
+    finally:
+        if rejects.count:
+            rejects.commit()
+        else:
+            rejects.abort()
+
+
+def _datasource_class() -> Any:
+    import ray.data
+    from ray.data.block import BlockMetadata
+
+    class _InputFilesDatasource(ray.data.Datasource):
+        """Our readers as a Ray datasource: one read task per input file, in order."""
+
+        def __init__(self, inputs: list[InputFile], config: RunConfig, staging: str) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self.inputs = inputs
+            self.config = config
+            self.staging = staging
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return sum(os.path.getsize(item.path) for item in self.inputs)
+
+        def get_read_tasks(
+            self,
+            parallelism: int,
+            per_task_row_limit: int | None = None,
+            data_context: Any = None,
+        ) -> list[Any]:
+            tasks = []
+            for item in self.inputs:
+                metadata = BlockMetadata(
+                    num_rows=None,
+                    size_bytes=os.path.getsize(item.path),
+                    input_files=(item.path,),
+                    exec_stats=None,
+                )
+
+                def read(
+                    item: InputFile = item,
+                    config: RunConfig = self.config,
+                    staging: str = self.staging,
+                ) -> Iterator[pa.Table]:
+                    return _read_file(item, config, staging)
+
+                tasks.append(ray.data.ReadTask(read, metadata))
+            return tasks
+
+        def get_name(self) -> str:
+            return "batchpredict"
+
+    return _InputFilesDatasource
+
+
+def input_files_datasource(inputs: list[InputFile], config: RunConfig, staging: str) -> Any:
+    """A Ray datasource reading `inputs` with batchpredict's readers."""
+    return _datasource_class()(inputs, config, staging)
+
+
+# -- predict ----------------------------------------------------------------------------------
+class _ModelActor:
+    """Loads the model once; maps each batch of rows to kept columns plus predictions."""
+
+    def __init__(self, config: RunConfig, staging: str) -> None:
+        from batchpredict.observe import quiet_tensorflow
+
+        quiet_tensorflow(config.log_level)
+        from batchpredict.model import load_model
+        from batchpredict.outputs import PredictionColumns
+        from batchpredict.predictor import Predictor
+
+        self.config = config
+        self.staging = staging
+        self.model = load_model(
+            config.model,
+            signature=config.signature,
+            version=config.model_version,
+            unsafe=config.unsafe_model_load,
+        )
+        self.predictor = Predictor(self.model, config.batch_size)
+        self.columns = PredictionColumns.for_model(
+            self.model, config.prediction_column, config.class_names, config.threshold
+        )
+        self.mappings: dict[pa.Schema, Any] = {}
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from batchpredict.columns import plan_mapping, to_model_arrays
+        from batchpredict.outputs import output_batch
+
+        sources = table.column(SOURCE_COLUMN)
+        rows = table.column(ROW_COLUMN).to_numpy()
+        data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])
+        source = sources[0].as_py() if len(sources) else "<ray>"
+        mapping = self.mappings.get(data.schema)
+        if mapping is None:  # once per input schema, as the local engine does per file
+            mapping = plan_mapping(
+                self.model.inputs,
+                data.schema,
+                source,
+                self.config.features,
+                self.config.keep_columns,
+            )
+            self.mappings[data.schema] = mapping
+        converted = to_model_arrays(data, mapping, source, self.config.fill_value)
+        kept = data.select(list(mapping.kept))
+        if converted.problems:
+            first = converted.problems[0]
+            if self.config.on_error != "skip":
+                raise DataError(
+                    f"{sources[first.index].as_py()}: row {rows[first.index]}, column "
+                    f"{first.column!r}: {first.reason}"
+                )
+            self._reject(data, sources, rows, converted.problems)
+            assert converted.good is not None
+            kept = kept.filter(pa.array(converted.good))
+        if not converted.rows:
+            return pa.table({})  # every row rejected; the datasink skips empty blocks
+        predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
+        results = self.columns.build(predictions, True)
+        return pa.Table.from_batches([output_batch(kept, results, True, source)])
+
+    def _reject(
+        self, data: pa.Table, sources: pa.ChunkedArray, rows: np.ndarray, problems: Sequence[Any]
+    ) -> None:
+        """Bad rows of this batch into a rejects part of their own, grouped by file."""
+        writer = RejectsWriter(os.path.join(self.staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
+        names = sources.to_pylist()
+        for path in dict.fromkeys(names[p.index] for p in problems):
+            mine = [p for p in problems if names[p.index] == path]
+            writer.add(path, rows, data, mine)
+        writer.commit()
+
+
+# -- write ------------------------------------------------------------------------------------
+def parts_datasink(staging: str, output_format: str) -> Any:
+    """A Ray datasink writing part files with batchpredict's writers."""
+    return _datasink_class()(staging, output_format)
+
+
+def _datasink_class() -> Any:
+    import ray.data
+
+    class _PartsDatasink(ray.data.Datasink[dict[str, Any] | None]):
+        """Our writers as a Ray datasink: each write task writes one part file (via a
+        temporary file and a rename) into the staging folder."""
+
+        def __init__(self, staging: str, output_format: str) -> None:
+            self.staging = staging
+            self.output_format = output_format
+            self.parts: list[dict[str, Any]] = []
+
+        def write(self, blocks: Any, ctx: Any) -> dict[str, Any] | None:
+            extension = default_extension(self.output_format)
+            path = os.path.join(self.staging, f"part-{ctx.task_idx:05d}{extension}")
+            writer = writer_for(path, self.output_format)
+            opened = False
+            try:
+                for block in blocks:
+                    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                    if table.num_rows == 0:
+                        continue
+                    for batch in table.to_batches():
+                        if not opened:
+                            writer.open(batch.schema)
+                            opened = True
+                        writer.write(batch)
+                if not opened:
+                    return None
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            return {"index": ctx.task_idx, "path": path, "rows": writer.rows_written}
+
+        def on_write_complete(self, write_result: Any) -> None:
+            returns = getattr(write_result, "write_returns", write_result)
+            self.parts = [part for part in returns if part]
+
+        def get_name(self) -> str:
+            return "batchpredict"
+
+    return _PartsDatasink

@@ -1,0 +1,164 @@
+"""`--engine ray`: the same predictions as the local engine, on a local Ray of two CPUs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import batchpredict
+from batchpredict.errors import DataError
+from conftest import (
+    EXTENSIONS,
+    FORMATS,
+    N_FEATURES,
+    Completed,
+    make_frame,
+    read_with_library,
+    reference_predictions,
+    write_with_library,
+)
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+RunCli = Callable[..., Completed]
+FEATURES = [f"f{j}" for j in range(N_FEATURES)]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module, as CI runs it: two CPUs, no dashboard."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def parts(folder: Path, fmt: str) -> pd.DataFrame:
+    """Every part file of a Ray run, in part order, as one frame."""
+    files = sorted(folder.glob(f"part-*{EXTENSIONS[fmt]}"))
+    assert files, f"no part files in {folder}"
+    return pd.concat([read_with_library(f, fmt) for f in files], ignore_index=True)
+
+
+@pytest.mark.usefixtures("local_ray")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ray_predictions_equal_the_local_engines(fmt: str, tmp_path: Path, mlp_model: Path) -> None:
+    frame = make_frame(2500, seed=21)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    # Two files, so that there are several read tasks and parts.
+    write_with_library(frame.iloc[:1200], inputs / f"a{EXTENSIONS[fmt]}", fmt)
+    write_with_library(frame.iloc[1200:], inputs / f"b{EXTENSIONS[fmt]}", fmt)
+    options: dict[str, Any] = {"keep_columns": ["id", "segment"], "chunk_size": 500}
+    batchpredict.predict(
+        model=str(mlp_model), input_file=str(inputs), output_dir=str(tmp_path / "local"), **options
+    )
+    summary = batchpredict.predict(
+        model=str(mlp_model),
+        input_file=str(inputs),
+        output_dir=str(tmp_path / "ray"),
+        engine="ray",
+        preserve_order=True,
+        **options,
+    )
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (2500, 2500, 0)
+    local = pd.concat(
+        [read_with_library(tmp_path / "local" / f"{n}{EXTENSIONS[fmt]}", fmt) for n in "ab"],
+        ignore_index=True,
+    )
+    on_ray = parts(tmp_path / "ray", fmt)
+    assert on_ray["id"].tolist() == local["id"].tolist() == frame["id"].tolist()
+    assert on_ray["segment"].tolist() == local["segment"].tolist()
+    np.testing.assert_allclose(on_ray["prediction"], local["prediction"], rtol=1e-6, atol=1e-7)
+    expected = reference_predictions(mlp_model, frame[FEATURES].to_numpy()).reshape(-1)
+    np.testing.assert_allclose(on_ray["prediction"], expected, rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "ray" / "_SUCCESS").exists()
+    manifest = json.loads((tmp_path / "ray" / "_manifest.json").read_text())
+    assert manifest["engine"] == "ray" and manifest["rows"] == 2500
+    assert not (tmp_path / "ray" / "_temporary").exists()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_bad_rows_go_to_one_rejects_file(tmp_path: Path, mlp_model: Path) -> None:
+    frame = make_frame(300, seed=5)
+    source = tmp_path / "d.csv"
+    write_with_library(frame, source, "csv")
+    lines = source.read_text().splitlines()
+    fields = lines[10].split(",")
+    lines[10] = ",".join([*fields[:2], "", *fields[3:]])  # row 10 without f1: a bad row
+    lines.insert(50, "1,2,3")  # a row with too few fields
+    source.write_text("\n".join(lines) + "\n")
+    summary = batchpredict.predict(
+        model=str(mlp_model),
+        input_file=str(source),
+        output_dir=str(tmp_path / "out"),
+        keep_columns=["id"],
+        engine="ray",
+        on_error="skip",
+        max_error_rate=0.05,
+    )
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (301, 299, 2)
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "_rejects.jsonl").open()]
+    assert sorted(r["row"] for r in rejects) == [10, 50]
+    assert {r["source"] for r in rejects} == {str(source)}
+    written = parts(tmp_path / "out", "csv")
+    assert len(written) == 299 and 10 not in written["id"].tolist()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_bad_row_fails_the_run_and_commits_nothing(tmp_path: Path, mlp_model: Path) -> None:
+    frame = make_frame(100, seed=6)
+    frame.loc[40, "f2"] = None  # a missing feature: a bad row without --fill_value
+    source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00000.parquet").write_text("previous run")
+    with pytest.raises(DataError, match=r"d\.parquet: row 41, column 'f2'"):
+        batchpredict.predict(
+            model=str(mlp_model),
+            input_file=str(source),
+            output_dir=str(out),
+            keep_columns=["id"],
+            engine="ray",
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet"]
+    assert (out / "part-00000.parquet").read_text() == "previous run"
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_cli_joins_a_running_ray(tmp_path: Path, mlp_model: Path, run_cli: RunCli) -> None:
+    frame = make_frame(400, seed=8)
+    source = write_with_library(frame, tmp_path / "d.jsonl", "jsonl")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id", "--engine", "ray",
+        "--ray_address", "auto", "--output_format", "avro",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = [line["event"] for line in result.log_lines()]
+    assert events[0] == "run started" and events[-1] == "run finished"
+    assert "ray engine started" in events
+    written = parts(tmp_path / "out", "avro").sort_values("id", ignore_index=True)
+    assert written["id"].tolist() == frame["id"].tolist()
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_without_ray_the_engine_exits_78_with_the_install_hint(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    hidden = tmp_path / "no_ray"
+    (hidden / "ray").mkdir(parents=True)
+    (hidden / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    source = write_with_library(make_frame(10), tmp_path / "d.csv", "csv")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--output_dir", str(tmp_path / "out"), "--engine", "ray",
+        env={"PYTHONPATH": str(hidden)},
+    )  # fmt: skip
+    assert result.returncode == 78, result.stderr
+    assert "pip install 'batchpredict[ray]'" in result.stderr
