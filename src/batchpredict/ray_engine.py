@@ -116,7 +116,10 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(os.path.join(config.output_dir, STAGING))
-        raise _unwrapped(exc) from exc
+        ours = _unwrapped(exc)
+        if ours is exc:
+            raise
+        raise ours from exc
 
 
 def _default_concurrency(resources: dict[str, float], gpus: float) -> int:
