@@ -137,15 +137,35 @@ def test_cli_joins_a_running_ray(tmp_path: Path, mlp_model: Path, run_cli: RunCl
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--output_dir", str(tmp_path / "out"), "--keep_columns", "id", "--engine", "ray",
-        "--ray_address", "auto", "--output_format", "avro",
+        "--ray_address", "auto", "--output_format", "avro", "--ray_concurrency", "1",
+        "--ray_gpus_per_worker", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    events = [line["event"] for line in result.log_lines()]
-    assert events[0] == "run started" and events[-1] == "run finished"
-    assert "ray engine started" in events
+    lines = result.log_lines()
+    assert lines[0]["event"] == "run started" and lines[-1]["event"] == "run finished"
+    started = next(line for line in lines if line["event"] == "ray engine started")
+    assert (started["actors"], started["gpus_per_actor"]) == (1, 0.0)
+    assert started["cluster_cpus"] == 2
     written = parts(tmp_path / "out", "avro").sort_values("id", ignore_index=True)
     assert written["id"].tolist() == frame["id"].tolist()
     assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize(
+    ("resources", "gpus", "actors"),
+    [
+        ({"CPU": 2.0}, 0.0, 1),
+        ({"CPU": 16.0}, 0.0, 4),
+        ({"CPU": 16.0, "GPU": 4.0}, 1.0, 4),
+        ({"CPU": 16.0, "GPU": 4.0}, 0.5, 8),
+    ],
+)
+def test_default_actors_one_per_gpu_else_one_per_four_cpus(
+    resources: dict[str, float], gpus: float, actors: int
+) -> None:
+    from batchpredict.ray_engine import _default_concurrency
+
+    assert _default_concurrency(resources, gpus) == actors
 
 
 def test_without_ray_the_engine_exits_78_with_the_install_hint(

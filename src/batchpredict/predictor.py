@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from batchpredict.batching import batch_count, fixed_batches
+from batchpredict.batching import fixed_batches, whole_batches
 from batchpredict.config import DEFAULT_CHUNK_SIZE
 from batchpredict.errors import ModelError, UsageError
 from batchpredict.model import LoadedModel
@@ -296,8 +296,7 @@ def chunk_rows_for(chunk_size: int, batch_size: int | None, model: LoadedModel) 
     """Rows per chunk: `chunk_size` rounded up to whole batches of the batch size (for
     `auto`, of the largest it may choose, which every smaller choice divides), so that
     only a file's last batch is padded."""
-    size = batch_size or max(auto_batch_sizes(model, chunk_size))
-    return batch_count(chunk_size, size) * size
+    return whole_batches(chunk_size, batch_size or max(auto_batch_sizes(model, chunk_size)))
 
 
 def _fixed_batch_size(model: LoadedModel) -> int | None:

@@ -36,6 +36,8 @@ from batchpredict.formats.base import BadRecord, ReadOptions
 from batchpredict.formats.registry import default_extension, reader_for, writer_for, writer_format
 from batchpredict.observe import get_logger
 from batchpredict.outputs import (
+    MANIFEST,
+    REJECTS,
     SUCCESS_MARKER,
     RejectsWriter,
     input_fingerprint,
@@ -47,7 +49,6 @@ from batchpredict.sources import InputFile, expand_inputs
 SOURCE_COLUMN = "__batchpredict_source"
 ROW_COLUMN = "__batchpredict_row"
 STAGING = "_temporary"
-REJECTS_NAME = "_rejects.jsonl"
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -172,7 +173,7 @@ def _commit(
             f"--max_error_rate {config.max_error_rate:.2%}; nothing was written"
         )
     output_dir = config.output_dir
-    for marker in (SUCCESS_MARKER, "_manifest.json"):
+    for marker in (SUCCESS_MARKER, MANIFEST):
         Path(output_dir, marker).unlink(missing_ok=True)
     extension = default_extension(output_format)
     for old in glob.glob(os.path.join(output_dir, f"part-*{extension}")):
@@ -184,7 +185,7 @@ def _commit(
         outputs.append(
             {"output": os.path.basename(final), "rows": part["rows"], "format": output_format}
         )
-    rejects_file = config.rejects_file or os.path.join(output_dir, REJECTS_NAME)
+    rejects_file = config.rejects_file or os.path.join(output_dir, REJECTS)
     if config.on_error == "skip":
         _merge(rejects, rejects_file)
     shutil.rmtree(staging, ignore_errors=True)
@@ -197,9 +198,7 @@ def _commit(
         "rows": written,
         "rejected_rows": rejected,
     }
-    write_text_atomically(
-        os.path.join(output_dir, "_manifest.json"), json.dumps(manifest, indent=2) + "\n"
-    )
+    write_text_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     write_text_atomically(os.path.join(output_dir, SUCCESS_MARKER), "")
     return {
         "read": read,

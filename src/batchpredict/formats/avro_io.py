@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import zstandard
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError
-from batchpredict.formats.base import PrefixedStream, Reader, Writer, error_text
+from batchpredict.formats.base import ForwardStream, PrefixedStream, Reader, Writer, error_text
 
 MAGIC = b"Obj\x01"
 
@@ -650,7 +650,7 @@ def _check_layout(
 
 
 # -- reading helpers ---------------------------------------------------------------------
-class _Replayable:
+class _Replayable(ForwardStream):
     """A stream that is not seekable, but can go back to the position last marked.
 
     The fast path marks the start of each run of blocks, and on trouble rewinds there for
@@ -658,12 +658,10 @@ class _Replayable:
     """
 
     def __init__(self, source: Any) -> None:
-        self._source = source
+        super().__init__(source)
         self._kept = bytearray()  # bytes from _kept_at on, while marked
         self._kept_at = 0
-        self._position = 0
         self._marked = False
-        self.closed = False
 
     def mark(self) -> None:
         """Keep the bytes read from here on, so that `rewind` can go back here."""
@@ -695,23 +693,6 @@ class _Replayable:
             self._kept.clear()
             self._kept_at = self._position
         return out
-
-    def tell(self) -> int:
-        """Bytes read so far (less any rewound)."""
-        return self._position
-
-    def readable(self) -> bool:
-        """Always readable."""
-        return True
-
-    def seekable(self) -> bool:
-        """Not seekable (except back to the mark, with `rewind`)."""
-        return False
-
-    def close(self) -> None:
-        """Close the underlying source."""
-        self.closed = True
-        self._source.close()
 
 
 def _size_of(source: Any) -> int:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import pyarrow as pa
 
@@ -43,18 +43,44 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class PrefixedStream:
+class ForwardStream:
+    """Base of our read-only, forward-only binary file objects (what `pa.PythonFile` and
+    fastavro need besides `read`): position, not seekable, `close` closes the source."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self._position = 0
+        self.closed = False
+
+    def tell(self) -> int:
+        """Bytes read so far."""
+        return self._position
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def seekable(self) -> bool:
+        """Never seekable: what is read is consumed."""
+        return False
+
+    def close(self) -> None:
+        """Close the underlying source."""
+        self.closed = True
+        if self._source is not None:
+            self._source.close()
+
+
+class PrefixedStream(ForwardStream):
     """A read-only binary file object: `head` (bytes already taken from `source`), then the rest.
 
     Lets a reader sniff or sample the start of a non-seekable input (stdin, a decompressor)
     and still hand the whole stream to a parser.
     """
 
-    def __init__(self, head: bytes, source: pa.NativeFile) -> None:
+    def __init__(self, head: bytes, source: Any) -> None:
+        super().__init__(source)
         self._head = memoryview(head)
-        self._source = source
-        self._position = 0
-        self.closed = False
 
     def read(self, size: int = -1) -> bytes:
         """Up to `size` bytes (all remaining for a negative size); b"" at the end."""
@@ -70,25 +96,8 @@ class PrefixedStream:
         self._position += len(data)
         return data
 
-    def tell(self) -> int:
-        """Bytes read so far."""
-        return self._position
 
-    def readable(self) -> bool:
-        """Always readable."""
-        return True
-
-    def seekable(self) -> bool:
-        """Never seekable: the head is consumed as it is read."""
-        return False
-
-    def close(self) -> None:
-        """Close the underlying source."""
-        self.closed = True
-        self._source.close()
-
-
-class DescriptorStream:
+class DescriptorStream(ForwardStream):
     """A read-only binary file object over a file descriptor (stdin), read with `os.read`.
 
     Unlike `sys.stdin.buffer` it holds no lock while it waits, so a reader thread blocked
@@ -97,9 +106,8 @@ class DescriptorStream:
     """
 
     def __init__(self, descriptor: int) -> None:
+        super().__init__(None)  # the descriptor (stdin) stays open for the process
         self._descriptor = descriptor
-        self._position = 0
-        self.closed = False
 
     def read(self, size: int = -1) -> bytes:
         """Up to `size` bytes (all remaining for a negative size); b"" at the end."""
@@ -114,22 +122,6 @@ class DescriptorStream:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._position += len(data)
         return data
-
-    def tell(self) -> int:
-        """Bytes read so far."""
-        return self._position
-
-    def readable(self) -> bool:
-        """Always readable."""
-        return True
-
-    def seekable(self) -> bool:
-        """Never seekable: a pipe cannot be rewound."""
-        return False
-
-    def close(self) -> None:
-        """Mark closed; the descriptor (stdin) stays open for the process."""
-        self.closed = True
 
 
 def stdin_stream() -> BinaryIO | DescriptorStream:

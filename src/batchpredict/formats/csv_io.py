@@ -204,26 +204,25 @@ class CsvReader(Reader):
                     PrefixedStream(head, stream), block_size, column_types
                 )
                 return
-            names = list(column_types)
-            source = PrefixedStream(head, stream)
             header_end = _record_end(head, first=True)
             if header_end and b'"' not in head[header_end:]:
                 # Unquoted data (the usual export): whole records can be cut anywhere.
                 source = PrefixedStream(head[header_end:], stream)
-                yield from self._iter_ranges(source, head[:header_end], column_types)
+                yield from self._iter_ranges(source, head[:header_end], column_types, block_size)
             else:
-                yield from self._iter_stream(source, column_types, names)
+                yield from self._iter_stream(PrefixedStream(head, stream), column_types, block_size)
 
     def _iter_stream(
         self,
         source: PrefixedStream,
         column_types: dict[str, pa.DataType],
-        names: list[str],
+        block_size: int,
         header: bool = True,
         rows_before: int = 0,
     ) -> Iterator[pa.RecordBatch]:
         """Arrow's single-threaded streaming reader over `source` (with its header row, or
         without one when `header` is False); errors name rows counted from `rows_before`."""
+        names = list(column_types)
         bad_rows: list[pacsv.InvalidRow] = []
 
         def reject(row: pacsv.InvalidRow) -> str:
@@ -238,7 +237,7 @@ class CsvReader(Reader):
                 pa.PythonFile(source, mode="r"),
                 read_options=pacsv.ReadOptions(
                     use_threads=False,
-                    block_size=_block_size(b"", chunk),
+                    block_size=block_size,
                     column_names=None if header else names,
                 ),
                 parse_options=self._parse_options(reject),
@@ -252,7 +251,11 @@ class CsvReader(Reader):
             raise self._error(exc, bad_rows, names, row_shift) from exc
 
     def _iter_ranges(
-        self, source: PrefixedStream, header: bytes, column_types: dict[str, pa.DataType]
+        self,
+        source: PrefixedStream,
+        header: bytes,
+        column_types: dict[str, pa.DataType],
+        block_size: int,
     ) -> Iterator[pa.RecordBatch]:
         """Cut the input into ranges of whole records and parse each with Arrow's
         multithreaded reader (~1.7x the streaming reader on 2 cores).
@@ -262,7 +265,6 @@ class CsvReader(Reader):
         the row. Input whose records cannot be cut that way within `_MAX_RANGE` bytes (a
         stray quote character) is read on by the streaming reader.
         """
-        names = list(column_types)
         chunk = self.options.chunk_size
         pending = b""
         rows_before = 0
@@ -277,7 +279,7 @@ class CsvReader(Reader):
             if not cut and not at_end:
                 if size >= _MAX_RANGE:
                     rest = PrefixedStream(data, source)
-                    yield from self._iter_stream(rest, column_types, names, False, rows_before)
+                    yield from self._iter_stream(rest, column_types, block_size, False, rows_before)
                     return
                 pending, size = data, size * 2
                 continue
@@ -309,8 +311,9 @@ class CsvReader(Reader):
         except (pa.ArrowException, OSError):
             pass
         # Again, single-threaded with the header in front, for the row number.
-        source = PrefixedStream(header + block, pa.BufferReader(b""))
-        for _ in self._iter_stream(source, column_types, names, True, rows_before):
+        text = header + block
+        source = PrefixedStream(text, pa.BufferReader(b""))
+        for _ in self._iter_stream(source, column_types, len(text) + 1, True, rows_before):
             pass
         raise DataError(f"{self.path}: cannot read the rows after row {rows_before}")
 
