@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from batchpredict import storage
 from batchpredict.atomic import publish, temp_beside
 from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import DataError, ModelError, OutputError, ReadWriteError
@@ -26,6 +27,7 @@ from batchpredict.formats.base import BadRecord, compression_of, strip_compressi
 from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
 from batchpredict.model import LoadedModel
 from batchpredict.sources import InputFile
+from batchpredict.storage import is_uri
 
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
@@ -292,6 +294,9 @@ def write_text_atomically(path: str, text: str) -> None:
 
 def input_fingerprint(item: InputFile) -> dict[str, Any]:
     """What identifies an input's content for `--skip_existing`: path, size and mtime."""
+    if is_uri(item.path):
+        size, mtime = storage.fingerprint(item.path)
+        return {"path": item.path, "size": size, "mtime": mtime}
     stat = os.stat(item.path)
     return {"path": item.path, "size": stat.st_size, "mtime": stat.st_mtime}
 

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchpredict import storage
 from batchpredict.errors import InputMissingError, UsageError
 from batchpredict.formats.registry import READERS, format_for_path, reader_format
+from batchpredict.storage import is_uri
 
 STDIO = "-"
 _GLOB_CHARS = frozenset("*?[")
@@ -32,6 +34,8 @@ class InputFile:
         """The path below its root (`date=1/part-0.parquet`), used to name `--output_dir` files."""
         if self.path == STDIO:
             return "stdin"
+        if is_uri(self.path):
+            return self.path[len(self.root) :].lstrip("/")
         return os.path.relpath(self.path, self.root)
 
 
@@ -48,7 +52,8 @@ def expand_inputs(values: tuple[str, ...], input_format: str | None) -> list[Inp
     seen: set[str] = set()
     for value in values:
         for item in _expand_one(value, input_format):
-            key = item.path if item.path == STDIO else os.path.realpath(item.path)
+            local = item.path != STDIO and not is_uri(item.path)
+            key = os.path.realpath(item.path) if local else item.path
             if key not in seen:
                 seen.add(key)
                 found.append(item)
@@ -59,6 +64,13 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     if value == STDIO:
         assert input_format is not None  # RunConfig refuses stdin without --input_format
         return [InputFile(STDIO, input_format, "")]
+    if is_uri(value):
+        found = [
+            (uri, root) for uri, root in storage.expand(value) if _is_data_file(uri, input_format)
+        ]
+        if not found:
+            raise InputMissingError(f"{value}: matched no input file of a known format")
+        return [_input_file(uri, input_format, root) for uri, root in found]
     if _GLOB_CHARS & set(value):
         root = _glob_root(value)
         matches = sorted(
@@ -95,7 +107,7 @@ def _input_file(path: str, input_format: str | None, root: str) -> InputFile:
             f"{path}: cannot tell the format from the file name; pass --input_format "
             f"({', '.join(sorted(READERS))})"
         )
-    if os.path.getsize(path) == 0:
+    if (storage.size(path) if is_uri(path) else os.path.getsize(path)) == 0:
         raise InputMissingError(f"{path}: file is empty")
     return InputFile(path, fmt, root)
 

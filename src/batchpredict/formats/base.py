@@ -18,8 +18,10 @@ from typing import Any, BinaryIO, ClassVar
 
 import pyarrow as pa
 
+from batchpredict import storage
 from batchpredict.atomic import publish, temp_beside
 from batchpredict.errors import InputMissingError, OutputError, ReadWriteError, UsageError
+from batchpredict.storage import is_uri
 
 #: Compression suffixes recognised on inputs and outputs, mapped to Arrow codec names.
 COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -180,6 +182,8 @@ class Reader:
         try:
             if self.path == STDIO:
                 return pa.PythonFile(stdin_stream(), mode="r")
+            if is_uri(self.path):
+                return storage.open_stream(self.path)
             return pa.input_stream(self.path, compression="detect")
         except FileNotFoundError as exc:
             raise InputMissingError(f"{self.path}: no such file") from exc

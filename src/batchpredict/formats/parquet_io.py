@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchpredict import storage
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError
 from batchpredict.formats.base import (
     STDIO,
@@ -18,6 +20,7 @@ from batchpredict.formats.base import (
     error_text,
     stdin_stream,
 )
+from batchpredict.storage import is_uri
 
 #: Bytes read at a time from a column chunk.
 _READ_BUFFER = 1 << 20
@@ -37,8 +40,10 @@ class ParquetReader(Reader):
 
     def _open(self, int96_unit: str = "us") -> pq.ParquetFile:
         """The ParquetFile, with errors turned into ours."""
-        source: str | pa.BufferReader = self.path
-        if self.path == STDIO:
+        source: Any = self.path
+        if is_uri(self.path):
+            source = storage.open_file(self.path)
+        elif self.path == STDIO:
             if self._stdin is None:  # read once: total_rows and iter_batches both need it
                 self._stdin = pa.py_buffer(stdin_stream().read())
             source = pa.BufferReader(self._stdin)
@@ -79,6 +84,8 @@ class ParquetReader(Reader):
         if self._stdin is not None:
             return int(self._stdin.size)
         try:
+            if is_uri(self.path):
+                return storage.size(self.path)
             return Path(self.path).stat().st_size
         except OSError:
             return None
