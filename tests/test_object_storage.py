@@ -126,3 +126,54 @@ def test_missing_objects_and_buckets_exit_66_naming_the_uri(
     assert result.returncode == 66, result.stderr
     assert uri in result.stderr and "testing" not in result.stderr  # no credentials
     assert "Traceback" not in result.stderr
+
+
+def _keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    """Object keys under `prefix`, without the empty `folder/` markers pyarrow's S3
+    filesystem creates for the folders it writes into."""
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return sorted(item["Key"] for item in listed if not item["Key"].endswith("/"))
+
+
+def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    client, name = bucket
+    frame = make_frame(3000, seed=4)
+    local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    client.upload_file(str(local), name, "in/day=1/part-0.parquet")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
+        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id",
+        "--output_format", "csv", "--chunk_size", "500", env=s3_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _keys(client, name, "scored/") == [
+        "scored/_SUCCESS",
+        "scored/_manifest.json",
+        "scored/day=1/part-0.csv",
+    ]
+    client.download_file(name, "scored/day=1/part-0.csv", str(tmp_path / "out.csv"))
+    out = read_with_library(tmp_path / "out.csv", "csv")
+    assert out["id"].tolist() == frame["id"].tolist()
+
+
+def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    client, name = bucket
+    frame = make_frame(3000, seed=5)
+    frame.loc[2500, "f1"] = None  # a bad row after five chunks were written
+    local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    client.upload_file(str(local), name, "in/d.parquet")
+    client.put_object(Bucket=name, Key="out/d.parquet", Body=b"previous")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
+        "--output_file", f"s3://{name}/out/d.parquet", "--keep_columns", "id",
+        "--chunk_size", "500", env=s3_env,
+    )  # fmt: skip
+    assert result.returncode == 65, result.stderr
+    assert "row 2501, column 'f1'" in result.stderr
+    assert _keys(client, name, "out/") == ["out/d.parquet"]
+    body = client.get_object(Bucket=name, Key="out/d.parquet")["Body"].read()
+    assert body == b"previous"

@@ -58,7 +58,11 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
         for item in inputs:
             fmt = output_format or item.format
             if config.output_dir is not None:
-                path = str(Path(config.output_dir) / _renamed(item.relative_path, item.format, fmt))
+                name = _renamed(item.relative_path, item.format, fmt)
+                if is_uri(config.output_dir):
+                    path = f"{config.output_dir.rstrip('/')}/{name}"
+                else:
+                    path = str(Path(config.output_dir) / name)
             else:
                 path = _beside(item.path, fmt)
             targets.append(OutputTarget(path, fmt, (item,)))
@@ -276,7 +280,18 @@ def output_batch(
 
 
 def write_text_atomically(path: str, text: str) -> None:
-    """Write a small file through a temporary file and a rename."""
+    """Write a small file through a temporary file and a rename (on object stores, a
+    temporary key and a server-side move)."""
+    if is_uri(path):
+        temporary = storage.temporary_uri(path)
+        try:
+            with storage.open_output(temporary) as sink:
+                sink.write(text.encode("utf-8"))
+            storage.publish(temporary, path)
+        except OSError as exc:
+            storage.remove(temporary)
+            raise ReadWriteError(f"{path}: cannot write: {exc}") from exc
+        return
     try:
         fd, temp = temp_beside(path)
         try:
@@ -353,7 +368,9 @@ class Manifest:
         self.entries[key] = {
             "inputs": inputs,
             "output": key,
-            "output_size": os.stat(target.path).st_size,
+            "output_size": (
+                storage.size(target.path) if is_uri(target.path) else os.stat(target.path).st_size
+            ),
             "format": target.format,
             "rows": rows,
             "rejected_rows": rejected,

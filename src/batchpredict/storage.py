@@ -7,14 +7,16 @@ Paths without a scheme never come here: local files keep their own code paths.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
+import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from batchpredict.errors import InputMissingError, ReadWriteError
+from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
@@ -127,6 +129,42 @@ def size(uri: str) -> int | None:
     filesystem, path = resolve(uri)
     info = _info(filesystem, path, uri)
     return info.size if info.type == pafs.FileType.File else None
+
+
+def temporary_uri(uri: str) -> str:
+    """Where an output is written before it is complete: beside it under a `_`-prefixed
+    unique name (hidden from batchpredict's globs, and from Spark's and Hive's). Beside it
+    rather than in a subfolder, because pyarrow leaves a marker object for a "folder"
+    emptied by a delete."""
+    folder, _, name = uri.rpartition("/")
+    return f"{folder}/_{name}.{uuid.uuid4().hex}.tmp"
+
+
+def open_output(uri: str) -> pa.NativeFile:
+    """A new object at `uri` to write to (uploaded as it is written)."""
+    filesystem, path = resolve(uri)
+    try:
+        return filesystem.open_output_stream(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise OutputError(f"{uri}: cannot create output: {_clean(exc)}") from exc
+
+
+def publish(temporary: str, final: str) -> None:
+    """Move a complete output into place: a rename where the store has one (HDFS, local),
+    a server-side copy and delete on object stores, where the final object appears whole
+    or not at all."""
+    filesystem, source = resolve(temporary)
+    try:
+        filesystem.move(source, resolve(final)[1])
+    except (pa.ArrowException, OSError) as exc:
+        raise ReadWriteError(f"{final}: cannot write: {_clean(exc)}") from exc
+
+
+def remove(uri: str) -> None:
+    """Delete an object if it is there (best effort: used while already failing)."""
+    with contextlib.suppress(Exception):
+        filesystem, path = resolve(uri)
+        filesystem.delete_file(path)
 
 
 def _clean(exc: BaseException) -> str:

@@ -232,6 +232,12 @@ class Writer:
         self._schema = schema
         if self.path == STDIO:
             self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
+        elif is_uri(self.path):
+            # Object stores have no rename: a temporary key, moved into place on commit.
+            self._temp_path = storage.temporary_uri(self.path)
+            upload = storage.open_output(self._temp_path)
+            codec = compression_of(self.path) if self.accepts_compression_suffix else None
+            self._sink = pa.CompressedOutputStream(upload, codec) if codec else upload
         else:
             try:
                 fd, temp = temp_beside(self.path)
@@ -274,6 +280,11 @@ class Writer:
             # Closing the Arrow stream also closes the file under it (and finishes any
             # compression frame), so the data is synced through a fresh descriptor.
             self._sink.close()
+            if is_uri(self.path):
+                assert self._temp_path is not None
+                storage.publish(self._temp_path, self.path)
+                self._temp_path = None
+                return
             assert self._raw is not None and self._temp_path is not None
             if not self._raw.closed:
                 self._raw.close()
@@ -302,7 +313,10 @@ class Writer:
             except Exception:  # noqa: BLE001 - best effort while already failing
                 pass
         if self._temp_path is not None:
-            Path(self._temp_path).unlink(missing_ok=True)
+            if is_uri(self._temp_path):
+                storage.remove(self._temp_path)
+            else:
+                Path(self._temp_path).unlink(missing_ok=True)
             self._temp_path = None
 
     # -- format hooks ----------------------------------------------------------------
