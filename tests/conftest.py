@@ -10,11 +10,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -193,3 +196,76 @@ def two_in_two_out_model(models_dir: Path) -> Path:
     path = models_dir / "two_in_two_out.keras"
     model.save(path)
     return path
+
+
+# -- an S3 server on the loopback interface ------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_moto_server(server_env: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+    """Start moto's S3 server on a free port of 127.0.0.1; the process and the environment
+    that points the SDKs at it (fake credentials)."""
+    pytest.importorskip("moto")
+    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(server_env or {})},
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, env
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def s3_env() -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 and the environment that points the SDKs at it
+    (passed to the commands under test; the test process's own environment is left alone)."""
+    proc, env = start_moto_server()
+    yield env
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def bucket(s3_env: dict[str, str]) -> Any:
+    """A fresh bucket, as a boto3 client and its name."""
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+        region_name=s3_env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    name = f"exports-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=name)
+    return client, name
+
+
+def s3_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    """Object keys under `prefix`, without the empty `folder/` markers pyarrow's S3
+    filesystem creates for the folders it writes into."""
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return sorted(item["Key"] for item in listed if not item["Key"].endswith("/"))

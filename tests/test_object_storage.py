@@ -1,21 +1,19 @@
-"""Inputs from s3:// through pyarrow's S3 filesystem, against an S3 server on the loopback
-interface (moto's `moto_server`), started by the fixture."""
+"""Inputs and outputs in object storage: s3:// through pyarrow's S3 filesystem against an
+S3 server on the loopback interface (moto's `moto_server`, started by a fixture), and a
+scheme pyarrow lacks through fsspec."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import batchpredict
 from conftest import (
     EXTENSIONS,
     FORMATS,
@@ -24,66 +22,14 @@ from conftest import (
     make_frame,
     read_with_library,
     reference_predictions,
+    s3_keys,
+    start_moto_server,
     write_with_library,
 )
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
 pytestmark = pytest.mark.slow
 RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    """A moto S3 server on 127.0.0.1 and the environment that points the SDKs at it."""
-    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.2)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-@pytest.fixture
-def bucket(s3_env: dict[str, str]) -> Any:
-    """A fresh bucket, as a boto3 client and its name."""
-    client = boto3.client("s3")
-    name = f"exports-{time.monotonic_ns()}"
-    client.create_bucket(Bucket=name)
-    return client, name
 
 
 def test_every_format_and_a_glob_from_a_bucket(
@@ -128,13 +74,6 @@ def test_missing_objects_and_buckets_exit_66_naming_the_uri(
     assert "Traceback" not in result.stderr
 
 
-def _keys(client: Any, bucket: str, prefix: str) -> list[str]:
-    """Object keys under `prefix`, without the empty `folder/` markers pyarrow's S3
-    filesystem creates for the folders it writes into."""
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-    return sorted(item["Key"] for item in listed if not item["Key"].endswith("/"))
-
-
 def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
@@ -148,7 +87,7 @@ def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
         "--output_format", "csv", "--chunk_size", "500", env=s3_env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert _keys(client, name, "scored/") == [
+    assert s3_keys(client, name, "scored/") == [
         "scored/_SUCCESS",
         "scored/_manifest.json",
         "scored/day=1/part-0.csv",
@@ -174,6 +113,161 @@ def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
     )  # fmt: skip
     assert result.returncode == 65, result.stderr
     assert "row 2501, column 'f1'" in result.stderr
-    assert _keys(client, name, "out/") == ["out/d.parquet"]
+    assert s3_keys(client, name, "out/") == ["out/d.parquet"]
     body = client.get_object(Bucket=name, Key="out/d.parquet")["Body"].read()
     assert body == b"previous"
+
+
+def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    client, name = bucket
+    frame = make_frame(400, seed=6)
+    local = write_with_library(frame, tmp_path / "d.csv", "csv")
+    lines = local.read_text().splitlines()
+    fields = lines[10].split(",")
+    lines[10] = ",".join([*fields[:2], "", *fields[3:]])  # row 10 without f1: a bad row
+    local.write_text("\n".join(lines) + "\n")
+    client.upload_file(str(local), name, "in/d.csv")
+    args = (
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
+        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id",
+        "--on_error", "skip", "--max_error_rate", "0.01",
+    )  # fmt: skip
+    first = run_cli(*args, env=s3_env)
+    assert first.returncode == 0, first.stderr
+    assert s3_keys(client, name, "scored/") == [
+        "scored/_SUCCESS", "scored/_manifest.json", "scored/_rejects.jsonl", "scored/d.csv",
+    ]  # fmt: skip
+    rejects = client.get_object(Bucket=name, Key="scored/_rejects.jsonl")["Body"].read()
+    [record] = [json.loads(line) for line in rejects.decode().splitlines()]
+    assert (record["source"], record["row"], record["column"]) == (
+        f"s3://{name}/in/d.csv",
+        10,
+        "f1",
+    )
+    before = client.head_object(Bucket=name, Key="scored/d.csv")["ETag"]
+
+    again = run_cli(*args, "--skip_existing", env=s3_env)
+    assert again.returncode == 0, again.stderr
+    skipped = [line for line in again.log_lines() if line["event"].endswith("skipped")]
+    assert [line["output"] for line in skipped] == [f"s3://{name}/scored/d.csv"]
+    assert client.head_object(Bucket=name, Key="scored/d.csv")["ETag"] == before
+
+
+def test_s3_endpoint_url_option_points_at_the_store(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    client, name = bucket
+    frame = make_frame(50, seed=7)
+    local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    client.upload_file(str(local), name, "in/d.parquet")
+    env = {k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
+        "--output_file", str(tmp_path / "out.csv"), "--keep_columns", "id",
+        "--s3_endpoint_url", s3_env["AWS_ENDPOINT_URL"], env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert read_with_library(tmp_path / "out.csv", "csv")["id"].tolist() == frame["id"].tolist()
+    bad = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
+        "--output_file", str(tmp_path / "out2.csv"), "--s3_endpoint_url", "127.0.0.1:1",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--s3_endpoint_url" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_refusing_env() -> Iterator[dict[str, str]]:
+    """An S3 server that checks credentials (moto with authentication on from the first
+    request), and an environment whose key it does not know."""
+    proc, env = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    yield {**env, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_refused_credentials_exit_66_reading_and_73_writing(
+    side: str, s3_refusing_env: dict[str, str], tmp_path: Path, mlp_model: Path,
+    run_cli: RunCli,
+) -> None:  # fmt: skip
+    local = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
+    if side == "input":
+        where = ["--input_file", "s3://exports/d.csv", "--output_file", str(tmp_path / "o.csv")]
+    else:
+        where = ["--input_file", str(local), "--output_file", "s3://scores/d.csv"]
+    result = run_cli(
+        "predict", "--model", str(mlp_model), *where, "--keep_columns", "id",
+        env=s3_refusing_env,
+    )  # fmt: skip
+    assert result.returncode == (66 if side == "input" else 73), result.stderr
+    error = str(result.log_lines()[-1]["error"])
+    assert "s3://" in error and "access denied" in error, error
+    assert "s3cr3t" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_stores_pyarrow_cannot_reach_exit_66_naming_the_uri(
+    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", "hdfs://namenode:8020/d.csv",
+        "--output_file", str(tmp_path / "o.csv"),
+    )  # fmt: skip
+    assert result.returncode == 66, result.stderr
+    assert "hdfs://namenode:8020/d.csv: cannot open hdfs:// storage" in result.stderr
+
+
+def test_the_ray_engine_reads_and_writes_a_bucket(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    pytest.importorskip("ray")
+    client, name = bucket
+    frame = make_frame(900, seed=8)
+    for part, rows in enumerate((frame.iloc[:500], frame.iloc[500:])):
+        local = write_with_library(rows, tmp_path / f"p{part}.parquet", "parquet")
+        client.upload_file(str(local), name, f"in/p{part}.parquet")
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/*.parquet",
+        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id", "--engine", "ray",
+        "--preserve_order", "--chunk_size", "300", env=s3_env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    keys = s3_keys(client, name, "scored/")
+    parts = [key for key in keys if key.startswith("scored/part-")]
+    assert parts and keys == sorted([*parts, "scored/_SUCCESS", "scored/_manifest.json"])
+    scored = []
+    for key in parts:
+        client.download_file(name, key, str(tmp_path / "part.parquet"))
+        scored.append(read_with_library(tmp_path / "part.parquet", "parquet"))
+    out = pd.concat(scored, ignore_index=True)
+    assert out["id"].tolist() == frame["id"].tolist()
+    expected = reference_predictions(mlp_model, frame[FEATURES].to_numpy()).reshape(-1)
+    np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-6)
+    manifest = json.loads(
+        client.get_object(Bucket=name, Key="scored/_manifest.json")["Body"].read()
+    )
+    assert manifest["engine"] == "ray" and manifest["rows"] == 900
+
+
+def test_fsspec_fills_in_for_schemes_pyarrow_lacks(tmp_path: Path, mlp_model: Path) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    frame = make_frame(120, seed=9)
+    local = write_with_library(frame, tmp_path / "d.jsonl", "jsonl")
+    memory.pipe("/exports/day=1/d.jsonl", local.read_bytes())
+    memory.pipe("/exports/day=1/_SUCCESS", b"")
+    summary = batchpredict.predict(
+        model=str(mlp_model),
+        input_file="memory://exports/",
+        output_dir="memory://scored",
+        keep_columns=["id"],
+    )
+    assert summary.rows_out == 120
+    assert sorted(memory.find("/scored")) == [
+        "/scored/_SUCCESS", "/scored/_manifest.json", "/scored/day=1/d.jsonl",
+    ]  # fmt: skip
+    (tmp_path / "out.jsonl").write_bytes(memory.cat("/scored/day=1/d.jsonl"))
+    out = read_with_library(tmp_path / "out.jsonl", "jsonl")
+    assert out["id"].tolist() == frame["id"].tolist()

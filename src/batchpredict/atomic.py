@@ -4,6 +4,8 @@ Every file batchpredict writes — outputs, the rejects file, the manifest and `
 goes through here: written under a hidden temporary name in the target's directory (so
 the rename cannot cross file systems), flushed to disk, then `os.replace`d. Temporary
 names carry the writer's process id, so the next run can remove those of a killed run.
+On object stores (`s3://...`) the temporary is a `_`-prefixed key beside the target,
+moved into place by the store (see `storage.publish`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,89 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from batchpredict import storage
+from batchpredict.errors import OutputError, ReadWriteError, error_text
 
 SUFFIX = ".tmp"
+
+
+class StagedFile:
+    """One output under construction: `sink` takes the bytes, `commit` puts them under
+    the final name whole, `abort` leaves no trace (and the previous file untouched).
+
+    Errors name the final path: cannot create (OutputError, 73), cannot write
+    (ReadWriteError, 74).
+    """
+
+    def __init__(self, path: str, what: str = "") -> None:
+        self.path = path
+        #: What the file is, for error messages ("metrics": "cannot write metrics: ...").
+        self.what = f" {what}" if what else ""
+        self._raw: Any = None
+        if storage.is_uri(path):
+            self.temp = storage.temporary_uri(path)
+            self.sink: pa.NativeFile = storage.open_output(self.temp)
+            return
+        try:
+            fd, self.temp = temp_beside(path)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create output: {error_text(exc)}") from exc
+        self._raw = os.fdopen(fd, "wb")
+        self.sink = pa.PythonFile(self._raw, mode="w")
+
+    def commit(self) -> None:
+        """Close the sink (if the caller has not) and move the complete file into place."""
+        try:
+            if not self.sink.closed:
+                self.sink.close()
+            if self._raw is None:
+                storage.publish(self.temp, self.path)
+                return
+            if not self._raw.closed:
+                self._raw.close()
+            # Synced through a fresh descriptor: closing the Arrow stream closed ours.
+            fd = os.open(self.temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            publish(self.temp, self.path)
+        except OSError as exc:
+            self.abort()
+            reason = error_text(exc)
+            raise ReadWriteError(f"{self.path}: cannot write{self.what}: {reason}") from exc
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (best effort: used while already failing)."""
+        for stream in (self.sink, self._raw):
+            with contextlib.suppress(Exception):
+                if stream is not None and not stream.closed:
+                    stream.close()
+        if self._raw is None:
+            storage.remove(self.temp)
+        else:
+            Path(self.temp).unlink(missing_ok=True)
+
+
+def write_whole(path: str, text: str, what: str = "") -> None:
+    """Write a small file (manifest, marker, metrics) through a `StagedFile`; `what` it is
+    goes into the error message."""
+    try:
+        staged = StagedFile(path, what)
+    except OutputError as exc:
+        cause = error_text(exc.__cause__ or exc)
+        raise ReadWriteError(f"{path}: cannot write{' ' + what if what else ''}: {cause}") from exc
+    try:
+        staged.sink.write(text.encode("utf-8"))
+    except OSError as exc:
+        staged.abort()
+        raise ReadWriteError(f"{path}: cannot write{staged.what}: {error_text(exc)}") from exc
+    staged.commit()
 
 
 def temp_beside(path: str) -> tuple[int, str]:

@@ -139,7 +139,7 @@ model_options = option_group(
         "model",
         required=True,
         help="Keras .keras/.h5 file, SavedModel directory, "
-        "or TF-Serving base directory with numeric versions.",
+        "or TF-Serving base directory with numeric versions; local or a URI (s3://...).",
     ),
     option(
         "signature",
@@ -158,6 +158,28 @@ model_options = option_group(
         is_flag=True,
         default=False,
         help="Allow Keras Lambda layers, which run code stored in the model (trusted models only).",
+    ),
+)
+
+
+def _use_s3_endpoint(ctx: click.Context, param: click.Parameter, url: str | None) -> None:
+    """Point every S3 client of this run (and of its Ray workers) at `url`, the way the
+    AWS SDKs read it: through AWS_ENDPOINT_URL."""
+    if url is None:
+        return
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"expected http://host:port or https://host, got {url!r}")
+    os.environ["AWS_ENDPOINT_URL"] = url
+
+
+#: Options for files in object storage; credentials come only from the SDKs' usual places.
+storage_options = option_group(
+    option(
+        "s3_endpoint_url",
+        default=None,
+        expose_value=False,
+        callback=_use_s3_endpoint,
+        help="S3-compatible store for s3:// URIs (MinIO, Ceph, ...); same as AWS_ENDPOINT_URL.",
     ),
 )
 
@@ -212,11 +234,13 @@ def cli() -> None:
 
 @cli.command()
 @model_options
+@storage_options
 @option(
     "input_file",
     multiple=True,
     required=True,
-    help="File, glob pattern or directory; repeat for more; '-' reads stdin.",
+    help="File, glob pattern or directory, local or a URI (s3://bucket/day=*/*.parquet); "
+    "repeat for more; '-' reads stdin.",
 )
 @option("input_format", default=None, help="Override the format told by the extension.")
 @option("output_file", default=None, help="One output for all inputs; '-' writes to stdout.")
@@ -438,6 +462,7 @@ def predict(**options: Any) -> None:
 
 @cli.command()
 @model_options
+@storage_options
 @option(
     "input_file",
     multiple=True,
@@ -469,6 +494,7 @@ def inspect(**options: Any) -> None:
 
 @cli.command()
 @model_options
+@storage_options
 @option("input_file", multiple=True, required=True, help="File, glob pattern or directory.")
 @option("input_format", default=None, help="Override the format told by the extension.")
 @mapping_options

@@ -93,3 +93,9 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     if isinstance(exc, Terminated):
         return ExitCode.SIGTERM
     return ExitCode.INTERNAL
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """A library exception's message squeezed onto one line, for our one-line errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

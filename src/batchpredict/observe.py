@@ -32,7 +32,7 @@ import structlog
 from structlog.types import EventDict, WrappedLogger
 from tqdm import tqdm
 
-from batchpredict.atomic import publish, temp_beside
+from batchpredict.atomic import write_whole
 from batchpredict.errors import ReadWriteError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -361,7 +361,7 @@ def write_metrics(
             if samples:
                 lines += family.comments
                 lines += _render_samples(samples)
-        _write_atomically(path, "\n".join(lines) + "\n", "metrics")
+        write_whole(path, "\n".join(lines) + "\n", "metrics")
 
 
 def _read_metrics(path: str) -> dict[str, _Family]:
@@ -486,7 +486,7 @@ def write_summary(path: str, summary: dict[str, Any]) -> None:
     Raises `ReadWriteError` if it cannot write.
     """
     text = json.dumps(_json_ready(summary), indent=2, ensure_ascii=False, default=str)
-    _write_atomically(path, text + "\n", "summary")
+    write_whole(path, text + "\n", "summary")
 
 
 def _json_ready(value: Any) -> Any:
@@ -500,25 +500,6 @@ def _json_ready(value: Any) -> Any:
 
 
 # --- atomic writes ------------------------------------------------------------------------
-
-
-def _write_atomically(path: str, text: str, what: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync it, then rename it into place."""
-    temp: str | None = None
-    try:
-        fd, temp = temp_beside(path)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        publish(temp, path)
-        temp = None
-    except OSError as exc:
-        raise ReadWriteError(f"{path}: cannot write {what}: {_oneline(exc)}") from exc
-    finally:
-        if temp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
 
 
 def _oneline(exc: BaseException) -> str:

@@ -20,9 +20,15 @@ import numpy as np
 import pyarrow as pa
 
 from batchpredict import storage
-from batchpredict.atomic import publish, temp_beside
+from batchpredict.atomic import StagedFile, write_whole
 from batchpredict.config import STDIO, RunConfig
-from batchpredict.errors import DataError, ModelError, OutputError, ReadWriteError
+from batchpredict.errors import (
+    DataError,
+    InputMissingError,
+    ModelError,
+    OutputError,
+    ReadWriteError,
+)
 from batchpredict.formats.base import BadRecord, compression_of, strip_compression
 from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
 from batchpredict.model import LoadedModel
@@ -59,10 +65,7 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
             fmt = output_format or item.format
             if config.output_dir is not None:
                 name = _renamed(item.relative_path, item.format, fmt)
-                if is_uri(config.output_dir):
-                    path = f"{config.output_dir.rstrip('/')}/{name}"
-                else:
-                    path = str(Path(config.output_dir) / name)
+                path = storage.join(config.output_dir, name)
             else:
                 path = _beside(item.path, fmt)
             targets.append(OutputTarget(path, fmt, (item,)))
@@ -80,7 +83,7 @@ def rejects_path(target: OutputTarget, config: RunConfig) -> str:
     if config.rejects_file is not None:
         return config.rejects_file
     if config.output_dir is not None:
-        return os.path.join(config.output_dir, REJECTS)
+        return storage.join(config.output_dir, REJECTS)
     return f"{target.path}.rejects.jsonl"
 
 
@@ -108,7 +111,7 @@ def _stem(path: str) -> str:
 def _refuse_collisions(targets: Sequence[OutputTarget]) -> None:
     seen: dict[str, OutputTarget] = {}
     for target in targets:
-        key = os.path.realpath(target.path) if target.path != STDIO else STDIO
+        key = _identity(target.path)
         if key in seen:
             first = seen[key].inputs[0].path
             raise OutputError(
@@ -121,10 +124,15 @@ def _refuse_collisions(targets: Sequence[OutputTarget]) -> None:
 def _refuse_overwriting_inputs(
     targets: Sequence[OutputTarget], inputs: Sequence[InputFile]
 ) -> None:
-    input_paths = {os.path.realpath(i.path): i.path for i in inputs if i.path != STDIO}
+    input_paths = {_identity(i.path) for i in inputs if i.path != STDIO}
     for target in targets:
-        if target.path != STDIO and os.path.realpath(target.path) in input_paths:
+        if target.path != STDIO and _identity(target.path) in input_paths:
             raise OutputError(f"{target.path}: output would overwrite the input file")
+
+
+def _identity(path: str) -> str:
+    """What two names of the same file share: the real path of a local file, a URI itself."""
+    return path if path == STDIO or is_uri(path) else os.path.realpath(path)
 
 
 @dataclass(frozen=True)
@@ -279,34 +287,6 @@ def output_batch(
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Write a small file through a temporary file and a rename (on object stores, a
-    temporary key and a server-side move)."""
-    if is_uri(path):
-        temporary = storage.temporary_uri(path)
-        try:
-            with storage.open_output(temporary) as sink:
-                sink.write(text.encode("utf-8"))
-            storage.publish(temporary, path)
-        except OSError as exc:
-            storage.remove(temporary)
-            raise ReadWriteError(f"{path}: cannot write: {exc}") from exc
-        return
-    try:
-        fd, temp = temp_beside(path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            publish(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise ReadWriteError(f"{path}: cannot write: {exc}") from exc
-
-
 def input_fingerprint(item: InputFile) -> dict[str, Any]:
     """What identifies an input's content for `--skip_existing`: path, size and mtime."""
     if is_uri(item.path):
@@ -326,21 +306,22 @@ class Manifest:
 
     def __init__(self, output_dir: str, resume: bool) -> None:
         self.output_dir = output_dir
-        self.path = os.path.join(output_dir, MANIFEST)
+        self.path = storage.join(output_dir, MANIFEST)
         self.entries: dict[str, dict[str, Any]] = {}
         self._previous: dict[str, dict[str, Any]] = self._load() if resume else {}
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            with open(self.path, encoding="utf-8") as handle:
-                data = json.load(handle)
+            data = json.loads(storage.read_bytes(self.path))
             return {entry["output"]: entry for entry in data["outputs"]}
-        except FileNotFoundError:
+        except (FileNotFoundError, InputMissingError):
             return {}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ReadWriteError(f"{self.path}: cannot read the manifest: {exc}") from exc
 
     def _key(self, target: OutputTarget) -> str:
+        if is_uri(target.path):
+            return target.path[len(self.output_dir) :].lstrip("/")
         return os.path.relpath(target.path, self.output_dir)
 
     def already_done(self, target: OutputTarget, inputs: list[dict[str, Any]]) -> bool:
@@ -351,11 +332,8 @@ class Manifest:
         entry = self._previous.get(self._key(target))
         if entry is None or entry.get("inputs") != inputs:
             return False
-        try:
-            if os.stat(target.path).st_size != entry.get("output_size"):
-                return False
-        except FileNotFoundError:
-            return False
+        if storage.size(target.path) != entry.get("output_size"):
+            return False  # gone, or changed since
         self.entries[entry["output"]] = entry
         self._write()
         return True
@@ -368,9 +346,7 @@ class Manifest:
         self.entries[key] = {
             "inputs": inputs,
             "output": key,
-            "output_size": (
-                storage.size(target.path) if is_uri(target.path) else os.stat(target.path).st_size
-            ),
+            "output_size": storage.size(target.path),
             "format": target.format,
             "rows": rows,
             "rejected_rows": rejected,
@@ -379,12 +355,12 @@ class Manifest:
 
     def _write(self) -> None:
         manifest = {"written_at": time.time(), "outputs": list(self.entries.values())}
-        write_text_atomically(self.path, json.dumps(manifest, indent=2) + "\n")
+        write_whole(self.path, json.dumps(manifest, indent=2) + "\n")
 
     def finish(self) -> None:
         """Mark the folder complete: `_SUCCESS`, last of all."""
         self._write()
-        write_text_atomically(os.path.join(self.output_dir, SUCCESS_MARKER), "")
+        write_whole(storage.join(self.output_dir, SUCCESS_MARKER), "")
 
 
 class RejectsWriter:
@@ -397,8 +373,7 @@ class RejectsWriter:
     def __init__(self, path: str) -> None:
         self.path = path
         self.count = 0
-        self._handle: Any = None
-        self._temp: str | None = None
+        self._staged: StagedFile | None = None
 
     def add(self, source: str, rows: np.ndarray, table: pa.Table, problems: Sequence[Any]) -> None:
         """Record the bad rows of one chunk; `rows` maps chunk positions to file rows."""
@@ -417,14 +392,10 @@ class RejectsWriter:
         self.count += len(problems)
 
     def _write_lines(self, lines: list[str]) -> None:
-        if self._handle is None:
-            try:
-                fd, self._temp = temp_beside(self.path)
-            except OSError as exc:
-                raise OutputError(f"{self.path}: cannot create the rejects file: {exc}") from exc
-            self._handle = os.fdopen(fd, "w", encoding="utf-8")
+        if self._staged is None:
+            self._staged = StagedFile(self.path)
         try:
-            self._handle.write("".join(lines))
+            self._staged.sink.write("".join(lines).encode("utf-8"))
         except OSError as exc:
             raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
 
@@ -440,28 +411,18 @@ class RejectsWriter:
         self.count += 1
 
     def commit(self) -> None:
-        """Rename the rejects into place (an empty file when there were none)."""
-        if self._handle is None:
-            write_text_atomically(self.path, "")
+        """Move the rejects into place (an empty file when there were none)."""
+        if self._staged is None:
+            write_whole(self.path, "")
             return
-        try:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            assert self._temp is not None
-            publish(self._temp, self.path)
-        except OSError as exc:
-            raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
-        finally:
-            self._handle = None
+        staged, self._staged = self._staged, None
+        staged.commit()
 
     def abort(self) -> None:
         """Drop the temporary file."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        if self._temp is not None:
-            Path(self._temp).unlink(missing_ok=True)
+        if self._staged is not None:
+            self._staged.abort()
+            self._staged = None
 
 
 def _json_safe(value: Any) -> Any:

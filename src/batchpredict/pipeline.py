@@ -8,9 +8,7 @@ failure aborts it, leaving the previous output untouched.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import queue
 import threading
 import time
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from batchpredict import storage
 from batchpredict.batching import Prefetch, rechunk
 from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
@@ -192,7 +191,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     manifest: Manifest | None = None
     if config.output_dir is not None:
         # A stale marker from an earlier run must not vouch for a half-updated folder.
-        _remove_if_present(os.path.join(config.output_dir, SUCCESS_MARKER))
+        storage.delete(storage.join(config.output_dir, SUCCESS_MARKER))
         manifest = Manifest(config.output_dir, resume=config.skip_existing)
     skipped: list[str] = []
     progress = Progress(
@@ -532,11 +531,6 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DataError(f"inputs written to one output have different column types: {exc}") from exc
-
-
-def _remove_if_present(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _first_chunk(source: InputFile, chunk_size: int) -> pa.Table:

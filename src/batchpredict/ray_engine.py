@@ -14,22 +14,21 @@ Ray is imported only here, and this module only when the engine is used.
 
 from __future__ import annotations
 
-import contextlib
-import glob
+import fnmatch
 import json
 import logging
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from batchpredict import storage
+from batchpredict.atomic import write_whole
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
 from batchpredict.formats.base import BadRecord, ReadOptions
@@ -41,7 +40,6 @@ from batchpredict.outputs import (
     SUCCESS_MARKER,
     RejectsWriter,
     input_fingerprint,
-    write_text_atomically,
 )
 from batchpredict.sources import InputFile, expand_inputs
 
@@ -70,8 +68,8 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
     inputs = expand_inputs(config.input_files, config.input_format)
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
-    staging = os.path.join(config.output_dir, STAGING, run_id)
-    os.makedirs(staging, exist_ok=True)
+    staging = storage.join(config.output_dir, STAGING, run_id)
+    storage.make_dirs(staging)
     # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
     # as our one-line error) would mix with our log lines on stderr.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -81,6 +79,7 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.CRITICAL,
+            runtime_env=_runtime_env(),
         )
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -115,12 +114,20 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
         predicted.write_datasink(sink)
         return _commit(config, inputs, staging, output_format, sink.parts)
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(os.path.join(config.output_dir, STAGING))
+        storage.delete_tree(staging)
+        storage.delete_if_empty(storage.join(config.output_dir, STAGING))
         ours = _unwrapped(exc)
         if ours is exc:
             raise
         raise ours from exc
+
+
+def _runtime_env() -> dict[str, Any] | None:
+    """What the workers need from this process's environment beyond the cluster's own: the
+    S3-compatible endpoint (not a secret). Credentials are not sent: on a cluster, workers
+    use their nodes' own (instance roles, config files), as the SDKs do everywhere."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return {"env_vars": {"AWS_ENDPOINT_URL": endpoint}} if endpoint else None
 
 
 def _default_concurrency(resources: dict[str, float], gpus: float) -> int:
@@ -163,8 +170,12 @@ def _commit(
     """Check the reject rate, then move the parts into place, merge the rejects, and write
     the manifest and `_SUCCESS` last."""
     assert config.output_dir is not None
-    rejects = sorted(glob.glob(os.path.join(staging, "rejects-*.jsonl")))
-    rejected = sum(_line_count(path) for path in rejects)
+    rejects = [
+        path
+        for path in storage.list_files(staging)
+        if fnmatch.fnmatch(path.rsplit("/", 1)[-1], "rejects-*.jsonl")
+    ]
+    rejected = sum(storage.read_bytes(path).count(b"\n") for path in rejects)
     written = sum(part["rows"] for part in parts)
     read = written + rejected
     if rejected > config.max_error_rate * read:
@@ -174,22 +185,21 @@ def _commit(
         )
     output_dir = config.output_dir
     for marker in (SUCCESS_MARKER, MANIFEST):
-        Path(output_dir, marker).unlink(missing_ok=True)
+        storage.delete(storage.join(output_dir, marker))
     extension = default_extension(output_format)
-    for old in glob.glob(os.path.join(output_dir, f"part-*{extension}")):
-        os.remove(old)
+    for old in storage.list_files(output_dir):
+        if fnmatch.fnmatch(old.rsplit("/", 1)[-1], f"part-*{extension}"):
+            storage.delete(old)
     outputs = []
     for part in sorted(parts, key=lambda p: p["index"]):
-        final = os.path.join(output_dir, os.path.basename(part["path"]))
-        os.replace(part["path"], final)
-        outputs.append(
-            {"output": os.path.basename(final), "rows": part["rows"], "format": output_format}
-        )
-    rejects_file = config.rejects_file or os.path.join(output_dir, REJECTS)
+        name = part["path"].rsplit("/", 1)[-1]
+        storage.move(part["path"], storage.join(output_dir, name))
+        outputs.append({"output": name, "rows": part["rows"], "format": output_format})
+    rejects_file = config.rejects_file or storage.join(output_dir, REJECTS)
     if config.on_error == "skip":
-        _merge(rejects, rejects_file)
-    shutil.rmtree(staging, ignore_errors=True)
-    _remove_empty(os.path.join(output_dir, STAGING))
+        write_whole(rejects_file, b"".join(storage.read_bytes(p) for p in rejects).decode())
+    storage.delete_tree(staging)
+    storage.delete_if_empty(storage.join(output_dir, STAGING))
     manifest = {
         "written_at": time.time(),
         "engine": "ray",
@@ -198,42 +208,23 @@ def _commit(
         "rows": written,
         "rejected_rows": rejected,
     }
-    write_text_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    write_text_atomically(os.path.join(output_dir, SUCCESS_MARKER), "")
+    write_whole(storage.join(output_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    write_whole(storage.join(output_dir, SUCCESS_MARKER), "")
     return {
         "read": read,
         "written": written,
         "rejected": rejected,
-        "outputs": tuple(os.path.join(output_dir, o["output"]) for o in outputs),
+        "outputs": tuple(storage.join(output_dir, o["output"]) for o in outputs),
         "rejects_files": (rejects_file,) if config.on_error == "skip" else (),
         "inputs": tuple(item.path for item in inputs),
     }
-
-
-def _line_count(path: str) -> int:
-    with open(path, "rb") as handle:
-        return sum(1 for _ in handle)
-
-
-def _merge(parts: list[str], target: str) -> None:
-    """Concatenate the rejects parts into `target`, atomically (empty if there were none)."""
-    text = []
-    for path in parts:
-        with open(path, encoding="utf-8") as handle:
-            text.append(handle.read())
-    write_text_atomically(target, "".join(text))
-
-
-def _remove_empty(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        os.rmdir(folder)
 
 
 # -- read -------------------------------------------------------------------------------------
 def _read_file(item: InputFile, config: RunConfig, staging: str) -> Iterator[pa.Table]:
     """One input through our reader, as tables of `chunk_size` rows with the file and the
     1-based row of every row; records the reader could not parse go to a rejects part."""
-    rejects = RejectsWriter(os.path.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
+    rejects = RejectsWriter(storage.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
     dropped: list[int] = []
 
     def on_bad_record(record: BadRecord) -> None:
@@ -282,7 +273,7 @@ def _datasource_class() -> Any:
             self.staging = staging
 
         def estimate_inmemory_data_size(self) -> int | None:
-            return sum(os.path.getsize(item.path) for item in self.inputs)
+            return sum(storage.size(item.path) or 0 for item in self.inputs)
 
         def get_read_tasks(
             self,
@@ -294,7 +285,7 @@ def _datasource_class() -> Any:
             for item in self.inputs:
                 metadata = BlockMetadata(
                     num_rows=None,
-                    size_bytes=os.path.getsize(item.path),
+                    size_bytes=storage.size(item.path),
                     input_files=(item.path,),
                     exec_stats=None,
                 )
@@ -386,7 +377,7 @@ class _ModelActor:
         self, data: pa.Table, sources: pa.ChunkedArray, rows: np.ndarray, problems: Sequence[Any]
     ) -> None:
         """Bad rows of this batch into a rejects part of their own, grouped by file."""
-        writer = RejectsWriter(os.path.join(self.staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
+        writer = RejectsWriter(storage.join(self.staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
         names = sources.to_pylist()
         for path in dict.fromkeys(names[p.index] for p in problems):
             mine = [p for p in problems if names[p.index] == path]
@@ -414,7 +405,7 @@ def _datasink_class() -> Any:
 
         def write(self, blocks: Any, ctx: Any) -> dict[str, Any] | None:
             extension = default_extension(self.output_format)
-            path = os.path.join(self.staging, f"part-{ctx.task_idx:05d}{extension}")
+            path = storage.join(self.staging, f"part-{ctx.task_idx:05d}{extension}")
             writer = writer_for(path, self.output_format)
             opened = False
             try:

@@ -107,7 +107,7 @@ def _input_file(path: str, input_format: str | None, root: str) -> InputFile:
             f"{path}: cannot tell the format from the file name; pass --input_format "
             f"({', '.join(sorted(READERS))})"
         )
-    if (storage.size(path) if is_uri(path) else os.path.getsize(path)) == 0:
+    if storage.size(path) == 0:
         raise InputMissingError(f"{path}: file is empty")
     return InputFile(path, fmt, root)
 

@@ -1,15 +1,23 @@
-"""URIs (`s3://`, `gs://`, `hdfs://`, `file://`) through pyarrow's filesystems.
+"""URIs (`s3://`, `gs://`, `abfs://`, `hdfs://`, `file://`) through pyarrow's filesystems,
+and through fsspec for schemes pyarrow has none for (`memory://`, `az://`, ...).
 
 Credentials come only from where the cloud SDKs look (environment, their config files,
-instance roles), never from options; `AWS_ENDPOINT_URL` points S3 at a compatible store.
-Paths without a scheme never come here: local files keep their own code paths.
+instance roles), never from options; `AWS_ENDPOINT_URL` (`--s3_endpoint_url`) points S3 at
+a compatible store. Error messages name the URI and the store's reason, never a secret.
+
+Reading and planning code paths call `is_uri` and keep their own local-file code; the
+helpers at the end (`join`, `size`, `read_bytes`, `list_files`, `move`, `delete`,
+`delete_tree`, `make_dirs`) take either, for code that treats both alike (the Ray
+engine's staging folder).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 import re
+import shutil
 import uuid
 from typing import Any
 
@@ -21,6 +29,16 @@ from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+#: What stores say when the credentials may not do what was asked (S3, GCS, Azure, HDFS).
+_DENIED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
+    r"EXPIRED_TOKEN|Forbidden|PermissionDenied|Permission denied|AuthorizationFailure|\b403\b"
+)
+_NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist", re.IGNORECASE)
+#: Arrow's preamble ("When reading information for key 'a' in bucket 'b': "), which the
+#: URI we print already says, and the request ids that follow AWS messages.
+_PREAMBLE = re.compile(r"^When [^:]*: ")
+_REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
 
 
 def is_uri(value: str) -> bool:
@@ -30,11 +48,49 @@ def is_uri(value: str) -> bool:
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of `uri` and the path inside it (`bucket/key` for object stores)."""
-    scheme = uri.partition("://")[0].lower()
+    scheme, _, rest = uri.partition("://")
+    key = (scheme.lower(), rest.split("/", 1)[0])
+    if key not in _FILESYSTEMS:
+        _FILESYSTEMS[key] = _filesystem(scheme.lower(), _without_glob(uri))
+    filesystem, fsspec_implementation = _FILESYSTEMS[key]
+    if fsspec_implementation is not None:
+        return filesystem, fsspec_implementation._strip_protocol(uri)
+    return filesystem, rest if key[0] != "file" else uri[len("file://") :]
+
+
+#: One filesystem per scheme and bucket for the whole run: creating an S3 one looks up
+#: the bucket's region.
+_FILESYSTEMS: dict[tuple[str, str], tuple[pafs.FileSystem, Any]] = {}
+
+
+def _filesystem(scheme: str, sample_uri: str) -> tuple[pafs.FileSystem, Any]:
+    """pyarrow's filesystem for `scheme`, or fsspec's wrapped for pyarrow where it has none
+    (with the fsspec implementation, which knows that scheme's paths)."""
     try:
-        return pafs.FileSystem.from_uri(_without_glob(uri))[0], _path_of(uri)
+        return pafs.FileSystem.from_uri(sample_uri)[0], None
+    except pa.ArrowInvalid as exc:
+        if "Unrecognized filesystem type" not in str(exc):
+            raise InputMissingError(f"{sample_uri}: {clean(exc)}") from exc
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputMissingError(f"{uri}: cannot open {scheme}:// storage: {_clean(exc)}") from exc
+        raise InputMissingError(
+            f"{sample_uri}: cannot open {scheme}:// storage: {clean(exc)}"
+        ) from exc
+    return _fsspec_filesystem(scheme, sample_uri)
+
+
+def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, Any]:
+    try:
+        import fsspec
+    except ImportError:
+        raise InputMissingError(
+            f"{uri}: pyarrow has no {scheme}:// filesystem; install fsspec and the package "
+            f"that implements {scheme}:// for it (pip install 'batchpredict[fsspec]' ...)"
+        ) from None
+    try:
+        implementation = fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as exc:
+        raise InputMissingError(f"{uri}: no filesystem for {scheme}://: {clean(exc)}") from exc
+    return pafs.PyFileSystem(pafs.FSSpecHandler(implementation)), implementation
 
 
 def _without_glob(uri: str) -> str:
@@ -45,27 +101,29 @@ def _without_glob(uri: str) -> str:
     return head.rsplit("/", 1)[0] or head
 
 
-def _path_of(uri: str) -> str:
-    return uri.partition("://")[2] if not uri.startswith("file://") else uri[len("file://") :]
+def _as_uri(template: str, path: str) -> str:
+    """The URI of a filesystem path found while listing under `template`'s scheme."""
+    return f"{template.partition('://')[0]}://{path}"
 
 
 def expand(value: str) -> list[tuple[str, str]]:
     """Files named by `value` as (uri, root uri) pairs, sorted: one object, every object
     under a prefix (a "directory"), or those matching a glob (`**` crosses folders)."""
     filesystem, path = resolve(value)
-    scheme = value.partition("://")[0]
-    prefix = f"{scheme}://"
     if _GLOB_CHARS & set(path):
         root = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0]
         found = _listing(filesystem, root, value)
         pattern = path.replace("**/", "*").replace("**", "*")
         matches = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
-        return [(prefix + p, prefix + root) for p in sorted(matches)]
+        return [(_as_uri(value, p), _as_uri(value, root)) for p in sorted(matches)]
     info = _info(filesystem, path, value)
     if info.type == pafs.FileType.File:
-        return [(value, prefix + path.rsplit("/", 1)[0])]
+        return [(value, _as_uri(value, path.rsplit("/", 1)[0]))]
     if info.type == pafs.FileType.Directory:
-        return [(prefix + p, value.rstrip("/")) for p in sorted(_listing(filesystem, path, value))]
+        return [
+            (_as_uri(value, p), _as_uri(value, path.rstrip("/")))
+            for p in sorted(_listing(filesystem, path, value))
+        ]
     raise InputMissingError(f"{value}: no such object")
 
 
@@ -73,7 +131,7 @@ def _info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
     try:
         return filesystem.get_file_info(path)
     except (pa.ArrowException, OSError) as exc:
-        raise InputMissingError(f"{uri}: cannot read: {_clean(exc)}") from exc
+        raise InputMissingError(f"{uri}: cannot read: {clean(exc)}") from exc
 
 
 def _listing(filesystem: pafs.FileSystem, root: str, uri: str) -> list[str]:
@@ -83,7 +141,7 @@ def _listing(filesystem: pafs.FileSystem, root: str, uri: str) -> list[str]:
     except FileNotFoundError as exc:
         raise InputMissingError(f"{uri}: no such bucket or prefix") from exc
     except (pa.ArrowException, OSError) as exc:
-        raise InputMissingError(f"{uri}: cannot list: {_clean(exc)}") from exc
+        raise InputMissingError(f"{uri}: cannot list: {clean(exc)}") from exc
     return [
         info.path
         for info in infos
@@ -101,7 +159,7 @@ def open_stream(uri: str) -> pa.NativeFile:
     except FileNotFoundError as exc:
         raise InputMissingError(f"{uri}: no such object") from exc
     except (pa.ArrowException, OSError) as exc:
-        raise ReadWriteError(f"{uri}: cannot open: {_clean(exc)}") from exc
+        raise _read_error(uri, exc) from exc
     codec = _COMPRESSION.get(suffix)
     return pa.CompressedInputStream(stream, codec) if codec else stream
 
@@ -114,7 +172,15 @@ def open_file(uri: str) -> Any:
     except FileNotFoundError as exc:
         raise InputMissingError(f"{uri}: no such object") from exc
     except (pa.ArrowException, OSError) as exc:
-        raise ReadWriteError(f"{uri}: cannot open: {_clean(exc)}") from exc
+        raise _read_error(uri, exc) from exc
+
+
+def _read_error(uri: str, exc: BaseException) -> Exception:
+    """Refused or missing → the input is unreadable (66); anything else is I/O (74)."""
+    reason = clean(exc)
+    if _DENIED.search(str(exc)) or _NO_BUCKET.search(str(exc)):
+        return InputMissingError(f"{uri}: cannot read: {reason}")
+    return ReadWriteError(f"{uri}: cannot read: {reason}")
 
 
 def fingerprint(uri: str) -> tuple[int | None, float | None]:
@@ -122,13 +188,6 @@ def fingerprint(uri: str) -> tuple[int | None, float | None]:
     filesystem, path = resolve(uri)
     info = _info(filesystem, path, uri)
     return info.size, (info.mtime.timestamp() if info.mtime is not None else None)
-
-
-def size(uri: str) -> int | None:
-    """The object's size in bytes, if the store says."""
-    filesystem, path = resolve(uri)
-    info = _info(filesystem, path, uri)
-    return info.size if info.type == pafs.FileType.File else None
 
 
 def temporary_uri(uri: str) -> str:
@@ -141,12 +200,12 @@ def temporary_uri(uri: str) -> str:
 
 
 def open_output(uri: str) -> pa.NativeFile:
-    """A new object at `uri` to write to (uploaded as it is written)."""
+    """A new object at `uri` to write to (uploaded in parts as it is written)."""
     filesystem, path = resolve(uri)
     try:
         return filesystem.open_output_stream(path)
     except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{uri}: cannot create output: {_clean(exc)}") from exc
+        raise OutputError(f"{uri}: cannot create output: {clean(exc)}") from exc
 
 
 def publish(temporary: str, final: str) -> None:
@@ -157,7 +216,7 @@ def publish(temporary: str, final: str) -> None:
     try:
         filesystem.move(source, resolve(final)[1])
     except (pa.ArrowException, OSError) as exc:
-        raise ReadWriteError(f"{final}: cannot write: {_clean(exc)}") from exc
+        raise ReadWriteError(f"{final}: cannot write: {clean(exc)}") from exc
 
 
 def remove(uri: str) -> None:
@@ -167,6 +226,106 @@ def remove(uri: str) -> None:
         filesystem.delete_file(path)
 
 
-def _clean(exc: BaseException) -> str:
-    """An error's first line, with no credentials (pyarrow does not print them)."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def clean(exc: BaseException) -> str:
+    """A store's error as one short line: its first line, without Arrow's preamble and
+    AWS request ids; "access denied: ..." when the credentials were refused. pyarrow and
+    the cloud SDKs do not put secrets in their messages."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = _REQUEST_ID.sub("", _PREAMBLE.sub("", text.splitlines()[0])).strip()
+    return f"access denied: {line}" if _DENIED.search(text) else line
+
+
+# -- local paths and URIs alike ------------------------------------------------------------
+
+
+def join(base: str, *names: str) -> str:
+    """`base/name/...`, with `/` on URIs and the OS's separator on local paths."""
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *names])
+    return os.path.join(base, *names)
+
+
+def size(path: str) -> int | None:
+    """A file's size in bytes; None when the store does not say or it is not a file."""
+    if not is_uri(path):
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return None
+    filesystem, inner = resolve(path)
+    info = _info(filesystem, inner, path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def read_bytes(path: str) -> bytes:
+    """A whole (small) file: the staging folder's rejects parts, a manifest."""
+    if not is_uri(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+    with open_stream(path) as stream:
+        return bytes(stream.read())
+
+
+def list_files(folder: str) -> list[str]:
+    """The files directly in `folder`, sorted (none when it does not exist)."""
+    if not is_uri(folder):
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(entry.path for entry in os.scandir(folder) if entry.is_file())
+        return []
+    filesystem, inner = resolve(folder)
+    selector = pafs.FileSelector(inner.rstrip("/"), allow_not_found=True)
+    try:
+        infos = filesystem.get_file_info(selector)
+    except (pa.ArrowException, OSError) as exc:
+        raise ReadWriteError(f"{folder}: cannot list: {clean(exc)}") from exc
+    return sorted(join(folder, info.base_name) for info in infos if info.type == pafs.FileType.File)
+
+
+def move(source: str, target: str) -> None:
+    """Rename a finished file into place (local: `os.replace`; stores: `publish`)."""
+    if is_uri(source):
+        publish(source, target)
+    else:
+        os.replace(source, target)
+
+
+def delete(path: str) -> None:
+    """Delete a file if it is there."""
+    if is_uri(path):
+        filesystem, inner = resolve(path)
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(inner)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def delete_tree(folder: str) -> None:
+    """Delete a folder and everything in it, if it is there (best effort)."""
+    if not is_uri(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    with contextlib.suppress(Exception):
+        filesystem, inner = resolve(folder)
+        filesystem.delete_dir(inner.rstrip("/"))
+
+
+def delete_if_empty(folder: str) -> None:
+    """Delete a folder that holds nothing (another run may still be using it otherwise)."""
+    if not is_uri(folder):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+        return
+    with contextlib.suppress(Exception):
+        filesystem, inner = resolve(folder)
+        selector = pafs.FileSelector(inner.rstrip("/"), allow_not_found=True, recursive=True)
+        if not filesystem.get_file_info(selector):
+            filesystem.delete_dir(inner.rstrip("/"))
+
+
+def make_dirs(folder: str) -> None:
+    """Create a local folder; object stores have none to create."""
+    if not is_uri(folder):
+        os.makedirs(folder, exist_ok=True)

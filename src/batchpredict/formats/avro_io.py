@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zstandard
 
-from batchpredict.errors import DataError, InputMissingError, ReadWriteError
-from batchpredict.formats.base import ForwardStream, PrefixedStream, Reader, Writer, error_text
+from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
+from batchpredict.formats.base import ForwardStream, PrefixedStream, Reader, Writer
 
 MAGIC = b"Obj\x01"
 

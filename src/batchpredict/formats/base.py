@@ -19,8 +19,13 @@ from typing import Any, BinaryIO, ClassVar
 import pyarrow as pa
 
 from batchpredict import storage
-from batchpredict.atomic import publish, temp_beside
-from batchpredict.errors import InputMissingError, OutputError, ReadWriteError, UsageError
+from batchpredict.atomic import StagedFile
+from batchpredict.errors import (
+    InputMissingError,
+    ReadWriteError,
+    UsageError,
+    error_text,
+)
 from batchpredict.storage import is_uri
 
 #: Compression suffixes recognised on inputs and outputs, mapped to Arrow codec names.
@@ -37,12 +42,6 @@ def compression_of(path: str) -> str | None:
 def strip_compression(path: str) -> str:
     """The path without a compression suffix (`a.csv.gz` -> `a.csv`)."""
     return path[: -len(Path(path).suffix)] if compression_of(path) else path
-
-
-def error_text(exc: BaseException, limit: int = 300) -> str:
-    """A library exception's message squeezed onto one line, for our one-line errors."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ForwardStream:
@@ -220,8 +219,7 @@ class Writer:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._temp_path: str | None = None
-        self._raw: BinaryIO | None = None
+        self._staged: StagedFile | None = None
         self._sink: pa.NativeFile | None = None
         self._schema: pa.Schema | None = None
         self.rows_written = 0
@@ -232,24 +230,11 @@ class Writer:
         self._schema = schema
         if self.path == STDIO:
             self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
-        elif is_uri(self.path):
-            # Object stores have no rename: a temporary key, moved into place on commit.
-            self._temp_path = storage.temporary_uri(self.path)
-            upload = storage.open_output(self._temp_path)
-            codec = compression_of(self.path) if self.accepts_compression_suffix else None
-            self._sink = pa.CompressedOutputStream(upload, codec) if codec else upload
         else:
-            try:
-                fd, temp = temp_beside(self.path)
-            except OSError as exc:
-                raise OutputError(f"{self.path}: cannot create output: {exc}") from exc
-            self._temp_path = temp
-            self._raw = os.fdopen(fd, "wb")
-            sink: pa.NativeFile = pa.PythonFile(self._raw, mode="w")
+            self._staged = StagedFile(self.path)
             codec = compression_of(self.path) if self.accepts_compression_suffix else None
-            if codec:
-                sink = pa.CompressedOutputStream(sink, codec)
-            self._sink = sink
+            sink = self._staged.sink
+            self._sink = pa.CompressedOutputStream(sink, codec) if codec else sink
         try:
             self._start(self._sink, schema)
         except OSError as exc:
@@ -269,32 +254,18 @@ class Writer:
         self.rows_written += batch.num_rows
 
     def commit(self) -> None:
-        """Finish the format, flush to disk and rename the temporary file into place."""
+        """Finish the format, flush to disk and move the temporary file into place."""
         try:
             self._finish()
             assert self._sink is not None
-            if self.path == STDIO:
+            if self._staged is None:  # stdout
                 self._sink.flush()
                 sys.stdout.buffer.flush()
                 return
-            # Closing the Arrow stream also closes the file under it (and finishes any
-            # compression frame), so the data is synced through a fresh descriptor.
+            # Closing the Arrow stream also finishes any compression frame.
             self._sink.close()
-            if is_uri(self.path):
-                assert self._temp_path is not None
-                storage.publish(self._temp_path, self.path)
-                self._temp_path = None
-                return
-            assert self._raw is not None and self._temp_path is not None
-            if not self._raw.closed:
-                self._raw.close()
-            fd = os.open(self._temp_path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            publish(self._temp_path, self.path)
-            self._temp_path = None
+            self._staged.commit()
+            self._staged = None
         except OSError as exc:
             self.abort()
             raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
@@ -306,18 +277,12 @@ class Writer:
         """Drop the temporary file; the target (and any previous output) stays untouched."""
         with contextlib.suppress(Exception):  # best effort while already failing
             self._abandon()
-        for closer in (self._sink, self._raw):
-            try:
-                if closer is not None and not closer.closed:
-                    closer.close()
-            except Exception:  # noqa: BLE001 - best effort while already failing
-                pass
-        if self._temp_path is not None:
-            if is_uri(self._temp_path):
-                storage.remove(self._temp_path)
-            else:
-                Path(self._temp_path).unlink(missing_ok=True)
-            self._temp_path = None
+        with contextlib.suppress(Exception):
+            if self._sink is not None and not self._sink.closed:
+                self._sink.close()
+        if self._staged is not None:
+            self._staged.abort()
+            self._staged = None
 
     # -- format hooks ----------------------------------------------------------------
     def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:

@@ -24,14 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from batchpredict.errors import DataError, InputMissingError, ReadWriteError
+from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
 from batchpredict.formats.base import (
     STDIO,
     BadRecord,
     PrefixedStream,
     Reader,
     Writer,
-    error_text,
 )
 
 #: Bytes read up front to estimate the row length.

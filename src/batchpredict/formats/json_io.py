@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from batchpredict.errors import DataError, InputMissingError, ReadWriteError
-from batchpredict.formats.base import BadRecord, Reader, Writer, error_text
+from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
+from batchpredict.formats.base import BadRecord, Reader, Writer
 
 _SAMPLE_BYTES = 1 << 20
 _MIN_BLOCK = 64 << 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -11,13 +10,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchpredict import storage
-from batchpredict.errors import DataError, InputMissingError, ReadWriteError
+from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
 from batchpredict.formats.base import (
     STDIO,
     Reader,
     ReadOptions,
     Writer,
-    error_text,
     stdin_stream,
 )
 from batchpredict.storage import is_uri
@@ -83,12 +81,7 @@ class ParquetReader(Reader):
         """The input's size in bytes, if known."""
         if self._stdin is not None:
             return int(self._stdin.size)
-        try:
-            if is_uri(self.path):
-                return storage.size(self.path)
-            return Path(self.path).stat().st_size
-        except OSError:
-            return None
+        return storage.size(self.path)
 
     def total_rows(self) -> int | None:
         """The row count from the footer."""
