@@ -34,6 +34,8 @@ from batchpredict.errors import ExitCode, UsageError
         ),
         ({"engine": "ray", "output_dir": "d", "skip_existing": True}, "--skip_existing"),
         ({"engine": "ray", "output_dir": "d", "ray_concurrency": 0}, "--ray_concurrency"),
+        ({"lock_file": "s3://bucket/run.lock"}, "--lock_file must be a local path"),
+        ({"metrics_file": "gs://bucket/m.prom"}, "--metrics_file must be a local path"),
     ],
 )
 def test_invalid_combinations_are_usage_errors(changes: dict[str, object], message: str) -> None:

@@ -4,16 +4,18 @@ scheme pyarrow lacks through fsspec."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import batchpredict
+from batchpredict.atomic import write_whole
 from conftest import (
     EXTENSIONS,
     FORMATS,
@@ -155,23 +157,25 @@ def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
     assert client.head_object(Bucket=name, Key="scored/d.csv")["ETag"] == before
 
 
-def test_s3_endpoint_url_option_points_at_the_store(
+def test_s3_endpoint_url_option_and_compressed_objects(
     bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
     client, name = bucket
     frame = make_frame(50, seed=7)
-    local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
-    client.upload_file(str(local), name, "in/d.parquet")
+    local = write_with_library(frame, tmp_path / "d.csv", "csv")
+    client.put_object(Bucket=name, Key="in/d.csv.gz", Body=gzip.compress(local.read_bytes()))
     env = {k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}
     result = run_cli(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
-        "--output_file", str(tmp_path / "out.csv"), "--keep_columns", "id",
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.csv.gz",
+        "--output_file", f"s3://{name}/out/d.csv.gz", "--keep_columns", "id",
         "--s3_endpoint_url", s3_env["AWS_ENDPOINT_URL"], env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    written = client.get_object(Bucket=name, Key="out/d.csv.gz")["Body"].read()
+    (tmp_path / "out.csv").write_bytes(gzip.decompress(written))  # compressed exactly once
     assert read_with_library(tmp_path / "out.csv", "csv")["id"].tolist() == frame["id"].tolist()
     bad = run_cli(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.csv.gz",
         "--output_file", str(tmp_path / "out2.csv"), "--s3_endpoint_url", "127.0.0.1:1",
     )  # fmt: skip
     assert bad.returncode == 2 and "--s3_endpoint_url" in bad.stderr
@@ -271,3 +275,25 @@ def test_fsspec_fills_in_for_schemes_pyarrow_lacks(tmp_path: Path, mlp_model: Pa
     (tmp_path / "out.jsonl").write_bytes(memory.cat("/scored/day=1/d.jsonl"))
     out = read_with_library(tmp_path / "out.jsonl", "jsonl")
     assert out["id"].tolist() == frame["id"].tolist()
+
+
+def test_stores_without_a_move_get_a_copy_then_a_delete() -> None:
+    fsspec = pytest.importorskip("fsspec")
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class WithoutMove(MemoryFileSystem):  # like Azure blobs without a hierarchical namespace
+        protocol = "nomove"
+        store: ClassVar[dict[str, Any]] = {}  # its own, not memory://'s
+        pseudo_dirs: ClassVar[list[str]] = [""]
+
+        @classmethod
+        def _strip_protocol(cls, path: str) -> str:
+            return "/" + path.removeprefix("nomove://").lstrip("/")
+
+        def mv(self, *args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError("this store cannot move")
+
+    fsspec.register_implementation("nomove", WithoutMove, clobber=True)
+    write_whole("nomove://bucket/out/_manifest.json", "{}\n")
+    assert sorted(WithoutMove.store) == ["/bucket/out/_manifest.json"]
+    assert WithoutMove.store["/bucket/out/_manifest.json"].getvalue() == b"{}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from batchpredict.errors import UsageError
@@ -12,6 +13,12 @@ DEVICE_CHOICES = ("auto", "cpu", "gpu")
 ON_ERROR_CHOICES = ("fail", "skip")
 ENGINE_CHOICES = ("local", "ray")
 DEFAULT_MAX_ERROR_RATE = 0.01
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_uri(value: str) -> bool:
+    """Whether `value` names a location by URI (`s3://bucket/key`) rather than a local path."""
+    return bool(_URI.match(value))
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,10 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"--progress_every must be above 0, got {config.progress_every}")
     if not config.job_name:
         raise UsageError("--job_name cannot be empty")
+    for name, value in (("lock_file", config.lock_file), ("metrics_file", config.metrics_file)):
+        if value is not None and is_uri(value):
+            # A lock is one machine's; the metrics file is merged with what is on disk.
+            raise UsageError(f"--{name} must be a local path, got {value}")
     if config.skip_existing and config.output_dir is None:
         raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
     if config.class_names is not None and len(set(config.class_names)) != len(config.class_names):

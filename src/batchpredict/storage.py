@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from batchpredict.config import is_uri as is_uri  # re-exported for the callers of storage
 from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
 
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 #: What stores say when the credentials may not do what was asked (S3, GCS, Azure, HDFS).
@@ -39,11 +39,6 @@ _NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist", re
 #: URI we print already says, and the request ids that follow AWS messages.
 _PREAMBLE = re.compile(r"^When [^:]*: ")
 _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
-
-
-def is_uri(value: str) -> bool:
-    """Whether `value` names a location by URI rather than a local path."""
-    return bool(_URI.match(value))
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -155,7 +150,8 @@ def open_stream(uri: str) -> pa.NativeFile:
     filesystem, path = resolve(uri)
     suffix = "." + uri.rsplit(".", 1)[-1] if "." in uri else ""
     try:
-        stream = filesystem.open_input_stream(path)
+        # Decompressed here, by our suffix table (pyarrow would detect it too, twice).
+        stream = filesystem.open_input_stream(path, compression=None)
     except FileNotFoundError as exc:
         raise InputMissingError(f"{uri}: no such object") from exc
     except (pa.ArrowException, OSError) as exc:
@@ -203,7 +199,8 @@ def open_output(uri: str) -> pa.NativeFile:
     """A new object at `uri` to write to (uploaded in parts as it is written)."""
     filesystem, path = resolve(uri)
     try:
-        return filesystem.open_output_stream(path)
+        # Compressed by the writer, which knows the target's suffix, not the temporary's.
+        return filesystem.open_output_stream(path, compression=None)
     except (pa.ArrowException, OSError) as exc:
         raise OutputError(f"{uri}: cannot create output: {clean(exc)}") from exc
 
@@ -213,8 +210,15 @@ def publish(temporary: str, final: str) -> None:
     a server-side copy and delete on object stores, where the final object appears whole
     or not at all."""
     filesystem, source = resolve(temporary)
+    target = resolve(final)[1]
     try:
-        filesystem.move(source, resolve(final)[1])
+        try:
+            filesystem.move(source, target)
+        except NotImplementedError:  # pyarrow's ArrowNotImplementedError is one too
+            # Stores without a move (Azure blobs without a hierarchical namespace): a
+            # server-side copy, also whole or nothing, then the temporary goes.
+            filesystem.copy_file(source, target)
+            filesystem.delete_file(source)
     except (pa.ArrowException, OSError) as exc:
         raise ReadWriteError(f"{final}: cannot write: {clean(exc)}") from exc
 
