@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpredict.errors import InputMissingError, ModelError
+from batchpredict.config import is_uri
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -101,6 +102,11 @@ class LoadedModel:
 
 def resolve_model_path(path: str, version: int | None = None) -> ResolvedModelPath:
     """Find which kind of model `path` holds and, for a TF-Serving base dir, which version."""
+    if is_uri(path):
+        # Here rather than in the callers, so each Ray worker fills its own node's cache.
+        from batchpredict.model_cache import fetch
+
+        return fetch(path, version)
     location = Path(path)
     if not location.exists():
         raise InputMissingError(f"model path does not exist: {path}")
@@ -144,7 +150,7 @@ def _numeric_versions(base: Path) -> dict[int, Path]:
     }
 
 
-def _choose_version(path: str, versions: Mapping[int, Path], wanted: int | None) -> int:
+def _choose_version(path: str, versions: Mapping[int, object], wanted: int | None) -> int:
     """Pick the asked-for version, or the numerically highest one."""
     if wanted is None:
         return max(versions)

@@ -1,0 +1,408 @@
+"""Models named by URI (`s3://`, `gs://`, `hdfs://`), downloaded once into a local cache.
+
+Only what the model needs is downloaded: one Keras file, one SavedModel, or the chosen
+version of a TensorFlow-Serving base (versions are listed remotely and chosen by the same
+rules as local ones). A cache entry is keyed by the URI and by every downloaded object's
+key, size and ETag, so an unchanged model costs only listing and HEAD requests while a
+replaced object is fetched again, into a new entry.
+
+Layout under the cache root (`$BATCHPREDICT_CACHE_DIR`, else
+`$XDG_CACHE_HOME/batchpredict/models`, else `~/.cache/batchpredict/models`):
+
+    <entry>/<last URI component>/...   the model, keys as below the URI
+    <entry>/.entry.json                the URI and the objects the key covers
+    <entry>/.last-used                 touched on every use, for pruning
+
+where <entry> is `<end of the URI>[-v<version>]-<sha256, 32 hex digits>`. The ETag comes
+from the metadata of a stream opened on the object (pyarrow's S3 filesystem makes a HEAD
+request on opening and reports `ETag`; GCS reports `etag`); where a store has none
+(HDFS), the listing's modification time stands in.
+
+An entry is downloaded into a temporary folder in the root and renamed into place, so a
+complete entry is the only kind there is; of two processes downloading the same entry
+(Ray actors on one node) the second to finish drops its copy and uses the first's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from batchpredict import storage
+from batchpredict.errors import InputMissingError, ModelError, ReadWriteError
+from batchpredict.model import (
+    _KERAS_KINDS,
+    _LISTED_ENTRIES,
+    _SAVED_MODEL_FILES,
+    ResolvedModelPath,
+    _choose_version,
+    _refuse_version,
+)
+from batchpredict.observe import get_logger
+
+CACHE_DIR_VARIABLE = "BATCHPREDICT_CACHE_DIR"
+#: Entries of the same URI other than the current one, unused this long, are removed.
+PRUNE_AFTER_SECONDS = 7 * 24 * 3600
+
+_ENTRY_FILE = ".entry.json"
+_USED_MARKER = ".last-used"
+_TEMPORARY_PREFIX = ".download-"
+_CHUNK_BYTES = 8 << 20
+#: How much of the URI the readable part of an entry's name keeps (its end, the telling part).
+_STEM_CHARS = 60
+
+
+@dataclass(frozen=True)
+class _RemoteObject:
+    """One object to download: where it is, where it goes below the entry, and its identity."""
+
+    path: str
+    #: Below the entry folder: the URI's last component, then the object's key below the URI.
+    relative: str
+    size: int
+    #: The store's ETag; None where it has none (the modification time stands in).
+    etag: str | None
+    mtime: float | None
+
+
+def cache_root() -> Path:
+    """The folder holding cache entries, from the environment (it need not exist yet)."""
+    configured = os.environ.get(CACHE_DIR_VARIABLE)
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "batchpredict" / "models"
+
+
+def fetch(uri: str, version: int | None = None) -> ResolvedModelPath:
+    """The model at `uri` in the local cache, downloaded first unless an entry for the same
+    objects (same keys, sizes and ETags) is already there; messages name `uri`."""
+    filesystem, path = storage.resolve(uri)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        # file:// needs no copy: the local resolver reads it where it is.
+        from batchpredict.model import resolve_model_path
+
+        return resolve_model_path(path, version)
+    uri, path = uri.rstrip("/"), path.rstrip("/")
+    objects, kind, chosen, model_relative = _plan(filesystem, path, uri, version)
+    root = cache_root()
+    entry = root / _entry_name(uri, chosen, objects)
+    log = get_logger()
+    if (entry / _ENTRY_FILE).is_file():
+        log.info("model cache hit", model=uri, version=chosen, cache=str(entry))
+    else:
+        _download(filesystem, uri, chosen, objects, root, entry)
+        log.info(
+            "model downloaded",
+            model=uri,
+            version=chosen,
+            cache=str(entry),
+            objects=len(objects),
+            bytes=sum(item.size for item in objects),
+        )
+    with contextlib.suppress(OSError):  # a read-only shared cache still serves
+        (entry / _USED_MARKER).touch()
+    _prune(root, uri, keep=entry)
+    return ResolvedModelPath(str(entry / model_relative), kind, chosen)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _plan(
+    filesystem: pafs.FileSystem, path: str, uri: str, version: int | None
+) -> tuple[list[_RemoteObject], str, int | None, str]:
+    """What to download for `uri`: the objects, the model kind, the version chosen and the
+    model's path below the entry; only listing and HEAD requests."""
+    name = path.rsplit("/", 1)[-1]
+    info = _file_info(filesystem, path, uri)
+    if info.type == pafs.FileType.File:
+        kind = _KERAS_KINDS.get(os.path.splitext(name)[1].lower())
+        if kind is None:
+            raise ModelError(
+                f"{uri} is not a supported model file: expected a Keras .keras or .h5/.hdf5 "
+                "file, or a SavedModel directory"
+            )
+        _refuse_version(uri, version)
+        return [_remote_object(filesystem, info, name, uri)], kind, None, name
+    if info.type != pafs.FileType.Directory:
+        raise _missing(filesystem, path, uri)
+    children = _children(filesystem, path, uri)
+    if _holds_saved_model(children):
+        _refuse_version(uri, version)
+        return _objects_below(filesystem, path, name, uri), "saved_model", None, name
+    versions = {
+        int(child.base_name): child
+        for child in children
+        if child.type == pafs.FileType.Directory
+        and child.base_name.isascii()
+        and child.base_name.isdigit()
+    }
+    if not versions:
+        if not children:
+            raise InputMissingError(f"model path does not exist: {uri} (nothing under it)")
+        raise ModelError(_not_a_model_message(uri, children))
+    chosen = _choose_version(uri, versions, version)
+    version_path = versions[chosen].path
+    version_children = _children(filesystem, version_path, uri)
+    if not _holds_saved_model(version_children):
+        message = _not_a_model_message(f"{uri}/{versions[chosen].base_name}", version_children)
+        raise ModelError(f"version {chosen} of {message}")
+    model_relative = f"{name}/{versions[chosen].base_name}"
+    objects = _objects_below(filesystem, version_path, model_relative, uri)
+    return objects, "saved_model", chosen, model_relative
+
+
+def _file_info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
+    try:
+        return filesystem.get_file_info(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(uri, exc) from exc
+
+
+def _children(filesystem: pafs.FileSystem, path: str, uri: str) -> list[pafs.FileInfo]:
+    """What is directly under the "folder" `path`, sorted by name."""
+    try:
+        found = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+    except FileNotFoundError as exc:
+        raise InputMissingError(f"model path does not exist: {uri}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(uri, exc) from exc
+    return sorted(found, key=lambda info: info.base_name)
+
+
+def _holds_saved_model(children: list[pafs.FileInfo]) -> bool:
+    return any(
+        child.type == pafs.FileType.File and child.base_name in _SAVED_MODEL_FILES
+        for child in children
+    )
+
+
+def _objects_below(
+    filesystem: pafs.FileSystem, path: str, relative: str, uri: str
+) -> list[_RemoteObject]:
+    """Every object below `path` (all of a SavedModel: variables/, assets/, ...)."""
+    try:
+        found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(uri, exc) from exc
+    # Folder markers (empty `name/` objects) come back as directories and are not needed.
+    files = sorted(
+        (info for info in found if info.type == pafs.FileType.File), key=lambda info: info.path
+    )
+    return [
+        _remote_object(filesystem, info, f"{relative}/{info.path[len(path) + 1 :]}", uri)
+        for info in files
+    ]
+
+
+def _remote_object(
+    filesystem: pafs.FileSystem, info: pafs.FileInfo, relative: str, uri: str
+) -> _RemoteObject:
+    """Describe one object, asking the store for its ETag (a HEAD request on S3)."""
+    if any(part in ("", ".", "..") for part in relative.split("/")):
+        raise ModelError(f"{uri}: object {info.path!r} cannot be stored as a local file")
+    try:
+        with filesystem.open_input_stream(info.path) as stream:
+            etag = _etag(stream)
+    except FileNotFoundError as exc:
+        raise InputMissingError(f"model path does not exist: {uri} ({info.path})") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(uri, exc) from exc
+    mtime = info.mtime.timestamp() if info.mtime is not None else None
+    return _RemoteObject(info.path, relative, int(info.size or 0), etag, mtime)
+
+
+def _etag(stream: pa.NativeFile) -> str | None:
+    """The object's ETag as its stream's metadata gives it: `ETag` on S3 (from the HEAD
+    request pyarrow makes on opening), `etag` on GCS; HDFS and local files have none, and
+    the caller's size and modification time from the listing stand in."""
+    metadata = stream.metadata() or {}
+    value = metadata.get("ETag") or metadata.get("etag")
+    if value is None:
+        return None
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _not_a_model_message(uri: str, children: list[pafs.FileInfo]) -> str:
+    """Say what was looked for under `uri` and what was found instead (as for a folder)."""
+    names = [
+        child.base_name + ("/" if child.type == pafs.FileType.Directory else "")
+        for child in children
+    ]
+    found = ", ".join(names[:_LISTED_ENTRIES]) if names else "nothing (it is empty)"
+    if len(names) > _LISTED_ENTRIES:
+        found += f", ... ({len(names)} entries)"
+    return (
+        f"{uri} is not a SavedModel or Keras model: looked for saved_model.pb or "
+        "saved_model.pbtxt, or numeric version sub-directories holding one (TensorFlow "
+        f"Serving layout); found {found}"
+    )
+
+
+def _missing(filesystem: pafs.FileSystem, path: str, uri: str) -> InputMissingError:
+    """ "Does not exist", saying so when it is the bucket that is missing."""
+    bucket = path.split("/", 1)[0]
+    if bucket != path and filesystem.type_name in ("s3", "gcs"):
+        with contextlib.suppress(pa.ArrowException, OSError):
+            if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                return InputMissingError(f"model path does not exist: {uri} (no bucket {bucket!r})")
+    return InputMissingError(f"model path does not exist: {uri}")
+
+
+def _read_error(uri: str, exc: BaseException) -> InputMissingError:
+    """A store's refusal or failure, naming the URI, in the store's words (its first line,
+    "access denied: ..." when the credentials were refused; no secrets)."""
+    reason = storage.clean(exc)
+    if "NO_SUCH_BUCKET" in str(exc):
+        return InputMissingError(f"model path does not exist: {uri} (no such bucket)")
+    return InputMissingError(f"model path is unreadable: {uri}: {reason}")
+
+
+def _entry_name(uri: str, version: int | None, objects: list[_RemoteObject]) -> str:
+    """`<stem>[-v<version>]-<sha256 of the URI and each object's key, size and ETag>`
+    (its modification time where there is no ETag)."""
+    identity = [
+        uri,
+        [[item.relative, item.size, item.etag or f"mtime:{item.mtime}"] for item in objects],
+    ]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    version_part = f"-v{version}" if version is not None else ""
+    # 32 hex digits (128 bits) keep paths short; collisions stay out of reach.
+    return f"{_stem(uri)}{version_part}-{digest[:32]}"
+
+
+def _stem(uri: str) -> str:
+    """A readable, filename-safe end of the URI (`bucket_models_mlp.keras`)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", uri.partition("://")[2])[-_STEM_CHARS:]
+    return stem.lstrip("._-") or "model"
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def _download(
+    filesystem: pafs.FileSystem,
+    uri: str,
+    version: int | None,
+    objects: list[_RemoteObject],
+    root: Path,
+    entry: Path,
+) -> None:
+    """Download `objects` into a temporary folder in `root` and rename it to `entry`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=_TEMPORARY_PREFIX, dir=root))
+    except OSError as exc:
+        raise _cache_error(root, exc) from exc
+    try:
+        for item in objects:
+            _download_object(filesystem, uri, item, temporary / item.relative)
+        record = {
+            "uri": uri,
+            "version": version,
+            "downloaded_at": time.time(),
+            "objects": [[item.relative, item.size, item.etag, item.mtime] for item in objects],
+        }
+        try:
+            (temporary / _ENTRY_FILE).write_text(json.dumps(record, indent=1) + "\n")
+            os.rename(temporary, entry)
+        except OSError as exc:
+            if not (entry / _ENTRY_FILE).is_file():
+                raise _cache_error(entry, exc) from exc
+            # Another process renamed the same entry into place first: use theirs.
+            shutil.rmtree(temporary, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _download_object(
+    filesystem: pafs.FileSystem, uri: str, item: _RemoteObject, target: Path
+) -> None:
+    """Copy one object to `target`, refusing one that changed since it was listed."""
+    try:
+        stream = filesystem.open_input_stream(item.path)
+    except FileNotFoundError as exc:
+        raise InputMissingError(f"model path does not exist: {uri} ({item.path})") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(uri, exc) from exc
+    with stream:
+        if item.etag is not None and _etag(stream) != item.etag:
+            raise _changed(uri)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                for chunk in _chunks(stream, uri):
+                    out.write(chunk)
+        except OSError as exc:
+            raise _cache_error(target, exc) from exc
+    if target.stat().st_size != item.size:
+        raise _changed(uri)
+
+
+def _chunks(stream: pa.NativeFile, uri: str) -> Iterator[bytes]:
+    """The stream's bytes; a read failure is the store's (ReadWriteError naming `uri`), kept
+    apart from the cache's write failures, which are OSErrors too."""
+    while True:
+        try:
+            chunk = stream.read(_CHUNK_BYTES)
+        except (pa.ArrowException, OSError) as exc:
+            raise ReadWriteError(f"{uri}: cannot read model: {storage.clean(exc)}") from exc
+        if not chunk:
+            return
+        yield chunk
+
+
+def _changed(uri: str) -> ReadWriteError:
+    return ReadWriteError(f"{uri}: the model changed while it was being downloaded; run again")
+
+
+def _cache_error(path: Path, exc: OSError) -> ReadWriteError:
+    reason = exc.strerror or storage.clean(exc)
+    return ReadWriteError(
+        f"cannot write the model cache at {path}: {reason} (set {CACHE_DIR_VARIABLE} to a "
+        "writable folder)"
+    )
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _prune(root: Path, uri: str, *, keep: Path) -> None:
+    """Remove this URI's other entries unused for PRUNE_AFTER_SECONDS (best effort).
+
+    An entry is first renamed to a temporary name, atomically, so a run choosing it at
+    that moment either finds it whole or downloads it afresh."""
+    cutoff = time.time() - PRUNE_AFTER_SECONDS
+    try:
+        candidates = [
+            path
+            for path in root.iterdir()
+            if path.name.startswith(f"{_stem(uri)}-") and path.name != keep.name
+        ]
+    except OSError:
+        return
+    for path in candidates:
+        # OSError: gone or in use elsewhere; ValueError, KeyError, TypeError: not an entry.
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads((path / _ENTRY_FILE).read_text())["uri"] != uri:
+                continue
+            if (path / _USED_MARKER).stat().st_mtime > cutoff:
+                continue
+            doomed = root / f"{_TEMPORARY_PREFIX}pruned-{path.name}"
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
