@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchpredict.errors import InputMissingError, ModelError
 from batchpredict.config import is_uri
+from batchpredict.errors import InputMissingError, ModelError
 
 DEFAULT_SIGNATURE = "serving_default"
 
