@@ -36,6 +36,11 @@ from batchpredict.errors import ExitCode, UsageError
         ({"engine": "ray", "output_dir": "d", "ray_concurrency": 0}, "--ray_concurrency"),
         ({"lock_file": "s3://bucket/run.lock"}, "--lock_file must be a local path"),
         ({"metrics_file": "gs://bucket/m.prom"}, "--metrics_file must be a local path"),
+        (
+            {"input_files": ("s3://AKIAEXAMPLE:s3cr3t@exports/d.csv",)},
+            r"^s3://\*\*\*@exports/\.\.\.: credentials in a URI are refused",
+        ),
+        ({"output_dir": "gs://u:p@scores/"}, "credentials in a URI are refused"),
     ],
 )
 def test_invalid_combinations_are_usage_errors(changes: dict[str, object], message: str) -> None:

@@ -297,3 +297,15 @@ def test_stores_without_a_move_get_a_copy_then_a_delete() -> None:
     write_whole("nomove://bucket/out/_manifest.json", "{}\n")
     assert sorted(WithoutMove.store) == ["/bucket/out/_manifest.json"]
     assert WithoutMove.store["/bucket/out/_manifest.json"].getvalue() == b"{}\n"
+
+
+@pytest.mark.parametrize("command", ["predict", "inspect"])
+def test_credentials_in_a_uri_are_refused_and_not_echoed(
+    command: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    uri = "s3://AKIAEXAMPLE:s3cr3t@models/mlp.keras"
+    args = ["--input_file", "s3://exports/d.csv", "--output_dir", str(tmp_path)]
+    result = run_cli(command, "--model", uri, *(args if command == "predict" else []))
+    assert result.returncode == 2, result.stderr
+    assert "credentials in a URI are refused" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout

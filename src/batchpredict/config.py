@@ -21,6 +21,20 @@ def is_uri(value: str) -> bool:
     return bool(_URI.match(value))
 
 
+def refuse_credentials(value: str) -> None:
+    """Refuse a URI carrying a password (`s3://KEY:SECRET@bucket/...`), without echoing it:
+    secrets on a command line end up in shell history, crontabs and process lists."""
+    if not is_uri(value):
+        return
+    scheme, _, rest = value.partition("://")
+    userinfo, at, host = rest.split("/", 1)[0].rpartition("@")
+    if at and ":" in userinfo:
+        raise UsageError(
+            f"{scheme}://***@{host}/...: credentials in a URI are refused; batchpredict takes "
+            "them from where the store's SDK looks (environment, config files, instance roles)"
+        )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one `predict` run needs; built once by the CLI or the Python API."""
@@ -69,6 +83,10 @@ def validate(config: RunConfig) -> None:
     """Refuse option combinations that cannot work, before anything is read or loaded."""
     if not config.input_files:
         raise UsageError("no --input_file given")
+    locations = (config.model, *config.input_files, config.output_file, config.output_dir)
+    for value in (*locations, config.rejects_file, config.summary_file):
+        if value is not None:
+            refuse_credentials(value)
     if config.output_file is not None and config.output_dir is not None:
         raise UsageError("--output_file and --output_dir cannot be used together")
     if STDIO in config.input_files:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from batchpredict.config import is_uri as is_uri  # re-exported for the callers of storage
+from batchpredict.config import refuse_credentials
 from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -43,6 +44,7 @@ _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of `uri` and the path inside it (`bucket/key` for object stores)."""
+    refuse_credentials(uri)
     scheme, _, rest = uri.partition("://")
     key = (scheme.lower(), rest.split("/", 1)[0])
     if key not in _FILESYSTEMS:
