@@ -30,6 +30,8 @@ from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
 
 _GLOB_CHARS = frozenset("*?[")
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+#: Bytes fetched per request from an object store when reading a stream.
+_READ_BUFFER = 8 << 20
 #: What stores say when the credentials may not do what was asked (S3, GCS, Azure, HDFS).
 _DENIED = re.compile(
     r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
@@ -152,8 +154,10 @@ def open_stream(uri: str) -> pa.NativeFile:
     filesystem, path = resolve(uri)
     suffix = "." + uri.rsplit(".", 1)[-1] if "." in uri else ""
     try:
-        # Decompressed here, by our suffix table (pyarrow would detect it too, twice).
-        stream = filesystem.open_input_stream(path, compression=None)
+        # Buffered: on object stores every unbuffered read is a request, and the readers
+        # also read a byte or a line at a time. Decompressed below, by our suffix table
+        # (pyarrow would detect it too, and decompress twice).
+        stream = filesystem.open_input_stream(path, compression=None, buffer_size=_READ_BUFFER)
     except FileNotFoundError as exc:
         raise InputMissingError(f"{uri}: no such object") from exc
     except (pa.ArrowException, OSError) as exc:

@@ -52,9 +52,11 @@ class ParquetReader(Reader):
                 coerce_int96_timestamp_unit=int96_unit,
                 # Otherwise pages with a wrong CRC are read silently.
                 page_checksum_verification=True,
-                # Pre-buffering reads ahead whole column chunks: measured slower here
-                # (0.94 s vs 0.53 s for 1M rows) and its memory grows with the file.
-                pre_buffer=False,
+                # Pre-buffering reads a row group's column chunks ahead in few large,
+                # concurrent requests: what object stores need (one ranged GET per MiB
+                # per column otherwise); on local disk measured slower (0.94 s vs 0.53 s
+                # for 1M rows) and it holds a whole row group in memory.
+                pre_buffer=is_uri(self.path),
                 # Stream each column chunk through a 1 MiB buffer instead of reading it
                 # whole: 1M rows in one row group read in 0.22 s instead of 0.49 s, at a
                 # peak of 227 MiB instead of 329 MiB.
