@@ -144,6 +144,8 @@ def test_keras_model_from_a_bucket_predicts_like_the_local_one_and_downloads_onc
     [entry] = entries(cache)
     cached = entry / "mlp.keras"
     assert cached.read_bytes() == mlp_model.read_bytes()
+    [started] = [line for line in first.log_lines() if line["event"] == "run started"]
+    assert (started["model"], started["model_cache"]) == (uri, str(cached))
     before = (entry.stat().st_ino, cached.stat().st_ino, cached.stat().st_mtime_ns)
 
     second, out_again, _ = predict(run_cli, uri, tmp_path, cache_env)

@@ -179,9 +179,13 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     columns = PredictionColumns.for_model(
         model, config.prediction_column, config.class_names, config.threshold
     )
+    # A model from a store is named by its URI; the cached copy loaded is logged beside it.
+    where = {"model": model.source.path}
+    if storage.is_uri(config.model) and config.model != model.source.path:
+        where = {"model": config.model, "model_cache": model.source.path}
     log.info(
         "run started",
-        model=model.source.path,
+        **where,
         model_version=model.source.version,
         signature=model.signature,
         inputs=[i.path for i in inputs],
@@ -241,7 +245,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         outputs=tuple(t.path for t in targets),
         skipped=tuple(skipped),
         rejects_files=tuple(rejects),
-        model=model.source.path,
+        model=where["model"],
         model_version=model.source.version,
         batch_size=predictor.batch_size,
         device=devices.device,
