@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import batchpredict
+from batchpredict import storage
 from batchpredict.atomic import write_whole
 from conftest import (
     EXTENSIONS,
@@ -309,3 +310,24 @@ def test_credentials_in_a_uri_are_refused_and_not_echoed(
     assert result.returncode == 2, result.stderr
     assert "credentials in a URI are refused" in result.stderr
     assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_a_killed_runs_temporaries_are_removed_once_stale(
+    bucket: Any, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, name = bucket
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(storage, "_FILESYSTEMS", {})  # none made for another endpoint
+    leftover = f"out/_d.csv.{'a' * 32}.tmp"
+    others = ["out/d.csv", f"out/_e.csv.{'b' * 32}.tmp", "out/_d.csv.notours.tmp"]
+    for key in [leftover, *others]:
+        client.put_object(Bucket=name, Key=key, Body=b"x")
+
+    write_whole(f"s3://{name}/out/d.csv", "fresh\n")  # the leftover is younger than a day
+    assert s3_keys(client, name, "out/") == sorted([leftover, *others])
+
+    monkeypatch.setattr(storage, "STALE_TEMPORARY_SECONDS", 0)
+    write_whole(f"s3://{name}/out/d.csv", "fresh\n")
+    assert s3_keys(client, name, "out/") == sorted(others)
+    assert client.get_object(Bucket=name, Key="out/d.csv")["Body"].read() == b"fresh\n"

@@ -38,6 +38,7 @@ class StagedFile:
         self.what = f" {what}" if what else ""
         self._raw: Any = None
         if storage.is_uri(path):
+            storage.remove_stale_temporaries(path)
             self.temp = storage.temporary_uri(path)
             self.sink: pa.NativeFile = storage.open_output(self.temp)
             return

@@ -18,6 +18,7 @@ import fnmatch
 import os
 import re
 import shutil
+import time
 import uuid
 from typing import Any
 
@@ -30,6 +31,8 @@ from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
 
 _GLOB_CHARS = frozenset("*?[")
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+#: Age after which a temporary beside an output is taken for a killed run's leftover.
+STALE_TEMPORARY_SECONDS = 24 * 3600
 #: Bytes fetched per request from an object store when reading a stream.
 _READ_BUFFER = 8 << 20
 #: What stores say when the credentials may not do what was asked (S3, GCS, Azure, HDFS).
@@ -199,6 +202,26 @@ def temporary_uri(uri: str) -> str:
     emptied by a delete."""
     folder, _, name = uri.rpartition("/")
     return f"{folder}/_{name}.{uuid.uuid4().hex}.tmp"
+
+
+def remove_stale_temporaries(uri: str) -> None:
+    """Delete temporaries of `uri` older than STALE_TEMPORARY_SECONDS: left by runs that
+    were killed (SIGKILL, a lost node), since on a store no process id tells a dead writer
+    from one on another machine. Best effort: one listing of the target's folder."""
+    folder, _, name = uri.rpartition("/")
+    stale = re.compile(rf"_{re.escape(name)}\.[0-9a-f]{{32}}\.tmp")
+    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    with contextlib.suppress(Exception):
+        filesystem, inner = resolve(folder)
+        selector = pafs.FileSelector(inner.rstrip("/"), allow_not_found=True)
+        for info in filesystem.get_file_info(selector):
+            if (
+                info.type == pafs.FileType.File
+                and stale.fullmatch(info.base_name)
+                and info.mtime is not None
+                and info.mtime.timestamp() < cutoff
+            ):
+                filesystem.delete_file(info.path)
 
 
 def open_output(uri: str) -> pa.NativeFile:
