@@ -318,7 +318,7 @@ def test_a_killed_runs_temporaries_are_removed_once_stale(
     client, name = bucket
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(storage, "_FILESYSTEMS", {})  # none made for another endpoint
+    monkeypatch.setattr(storage, "_STORES", {})  # none made for another endpoint
     leftover = f"out/_d.csv.{'a' * 32}.tmp"
     others = ["out/d.csv", f"out/_e.csv.{'b' * 32}.tmp", "out/_d.csv.notours.tmp"]
     for key in [leftover, *others]:
@@ -331,3 +331,23 @@ def test_a_killed_runs_temporaries_are_removed_once_stale(
     write_whole(f"s3://{name}/out/d.csv", "fresh\n")
     assert s3_keys(client, name, "out/") == sorted(others)
     assert client.get_object(Bucket=name, Key="out/d.csv")["Body"].read() == b"fresh\n"
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("abfs://scores@account.dfs.core.windows.net/day=1/d.csv", "scores/day=1/d.csv"),
+        ("file:///srv/exports/d.csv", "/srv/exports/d.csv"),
+        ("memory://exports/d.csv", "/exports/d.csv"),
+    ],
+)
+def test_uris_map_onto_their_filesystems_paths_and_back(uri: str, path: str) -> None:
+    """Each store's paths differ from its URIs (Azure's container comes from the user part,
+    local and HDFS paths start at `/`); listings are turned back into URIs. (S3's mapping
+    is exercised against the S3 server above: creating its filesystem asks for the
+    bucket's region.)"""
+    if uri.startswith("memory://"):
+        pytest.importorskip("fsspec")
+    found = storage.resolve(uri)[1]
+    assert found == path
+    assert storage._store(uri).uri_of(found) == uri

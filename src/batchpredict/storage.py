@@ -20,6 +20,7 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -48,28 +49,65 @@ _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of `uri` and the path inside it (`bucket/key` for object stores)."""
+    """The filesystem of `uri` and the path inside it (`bucket/key` on S3 and GCS,
+    `container/key` on Azure, `/key` on HDFS)."""
     refuse_credentials(uri)
+    store = _store(uri)
+    return store.filesystem, store.path_of(uri)
+
+
+@dataclass(frozen=True)
+class _Store:
+    """One filesystem for a scheme and authority (bucket, container@account, namenode),
+    and how its URIs map onto the filesystem's paths: `<prefix><rest of the URI>`."""
+
+    filesystem: pafs.FileSystem
+    #: `scheme://authority/`, which every URI of this store starts with.
+    base: str
+    #: What the filesystem's paths start with instead (`bucket/`, `container/`, `/`).
+    prefix: str
+
+    def path_of(self, uri: str) -> str:
+        rest = uri[len(self.base) :] if uri.startswith(self.base) else ""
+        return (self.prefix + rest).rstrip("/") or self.prefix
+
+    def uri_of(self, path: str) -> str:
+        if path.startswith(self.prefix):
+            return self.base + path[len(self.prefix) :]
+        if path == self.prefix.rstrip("/"):  # the bucket (container, root) itself
+            return self.base.rstrip("/")
+        return path
+
+
+#: One filesystem per scheme and authority for the whole run: creating an S3 one looks up
+#: the bucket's region, an HDFS one connects.
+_STORES: dict[str, _Store] = {}
+
+
+def _store(uri: str) -> _Store:
     scheme, _, rest = uri.partition("://")
-    key = (scheme.lower(), rest.split("/", 1)[0])
-    if key not in _FILESYSTEMS:
-        _FILESYSTEMS[key] = _filesystem(scheme.lower(), _without_glob(uri))
-    filesystem, fsspec_implementation = _FILESYSTEMS[key]
-    if fsspec_implementation is not None:
-        return filesystem, fsspec_implementation._strip_protocol(uri)
-    return filesystem, rest if key[0] != "file" else uri[len("file://") :]
+    authority = rest.split("/", 1)[0]
+    base = f"{scheme}://{authority}/"
+    if base not in _STORES:
+        sample = _without_glob(uri)
+        filesystem, sample_path = _filesystem(scheme.lower(), sample)
+        # The sample's path is `prefix + what follows the authority`; learn the prefix.
+        tail = sample.partition("://")[2][len(authority) :].strip("/")
+        sample_path = sample_path.rstrip("/")
+        if tail and sample_path.endswith(tail):
+            prefix = sample_path[: len(sample_path) - len(tail)]
+        else:
+            prefix = sample_path + "/"
+        _STORES[base] = _Store(filesystem, base, prefix)
+    return _STORES[base]
 
 
-#: One filesystem per scheme and bucket for the whole run: creating an S3 one looks up
-#: the bucket's region.
-_FILESYSTEMS: dict[tuple[str, str], tuple[pafs.FileSystem, Any]] = {}
-
-
-def _filesystem(scheme: str, sample_uri: str) -> tuple[pafs.FileSystem, Any]:
-    """pyarrow's filesystem for `scheme`, or fsspec's wrapped for pyarrow where it has none
-    (with the fsspec implementation, which knows that scheme's paths)."""
+def _filesystem(scheme: str, sample_uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for `scheme` and the sample's path in it, or fsspec's wrapped
+    for pyarrow where pyarrow has none."""
     try:
-        return pafs.FileSystem.from_uri(sample_uri)[0], None
+        filesystem, path = pafs.FileSystem.from_uri(sample_uri)
+        return filesystem, path
     except pa.ArrowInvalid as exc:
         if "Unrecognized filesystem type" not in str(exc):
             raise InputMissingError(f"{sample_uri}: {clean(exc)}") from exc
@@ -80,7 +118,7 @@ def _filesystem(scheme: str, sample_uri: str) -> tuple[pafs.FileSystem, Any]:
     return _fsspec_filesystem(scheme, sample_uri)
 
 
-def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, Any]:
+def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         import fsspec
     except ImportError:
@@ -92,7 +130,8 @@ def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, Any]:
         implementation = fsspec.filesystem(scheme)
     except (ImportError, ValueError) as exc:
         raise InputMissingError(f"{uri}: no filesystem for {scheme}://: {clean(exc)}") from exc
-    return pafs.PyFileSystem(pafs.FSSpecHandler(implementation)), implementation
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(implementation))
+    return filesystem, implementation._strip_protocol(uri)
 
 
 def _without_glob(uri: str) -> str:
@@ -104,8 +143,8 @@ def _without_glob(uri: str) -> str:
 
 
 def _as_uri(template: str, path: str) -> str:
-    """The URI of a filesystem path found while listing under `template`'s scheme."""
-    return f"{template.partition('://')[0]}://{path}"
+    """The URI of a filesystem path found while listing under `template`."""
+    return _store(template).uri_of(path)
 
 
 def expand(value: str) -> list[tuple[str, str]]:
