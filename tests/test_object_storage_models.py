@@ -220,7 +220,7 @@ def test_serving_base_in_a_bucket_downloads_only_the_chosen_version(
     chosen = version or 2
     started = next(line for line in result.log_lines() if line["event"] == "run started")
     assert started["model_version"] == chosen
-    assert str(started["model"]).endswith(f"scorer/{chosen}")
+    assert started["model"] == uri and str(started["model_cache"]).endswith(f"scorer/{chosen}")
     [entry] = entries(Path(cache_env["BATCHPREDICT_CACHE_DIR"]))
     downloaded = sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file())
     expected_files = sorted(
