@@ -33,7 +33,7 @@ from structlog.types import EventDict, WrappedLogger
 from tqdm import tqdm
 
 from batchpredict.atomic import write_whole
-from batchpredict.errors import ReadWriteError
+from batchpredict.errors import ReadWriteError, error_text
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -325,7 +325,7 @@ def write_metrics(
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
-        raise ReadWriteError(f"{path}: cannot write metrics: {_oneline(exc)}") from exc
+        raise ReadWriteError(f"{path}: cannot write metrics: {error_text(exc)}") from exc
     with _directory_lock(directory):
         families = _read_metrics(path)
         last_success: float | None = finished_at if succeeded else None
@@ -497,10 +497,3 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(item) for item in value]
     return value
-
-
-# --- atomic writes ------------------------------------------------------------------------
-
-
-def _oneline(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
