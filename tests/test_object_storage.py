@@ -87,7 +87,8 @@ def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
         "--output_dir", f"s3://{name}/scored", "--keep_columns", "id",
-        "--output_format", "csv", "--chunk_size", "500", env=s3_env,
+        "--output_format", "csv", "--chunk_size", "500",
+        "--summary_file", f"s3://{name}/runs/summary.json", env=s3_env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert s3_keys(client, name, "scored/") == [
@@ -98,6 +99,11 @@ def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     client.download_file(name, "scored/day=1/part-0.csv", str(tmp_path / "out.csv"))
     out = read_with_library(tmp_path / "out.csv", "csv")
     assert out["id"].tolist() == frame["id"].tolist()
+    summary = json.loads(client.get_object(Bucket=name, Key="runs/summary.json")["Body"].read())
+    assert (summary["rows_out"], summary["outputs"]) == (
+        3000,
+        [f"s3://{name}/scored/day=1/part-0.csv"],
+    )
 
 
 def test_a_failure_mid_run_leaves_no_object_under_the_final_key(

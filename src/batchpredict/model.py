@@ -111,12 +111,7 @@ def resolve_model_path(path: str, version: int | None = None) -> ResolvedModelPa
     if not location.exists():
         raise InputMissingError(f"model path does not exist: {path}")
     if location.is_file():
-        kind = _KERAS_KINDS.get(location.suffix.lower())
-        if kind is None:
-            raise ModelError(
-                f"{path} is not a supported model file: expected a Keras .keras or .h5/.hdf5 "
-                "file, or a SavedModel directory"
-            )
+        kind = keras_kind(path)
         _refuse_version(path, version)
         return ResolvedModelPath(path, kind, None)
     if _is_saved_model(location):
@@ -124,11 +119,12 @@ def resolve_model_path(path: str, version: int | None = None) -> ResolvedModelPa
         return ResolvedModelPath(path, "saved_model", None)
     versions = _numeric_versions(location)
     if not versions:
-        raise ModelError(_not_a_model_message(location))
+        raise ModelError(not_a_model_message(str(location), _listing(location)))
     chosen = _choose_version(path, versions, version)
     version_dir = versions[chosen]
     if not _is_saved_model(version_dir):
-        raise ModelError(f"version {chosen} of {_not_a_model_message(version_dir)}")
+        message = not_a_model_message(str(version_dir), _listing(version_dir))
+        raise ModelError(f"version {chosen} of {message}")
     return ResolvedModelPath(str(version_dir), "saved_model", chosen)
 
 
@@ -169,14 +165,30 @@ def _refuse_version(path: str, version: int | None) -> None:
         )
 
 
-def _not_a_model_message(directory: Path) -> str:
-    """Say what was looked for in `directory` and what was found instead."""
-    names = sorted(child.name + ("/" if child.is_dir() else "") for child in directory.iterdir())
+def keras_kind(path: str) -> str:
+    """The kind of a model file by its suffix ("keras" or "h5"); ModelError for others."""
+    kind = _KERAS_KINDS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise ModelError(
+            f"{path} is not a supported model file: expected a Keras .keras or .h5/.hdf5 "
+            "file, or a SavedModel directory"
+        )
+    return kind
+
+
+def _listing(directory: Path) -> list[str]:
+    """A folder's entries by name, sub-folders with a trailing `/`."""
+    return sorted(child.name + ("/" if child.is_dir() else "") for child in directory.iterdir())
+
+
+def not_a_model_message(where: str, names: list[str]) -> str:
+    """Say what was looked for in the folder `where` (a path or URI) and what was found
+    instead: `names`, its entries, sub-folders with a trailing `/`."""
     found = ", ".join(names[:_LISTED_ENTRIES]) if names else "nothing (it is empty)"
     if len(names) > _LISTED_ENTRIES:
         found += f", ... ({len(names)} entries)"
     return (
-        f"{directory} is not a SavedModel or Keras model: looked for saved_model.pb or "
+        f"{where} is not a SavedModel or Keras model: looked for saved_model.pb or "
         "saved_model.pbtxt, or numeric version sub-directories holding one (TensorFlow "
         f"Serving layout); found {found}"
     )

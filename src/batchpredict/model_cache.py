@@ -43,12 +43,12 @@ import pyarrow.fs as pafs
 from batchpredict import storage
 from batchpredict.errors import InputMissingError, ModelError, ReadWriteError
 from batchpredict.model import (
-    _KERAS_KINDS,
-    _LISTED_ENTRIES,
     _SAVED_MODEL_FILES,
     ResolvedModelPath,
     _choose_version,
     _refuse_version,
+    keras_kind,
+    not_a_model_message,
 )
 from batchpredict.observe import get_logger
 
@@ -130,12 +130,7 @@ def _plan(
     name = path.rsplit("/", 1)[-1]
     info = _file_info(filesystem, path, uri)
     if info.type == pafs.FileType.File:
-        kind = _KERAS_KINDS.get(os.path.splitext(name)[1].lower())
-        if kind is None:
-            raise ModelError(
-                f"{uri} is not a supported model file: expected a Keras .keras or .h5/.hdf5 "
-                "file, or a SavedModel directory"
-            )
+        kind = keras_kind(uri)
         _refuse_version(uri, version)
         return [_remote_object(filesystem, info, name, uri)], kind, None, name
     if info.type != pafs.FileType.Directory:
@@ -154,12 +149,13 @@ def _plan(
     if not versions:
         if not children:
             raise InputMissingError(f"model path does not exist: {uri} (nothing under it)")
-        raise ModelError(_not_a_model_message(uri, children))
+        raise ModelError(not_a_model_message(uri, _names(children)))
     chosen = _choose_version(uri, versions, version)
     version_path = versions[chosen].path
     version_children = _children(filesystem, version_path, uri)
     if not _holds_saved_model(version_children):
-        message = _not_a_model_message(f"{uri}/{versions[chosen].base_name}", version_children)
+        where = f"{uri}/{versions[chosen].base_name}"
+        message = not_a_model_message(where, _names(version_children))
         raise ModelError(f"version {chosen} of {message}")
     model_relative = f"{name}/{versions[chosen].base_name}"
     objects = _objects_below(filesystem, version_path, model_relative, uri)
@@ -237,20 +233,12 @@ def _etag(stream: pa.NativeFile) -> str | None:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _not_a_model_message(uri: str, children: list[pafs.FileInfo]) -> str:
-    """Say what was looked for under `uri` and what was found instead (as for a folder)."""
-    names = [
+def _names(children: list[pafs.FileInfo]) -> list[str]:
+    """Entries by name, sub-folders with a trailing `/` (as `not_a_model_message` lists)."""
+    return [
         child.base_name + ("/" if child.type == pafs.FileType.Directory else "")
         for child in children
     ]
-    found = ", ".join(names[:_LISTED_ENTRIES]) if names else "nothing (it is empty)"
-    if len(names) > _LISTED_ENTRIES:
-        found += f", ... ({len(names)} entries)"
-    return (
-        f"{uri} is not a SavedModel or Keras model: looked for saved_model.pb or "
-        "saved_model.pbtxt, or numeric version sub-directories holding one (TensorFlow "
-        f"Serving layout); found {found}"
-    )
 
 
 def _missing(filesystem: pafs.FileSystem, path: str, uri: str) -> InputMissingError:

@@ -131,8 +131,7 @@ def _refuse_overwriting_inputs(
 
 
 def _identity(path: str) -> str:
-    """What two names of the same file share: the real path of a local file, a URI itself."""
-    return path if path == STDIO or is_uri(path) else os.path.realpath(path)
+    return path if path == STDIO else storage.identity(path)
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,7 @@ def expand_inputs(values: tuple[str, ...], input_format: str | None) -> list[Inp
     seen: set[str] = set()
     for value in values:
         for item in _expand_one(value, input_format):
-            local = item.path != STDIO and not is_uri(item.path)
-            key = os.path.realpath(item.path) if local else item.path
+            key = item.path if item.path == STDIO else storage.identity(item.path)
             if key not in seen:
                 seen.add(key)
                 found.append(item)

@@ -312,6 +312,11 @@ def clean(exc: BaseException) -> str:
 # -- local paths and URIs alike ------------------------------------------------------------
 
 
+def identity(path: str) -> str:
+    """What two names of the same file share: a local file's real path, a URI itself."""
+    return path if is_uri(path) else os.path.realpath(path)
+
+
 def join(base: str, *names: str) -> str:
     """`base/name/...`, with `/` on URIs and the OS's separator on local paths."""
     if is_uri(base):
