@@ -95,6 +95,55 @@ def run_cli() -> Callable[..., Completed]:
     return run
 
 
+@pytest.fixture
+def run_main() -> Callable[..., Completed]:
+    """Run `batchpredict ARGS...` in this process through `cli.main(argv)`: the same exit
+    codes, stdout and stderr as the command, without a new interpreter importing
+    TensorFlow each time. Environment, working directory and standard streams are the
+    call's own and restored afterwards."""
+    import io
+    import signal
+
+    from batchpredict import cli, observe
+
+    def run(
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+    ) -> Completed:
+        saved_env = dict(os.environ)
+        saved_cwd = os.getcwd()
+        saved_streams = (sys.stdin, sys.stdout, sys.stderr)
+        saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGXFSZ)}
+        out, err = io.BytesIO(), io.BytesIO()
+        stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+        stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+        try:
+            for key in [k for k in os.environ if k.startswith("BATCHPREDICT_")]:
+                del os.environ[key]
+            os.environ.update(env or {})
+            if cwd is not None:
+                os.chdir(cwd)
+            sys.stdin = io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8")
+            sys.stdout, sys.stderr = stdout, stderr
+            code = cli.main(list(args))
+            stdout.flush()
+            stderr.flush()
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = saved_streams
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            for signum, handler in saved_handlers.items():
+                signal.signal(signum, handler)
+            observe.unbind_run_id()
+            observe._to_stderr = None
+        return Completed(code, out.getvalue().decode(), err.getvalue().decode())
+
+    return run
+
+
 def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
     """An id column, N_FEATURES float features and a string column, as an export would have."""
     rng = np.random.default_rng(seed)
