@@ -84,7 +84,8 @@ class FramePredictor:
     ) -> pd.DataFrame:
         """Return the kept columns of `frame` followed by the prediction column(s)."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        mapping = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
+        planned = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
+        mapping = planned.for_file(table.schema, "DataFrame")
         converted = to_model_arrays(table, mapping, "DataFrame")
         if converted.problems:
             first = converted.problems[0]

@@ -7,6 +7,7 @@ answer at once. `main` is the one boundary where exceptions become exit codes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -107,21 +108,33 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | No
         raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{path} is not valid TOML: {exc}") from exc
-    section = data.get(ctx.info_name or "")
+    # inspect and validate read the job's own file as predict would, [predict] included,
+    # and leave out what only predict has (outputs, locks, metrics).
+    tables = ["predict", ctx.info_name] if ctx.info_name != "predict" else ["predict"]
     values = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    values.update(section if isinstance(section, dict) else {})
+    for table in tables:
+        section = data.get(table or "")
+        values.update(section if isinstance(section, dict) else {})
     values = {key.replace("-", "_"): value for key, value in values.items()}
     known = {p.name for p in ctx.command.params} - {"config"}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - _option_names(ctx))
     if unknown:
         raise click.BadParameter(
             f"{path}: unknown option(s) for {ctx.info_name}: {', '.join(unknown)}"
         )
+    values = {name: value for name, value in values.items() if name in known}
     for name, value in values.items():
         if isinstance(value, list) and name not in ("input_file",):
             values[name] = ",".join(str(v) for v in value)  # e.g. features = ["a", "b"]
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
+
+
+def _option_names(ctx: click.Context) -> set[str]:
+    """Every option name of every command (what a job's config file may hold)."""
+    root = ctx.find_root().command
+    commands = root.commands.values() if isinstance(root, click.Group) else [ctx.command]
+    return {p.name for command in commands for p in command.params if p.name} - {"config"}
 
 
 #: Options that choose and load the model (shared by predict, inspect and validate).
@@ -184,19 +197,53 @@ storage_options = option_group(
 )
 
 
-#: Options that decide which columns feed the model and which are kept.
-mapping_options = option_group(
+#: Options that decide how inputs are read, which columns feed the model, and what a bad
+#: row does: shared by predict, inspect and validate, so that the last two report what
+#: predict would do.
+data_options = option_group(
+    option("input_format", default=None, help="Override the format told by the extension."),
     option(
         "features",
         default=None,
-        help="Comma-separated columns for a single [None, k] input, in order "
-        "(default: the k numeric columns that are not kept-only).",
+        help="Comma-separated columns feeding the model's single input, in order "
+        "(reshaped row-major for an input like [None, 8, 8, 1]; default for a [None, k] "
+        "input: the first input's columns that are not in --keep_columns).",
     ),
     option(
         "keep_columns",
         default=None,
         help="Comma-separated input columns copied to the output before the "
         "predictions (default: every column the model does not read).",
+    ),
+    option(
+        "chunk_size",
+        type=click.IntRange(min=1),
+        default=DEFAULT_CHUNK_SIZE,
+        show_default=True,
+        help="Rows read, converted and written at a time (bounds memory).",
+    ),
+    option(
+        "on_error",
+        type=click.Choice(["fail", "skip"]),
+        default="fail",
+        show_default=True,
+        help="fail: stop at the first bad row (exit 65). skip: write bad rows to the rejects "
+        "file and go on.",
+    ),
+    option(
+        "max_error_rate",
+        type=click.FloatRange(0.0, 1.0),
+        default=0.01,
+        show_default=True,
+        help="With --on_error skip: fail (exit 65, output not written) when a larger fraction "
+        "of an output's rows is bad.",
+    ),
+    option(
+        "fill_value",
+        type=float,
+        default=None,
+        help="Use this number for null and NaN values in numeric features instead of "
+        "treating those rows as bad.",
     ),
 )
 
@@ -242,7 +289,6 @@ def cli() -> None:
     help="File, glob pattern or directory, local or a URI (s3://bucket/day=*/*.parquet); "
     "repeat for more; '-' reads stdin.",
 )
-@option("input_format", default=None, help="Override the format told by the extension.")
 @option("output_file", default=None, help="One output for all inputs; '-' writes to stdout.")
 @option(
     "output_dir",
@@ -250,7 +296,7 @@ def cli() -> None:
     help="One output per input, at the input's path relative to its directory or glob root.",
 )
 @option("output_format", default=None, help="Default: the input's format.")
-@mapping_options
+@data_options
 @option(
     "prediction_column",
     default="prediction",
@@ -284,13 +330,6 @@ def cli() -> None:
     "fastest. Every call has exactly this many rows (the last is padded).",
 )
 @option(
-    "chunk_size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CHUNK_SIZE,
-    show_default=True,
-    help="Rows read, converted and written at a time (bounds memory).",
-)
-@option(
     "device",
     default="auto",
     show_default=True,
@@ -304,33 +343,10 @@ def cli() -> None:
     help="Cap the GPU memory TensorFlow may take, in MB.",
 )
 @option(
-    "on_error",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="fail: stop at the first bad row (exit 65). skip: write bad rows to the rejects "
-    "file and go on.",
-)
-@option(
     "rejects_file",
     default=None,
     help="Where --on_error skip writes bad rows as JSON lines "
     "(default: <output>.rejects.jsonl, or DIR/_rejects.jsonl with --output_dir).",
-)
-@option(
-    "max_error_rate",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.01,
-    show_default=True,
-    help="With --on_error skip: fail (exit 65, output not written) when a larger fraction "
-    "of an output's rows is bad.",
-)
-@option(
-    "fill_value",
-    type=float,
-    default=None,
-    help="Use this number for null and NaN values in numeric features instead of "
-    "treating those rows as bad.",
 )
 @option(
     "skip_existing",
@@ -415,43 +431,7 @@ def predict(**options: Any) -> None:
 
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     bind_run_id(new_run_id())
-    config = RunConfig(
-        model=options["model"],
-        input_files=tuple(options["input_file"]),
-        input_format=options["input_format"],
-        output_file=options["output_file"],
-        output_dir=options["output_dir"],
-        output_format=options["output_format"],
-        features=_csv_list(options["features"]),
-        keep_columns=_csv_list(options["keep_columns"]),
-        prediction_column=options["prediction_column"],
-        class_names=_class_names(options["class_names"], options["class_names_file"]),
-        threshold=options["threshold"],
-        batch_size=options["batch_size"],
-        chunk_size=options["chunk_size"],
-        signature=options["signature"],
-        model_version=options["model_version"],
-        unsafe_model_load=options["unsafe_model_load"],
-        device=options["device"],
-        gpu_memory_limit=options["gpu_memory_limit"],
-        log_level=options["log_level"],
-        lock_file=options["lock_file"],
-        on_error=options["on_error"],
-        rejects_file=options["rejects_file"],
-        max_error_rate=options["max_error_rate"],
-        fill_value=options["fill_value"],
-        skip_existing=options["skip_existing"],
-        progress=not options["no_progress"],
-        progress_every=options["progress_every"],
-        metrics_file=options["metrics_file"],
-        job_name=options["job_name"],
-        summary_file=options["summary_file"],
-        engine=options["engine"],
-        ray_address=options["ray_address"],
-        ray_concurrency=options["ray_concurrency"],
-        ray_gpus_per_worker=options["ray_gpus_per_worker"],
-        preserve_order=options["preserve_order"],
-    )
+    config = _run_config(options)
     # Taken before TensorFlow loads, so that a second run exits 75 at once.
     with hold_lock(config.lock_file):
         quiet_tensorflow(config.log_level)
@@ -467,28 +447,27 @@ def predict(**options: Any) -> None:
     "input_file",
     multiple=True,
     default=(),
-    help="Also show the column mapping predict would use for this file.",
+    help="Also show the column mapping predict would use for these inputs.",
 )
-@option("input_format", default=None, help="Override the format told by the extension.")
-@mapping_options
+@data_options
 @logging_options
 def inspect(**options: Any) -> None:
-    """Print the model's inputs and outputs (and the column mapping for an input file)."""
+    """Print the model's inputs and outputs (and the column mapping for the inputs given)."""
     from batchpredict import pipeline
     from batchpredict.observe import configure_logging, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
-    for line in pipeline.inspect(
-        model=options["model"],
-        signature=options["signature"],
-        version=options["model_version"],
-        unsafe=options["unsafe_model_load"],
-        input_files=tuple(options["input_file"]),
-        input_format=options["input_format"],
-        features=_csv_list(options["features"]),
-        keep_columns=_csv_list(options["keep_columns"]),
-    ):
+    if options["input_file"]:
+        lines = pipeline.inspect(_run_config(options))
+    else:
+        lines = pipeline.inspect_model(
+            options["model"],
+            signature=options["signature"],
+            version=options["model_version"],
+            unsafe=options["unsafe_model_load"],
+        )
+    for line in lines:
         click.echo(line)
 
 
@@ -496,32 +475,37 @@ def inspect(**options: Any) -> None:
 @model_options
 @storage_options
 @option("input_file", multiple=True, required=True, help="File, glob pattern or directory.")
-@option("input_format", default=None, help="Override the format told by the extension.")
-@mapping_options
+@data_options
 @logging_options
 def validate(**options: Any) -> None:
-    """Check the first chunk of every input against the model; write nothing."""
+    """Check the first chunk of every input as predict would read it; write nothing."""
     from batchpredict import pipeline
     from batchpredict.observe import configure_logging, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
-    report = pipeline.validate(
-        model=options["model"],
-        signature=options["signature"],
-        version=options["model_version"],
-        unsafe=options["unsafe_model_load"],
-        input_files=tuple(options["input_file"]),
-        input_format=options["input_format"],
-        features=_csv_list(options["features"]),
-        keep_columns=_csv_list(options["keep_columns"]),
-    )
+    report = pipeline.validate(_run_config(options))
     for line in report.lines:
         click.echo(line)
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
+
+
+def _run_config(options: dict[str, Any]) -> RunConfig:
+    """The one frozen configuration, from any command's options (those it lacks keep their
+    defaults): lists split, class names read, and `--no_progress` turned around."""
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    values = {name: value for name, value in options.items() if name in fields}
+    values["input_files"] = tuple(options["input_file"])
+    values["features"] = _csv_list(options.get("features"))
+    values["keep_columns"] = _csv_list(options.get("keep_columns"))
+    values["class_names"] = _class_names(
+        options.get("class_names"), options.get("class_names_file")
+    )
+    values["progress"] = not options.get("no_progress", False)
+    return RunConfig(**values)
 
 
 @cli.command()

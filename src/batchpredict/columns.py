@@ -1,9 +1,11 @@
 """Map input columns onto the model's inputs and convert Arrow chunks into NumPy arrays.
 
-Two mappings exist. *Named*: every model input reads the column of the same name (scalars,
-or list columns for inputs of shape `[None, T]` / `[None, T, d]`). *Stacked*: a model with
-one `[None, k]` input whose name is not a column reads k scalar columns side by side — the
-ones named by `--features`, or else every numeric column that is not kept-only.
+The mapping is planned once per run (`plan_mapping`, from the first input) and applied to
+every file by column name (`RunMapping.for_file`). *Named*: every model input reads the
+column of the same name (scalars, or list columns for inputs of shape `[None, T]` /
+`[None, T, d]`). *Stacked*: a model with one input reads several scalar columns side by
+side — the ones named by `--features` (reshaped row-major when the input has more
+dimensions), or else, for a `[None, k]` input, the first input's candidate columns.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +35,7 @@ class InputBinding:
 
 @dataclass(frozen=True)
 class ColumnMapping:
-    """How a file's columns feed the model, and which columns are carried to the output."""
+    """How one file's columns feed the model, and which of its columns go to the output."""
 
     bindings: tuple[InputBinding, ...]
     kept: tuple[str, ...]
@@ -42,17 +45,110 @@ class ColumnMapping:
         """Every column the model reads, in binding order."""
         return tuple(c for b in self.bindings for c in b.columns)
 
+
+@dataclass(frozen=True)
+class RunMapping:
+    """Which columns feed which model input: decided once per run, applied by name.
+
+    Every input file must supply the columns by name, wherever they sit in the file, so a
+    file with its columns in another order gets the same predictions, and a column that is
+    missing or unreadable is an error: another column never stands in for it.
+    """
+
+    bindings: tuple[InputBinding, ...]
+    #: `--keep_columns`; None keeps every column of a file that the model does not read.
+    keep_columns: tuple[str, ...] | None
+    #: How the columns were chosen, for logs and errors: "input names", "--features", or
+    #: "the columns of FILE" (the default rule for an input the model does not name).
+    decided_by: str
+
+    @property
+    def read_columns(self) -> tuple[str, ...]:
+        """Every column the model reads, in binding order."""
+        return tuple(c for b in self.bindings for c in b.columns)
+
+    @property
+    def guessed_order(self) -> bool:
+        """Whether the column order came from the first input rather than from the user."""
+        return self.decided_by.startswith("the columns of ")
+
+    def for_file(self, schema: pa.Schema, source: str) -> ColumnMapping:
+        """This mapping for one file: its columns by name; DataError naming any missing."""
+        available = list(schema.names)
+        _require(self.keep_columns or (), available, source, "--keep_columns")
+        missing = [c for c in self.read_columns if c not in available]
+        if missing:
+            raise DataError(
+                f"{source}: missing column(s) {', '.join(missing)} that the model reads "
+                f"(column mapping from {self.decided_by}); available columns: "
+                f"{', '.join(available)}"
+            )
+        read = set(self.read_columns)
+        if self.keep_columns is None:
+            kept = tuple(c for c in available if c not in read)
+        else:
+            kept = self.keep_columns
+        return ColumnMapping(self.bindings, kept)
+
+    def read_types(self, schema: pa.Schema, source: str) -> dict[str, pa.DataType]:
+        """The Arrow type a text reader must parse each numeric column into (see
+        `ReadOptions.column_types`), after checking that `schema` supplies the mapping."""
+        self.for_file(schema, source)
+        types: dict[str, pa.DataType] = {}
+        for binding in self.bindings:
+            scalar = binding.stacked or all(d == 1 for d in binding.tensor.shape[1:])
+            kind = _ARROW_NUMBER.get(_dtype_family(binding.tensor.dtype))
+            for name in binding.columns:
+                if scalar and kind is not None and not _is_nested(schema.field(name).type):
+                    types[name] = kind
+        return types
+
+    def as_dict(self) -> dict[str, Any]:
+        """The mapping as JSON-ready values, for `run started`, the summary and the manifest."""
+        return {
+            "decided_by": self.decided_by,
+            "inputs": [
+                {
+                    "input": b.tensor.name,
+                    "dtype": b.tensor.dtype,
+                    "shape": list(b.tensor.shape),
+                    "columns": list(b.columns),
+                }
+                for b in self.bindings
+            ],
+            "keep_columns": None if self.keep_columns is None else list(self.keep_columns),
+        }
+
     def describe(self) -> list[str]:
-        """Lines for `inspect`: which columns feed which input."""
-        lines = []
+        """Lines for `inspect`: which columns feed which input, and how that was decided."""
+        lines = [f"column mapping (from {self.decided_by}):"]
         for b in self.bindings:
             shape = "x".join("?" if d is None else str(d) for d in b.tensor.shape)
-            how = f"{len(b.columns)} columns stacked" if b.stacked else "column"
+            if not b.stacked:
+                how = "column"
+            elif len(b.tensor.shape) > 2:
+                how = f"{len(b.columns)} columns, reshaped row-major to {_shape(b.tensor.shape)}"
+            else:
+                how = f"{len(b.columns)} columns stacked"
             lines.append(
-                f"{b.tensor.name} ({b.tensor.dtype}[{shape}]) <- {how}: {', '.join(b.columns)}"
+                f"  {b.tensor.name} ({b.tensor.dtype}[{shape}]) <- {how}: {', '.join(b.columns)}"
             )
-        lines.append(f"kept columns: {', '.join(self.kept) if self.kept else '(none)'}")
+        if self.guessed_order:
+            features = ",".join(self.read_columns)
+            lines.append(f"  pin this order for every run with: --features {features}")
         return lines
+
+
+#: The Arrow type a text column is parsed into for a model input of each dtype family.
+_ARROW_NUMBER = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
+
+
+def _dtype_family(dtype: str) -> str:
+    if dtype.startswith("float") or dtype == "bfloat16":
+        return "float"
+    if dtype.startswith(("int", "uint")):
+        return "int"
+    return dtype
 
 
 def plan_mapping(
@@ -61,33 +157,91 @@ def plan_mapping(
     source: str,
     features: Sequence[str] | None = None,
     keep_columns: Sequence[str] | None = None,
-) -> ColumnMapping:
-    """Decide which columns feed which input; raise `DataError` naming what is missing."""
+    declared_types: bool = True,
+) -> RunMapping:
+    """Decide which columns feed which input, from the first input's `schema`.
+
+    Inputs the model names read the columns of those names. A single input fed from several
+    columns reads `features` in that order (any input whose size is that number of values,
+    reshaped row-major), or else, for a `[None, k]` input, the first input's candidate
+    columns in its order: every column not in `keep_columns` that may hold numbers. With
+    `declared_types` (Parquet, Avro, Arrow tables) that is every numeric column; in text
+    formats (CSV, JSON), whose types are only guessed from the first rows, every column that
+    is not a list or object, so that a numeric column made text by a few bad values is
+    parsed (and its bad values rejected) rather than replaced by another column.
+    """
     available = list(schema.names)
-    _require(keep_columns or (), available, source, "--keep_columns")
+    keep = tuple(keep_columns) if keep_columns is not None else None
+    _require(keep or (), available, source, "--keep_columns")
     if features is None and all(t.name in available for t in inputs):
         bindings = tuple(InputBinding(t, (t.name,), stacked=False) for t in inputs)
-    elif len(inputs) == 1 and len(inputs[0].shape) == 2 and inputs[0].shape[1] is not None:
+        return RunMapping(bindings, keep, "input names")
+    if features is not None and len(inputs) == 1:
         tensor = inputs[0]
-        columns = _stacked_columns(tensor, schema, source, features, keep_columns or ())
-        bindings = (InputBinding(tensor, columns, stacked=True),)
-    else:
-        if features is not None:
-            raise DataError(
-                f"{source}: --features needs a model with one input of shape [None, k]; "
-                f"this model has inputs {', '.join(t.name for t in inputs)}"
-            )
-        missing = [t.name for t in inputs if t.name not in available]
-        raise DataError(
-            f"{source}: missing column(s) for model input(s): {', '.join(missing)}; "
-            f"available columns: {', '.join(available)}"
+        _require(features, available, source, "--features")
+        _check_feature_count(tensor, tuple(features), source)
+        return RunMapping((InputBinding(tensor, tuple(features), True),), keep, "--features")
+    if features is None and len(inputs) == 1 and _is_vector(inputs[0]):
+        candidates = tuple(
+            f.name
+            for f in schema
+            if f.name not in (keep or ()) and _may_feed_number(f.type, declared_types)
         )
-    read = {c for b in bindings for c in b.columns}
-    if keep_columns is None:
-        kept = tuple(c for c in available if c not in read)
-    else:
-        kept = tuple(keep_columns)
-    return ColumnMapping(bindings, kept)
+        _check_default_count(inputs[0], candidates, source, declared_types)
+        binding = InputBinding(inputs[0], candidates, stacked=True)
+        return RunMapping((binding,), keep, f"the columns of {source}")
+    if features is not None:
+        raise DataError(
+            f"{source}: --features needs a model with one input; this model has inputs "
+            f"{', '.join(t.name for t in inputs)}, each read from the column of its name"
+        )
+    missing = [t.name for t in inputs if t.name not in available]
+    raise DataError(
+        f"{source}: missing column(s) for model input(s): {', '.join(missing)}; "
+        f"available columns: {', '.join(available)}"
+    )
+
+
+def _is_vector(tensor: TensorInfo) -> bool:
+    return len(tensor.shape) == 2 and tensor.shape[1] is not None
+
+
+def _may_feed_number(arrow_type: pa.DataType, declared_types: bool) -> bool:
+    if declared_types:
+        return _is_numeric(arrow_type)
+    return not _is_nested(arrow_type)
+
+
+def _is_nested(arrow_type: pa.DataType) -> bool:
+    return bool(pa.types.is_nested(arrow_type))
+
+
+def _check_feature_count(tensor: TensorInfo, features: tuple[str, ...], source: str) -> None:
+    """`--features` feeds an input whose every dimension is known and whose size matches."""
+    dims = tensor.shape[1:]
+    size = math.prod(d for d in dims if d is not None)
+    if None in dims or not dims or size != len(features):
+        needs = "an unknown number of" if None in dims or not dims else str(size)
+        raise DataError(
+            f"{source}: model input {tensor.name!r} of shape {_shape(tensor.shape)} takes "
+            f"{needs} values per row but --features names {len(features)}: "
+            f"{', '.join(features)}"
+        )
+
+
+def _check_default_count(
+    tensor: TensorInfo, columns: tuple[str, ...], source: str, declared_types: bool
+) -> None:
+    width = tensor.shape[1]
+    if len(columns) == width:
+        return
+    which = "numeric columns" if declared_types else "columns"
+    raise DataError(
+        f"{source}: model input {tensor.name!r} takes {width} feature columns but the input "
+        f"has {len(columns)} {which} not named in --keep_columns: "
+        f"{', '.join(columns) or '(none)'}; name the features in order with --features "
+        "or the other columns with --keep_columns"
+    )
 
 
 def _require(columns: Sequence[str], available: Sequence[str], source: str, option: str) -> None:
@@ -97,32 +251,6 @@ def _require(columns: Sequence[str], available: Sequence[str], source: str, opti
             f"{source}: {option} names missing column(s): {', '.join(missing)}; "
             f"available columns: {', '.join(available)}"
         )
-
-
-def _stacked_columns(
-    tensor: TensorInfo,
-    schema: pa.Schema,
-    source: str,
-    features: Sequence[str] | None,
-    keep_columns: Sequence[str],
-) -> tuple[str, ...]:
-    width = tensor.shape[1]
-    if features is not None:
-        _require(features, schema.names, source, "--features")
-        columns = tuple(features)
-        how = "--features names"
-    else:
-        columns = tuple(
-            f.name for f in schema if f.name not in keep_columns and _is_numeric(f.type)
-        )
-        how = "found numeric columns (not kept-only)"
-    if len(columns) != width:
-        raise DataError(
-            f"{source}: model input {tensor.name!r} takes {width} feature columns but {how} "
-            f"{len(columns)}: {', '.join(columns) or '(none)'}; name them with --features "
-            "or exclude keys with --keep_columns"
-        )
-    return columns
 
 
 def _is_numeric(arrow_type: pa.DataType) -> bool:
@@ -178,7 +306,10 @@ class _Problems:
 
 
 def to_model_arrays(
-    table: pa.Table, mapping: ColumnMapping, source: str, fill_value: float | None = None
+    table: pa.Table,
+    mapping: ColumnMapping | RunMapping,
+    source: str,
+    fill_value: float | None = None,
 ) -> Converted:
     """Convert one chunk into `{input name: array}` with the model's dtypes and shapes.
 
@@ -205,7 +336,8 @@ def to_model_arrays(
             out = np.empty((table.num_rows, len(binding.columns)), dtype=tensor.dtype)
             for j, name in enumerate(binding.columns):
                 out[:, j] = _scalar_values(table.column(name), tensor, fill_value)
-            arrays[tensor.name] = out
+            # `--features` into an image-like input: row-major, the one reshape done.
+            arrays[tensor.name] = out.reshape((table.num_rows, *tensor.shape[1:]))
         else:
             name = binding.columns[0]
             arrays[tensor.name] = _column_array(

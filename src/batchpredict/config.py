@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -130,6 +131,8 @@ def validate(config: RunConfig) -> None:
         raise UsageError("--on_error skip with output to stdout needs --rejects_file")
     if not 0.0 <= config.max_error_rate <= 1.0:
         raise UsageError(f"--max_error_rate must be between 0 and 1, got {config.max_error_rate}")
+    if config.fill_value is not None and not math.isfinite(config.fill_value):
+        raise UsageError(f"--fill_value must be a finite number, got {config.fill_value}")
     if not config.progress_every > 0:
         raise UsageError(f"--progress_every must be above 0, got {config.progress_every}")
     if not config.job_name:

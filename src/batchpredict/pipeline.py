@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.batching import Prefetch, rechunk
-from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
-from batchpredict.config import RunConfig
+from batchpredict.columns import ColumnMapping, RunMapping, plan_mapping, to_model_arrays
+from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
@@ -75,6 +75,8 @@ class RunSummary:
     device: str
     #: Model calls per device: with several (`--device gpu:0,gpu:1`), each gets a share.
     batches_per_device: dict[str, int] = field(default_factory=dict)
+    #: Which columns fed which model input (`RunMapping.as_dict`).
+    column_mapping: dict[str, Any] | None = None
     rows_per_second: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +185,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     where = {"model": model.source.path}
     if storage.is_uri(config.model) and config.model != model.source.path:
         where = {"model": config.model, "model_cache": model.source.path}
+    mapping = RunColumns(model, config, plan_run_mapping(inputs, model, config))
     log.info(
         "run started",
         **where,
@@ -191,7 +194,9 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         inputs=[i.path for i in inputs],
         device=devices.device,
         batch_size=predictor.batch_size or "auto",
+        column_mapping=mapping.as_dict(),
     )
+    mapping.warn_if_guessed()
     manifest: Manifest | None = None
     if config.output_dir is not None:
         # A stale marker from an earlier run must not vouch for a half-updated folder.
@@ -218,7 +223,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
                 skipped.extend(i.path for i in target.inputs)
                 continue
             sink = rejects.get(rejects_path(target, config)) if rejects else None
-            counts = _predict_target(target, model, predictor, columns, config, sink, progress)
+            counts = _predict_target(target, mapping, predictor, columns, config, sink, progress)
             totals.add(counts)
             if manifest is not None:
                 manifest.record(target, fingerprints, counts.written, counts.rejected)
@@ -250,9 +255,83 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         batch_size=predictor.batch_size,
         device=devices.device,
         batches_per_device=dict(predictor.batches_per_device),
+        column_mapping=mapping.as_dict(),
     )
     log.info("run finished", **summary.as_dict())
     return summary
+
+
+def plan_run_mapping(
+    inputs: list[InputFile], model: LoadedModel, config: RunConfig
+) -> RunMapping | None:
+    """The run's column mapping, from the first input's columns (its schema only: a Parquet
+    footer, the first block of a text file); None for stdin, which cannot be read twice."""
+    first = inputs[0]
+    if first.path == STDIO:
+        return None
+    reader = reader_for(first.path, first.format, _read_options(config, _ignore_bad_record))
+    return plan_mapping(
+        model.inputs,
+        reader.schema(),
+        first.path,
+        config.features,
+        config.keep_columns,
+        declared_types=reader.declares_types,
+    )
+
+
+def _ignore_bad_record(record: BadRecord) -> None:
+    """Planning reads only column names and types; bad records are reported by the run."""
+
+
+def _read_options(
+    config: RunConfig, on_bad_record: Callable[[BadRecord], None] | None
+) -> ReadOptions:
+    """How every reader of this run reads: chunk size and what to do with bad records."""
+    return ReadOptions(chunk_size=config.chunk_size, on_bad_record=on_bad_record)
+
+
+class RunColumns:
+    """The run's column mapping, applied to each file by name.
+
+    Planned before the run from the first input; for stdin, which cannot be read twice, from
+    its first chunk, and logged then.
+    """
+
+    def __init__(self, model: LoadedModel, config: RunConfig, planned: RunMapping | None) -> None:
+        self.model = model
+        self.config = config
+        self.mapping = planned
+
+    def for_file(self, schema: pa.Schema, source: str, declared_types: bool) -> ColumnMapping:
+        """The mapping for one file; DataError naming what it lacks."""
+        if self.mapping is None:
+            self.mapping = plan_mapping(
+                self.model.inputs,
+                schema,
+                source,
+                self.config.features,
+                self.config.keep_columns,
+                declared_types=declared_types,
+            )
+            get_logger().info("column mapping decided", column_mapping=self.as_dict())
+            self.warn_if_guessed()
+        return self.mapping.for_file(schema, source)
+
+    def as_dict(self) -> dict[str, Any] | None:
+        """JSON-ready mapping, or None until it is decided."""
+        return None if self.mapping is None else self.mapping.as_dict()
+
+    def warn_if_guessed(self) -> None:
+        """Say so when the column order came from the first input, not from the user."""
+        if self.mapping is not None and self.mapping.guessed_order:
+            features = ",".join(self.mapping.read_columns)
+            get_logger().warning(
+                "feature columns taken in the order of the first input; every input is "
+                "read by these names. Pin the order with --features",
+                features=features,
+                first_input=self.mapping.decided_by.removeprefix("the columns of "),
+            )
 
 
 def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
@@ -260,6 +339,11 @@ def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummar
     from batchpredict import ray_engine
 
     log = get_logger()
+    # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
+    model = _load(config)
+    inputs = expand_inputs(config.input_files, config.input_format)
+    mapping = plan_run_mapping(inputs, model, config)
+    assert mapping is not None  # the Ray engine does not read stdin
     log.info(
         "run started",
         engine="ray",
@@ -268,8 +352,10 @@ def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummar
         signature=config.signature,
         inputs=list(config.input_files),
         batch_size=config.batch_size or "auto",
+        column_mapping=mapping.as_dict(),
     )
-    done = ray_engine.run(config, uuid.uuid4().hex)
+    RunColumns(model, config, mapping).warn_if_guessed()
+    done = ray_engine.run(config, uuid.uuid4().hex, mapping)
     totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
     summary = RunSummary(
         rows_in=totals.read,
@@ -284,6 +370,7 @@ def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummar
         model_version=config.model_version,
         batch_size=config.batch_size,
         device="ray",
+        column_mapping=mapping.as_dict(),
     )
     log.info("run finished", **summary.as_dict())
     return summary
@@ -312,7 +399,7 @@ def _choose_batch_size(predictor: Predictor, chunk: _Chunk, chunk_size: int) -> 
 
 def _predict_target(
     target: OutputTarget,
-    model: LoadedModel,
+    mapping: RunColumns,
     predictor: Predictor,
     columns: PredictionColumns,
     config: RunConfig,
@@ -328,10 +415,10 @@ def _predict_target(
     nested = writer.supports_nested
     counts = _Counts()
     sink = _BackgroundWriter(writer)
-    chunk_rows = chunk_rows_for(config.chunk_size, predictor.batch_size, model)
+    chunk_rows = chunk_rows_for(config.chunk_size, predictor.batch_size, mapping.model)
     choosing = predictor.batch_size is None
     chunks = Prefetch(
-        functools.partial(_chunks, target.inputs, model, chunk_rows, config, counts, rejects),
+        functools.partial(_chunks, target.inputs, mapping, chunk_rows, config, counts, rejects),
         depth=PREFETCH_CHUNKS,
         hold_after_first=choosing,  # reading would skew the timing
     )
@@ -365,7 +452,7 @@ def _predict_target(
 
 def _chunks(
     inputs: tuple[InputFile, ...],
-    model: LoadedModel,
+    run_columns: RunColumns,
     chunk_rows: int,
     config: RunConfig,
     counts: _Counts,
@@ -380,26 +467,13 @@ def _chunks(
         # Records the reader could not parse, by record number, for the row numbers
         # of the rows after them (only with --on_error skip).
         dropped: list[int] = []
-        options = ReadOptions(
-            chunk_size=config.chunk_size,
-            on_bad_record=(
-                _bad_record_sink(source.path, rejects, counts, dropped)
-                if rejects is not None
-                else None
-            ),
-        )
-        reader = reader_for(source.path, source.format, options)
+        sink = None if rejects is None else _bad_record_sink(source.path, rejects, counts, dropped)
+        reader = reader_for(source.path, source.format, _read_options(config, sink))
         mapping: ColumnMapping | None = None
         first_row = 0
         for table in rechunk(reader.iter_batches(), chunk_rows):
             if mapping is None:
-                mapping = plan_mapping(
-                    model.inputs,
-                    table.schema,
-                    source.path,
-                    config.features,
-                    config.keep_columns,
-                )
+                mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
             converted = to_model_arrays(table, mapping, source.path, config.fill_value)
             counts.read += table.num_rows
             kept = table.select(list(mapping.kept))
@@ -537,36 +611,57 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         raise DataError(f"inputs written to one output have different column types: {exc}") from exc
 
 
-def _first_chunk(source: InputFile, chunk_size: int) -> pa.Table:
-    """The first chunk of an input (for `inspect` and `validate`)."""
-    reader = reader_for(source.path, source.format, ReadOptions(chunk_size=chunk_size))
-    for table in rechunk(reader.iter_batches(), chunk_size):
+def _first_chunk(source: InputFile, config: RunConfig, bad_records: list[BadRecord]) -> pa.Table:
+    """The first chunk of an input as predict reads it (for `inspect` and `validate`);
+    records the reader could not parse are collected in `bad_records`."""
+    options = _read_options(config, bad_records.append)
+    reader = reader_for(source.path, source.format, options)
+    for table in rechunk(reader.iter_batches(), config.chunk_size):
         return table
     raise InputMissingError(f"{source.path}: holds no data rows")
 
 
-def inspect(
-    *,
+def inspect_model(
     model: str,
+    *,
     signature: str = "serving_default",
     version: int | None = None,
     unsafe: bool = False,
-    input_files: tuple[str, ...] = (),
-    input_format: str | None = None,
-    features: tuple[str, ...] | None = None,
-    keep_columns: tuple[str, ...] | None = None,
 ) -> list[str]:
-    """Lines describing the model and, for each input given, the column mapping."""
+    """Lines describing the model's inputs and outputs."""
     from batchpredict.model import describe
 
-    loaded = load_model(model, signature=signature, version=version, unsafe=unsafe)
-    lines = describe(loaded)
-    for source in expand_inputs(input_files, input_format) if input_files else []:
-        table = _first_chunk(source, 1024)
-        mapping = plan_mapping(loaded.inputs, table.schema, source.path, features, keep_columns)
-        lines.append(f"mapping for {source.path} ({source.format}):")
-        lines.extend(f"  {line}" for line in mapping.describe())
+    return describe(load_model(model, signature=signature, version=version, unsafe=unsafe))
+
+
+def inspect(config: RunConfig) -> list[str]:
+    """The model, the column mapping predict would plan for `config`, and for each input
+    whether it supplies it and which columns would be kept."""
+    from batchpredict.model import describe
+
+    model = _load(config)
+    lines = describe(model)
+    inputs = expand_inputs(config.input_files, config.input_format)
+    run_columns = RunColumns(model, config, plan_run_mapping(inputs, model, config))
+    for source in inputs:
+        table = _first_chunk(source, config, [])
+        reader = reader_for(source.path, source.format, _read_options(config, None))
+        mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
+        if source is inputs[0]:
+            assert run_columns.mapping is not None
+            lines.extend(run_columns.mapping.describe())
+        kept = ", ".join(mapping.kept) or "(none)"
+        lines.append(f"input {source.path} ({source.format}): kept columns: {kept}")
     return lines
+
+
+def _load(config: RunConfig) -> LoadedModel:
+    return load_model(
+        config.model,
+        signature=config.signature,
+        version=config.model_version,
+        unsafe=config.unsafe_model_load,
+    )
 
 
 @dataclass(frozen=True)
@@ -577,48 +672,64 @@ class ValidationReport:
     problems: tuple[str, ...]
 
 
-def validate(
-    *,
-    model: str,
-    input_files: tuple[str, ...],
-    signature: str = "serving_default",
-    version: int | None = None,
-    unsafe: bool = False,
-    input_format: str | None = None,
-    features: tuple[str, ...] | None = None,
-    keep_columns: tuple[str, ...] | None = None,
-    chunk_size: int = 65536,
-) -> ValidationReport:
-    """Check each input's first chunk against the model, collecting every problem found.
-
-    Each model input is converted on its own, so one bad column does not hide another.
-    """
-    loaded = load_model(model, signature=signature, version=version, unsafe=unsafe)
+def validate(config: RunConfig) -> ValidationReport:
+    """Check each input's first chunk as predict would read and convert it with `config`
+    (its column mapping, `--fill_value`, `--on_error` and `--max_error_rate`), collecting
+    every problem found. Each model input is converted on its own, so one bad column does
+    not hide another."""
+    model = _load(config)
+    inputs = expand_inputs(config.input_files, config.input_format)
     lines: list[str] = []
     problems: list[str] = []
-    for source in expand_inputs(input_files, input_format):
-        try:
-            table = _first_chunk(source, chunk_size)
-            mapping = plan_mapping(loaded.inputs, table.schema, source.path, features, keep_columns)
-        except DataError as exc:
-            problems.append(str(exc))
-            continue
-        found = []
-        for binding in mapping.bindings:
-            single = ColumnMapping((binding,), ())
-            try:
-                converted = to_model_arrays(table, single, source.path)
-            except DataError as exc:
-                found.append(str(exc))
-                continue
-            if converted.problems:
-                first = converted.problems[0]
-                found.append(
-                    f"{source.path}: column {first.column!r}: {len(converted.problems)} of "
-                    f"{table.num_rows} rows checked are bad; first, row {first.index + 1}: "
-                    f"{first.reason}"
-                )
+    try:
+        run_columns = RunColumns(model, config, plan_run_mapping(inputs, model, config))
+    except DataError as exc:
+        return ValidationReport((), (str(exc),))
+    if run_columns.mapping is not None:
+        lines.extend(run_columns.mapping.describe())
+    for source in inputs:
+        line, found = _validate_input(source, run_columns, config)
         problems.extend(found)
-        if not found:
-            lines.append(f"ok: {source.path} ({table.num_rows} rows checked)")
+        if line is not None:
+            lines.append(line)
     return ValidationReport(tuple(lines), tuple(problems))
+
+
+def _validate_input(
+    source: InputFile, run_columns: RunColumns, config: RunConfig
+) -> tuple[str | None, list[str]]:
+    """`ok: ...` (or None) and the problems of one input's first chunk."""
+    bad_records: list[BadRecord] = []
+    try:
+        table = _first_chunk(source, config, bad_records)
+        reader = reader_for(source.path, source.format, _read_options(config, None))
+        mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
+    except DataError as exc:
+        return None, [str(exc)]
+    rows = file_rows(0, table.num_rows, [record.row for record in bad_records])
+    bad: dict[int, str] = {r.row: f"row {r.row}: {r.reason}" for r in bad_records}
+    found: list[str] = []
+    for binding in mapping.bindings:
+        try:
+            converted = to_model_arrays(
+                table, ColumnMapping((binding,), ()), source.path, config.fill_value
+            )
+        except DataError as exc:
+            found.append(str(exc))
+            continue
+        for problem in converted.problems:
+            row = int(rows[problem.index])
+            bad.setdefault(row, f"row {row}, column {problem.column!r}: {problem.reason}")
+    checked = table.num_rows + len(bad_records)
+    if bad:
+        first = bad[min(bad)]
+        if config.on_error == "fail" or len(bad) > config.max_error_rate * checked:
+            found.append(
+                f"{source.path}: {len(bad)} of {checked} rows checked are bad "
+                f"(--on_error {config.on_error}, --max_error_rate {config.max_error_rate:g}); "
+                f"first, {first}"
+            )
+    if found:
+        return None, found
+    note = f"; {len(bad)} would be rejected, first {bad[min(bad)]}" if bad else ""
+    return f"ok: {source.path} ({checked} rows checked{note})", []

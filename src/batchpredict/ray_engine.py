@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.atomic import write_whole
+from batchpredict.columns import ColumnMapping, RunMapping
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
 from batchpredict.formats.base import BadRecord, ReadOptions
@@ -60,8 +61,12 @@ def import_ray() -> Any:
     return ray
 
 
-def run(config: RunConfig, run_id: str) -> dict[str, Any]:
-    """Predict every input on Ray and commit the parts; returns the run's counts and outputs."""
+def run(config: RunConfig, run_id: str, mapping: RunMapping) -> dict[str, Any]:
+    """Predict every input on Ray and commit the parts; returns the run's counts and outputs.
+
+    `mapping` is the run's column mapping, planned on the driver from the first input, so
+    that every actor applies the same one whichever file's rows reach it first.
+    """
     ray = import_ray()
     log = get_logger()
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
@@ -103,7 +108,7 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
         dataset = ray.data.read_datasource(input_files_datasource(inputs, config, staging))
         predicted = dataset.map_batches(
             _ModelActor,
-            fn_constructor_kwargs={"config": config, "staging": staging},
+            fn_constructor_kwargs={"config": config, "staging": staging, "mapping": mapping},
             batch_size=config.chunk_size,
             batch_format="pyarrow",
             concurrency=concurrency,
@@ -315,7 +320,7 @@ def input_files_datasource(inputs: list[InputFile], config: RunConfig, staging: 
 class _ModelActor:
     """Loads the model once; maps each batch of rows to kept columns plus predictions."""
 
-    def __init__(self, config: RunConfig, staging: str) -> None:
+    def __init__(self, config: RunConfig, staging: str, mapping: RunMapping) -> None:
         from batchpredict.observe import quiet_tensorflow
 
         quiet_tensorflow(config.log_level)
@@ -335,10 +340,11 @@ class _ModelActor:
         self.columns = PredictionColumns.for_model(
             self.model, config.prediction_column, config.class_names, config.threshold
         )
-        self.mappings: dict[pa.Schema, Any] = {}
+        self.mapping = mapping
+        self.mappings: dict[pa.Schema, ColumnMapping] = {}
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from batchpredict.columns import plan_mapping, to_model_arrays
+        from batchpredict.columns import to_model_arrays
         from batchpredict.outputs import output_batch
 
         sources = table.column(SOURCE_COLUMN)
@@ -347,13 +353,7 @@ class _ModelActor:
         source = sources[0].as_py() if len(sources) else "<ray>"
         mapping = self.mappings.get(data.schema)
         if mapping is None:  # once per input schema, as the local engine does per file
-            mapping = plan_mapping(
-                self.model.inputs,
-                data.schema,
-                source,
-                self.config.features,
-                self.config.keep_columns,
-            )
+            mapping = self.mapping.for_file(data.schema, source)
             self.mappings[data.schema] = mapping
         converted = to_model_arrays(data, mapping, source, self.config.fill_value)
         kept = data.select(list(mapping.kept))

@@ -719,6 +719,7 @@ class AvroReader(Reader):
     name = "avro"
     extensions = (".avro",)
     accepts_compression_suffix = False
+    declares_types = True
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield batches of `chunk_size` records in file order."""

@@ -171,6 +171,9 @@ class Reader:
     streamable: ClassVar[bool] = True
     #: False for formats with their own internal compression (Parquet, Avro).
     accepts_compression_suffix: ClassVar[bool] = True
+    #: True when the file declares its column types (Parquet, Avro); False when the types
+    #: are guessed from the first rows (CSV, JSON), where a text column may hold numbers.
+    declares_types: ClassVar[bool] = False
 
     def __init__(self, path: str, options: ReadOptions) -> None:
         self.path = path
@@ -194,6 +197,19 @@ class Reader:
     def total_rows(self) -> int | None:
         """Row count from metadata when the format has it cheaply (for progress), else None."""
         return None
+
+    def schema(self) -> pa.Schema:
+        """The columns and types of the input's first batch, to plan the column mapping
+        before the run; formats whose metadata holds the schema override this."""
+        batches = self.iter_batches()
+        try:
+            return next(iter(batches)).schema
+        except StopIteration:
+            raise InputMissingError(f"{self.path}: holds no data rows") from None
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield the file's rows in order as record batches of about `chunk_size` rows.

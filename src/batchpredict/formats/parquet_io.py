@@ -31,6 +31,7 @@ class ParquetReader(Reader):
     extensions = (".parquet", ".pq")
     streamable = False
     accepts_compression_suffix = False
+    declares_types = True
 
     def __init__(self, path: str, options: ReadOptions) -> None:
         super().__init__(path, options)
@@ -88,6 +89,14 @@ class ParquetReader(Reader):
     def total_rows(self) -> int | None:
         """The row count from the footer."""
         return int(self._open().metadata.num_rows)
+
+    def schema(self) -> pa.Schema:
+        """The schema from the footer, without reading a row group."""
+        parquet = self._open()
+        try:
+            return parquet.schema_arrow
+        finally:
+            parquet.close()
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most `chunk_size` rows, row group by row group.
