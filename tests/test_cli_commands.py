@@ -151,7 +151,7 @@ def test_every_option_from_the_environment(
         "BATCHPREDICT_MODEL": str(mlp_model),
         "BATCHPREDICT_INPUT_FILE": str(tmp_path / "d.csv"),
         "BATCHPREDICT_OUTPUT_FILE": str(tmp_path / "out.parquet"),
-        "BATCHPREDICT_KEEP_COLUMNS": "id",
+        "BATCHPREDICT_KEEP_COLUMNS": "id,segment",
         "BATCHPREDICT_PREDICTION_COLUMN": "p",
         "BATCHPREDICT_BATCH_SIZE": "7",
         "BATCHPREDICT_DEVICE": "cpu",
@@ -159,7 +159,7 @@ def test_every_option_from_the_environment(
     result = run_cli("predict", env=env)
     assert result.returncode == 0, result.stderr
     out = pq.read_table(tmp_path / "out.parquet").to_pandas()
-    assert list(out.columns) == ["id", "p"]
+    assert list(out.columns) == ["id", "segment", "p"]
     expected = reference_predictions(mlp_model, frame[FEATURES].to_numpy()).reshape(-1)
     np.testing.assert_allclose(out["p"], expected, rtol=1e-5, atol=1e-6)
     started = next(line for line in result.log_lines() if line["event"] == "run started")
@@ -302,14 +302,14 @@ def test_config_file_supplies_defaults_and_the_command_line_wins(
         f'model = "{mlp_model}"\n'
         "[predict]\n"
         f'input_file = ["{tmp_path / "d.csv"}"]\n'
-        'keep_columns = ["id"]\n'
+        'keep_columns = ["id", "segment"]\n'
         'prediction_column = "from_config"\n'
         f'output_file = "{tmp_path / "out.parquet"}"\n'
     )
     result = run_cli("predict", "--config", str(config), "--prediction_column", "p")
     assert result.returncode == 0, result.stderr
     out = pq.read_table(tmp_path / "out.parquet").to_pandas()
-    assert list(out.columns) == ["id", "p"]
+    assert list(out.columns) == ["id", "segment", "p"]
     config.write_text(config.read_text() + "no_such_option = 1\n")
     bad = run_cli("predict", "--config", str(config))
     assert bad.returncode == 2

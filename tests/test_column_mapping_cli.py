@@ -93,7 +93,8 @@ def test_reordered_columns_get_the_same_predictions(
     assert mapping["inputs"][0]["columns"] == ["x1", "x2", "x3"]
     assert mapping["decided_by"] == f"the columns of {exports / 'a.parquet'}"
     warning = next(line for line in lines if line["level"] == "warning")
-    assert warning["features"] == "x1,x2,x3" and "--features" in str(warning["event"])
+    assert warning["event"] == "feature order taken from the first input"
+    assert warning["features"] == "x1,x2,x3" and "--features" in str(warning["hint"])
     assert json.loads(summary.read_text())["column_mapping"] == mapping
 
 
@@ -219,7 +220,7 @@ def test_inspect_and_validate_read_the_jobs_config_as_predict_does(
     strict_config.write_text(config.read_text().replace("fill_value = 0.0\n", ""))
     strict = run_main("validate", "--config", str(strict_config))
     assert strict.returncode == 65
-    assert "row 4, column 'x1': value is" in strict.stdout
+    assert "column 'x1': 1 of 20 rows checked are bad; first, row 4: value is null" in strict.stdout
     skipping = run_main(
         "validate",
         "--model",
@@ -235,6 +236,19 @@ def test_inspect_and_validate_read_the_jobs_config_as_predict_does(
     )
     assert skipping.returncode == 0, skipping.stdout
     assert "1 would be rejected, first row 4, column 'x1': value is null" in skipping.stdout
+    over = run_main(
+        "validate",
+        "--model",
+        str(three_feature_model),
+        "--input_file",
+        str(source),
+        "--keep_columns",
+        "id",
+        "--on_error",
+        "skip",
+    )
+    assert over.returncode == 65
+    assert "1 of 20 rows checked would be rejected, more than --max_error_rate 0.01" in over.stdout
     unknown = tmp_path / "bad.toml"
     unknown.write_text('modle = "x"\n')
     refused = run_main("validate", "--config", str(unknown), "--input_file", str(source))

@@ -292,7 +292,12 @@ def test_stderr_has_only_our_log_lines(tmp_path: Path, mlp_model: Path, run_cli:
     lines = result.stderr.splitlines()
     assert lines and all(line.startswith("{") for line in lines), result.stderr
     events = [entry["event"] for entry in result.log_lines()]
-    assert events == ["run started", "batch size chosen", "run finished"]
+    assert events == [
+        "run started",
+        "feature order taken from the first input",
+        "batch size chosen",
+        "run finished",
+    ]
 
 
 @pytest.mark.slow

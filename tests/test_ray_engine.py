@@ -97,7 +97,7 @@ def test_ray_bad_rows_go_to_one_rejects_file(tmp_path: Path, mlp_model: Path) ->
         model=str(mlp_model),
         input_file=str(source),
         output_dir=str(tmp_path / "out"),
-        keep_columns=["id"],
+        keep_columns=["id", "segment"],
         engine="ray",
         on_error="skip",
         max_error_rate=0.05,
@@ -136,9 +136,9 @@ def test_cli_joins_a_running_ray(tmp_path: Path, mlp_model: Path, run_cli: RunCl
     source = write_with_library(frame, tmp_path / "d.jsonl", "jsonl")
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
-        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id", "--engine", "ray",
-        "--ray_address", "auto", "--output_format", "avro", "--ray_concurrency", "1",
-        "--ray_gpus_per_worker", "0",
+        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment",
+        "--engine", "ray", "--ray_address", "auto", "--output_format", "avro",
+        "--ray_concurrency", "1", "--ray_gpus_per_worker", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.log_lines()

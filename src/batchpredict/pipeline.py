@@ -327,10 +327,10 @@ class RunColumns:
         if self.mapping is not None and self.mapping.guessed_order:
             features = ",".join(self.mapping.read_columns)
             get_logger().warning(
-                "feature columns taken in the order of the first input; every input is "
-                "read by these names. Pin the order with --features",
+                "feature order taken from the first input",
                 features=features,
                 first_input=self.mapping.decided_by.removeprefix("the columns of "),
+                hint="every input is read by these names; pin the order with --features",
             )
 
 
@@ -698,7 +698,9 @@ def validate(config: RunConfig) -> ValidationReport:
 def _validate_input(
     source: InputFile, run_columns: RunColumns, config: RunConfig
 ) -> tuple[str | None, list[str]]:
-    """`ok: ...` (or None) and the problems of one input's first chunk."""
+    """`ok: ...` (or None) and the problems of one input's first chunk: with `--on_error
+    fail` one per column holding bad rows, with `skip` one if more than `--max_error_rate`
+    of the rows would be rejected."""
     bad_records: list[BadRecord] = []
     try:
         table = _first_chunk(source, config, bad_records)
@@ -707,7 +709,11 @@ def _validate_input(
     except DataError as exc:
         return None, [str(exc)]
     rows = file_rows(0, table.num_rows, [record.row for record in bad_records])
-    bad: dict[int, str] = {r.row: f"row {r.row}: {r.reason}" for r in bad_records}
+    checked = table.num_rows + len(bad_records)
+    # Per column (None: a record that did not parse), the bad rows and their reasons.
+    bad: dict[str | None, dict[int, str]] = {}
+    for record in bad_records:
+        bad.setdefault(record.column, {})[record.row] = record.reason
     found: list[str] = []
     for binding in mapping.bindings:
         try:
@@ -718,18 +724,29 @@ def _validate_input(
             found.append(str(exc))
             continue
         for problem in converted.problems:
-            row = int(rows[problem.index])
-            bad.setdefault(row, f"row {row}, column {problem.column!r}: {problem.reason}")
-    checked = table.num_rows + len(bad_records)
-    if bad:
-        first = bad[min(bad)]
-        if config.on_error == "fail" or len(bad) > config.max_error_rate * checked:
+            bad.setdefault(problem.column, {})[int(rows[problem.index])] = problem.reason
+    rejected = len({row for column in bad.values() for row in column})
+    if config.on_error == "fail":
+        for column, reasons in bad.items():
+            first = min(reasons)
+            where = "records" if column is None else f"column {column!r}"
             found.append(
-                f"{source.path}: {len(bad)} of {checked} rows checked are bad "
-                f"(--on_error {config.on_error}, --max_error_rate {config.max_error_rate:g}); "
-                f"first, {first}"
+                f"{source.path}: {where}: {len(reasons)} of {checked} rows checked are bad; "
+                f"first, row {first}: {reasons[first]}"
             )
+    elif rejected > config.max_error_rate * checked:
+        found.append(
+            f"{source.path}: {rejected} of {checked} rows checked would be rejected, more "
+            f"than --max_error_rate {config.max_error_rate:g}; first, {_first_bad(bad)}"
+        )
     if found:
         return None, found
-    note = f"; {len(bad)} would be rejected, first {bad[min(bad)]}" if bad else ""
+    note = f"; {rejected} would be rejected, first {_first_bad(bad)}" if rejected else ""
     return f"ok: {source.path} ({checked} rows checked{note})", []
+
+
+def _first_bad(bad: dict[str | None, dict[int, str]]) -> str:
+    """`row R, column 'c': reason` for the first bad row of any column."""
+    row, column = min((row, column or "") for column, rows in bad.items() for row in rows)
+    where = f"row {row}" + (f", column {column!r}" if column else "")
+    return f"{where}: {bad[column or None][row]}"
