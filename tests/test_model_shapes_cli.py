@@ -66,7 +66,8 @@ def direct(model_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndar
     if isinstance(out, dict):
         return {k: keras.ops.convert_to_numpy(v) for k, v in out.items()}
     if isinstance(out, list | tuple):
-        return {f"output_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(out)}
+        names = model.output_names
+        return {n: keras.ops.convert_to_numpy(v) for n, v in zip(names, out, strict=True)}
     return keras.ops.convert_to_numpy(out)
 
 
@@ -143,14 +144,15 @@ def test_three_named_inputs_two_outputs_with_no_options(
 
 @pytest.fixture(scope="module")
 def sequence_model(models_dir: Path) -> Path:
-    """GRU over [T=6, d=3], TimeDistributed head: a list of outputs, one of them [6, 2]."""
+    """GRU over [T=6, d=3], TimeDistributed head: a list of outputs `risk` and `per_step`,
+    the latter [6, 2]; output columns take the output layers' names."""
     import keras
 
     keras.utils.set_random_seed(4)
     events = keras.Input(shape=(6, 3), name="events")
     steps = keras.layers.GRU(5, return_sequences=True)(events)
-    per_step = keras.layers.TimeDistributed(keras.layers.Dense(2))(steps)
-    risk = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(steps))
+    per_step = keras.layers.TimeDistributed(keras.layers.Dense(2), name="per_step")(steps)
+    risk = keras.layers.Dense(1, name="risk")(keras.layers.GlobalAveragePooling1D()(steps))
     return save(keras.Model(events, [risk, per_step]), models_dir, "sequence")
 
 
@@ -173,19 +175,19 @@ def test_gru_time_distributed_list_outputs(
     assert isinstance(expected, dict)
     if fmt == "csv-out":
         out = read_output(out_path, "csv")
-        assert out.column_names == ["id", "output_0", *[f"output_1_{i}" for i in range(12)]]
-        per_step = np.stack([as_array(out.column(f"output_1_{i}")) for i in range(12)], axis=1)
+        assert out.column_names == ["id", "risk", *[f"per_step_{i}" for i in range(12)]]
+        per_step = np.stack([as_array(out.column(f"per_step_{i}")) for i in range(12)], axis=1)
         np.testing.assert_allclose(
-            per_step, expected["output_1"].reshape(ROWS, 12), rtol=1e-5, atol=1e-5
+            per_step, expected["per_step"].reshape(ROWS, 12), rtol=1e-5, atol=1e-5
         )
     else:
         out = read_output(out_path, fmt)
-        assert out.column_names == ["id", "output_0", "output_1"]
+        assert out.column_names == ["id", "risk", "per_step"]
         np.testing.assert_allclose(
-            as_array(out.column("output_1")), expected["output_1"], rtol=1e-5, atol=1e-5
+            as_array(out.column("per_step")), expected["per_step"], rtol=1e-5, atol=1e-5
         )
     np.testing.assert_allclose(
-        as_array(out.column("output_0")), expected["output_0"].reshape(-1), rtol=1e-5, atol=1e-5
+        as_array(out.column("risk")), expected["risk"].reshape(-1), rtol=1e-5, atol=1e-5
     )
 
 
@@ -391,18 +393,40 @@ def test_validate_lists_every_problem(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (["--class_names", "a,b"], "need a model with one output"),
-        (["--threshold", "0.3"], "need a model with one output"),
+        # `segment` (width 3) cannot take 2 names, so `churn` (width 1, sigmoid) is labelled
+        (["--class_names", "a,b"], 0, None),
+        (["--threshold", "0.3"], 0, None),
+        (["--class_names", "a,b,c,d"], 78, "its outputs: churn (width 1), segment (width 3)"),
     ],
 )
-def test_label_options_need_one_output(
-    args: list[str], message: str, tmp_path: Path, customer_model: Path, run_cli: RunCli
+def test_label_options_on_two_outputs_label_the_one_that_fits(
+    args: list[str],
+    code: int,
+    message: str | None,
+    tmp_path: Path,
+    customer_model: Path,
+    run_main: RunCli,
 ) -> None:
-    source = write_rows(customer_data(3), tmp_path / "c.parquet", "parquet")
-    result = run_cli("predict", "--model", str(customer_model), "--input_file", str(source), *args)
-    assert result.returncode == 78
-    assert message in result.stderr
+    data = customer_data(9)
+    source = write_rows(data, tmp_path / "c.parquet", "parquet")
+    out = tmp_path / "o.parquet"
+    result = run_main(
+        "predict", "--model", str(customer_model), "--input_file", str(source),
+        "--output_file", str(out), *args,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    if message is not None:
+        assert message in result.stderr
+        assert not out.exists()
+        return
+    table = pq.read_table(out)
+    assert table.column_names == ["customer_id", "churn", "segment", "label", "score"]
+    churn = as_array(table.column("churn"))
+    cut = 0.3 if "--threshold" in args else 0.5
+    expected = [("b" if p >= cut else "a") for p in churn]
+    assert table.column("label").to_pylist() == (
+        expected if "--class_names" in args else [int(p >= cut) for p in churn]
+    )

@@ -17,7 +17,7 @@ from batchpredict.observe import (
     quiet_tensorflow,
     unbind_run_id,
 )
-from batchpredict.outputs import PredictionColumns
+from batchpredict.outputs import PredictionColumns, output_batch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,6 +62,9 @@ class FramePredictor:
         prediction_column: str = "prediction",
         class_names: tuple[str, ...] | None = None,
         threshold: float | None = None,
+        label_output: str | None = None,
+        label_column: str = "label",
+        score_column: str = "score",
     ) -> None:
         from batchpredict.model import load_model
         from batchpredict.predictor import Predictor
@@ -72,7 +75,13 @@ class FramePredictor:
         )
         self.predictor = Predictor(self.model, batch_size)
         self.columns = PredictionColumns.for_model(
-            self.model, prediction_column, class_names, threshold
+            self.model,
+            prediction_column,
+            class_names,
+            threshold,
+            label_output=label_output,
+            label_column=label_column,
+            score_column=score_column,
         )
 
     def predict_frame(
@@ -93,10 +102,10 @@ class FramePredictor:
                 f"DataFrame: row {first.index + 1}, column {first.column!r}: {first.reason}"
             )
         predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
-        result = table.select(list(mapping.kept))
-        for name, column in self.columns.build(predictions, nested=True):
-            result = result.append_column(name, column)
-        scored: pd.DataFrame = result.to_pandas()
+        kept = table.select(list(mapping.kept))
+        results = self.columns.build(predictions, nested=True)
+        batch = output_batch(kept, results, True, "DataFrame", self.columns)
+        scored: pd.DataFrame = batch.to_pandas()
         return scored
 
 

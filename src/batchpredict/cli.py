@@ -322,6 +322,24 @@ def cli() -> None:
     help="Cut-off for a single sigmoid output's `label` (default 0.5 with --class_names).",
 )
 @option(
+    "label_output",
+    default=None,
+    help="With several outputs: the one --class_names and --threshold label, by its name "
+    "as `inspect` shows it (default: the only output whose width fits the class names).",
+)
+@option(
+    "label_column",
+    default="label",
+    show_default=True,
+    help="Name of the label column added by --class_names or --threshold.",
+)
+@option(
+    "score_column",
+    default="score",
+    show_default=True,
+    help="Name of the score column (the label's probability).",
+)
+@option(
     "batch_size",
     type=BATCH_SIZE,
     default="auto",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from batchpredict.errors import UsageError
 
@@ -51,6 +52,11 @@ class RunConfig:
     prediction_column: str = "prediction"
     class_names: tuple[str, ...] | None = None
     threshold: float | None = None
+    #: The output `label` and `score` are made from (a name as `inspect` shows it); None:
+    #: the only output, or the only one whose width fits the class names.
+    label_output: str | None = None
+    label_column: str = "label"
+    score_column: str = "score"
     batch_size: int | None = None  # None: `auto`, measured on the first chunk
     chunk_size: int = DEFAULT_CHUNK_SIZE
     signature: str = "serving_default"
@@ -149,12 +155,69 @@ def validate(config: RunConfig) -> None:
         raise UsageError("--class_names needs at least two names")
     if config.threshold is not None and not 0.0 <= config.threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1, got {config.threshold}")
+    _validate_label_options(config)
+    _validate_output_format(config)
     if config.features is not None and config.keep_columns is not None:
         both = sorted(set(config.features) & set(config.keep_columns))
         if both:
             raise UsageError(
                 f"column(s) {', '.join(both)} named in both --features and --keep_columns"
             )
+
+
+def _validate_label_options(config: RunConfig) -> None:
+    """The label and score columns need names of their own, and a labelled output labels."""
+    if config.label_output is not None and config.class_names is None and config.threshold is None:
+        raise UsageError("--label_output needs --class_names (or --threshold)")
+    names = config.class_names
+    if config.threshold is not None and names is not None and len(names) != 2:
+        raise UsageError(
+            "--threshold labels a sigmoid output with 2 class names (negative, positive); "
+            f"--class_names has {len(names)}"
+        )
+    for option, value in (
+        ("--label_column", config.label_column),
+        ("--score_column", config.score_column),
+    ):
+        if not value:
+            raise UsageError(f"{option} cannot be empty")
+    if config.label_column == config.score_column:
+        raise UsageError(
+            f"--label_column and --score_column are both {config.label_column!r}; give them "
+            "different names"
+        )
+
+
+def _validate_output_format(config: RunConfig) -> None:
+    """Refuse an `--output_format` the `--output_file`'s extension contradicts (a `.parquet`
+    file holding CSV), and a compression suffix on a format that compresses internally."""
+    path = config.output_file
+    if path is None or path == STDIO:
+        if config.output_format is not None:
+            from batchpredict.formats.registry import writer_format
+
+            writer_format(config.output_format)  # an unknown name is refused here
+        return
+    # Here, not at module level: pyarrow and the readers are not needed for --help.
+    from batchpredict.formats.base import compression_of
+    from batchpredict.formats.registry import WRITERS, format_for_path, writer_format
+
+    by_extension = format_for_path(path)
+    chosen = writer_format(config.output_format) if config.output_format else by_extension
+    if by_extension is not None and chosen != by_extension:
+        raise UsageError(
+            f"--output_file {path} has the extension of {by_extension} but --output_format is "
+            f"{config.output_format}; make them agree (or drop --output_format)"
+        )
+    if (
+        chosen is not None
+        and compression_of(path)
+        and not WRITERS[chosen].accepts_compression_suffix
+    ):
+        raise UsageError(
+            f"--output_file {path}: {chosen} files are compressed internally; remove the "
+            f"{Path(path).suffix} suffix"
+        )
 
 
 def _validate_device(device: str) -> None:

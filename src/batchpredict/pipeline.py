@@ -29,6 +29,7 @@ from batchpredict.errors import (
     DataError,
     InputMissingError,
     LockHeldError,
+    UsageError,
     exit_code_for,
 )
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
@@ -178,9 +179,10 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         unsafe=config.unsafe_model_load,
     )
     predictor = Predictor(model, config.batch_size, devices.devices)
-    columns = PredictionColumns.for_model(
-        model, config.prediction_column, config.class_names, config.threshold
-    )
+    columns = PredictionColumns.from_config(model, config)
+    if config.keep_columns is not None:  # the rest are known once the data is
+        clashes = [c for c in config.keep_columns if c in columns.column_names]
+        columns.refuse_kept(clashes, "--keep_columns", UsageError)
     # A model from a store is named by its URI; the cached copy loaded is logged beside it.
     where = {"model": model.source.path}
     if storage.is_uri(config.model) and config.model != model.source.path:
@@ -195,6 +197,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         device=devices.device,
         batch_size=predictor.batch_size or "auto",
         column_mapping=mapping.as_dict(),
+        **({"label_output": columns.label_output} if columns.labelled else {}),
     )
     mapping.warn_if_guessed()
     manifest: Manifest | None = None
@@ -430,7 +433,7 @@ def _predict_target(
                 choosing = False
             predictions = predictor.predict_arrays(chunk.arrays, chunk.rows)
             results = columns.build(predictions, nested)
-            sink.put(output_batch(chunk.kept, results, nested, chunk.source))
+            sink.put(output_batch(chunk.kept, results, nested, chunk.source, columns))
             progress.update(chunk.rows)
         sink.close()
         if counts.rejected > config.max_error_rate * counts.read:

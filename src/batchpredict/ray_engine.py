@@ -337,9 +337,7 @@ class _ModelActor:
             unsafe=config.unsafe_model_load,
         )
         self.predictor = Predictor(self.model, config.batch_size)
-        self.columns = PredictionColumns.for_model(
-            self.model, config.prediction_column, config.class_names, config.threshold
-        )
+        self.columns = PredictionColumns.from_config(self.model, config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
 
@@ -371,7 +369,7 @@ class _ModelActor:
             return pa.table({})  # every row rejected; the datasink skips empty blocks
         predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
         results = self.columns.build(predictions, True)
-        return pa.Table.from_batches([output_batch(kept, results, True, source)])
+        return pa.Table.from_batches([output_batch(kept, results, True, source, self.columns)])
 
     def _reject(
         self, data: pa.Table, sources: pa.ChunkedArray, rows: np.ndarray, problems: Sequence[Any]
