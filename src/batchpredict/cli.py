@@ -370,8 +370,9 @@ def cli() -> None:
     "skip_existing",
     is_flag=True,
     default=False,
-    help="With --output_dir: skip inputs whose output the manifest records as complete "
-    "(same input size and mtime), so a rerun resumes.",
+    help="With --output_dir: skip outputs the manifest records as made by the same model "
+    "(SHA-256), with the same prediction options, from the same inputs (path, size, mtime), "
+    "so a rerun resumes; redo the others, logging why.",
 )
 @option(
     "lock_file",

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,6 @@ from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
-    InputMissingError,
     ModelError,
     OutputError,
     ReadWriteError,
@@ -36,7 +33,6 @@ from batchpredict.formats.base import BadRecord, compression_of, strip_compressi
 from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
 from batchpredict.model import LoadedModel, TensorInfo
 from batchpredict.sources import InputFile
-from batchpredict.storage import is_uri
 
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
@@ -468,82 +464,6 @@ def output_batch(
                 )
     arrays = [c.combine_chunks() for c in kept.columns] + [a for _, a in predictions]
     return pa.RecordBatch.from_arrays(arrays, names=names)
-
-
-def input_fingerprint(item: InputFile) -> dict[str, Any]:
-    """What identifies an input's content for `--skip_existing`: path, size and mtime."""
-    if is_uri(item.path):
-        size, mtime = storage.fingerprint(item.path)
-        return {"path": item.path, "size": size, "mtime": mtime}
-    stat = os.stat(item.path)
-    return {"path": item.path, "size": stat.st_size, "mtime": stat.st_mtime}
-
-
-class Manifest:
-    """`_manifest.json` of an `--output_dir`: rewritten atomically after every commit.
-
-    Because it is current after each output, a run that was killed leaves a manifest of
-    what it finished, and `--skip_existing` resumes from there. `_SUCCESS` is written
-    only by `finish`, after the last output.
-    """
-
-    def __init__(self, output_dir: str, resume: bool) -> None:
-        self.output_dir = output_dir
-        self.path = storage.join(output_dir, MANIFEST)
-        self.entries: dict[str, dict[str, Any]] = {}
-        self._previous: dict[str, dict[str, Any]] = self._load() if resume else {}
-
-    def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(storage.read_bytes(self.path))
-            return {entry["output"]: entry for entry in data["outputs"]}
-        except (FileNotFoundError, InputMissingError):
-            return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ReadWriteError(f"{self.path}: cannot read the manifest: {exc}") from exc
-
-    def _key(self, target: OutputTarget) -> str:
-        if is_uri(target.path):
-            return target.path[len(self.output_dir) :].lstrip("/")
-        return os.path.relpath(target.path, self.output_dir)
-
-    def already_done(self, target: OutputTarget, inputs: list[dict[str, Any]]) -> bool:
-        """Whether a previous run committed this output from inputs of the same size and mtime.
-
-        A match is carried into this run's manifest.
-        """
-        entry = self._previous.get(self._key(target))
-        if entry is None or entry.get("inputs") != inputs:
-            return False
-        if storage.size(target.path) != entry.get("output_size"):
-            return False  # gone, or changed since
-        self.entries[entry["output"]] = entry
-        self._write()
-        return True
-
-    def record(
-        self, target: OutputTarget, inputs: list[dict[str, Any]], rows: int, rejected: int
-    ) -> None:
-        """Add a committed output and rewrite the manifest."""
-        key = self._key(target)
-        self.entries[key] = {
-            "inputs": inputs,
-            "output": key,
-            "output_size": storage.size(target.path),
-            "format": target.format,
-            "rows": rows,
-            "rejected_rows": rejected,
-        }
-        self._write()
-
-    def _write(self) -> None:
-        manifest = {"written_at": time.time(), "outputs": list(self.entries.values())}
-        write_whole(self.path, json.dumps(manifest, indent=2) + "\n")
-
-    def finish(self) -> None:
-        """Mark the folder complete: `_SUCCESS`, last of all."""
-        self._write()
-        write_whole(storage.join(self.output_dir, SUCCESS_MARKER), "")
 
 
 class RejectsWriter:

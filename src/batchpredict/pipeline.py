@@ -35,15 +35,14 @@ from batchpredict.errors import (
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
 from batchpredict.formats.registry import reader_for, writer_for
 from batchpredict.locking import hold_lock
+from batchpredict.manifest import Manifest, identify_model, input_identity, prediction_options
 from batchpredict.model import LoadedModel, load_model
 from batchpredict.observe import Progress, get_logger, write_metrics, write_summary
 from batchpredict.outputs import (
     SUCCESS_MARKER,
-    Manifest,
     OutputTarget,
     PredictionColumns,
     RejectsWriter,
-    input_fingerprint,
     output_batch,
     plan_outputs,
     rejects_path,
@@ -200,11 +199,7 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         **({"label_output": columns.label_output} if columns.labelled else {}),
     )
     mapping.warn_if_guessed()
-    manifest: Manifest | None = None
-    if config.output_dir is not None:
-        # A stale marker from an earlier run must not vouch for a half-updated folder.
-        storage.delete(storage.join(config.output_dir, SUCCESS_MARKER))
-        manifest = Manifest(config.output_dir, resume=config.skip_existing)
+    manifest = _open_manifest(config, model, mapping.as_dict())
     skipped: list[str] = []
     progress = Progress(
         _known_total_rows(inputs, config.chunk_size),
@@ -214,27 +209,26 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     try:
         for target in targets:
             # Taken before reading: a file that changes during the run is redone next time.
-            fingerprints = (
-                [input_fingerprint(i) for i in target.inputs] if manifest is not None else []
-            )
+            identities = [input_identity(i) for i in target.inputs] if manifest is not None else []
             if (
                 manifest is not None
                 and config.skip_existing
-                and manifest.already_done(target, fingerprints)
+                and _already_done(manifest, target, identities)
             ):
-                log.info("output already complete, skipped", output=target.path)
                 skipped.extend(i.path for i in target.inputs)
                 continue
             sink = rejects.get(rejects_path(target, config)) if rejects else None
             counts = _predict_target(target, mapping, predictor, columns, config, sink, progress)
             totals.add(counts)
             if manifest is not None:
-                manifest.record(target, fingerprints, counts.written, counts.rejected)
+                manifest.record(target, identities, counts.written, counts.rejected)
         if manifest is not None:
             manifest.finish()
         progress.close()
     except BaseException as exc:
         progress.close()
+        if manifest is not None:
+            _flush_manifest(manifest)
         # Bad rows are the diagnosis of a data failure: keep them; otherwise drop them.
         for writer in rejects.values():
             if isinstance(exc, DataError):
@@ -335,6 +329,55 @@ class RunColumns:
                 first_input=self.mapping.decided_by.removeprefix("the columns of "),
                 hint="every input is read by these names; pin the order with --features",
             )
+
+
+def _open_manifest(
+    config: RunConfig, model: LoadedModel, mapping: dict[str, Any] | None = None
+) -> Manifest | None:
+    """With `--output_dir`: remove the old `_SUCCESS`, identify the model (its files are
+    hashed once per run) and start the manifest; `mapping` is the run's column mapping,
+    recorded with the prediction options."""
+    if config.output_dir is None:
+        return None
+    # A stale marker from an earlier run must not vouch for a half-updated folder.
+    storage.delete(storage.join(config.output_dir, SUCCESS_MARKER))
+    identity = identify_model(config.model, model)
+    get_logger().info(
+        "model identified",
+        model=config.model,
+        sha256=identity.sha256,
+        version=identity.version,
+        signature=identity.signature,
+        files=identity.files,
+        bytes=identity.bytes,
+        seconds=identity.seconds,
+    )
+    return Manifest(
+        config.output_dir,
+        model=identity,
+        options=prediction_options(config, mapping),
+        resume=config.skip_existing,
+    )
+
+
+def _already_done(manifest: Manifest, target: OutputTarget, inputs: list[dict[str, Any]]) -> bool:
+    """`--skip_existing`: whether a previous run's record covers `target`; logs the
+    decision either way, with the reason when the output is made again."""
+    reason = manifest.why_redo(target, inputs)
+    if reason is None:
+        get_logger().info("output already complete, skipped", output=target.path)
+        return True
+    get_logger().info("output redone", output=target.path, reason=reason)
+    return False
+
+
+def _flush_manifest(manifest: Manifest) -> None:
+    """Record the outputs finished before a failure, for `--skip_existing`; a failure to
+    do so is logged, never hides the failure being reported."""
+    try:
+        manifest.flush()
+    except BatchPredictError as exc:
+        get_logger().warning("could not write the manifest", error=str(exc))
 
 
 def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummary:

@@ -34,13 +34,13 @@ from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
 from batchpredict.formats.base import BadRecord, ReadOptions
 from batchpredict.formats.registry import default_extension, reader_for, writer_for, writer_format
+from batchpredict.manifest import input_identity
 from batchpredict.observe import get_logger
 from batchpredict.outputs import (
     MANIFEST,
     REJECTS,
     SUCCESS_MARKER,
     RejectsWriter,
-    input_fingerprint,
 )
 from batchpredict.sources import InputFile, expand_inputs
 
@@ -208,7 +208,7 @@ def _commit(
     manifest = {
         "written_at": time.time(),
         "engine": "ray",
-        "inputs": [input_fingerprint(item) for item in inputs],
+        "inputs": [input_identity(item) for item in inputs],
         "outputs": outputs,
         "rows": written,
         "rejected_rows": rejected,

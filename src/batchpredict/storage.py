@@ -227,11 +227,27 @@ def _read_error(uri: str, exc: BaseException) -> Exception:
     return ReadWriteError(f"{uri}: cannot read: {reason}")
 
 
-def fingerprint(uri: str) -> tuple[int | None, float | None]:
-    """The object's size and modification time (seconds since the epoch), as the store says."""
+def fingerprint(uri: str) -> dict[str, Any]:
+    """What tells one version of an object from another: `size`, `mtime` (seconds since the
+    epoch) and `etag`, as the store says (None for what it does not say, all None when
+    the object is not there). The ETag comes from the metadata of a stream opened on the
+    object (a HEAD request on S3; GCS says `etag`), and tells apart two writes of the same
+    size within the second that S3's modification times resolve."""
     filesystem, path = resolve(uri)
     info = _info(filesystem, path, uri)
-    return info.size, (info.mtime.timestamp() if info.mtime is not None else None)
+    if info.type != pafs.FileType.File:
+        return {"size": None, "mtime": None, "etag": None}
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            metadata = stream.metadata() or {}
+    except FileNotFoundError:
+        return {"size": None, "mtime": None, "etag": None}  # removed since it was listed
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(uri, exc) from exc
+    raw = metadata.get("ETag") or metadata.get("etag")
+    etag = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    mtime = info.mtime.timestamp() if info.mtime is not None else None
+    return {"size": info.size, "mtime": mtime, "etag": etag}
 
 
 def temporary_uri(uri: str) -> str:

@@ -1,0 +1,430 @@
+"""`_manifest.json` of an `--output_dir`, and what `--skip_existing` compares.
+
+An output is skipped only when its record says it was made by the same model (a SHA-256
+of its files, its version and signature), with the same prediction options, from the same
+inputs (canonical path, size, modification time; ETag on object stores), and the output
+is still the file that was recorded. Anything else is redone, and the log says why.
+
+The manifest is rewritten at most every `WRITE_INTERVAL_SECONDS` while outputs complete,
+and always when the run ends, fails or is interrupted: rewriting it after every output
+cost O(n²) bytes (and on object stores an upload, a copy and a delete each time). Only a
+run killed outright (SIGKILL, a lost machine) loses the records of the outputs it
+committed in its last interval, and a rerun with `--skip_existing` redoes those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batchpredict import storage
+from batchpredict.atomic import write_whole
+from batchpredict.config import RunConfig
+from batchpredict.errors import InputMissingError, ReadWriteError
+from batchpredict.model import LoadedModel
+from batchpredict.observe import get_logger
+from batchpredict.outputs import MANIFEST, SUCCESS_MARKER, OutputTarget
+from batchpredict.sources import InputFile
+from batchpredict.storage import is_uri
+
+#: Version 1 (no such key) had no model or options: its records are always redone.
+MANIFEST_VERSION = 2
+#: Longest a run goes without rewriting the manifest while outputs complete.
+WRITE_INTERVAL_SECONDS = 10.0
+#: Bytes read at a time while hashing a model (models can be gigabytes).
+_HASH_BLOCK = 1 << 20
+#: Hex digits of the id under which a manifest lists one set of (model, options).
+_SETTINGS_ID_DIGITS = 16
+
+#: RunConfig fields that change what an output holds; see `prediction_options`.
+PREDICTION_OPTIONS = (
+    "input_format",
+    "null_values",
+    "delimiter",
+    "features",
+    "keep_columns",
+    "fill_value",
+    "prediction_column",
+    "class_names",
+    "threshold",
+    "label_output",
+    "label_column",
+    "score_column",
+    "output_format",
+    "on_error",
+    "max_error_rate",
+)
+
+REASON_NO_MANIFEST = "no manifest"
+REASON_NOT_RECORDED = "not in the manifest"
+REASON_OLD_RECORD = "recorded without the model's identity (by an older batchpredict)"
+REASON_MODEL = "model changed"
+REASON_OUTPUT_MISSING = "output missing"
+REASON_OUTPUT_CHANGED = "output changed since it was recorded"
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What made an output: the model's content hash, version and signature, and where
+    it was loaded from (recorded, not compared: a model moved elsewhere is the same)."""
+
+    path: str
+    loaded_from: str
+    kind: str
+    sha256: str
+    version: int | None
+    signature: str | None
+    files: int
+    bytes: int
+    seconds: float
+
+    def compared(self) -> dict[str, Any]:
+        """The part `--skip_existing` compares."""
+        return {"sha256": self.sha256, "version": self.version, "signature": self.signature}
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's top-level `model`."""
+        where = {"path": self.path}
+        if self.loaded_from != self.path:
+            where["loaded_from"] = self.loaded_from  # a store's model: its cached copy
+        return {
+            **where,
+            "kind": self.kind,
+            **self.compared(),
+            "files": self.files,
+            "bytes": self.bytes,
+        }
+
+
+def identify_model(given: str, model: LoadedModel) -> ModelIdentity:
+    """Hash the files `model` was loaded from (see `content_sha256`), timing it.
+
+    A model from a store is hashed in its local cache, the copy that was loaded: the
+    same bytes get the same identity wherever they are kept, whereas ETags are not
+    content hashes on every store (S3 multipart uploads, none on HDFS) and would change
+    with a mere re-upload.
+    """
+    started = time.monotonic()
+    digest, files, size = content_sha256(model.source.path)
+    return ModelIdentity(
+        path=given,
+        loaded_from=model.source.path,
+        kind=model.source.kind,
+        sha256=digest,
+        version=model.source.version,
+        signature=model.signature,
+        files=files,
+        bytes=size,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def content_sha256(path: str) -> tuple[str, int, int]:
+    """(SHA-256, files, bytes) of a model file or folder, read in blocks.
+
+    A file: the SHA-256 of its bytes (what `sha256sum` prints). A folder: the SHA-256 of
+    one line `<relative/path>\\0<SHA-256 of the file>\\n` per file below it, in sorted
+    relative-path order, so a changed, added, removed or renamed file changes it.
+    """
+    if not os.path.isdir(path):
+        digest, size = _file_sha256(path)
+        return digest, 1, size
+    outer = hashlib.sha256()
+    total = 0
+    files = _files_below(path)
+    for relative, full in files:
+        digest, size = _file_sha256(full)
+        outer.update(f"{relative}\0{digest}\n".encode())
+        total += size
+    return outer.hexdigest(), len(files), total
+
+
+def _file_sha256(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(_HASH_BLOCK):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise ReadWriteError(f"{path}: cannot read the model to identify it: {exc}") from exc
+    return digest.hexdigest(), size
+
+
+def _files_below(root: str) -> list[tuple[str, str]]:
+    """(relative path with `/`, full path) of every file below `root`, sorted; linked
+    folders are followed, as TensorFlow follows them, each real folder once."""
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for folder, folders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        for name in names:
+            full = os.path.join(folder, name)
+            found.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- the options
+
+
+def prediction_options(
+    config: RunConfig, mapping: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The options that change what an output holds, JSON-ready: the rule for which
+    options make `--skip_existing` redo an output.
+
+    An option belongs here when changing it can change a prediction, a value or name of
+    an output column, or which rows an output holds: how inputs are read
+    (`input_format`, `input_version`, `null_values`, `delimiter`), which columns feed
+    the model and which are kept (`features`, `keep_columns`, and `mapping`, the run's
+    column mapping, recorded as given), how missing values are filled (`fill_value`),
+    the prediction and label columns (`prediction_column`, `class_names`, `threshold`,
+    `label_output`, `label_column`, `score_column`), the output format, and bad-row
+    handling (`on_error`; `max_error_rate` only with `on_error` skip, where it applies).
+    `--signature` and `--model_version` are compared as resolved, with the model's
+    identity (`ModelIdentity.compared`): `--model_version 7` and "the highest, 7" are
+    the same model. Not here, since they change no output: batch and chunk size,
+    device, progress, logging, lock, metrics, summary, engine.
+
+    Fields are read by name with None for one this RunConfig does not have, so an
+    option added later is recorded as soon as RunConfig has it.
+    """
+    options = {name: getattr(config, name, None) for name in PREDICTION_OPTIONS}
+    if options["on_error"] != "skip":
+        options["max_error_rate"] = None
+    options["mapping"] = dict(mapping) if mapping is not None else None
+    # Tuples become lists, as they come back from the JSON file they are compared with.
+    ready: dict[str, Any] = json.loads(json.dumps(options, default=str))
+    return ready
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _changed_keys(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Keys whose values differ, or that only one side has."""
+    return sorted(
+        key
+        for key in {*recorded, *current}
+        if key not in recorded
+        or key not in current
+        or _canonical(recorded[key]) != _canonical(current[key])
+    )
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+def input_identity(item: InputFile) -> dict[str, Any]:
+    """What identifies an input's content: its canonical name (a local file's real path,
+    so `data/a.csv` and `/abs/data/a.csv` match; a URI as given), size and modification
+    time, and on object stores the ETag."""
+    if is_uri(item.path):
+        return {"path": item.path, **storage.fingerprint(item.path)}
+    stat = os.stat(item.path)
+    return {"path": storage.identity(item.path), "size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def _output_identity(path: str) -> dict[str, Any]:
+    """An output file's size and modification time (and ETag on stores); all None when
+    it is not there. A rewrite changes the modification time even at the same size."""
+    if is_uri(path):
+        found = storage.fingerprint(path)
+        return {
+            "output_size": found["size"],
+            "output_mtime": found["mtime"],
+            "output_etag": found["etag"],
+        }
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return {"output_size": None, "output_mtime": None}
+    return {"output_size": stat.st_size, "output_mtime": stat.st_mtime}
+
+
+def _input_changes(recorded: Any, current: list[dict[str, Any]]) -> list[str]:
+    """Which fields of the inputs differ (`path`, `size`, `mtime`, `etag`)."""
+    if not isinstance(recorded, list) or len(recorded) != len(current):
+        return ["inputs"]
+    changed: set[str] = set()
+    for old, new in zip(recorded, current, strict=True):
+        changed.update(_changed_keys(old, new) if isinstance(old, dict) else ["inputs"])
+    return sorted(changed)
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+class Manifest:
+    """`_manifest.json` of an `--output_dir`: what this run made, and with what.
+
+    The previous manifest's records stay in it until this run replaces them, so the
+    manifest of a run that was killed describes the folder as it is: this run's finished
+    outputs and the earlier run's untouched ones, each with the model and options that
+    made it. `finish` writes this run's records alone, then `_SUCCESS`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        *,
+        model: ModelIdentity,
+        options: dict[str, Any],
+        resume: bool,
+        interval: float | None = None,
+    ) -> None:
+        self.output_dir = output_dir
+        self.path = storage.join(output_dir, MANIFEST)
+        self.model = model
+        self.options = options
+        self.made_with = {"model": model.compared(), "options": options}
+        self._interval = WRITE_INTERVAL_SECONDS if interval is None else interval
+        self._previous = self._load(strict=resume)
+        self._done: dict[str, dict[str, Any]] = {}
+        self._unwritten = 0
+        self._last_write: float | None = None
+
+    def _load(self, *, strict: bool) -> dict[str, dict[str, Any]] | None:
+        """The previous manifest's records by output, None when there is none. An
+        unreadable one fails a `--skip_existing` run (74) and is replaced otherwise."""
+        try:
+            data = json.loads(storage.read_bytes(self.path))
+            return _records_of(data)
+        except (FileNotFoundError, InputMissingError):
+            return None
+        except (OSError, ReadWriteError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if strict:
+                raise ReadWriteError(f"{self.path}: cannot read the manifest: {exc}") from exc
+            get_logger().warning("previous manifest unreadable, replaced", manifest=self.path)
+            return None
+
+    def _key(self, target: OutputTarget) -> str:
+        if is_uri(target.path):
+            return target.path[len(self.output_dir) :].lstrip("/")
+        return os.path.relpath(target.path, self.output_dir)
+
+    def why_redo(self, target: OutputTarget, inputs: list[dict[str, Any]]) -> str | None:
+        """Why `target` must be made again; None when a previous run's record shows it
+        made by the same model, with the same options, from the same inputs, and the
+        output is still the file recorded: the record is then carried into this run's."""
+        if self._previous is None:
+            return REASON_NO_MANIFEST
+        record = self._previous.get(self._key(target))
+        if record is None:
+            return REASON_NOT_RECORDED
+        made_with = record.get("made_with")
+        if not isinstance(made_with, dict) or "model" not in made_with:
+            return REASON_OLD_RECORD
+        reasons = []
+        if made_with["model"] != self.made_with["model"]:
+            reasons.append(REASON_MODEL)
+        options = _changed_keys(made_with.get("options") or {}, self.options)
+        if options:
+            reasons.append(f"options changed: {', '.join(options)}")
+        changed_inputs = _input_changes(record.get("inputs"), inputs)
+        if changed_inputs:
+            reasons.append(f"input changed: {', '.join(changed_inputs)}")
+        if reasons:
+            return "; ".join(reasons)
+        output = _output_identity(target.path)
+        if output["output_size"] is None:
+            return REASON_OUTPUT_MISSING
+        if any(record.get(key) != value for key, value in output.items()):
+            return REASON_OUTPUT_CHANGED
+        self._add(record)
+        return None
+
+    def record(
+        self, target: OutputTarget, inputs: list[dict[str, Any]], rows: int, rejected: int
+    ) -> None:
+        """Add an output this run committed."""
+        self._add(
+            {
+                "output": self._key(target),
+                "format": target.format,
+                "rows": rows,
+                "rejected_rows": rejected,
+                "inputs": inputs,
+                **_output_identity(target.path),
+                "made_with": self.made_with,
+            }
+        )
+
+    def _add(self, record: dict[str, Any]) -> None:
+        """Take a record; rewrite the manifest if the last write is `interval` old."""
+        self._done[record["output"]] = record
+        self._unwritten += 1
+        now = time.monotonic()
+        if self._last_write is None or now - self._last_write >= self._interval:
+            self._write(final=False)
+
+    def flush(self) -> None:
+        """Write the records not yet written (when a run fails or is interrupted)."""
+        if self._unwritten:
+            self._write(final=False)
+
+    def finish(self) -> None:
+        """Write this run's records, then mark the folder complete: `_SUCCESS`, last."""
+        self._write(final=True)
+        write_whole(storage.join(self.output_dir, SUCCESS_MARKER), "")
+
+    def _write(self, *, final: bool) -> None:
+        records = list(self._done.values())
+        if not final and self._previous:
+            records += [r for key, r in self._previous.items() if key not in self._done]
+        write_whole(self.path, json.dumps(self._document(records), indent=2) + "\n")
+        self._unwritten = 0
+        self._last_write = time.monotonic()
+
+    def _document(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The manifest: this run's model and options at the top; each output names the
+        (model, options) it was made with by an id into `made_with`."""
+        table: dict[str, Any] = {}
+        outputs = []
+        for record in records:
+            made_with = record.get("made_with")
+            written = {key: value for key, value in record.items() if key != "made_with"}
+            if isinstance(made_with, dict):
+                settings_id = _settings_id(made_with)
+                table[settings_id] = made_with
+                written["made_with"] = settings_id
+            outputs.append(written)
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "written_at": time.time(),
+            "model": self.model.record(),
+            "options": self.options,
+            "made_with": table,
+            "outputs": outputs,
+        }
+
+
+def _settings_id(made_with: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(made_with).encode()).hexdigest()[:_SETTINGS_ID_DIGITS]
+
+
+def _records_of(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A manifest's records by output, each with its `made_with` looked up (None in a
+    version 1 manifest, which had none)."""
+    table = data.get("made_with") or {}
+    records = {}
+    for written in data["outputs"]:
+        record = dict(written)
+        settings_id = record.get("made_with")
+        record["made_with"] = table.get(settings_id) if isinstance(settings_id, str) else None
+        records[record["output"]] = record
+    return records
