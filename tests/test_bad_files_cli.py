@@ -278,13 +278,36 @@ def _copy_corpus_file(relative: str, folder: Path) -> Path:
     return copy
 
 
+def mapping_args(path: Path) -> list[str]:
+    """`--features` naming a column the file has, so that the one-input model's column
+    mapping (planned from a Parquet footer or a CSV header before any row is read) fits,
+    and what is tested is how the file's damage is reported."""
+    column: str | None = None
+    if path.suffix == ".parquet":
+        try:
+            column = pq.read_schema(path).names[0]
+        except (pa.ArrowException, OSError, IndexError):
+            return []  # a damaged footer is the error to report
+    elif path.suffix == ".csv":
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            column = handle.readline().strip().split(",")[0] or None
+    return ["--features", column] if column else []
+
+
 # -- through the installed command ---------------------------------------------------------
 def _run_and_check(
     run_cli: Callable[..., Completed], model: Path, path: Path, wanted: Expect, *extra: str
 ) -> None:
     before = {p.name for p in path.parent.iterdir()}
     result = run_cli(
-        "predict", "--model", str(model), "--input_file", str(path), *wanted.args, *extra
+        "predict",
+        "--model",
+        str(model),
+        "--input_file",
+        str(path),
+        *wanted.args,
+        *mapping_args(path),
+        *extra,
     )
     problems = problems_with(path, result.returncode, result.stderr, wanted)
     assert not problems, f"{path.name}: {problems}\nstderr:\n{result.stderr[-3000:]}"
@@ -387,7 +410,10 @@ def in_process_results(
         files[name] = (made / name, wanted)
     before = {str(p) for p in folder.rglob("*")}
 
-    jobs = [{"path": str(path), "args": wanted.args} for path, wanted in files.values()]
+    jobs = [
+        {"path": str(path), "args": [*wanted.args, *mapping_args(path)]}
+        for path, wanted in files.values()
+    ]
     jobs_file = folder / "jobs.json"
     jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}

@@ -47,7 +47,7 @@ def test_every_format_and_a_glob_from_a_bucket(
     client.put_object(Bucket=name, Key="nightly/_SUCCESS", Body=b"")
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/nightly/2026-11-*",
-        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id", env=s3_env,
+        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment", env=s3_env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     for day, fmt in enumerate(FORMATS, start=1):
@@ -86,7 +86,7 @@ def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     client.upload_file(str(local), name, "in/day=1/part-0.parquet")
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id",
+        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment",
         "--output_format", "csv", "--chunk_size", "500",
         "--summary_file", f"s3://{name}/runs/summary.json", env=s3_env,
     )  # fmt: skip
@@ -117,7 +117,7 @@ def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
     client.put_object(Bucket=name, Key="out/d.parquet", Body=b"previous")
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
-        "--output_file", f"s3://{name}/out/d.parquet", "--keep_columns", "id",
+        "--output_file", f"s3://{name}/out/d.parquet", "--keep_columns", "id,segment",
         "--chunk_size", "500", env=s3_env,
     )  # fmt: skip
     assert result.returncode == 65, result.stderr
@@ -140,7 +140,7 @@ def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
     client.upload_file(str(local), name, "in/d.csv")
     args = (
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id",
+        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment",
         "--on_error", "skip", "--max_error_rate", "0.01",
     )  # fmt: skip
     first = run_cli(*args, env=s3_env)
@@ -174,7 +174,7 @@ def test_s3_endpoint_url_option_and_compressed_objects(
     env = {k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.csv.gz",
-        "--output_file", f"s3://{name}/out/d.csv.gz", "--keep_columns", "id",
+        "--output_file", f"s3://{name}/out/d.csv.gz", "--keep_columns", "id,segment",
         "--s3_endpoint_url", s3_env["AWS_ENDPOINT_URL"], env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -209,7 +209,7 @@ def test_refused_credentials_exit_66_reading_and_73_writing(
     else:
         where = ["--input_file", str(local), "--output_file", "s3://scores/d.csv"]
     result = run_cli(
-        "predict", "--model", str(mlp_model), *where, "--keep_columns", "id",
+        "predict", "--model", str(mlp_model), *where, "--keep_columns", "id,segment",
         env=s3_refusing_env,
     )  # fmt: skip
     assert result.returncode == (66 if side == "input" else 73), result.stderr
@@ -241,7 +241,7 @@ def test_the_ray_engine_reads_and_writes_a_bucket(
         client.upload_file(str(local), name, f"in/p{part}.parquet")
     result = run_cli(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/*.parquet",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id", "--engine", "ray",
+        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment", "--engine", "ray",
         "--preserve_order", "--chunk_size", "300", env=s3_env, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -273,7 +273,7 @@ def test_fsspec_fills_in_for_schemes_pyarrow_lacks(tmp_path: Path, mlp_model: Pa
         model=str(mlp_model),
         input_file="memory://exports/",
         output_dir="memory://scored",
-        keep_columns=["id"],
+        keep_columns=["id", "segment"],
     )
     assert summary.rows_out == 120
     assert sorted(memory.find("/scored")) == [

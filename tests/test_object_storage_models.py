@@ -85,7 +85,7 @@ def predict(
     out.unlink(missing_ok=True)
     result = run_cli(
         "predict", "--model", model, "--input_file", str(source), "--output_file", str(out),
-        "--keep_columns", "id", *args, env=env,
+        "--keep_columns", "id,segment", *args, env=env,
     )  # fmt: skip
     return result, (read_with_library(out, "csv") if result.returncode == 0 else None), frame
 

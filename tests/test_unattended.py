@@ -48,8 +48,11 @@ def test_json_log_lines_field_by_field(tmp_path: Path, mlp_model: Path, run_cli:
     assert len(lines) == len(result.stderr.splitlines()), "every stderr line is a JSON log line"
     assert len({line["run_id"] for line in lines}) == 1
     assert all({"run_id", "level", "timestamp", "event"} <= line.keys() for line in lines)
-    started, chosen, *progress, finished = lines
+    started, order, chosen, *progress, finished = lines
     assert started["event"] == "run started"
+    assert started["column_mapping"]["inputs"][0]["columns"] == ["f0", "f1", "f2", "f3"]
+    # The default rule took the column order from the file: a warning says how to pin it.
+    assert order["level"] == "warning" and order["features"] == "f0,f1,f2,f3"
     assert started["model"] == str(mlp_model) and started["inputs"] == [str(source)]
     assert started["batch_size"] == "auto" and started["device"] == "/CPU:0"
     # --batch_size auto picks among powers of two no larger than --chunk_size.
@@ -89,9 +92,12 @@ def test_log_file_has_no_carriage_returns_and_no_progress_when_asked(
     assert "\r" not in text
     events = [json.loads(line)["event"] for line in text.splitlines()]
     assert "progress" in events
-    assert events[-3:] == ["run started", "batch size chosen", "run finished"], (
-        "--no_progress run has no progress lines"
-    )
+    assert events[-4:] == [
+        "run started",
+        "feature order taken from the first input",
+        "batch size chosen",
+        "run finished",
+    ], "--no_progress run has no progress lines"
 
 
 def test_progress_bar_on_a_terminal(tmp_path: Path, mlp_model: Path) -> None:

@@ -384,6 +384,7 @@ def _run_on_ray(config: RunConfig, started: float, totals: _Counts) -> RunSummar
     """`--engine ray`: the same run on Ray Data (see `ray_engine`)."""
     from batchpredict import ray_engine
 
+    ray_engine.import_ray()  # without Ray, say how to install it before loading anything
     log = get_logger()
     # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
     model = _load(config)
