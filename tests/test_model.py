@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batchpredict.errors import ExitCode, InputMissingError, ModelError
+from batchpredict.errors import ExitCode, ModelError
 from batchpredict.model import (
     LoadedModel,
     ResolvedModelPath,
@@ -296,10 +296,10 @@ def test_resolve_unsupported_file(tmp_path: Path) -> None:
         resolve_model_path(str(touch(tmp_path / "model.tflite")))
 
 
-def test_resolve_missing_path(tmp_path: Path) -> None:
-    with pytest.raises(InputMissingError, match="does not exist") as caught:
+def test_resolve_missing_path_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist") as caught:
         resolve_model_path(str(tmp_path / "nope"))
-    assert caught.value.exit_code == ExitCode.NO_INPUT
+    assert caught.value.exit_code == ExitCode.MODEL  # 66 is for inputs that are late
 
 
 def test_resolve_does_not_import_tensorflow(serving_base: Path) -> None:
@@ -311,8 +311,8 @@ def test_resolve_does_not_import_tensorflow(serving_base: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_load_missing_path_is_input_missing(tmp_path: Path) -> None:
-    with pytest.raises(InputMissingError):
+def test_load_missing_path_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="model path does not exist"):
         load_model(str(tmp_path / "missing.keras"))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from batchpredict import model_cache
-from batchpredict.errors import InputMissingError, ModelError, ReadWriteError
+from batchpredict.errors import ModelError, ReadWriteError
 from conftest import (
     N_FEATURES,
     Completed,
@@ -257,14 +257,14 @@ def test_a_missing_version_in_a_bucket_exits_78_listing_the_versions(
     ],
     ids=["missing-key", "empty-prefix", "missing-bucket"],
 )
-def test_missing_models_exit_66_naming_the_uri(
+def test_missing_models_exit_78_naming_the_uri(
     uri: str, expected: str, bucket: Any, cache_env: dict[str, str], tmp_path: Path,
     run_cli: RunCli,
 ) -> None:  # fmt: skip
     _, name = bucket
     uri = uri.format(bucket=name)
     result, _, _ = predict(run_cli, uri, tmp_path, cache_env)
-    assert result.returncode == 66, result.stderr
+    assert result.returncode == 78, result.stderr
     assert expected.format(uri=uri.rstrip("/")) in result.stderr
     assert SECRET not in result.stderr
     assert "Traceback" not in result.stderr
@@ -298,12 +298,12 @@ def locked_s3(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
         proc.wait(timeout=30)
 
 
-def test_a_model_the_credentials_may_not_read_exits_66_naming_the_uri(
+def test_a_model_the_credentials_may_not_read_exits_78_naming_the_uri(
     locked_s3: tuple[dict[str, str], str], tmp_path: Path, run_cli: RunCli
 ) -> None:
     env, uri = locked_s3
     result, _, _ = predict(run_cli, uri, tmp_path, env)
-    assert result.returncode == 66, result.stderr
+    assert result.returncode == 78, result.stderr
     assert f"model path is unreadable: {uri}" in result.stderr
     assert "access denied" in result.stderr.lower()
     assert SECRET not in result.stderr
@@ -394,8 +394,8 @@ def test_old_entries_of_the_same_uri_are_pruned_after_seven_days(
     assert sorted(entries(s3_here)) == sorted([current.parent, recent, other_uri])
 
 
-def test_a_missing_object_in_fetch_raises_input_missing(bucket: Any, s3_here: Path) -> None:
+def test_a_missing_object_in_fetch_is_a_model_error(bucket: Any, s3_here: Path) -> None:
     _, name = bucket
     expected = re.escape(f"model path does not exist: s3://{name}/x.keras")
-    with pytest.raises(InputMissingError, match=expected):
+    with pytest.raises(ModelError, match=expected):
         model_cache.fetch(f"s3://{name}/x.keras")

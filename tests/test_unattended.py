@@ -240,14 +240,14 @@ def test_a_real_cron_daemon_runs_the_crontab_example_line(
     )
     cron_daemon.write_text(f"# written by batchpredict's tests; removed after\n{line}\n")
     deadline = time.monotonic() + 150
-    out_dir = tmp_path / "predictions" / time.strftime("%Y-%m-%d")
+    out_dir = tmp_path / "predictions"
     while time.monotonic() < deadline and not (out_dir / "_SUCCESS").exists():
         time.sleep(1)
     cron_daemon.unlink()  # fire once
     assert (out_dir / "_SUCCESS").exists(), (
         log.read_text() if log.exists() else "cron never ran the job"
     )
-    table = pq.read_table(out_dir / "part-0.parquet")
+    table = pq.read_table(out_dir / time.strftime("%Y-%m-%d") / "part-0.parquet")
     assert table.column_names == ["customer_id", "prediction"] and table.num_rows == 40
     lines = log.read_text().splitlines()
     events = [json.loads(entry)["event"] for entry in lines]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
@@ -24,6 +26,8 @@ from batchpredict.errors import (
     BatchPredictError,
     DataError,
     ExitCode,
+    LockHeldError,
+    OutputClosed,
     Terminated,
     UsageError,
 )
@@ -440,19 +444,30 @@ def cli() -> None:
 @logging_options
 def predict(**options: Any) -> None:
     """Predict every row of the inputs and write the predictions atomically."""
-    from batchpredict.locking import hold_lock
-    from batchpredict.observe import (
-        bind_run_id,
-        configure_logging,
-        new_run_id,
-        quiet_tensorflow,
-    )
+    from batchpredict.observe import bind_run_id, configure_logging, new_run_id
 
+    started = time.monotonic()
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     bind_run_id(new_run_id())
     config = _run_config(options)
-    # Taken before TensorFlow loads, so that a second run exits 75 at once.
-    with hold_lock(config.lock_file):
+    _run_holding_lock(config, started)
+
+
+def _run_holding_lock(config: RunConfig, started: float) -> None:
+    """Take `--lock_file`, then load TensorFlow and run.
+
+    The lock comes first so that a second run exits 75 at once; that run writes its
+    metrics and summary (status `locked`) before TensorFlow would load.
+    """
+    from batchpredict.locking import hold_lock
+    from batchpredict.observe import quiet_tensorflow, report_lock_held
+
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(hold_lock(config.lock_file))
+        except LockHeldError as exc:
+            report_lock_held(config, str(exc), time.monotonic() - started)
+            raise
         quiet_tensorflow(config.log_level)
         from batchpredict import pipeline
 
@@ -551,7 +566,8 @@ def console() -> NoReturn:
     By then outputs are committed (or removed) and logs written; the interpreter's own
     teardown would only cost time (0.9 s, unloading TensorFlow) and, after a failure, wait
     for a thread blocked reading a stalled input pipe (Arrow joins its I/O threads at
-    exit), so that SIGTERM would not end the process.
+    exit), so that SIGTERM would not end the process. It would also report a flush to a
+    closed stdout as "Exception ignored ... BrokenPipeError".
     """
     code = main()
     for stream in (sys.stdout, sys.stderr):
@@ -562,54 +578,168 @@ def console() -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and turn every outcome into a documented exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Past a file-size limit (ulimit -f) a write should fail with EFBIG, exit 74, and the
     # temporary file be removed, rather than the kernel killing the process mid-write.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        cli.main(args=argv, prog_name="batchpredict", standalone_mode=False)
+        _invoke(args)
     except click.exceptions.Exit as exc:  # --help, --version
         return int(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        return ExitCode.USAGE if isinstance(exc, click.UsageError) else int(exc.exit_code)
+        return _usage_failure(exc, args)
     except (click.exceptions.Abort, KeyboardInterrupt):
+        if _stderr_format(args) == "console" and _isatty(sys.stderr):
+            click.echo(err=True)  # end the line the terminal's ^C echo is on
         return _fail(
             "interrupted by SIGINT; no output was committed for the unfinished work",
             ExitCode.SIGINT,
+            args,
         )
+    except OutputClosed as exc:
+        return _output_closed(exc)
     except BatchPredictError as exc:
-        return _fail(str(exc), exc.exit_code)
+        return _fail(str(exc), exc.exit_code, args)
     except Terminated:
         return _fail(
             "terminated by SIGTERM; no output was committed for the unfinished work",
             ExitCode.SIGTERM,
+            args,
         )
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            return _output_closed(exc)  # click.echo of inspect, validate, formats, --help
         return _fail(
             f"internal error: {type(exc).__name__}: {exc}",
             ExitCode.INTERNAL,
+            args,
             traceback.format_exc(),
         )
     return ExitCode.OK
 
 
-def _fail(message: str, code: ExitCode, trace: str | None = None) -> int:
+def _invoke(args: list[str]) -> None:
+    """What `cli.main(standalone_mode=False)` does, without its handlers: click would print
+    an empty line on Ctrl-C (not a JSON line) and turn a closed stdout into exit 1."""
+    with cli.make_context("batchpredict", args) as ctx:
+        cli.invoke(ctx)
+
+
+def _fail(message: str, code: ExitCode | int, args: list[str], trace: str | None = None) -> int:
     """Log the failure once as a structured line, and make sure stderr has it too."""
     from batchpredict.observe import (
         configure_logging,
         get_logger,
+        json_line,
         logging_configured,
         logs_to_stderr,
     )
 
-    if not logging_configured():
-        configure_logging()
-    log = get_logger()
+    stderr_format = _stderr_format(args)
+    if not logging_configured():  # before the command configured it (or without one)
+        configure_logging(log_format=stderr_format)
     fields: dict[str, Any] = {"error": message, "exit_code": int(code)}
     if trace is not None:
         fields["traceback"] = trace
-    log.error("run failed", **fields)
-    if not logs_to_stderr():
-        click.echo(f"batchpredict: {message}", err=True)
+    get_logger().error("run failed", **fields)
+    if not logs_to_stderr():  # the log went to --log_file; stderr still says why
+        if stderr_format == "json":
+            click.echo(json_line("run failed", "error", **fields), err=True)
+        else:
+            click.echo(f"batchpredict: {message}", err=True)
     return int(code)
+
+
+def _usage_failure(exc: click.ClickException, args: list[str]) -> int:
+    """A command line click rejected (exit 2): its usage text for a person, and one JSON
+    line where the log lines are JSON, so that a program can read every stderr line."""
+    code = int(ExitCode.USAGE) if isinstance(exc, click.UsageError) else int(exc.exit_code)
+    if _stderr_format(args) == "console":
+        exc.show()
+        return code
+    message = exc.format_message()
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        message = f"{message.rstrip('.')} (see '{exc.ctx.command_path} --help')"
+    return _fail(message, code, args)
+
+
+def _output_closed(exc: BaseException) -> int:
+    """The reader of stdout went away (`| head`): stop quietly, as `yes | head` does, with
+    141, what a shell reports for a filter that SIGPIPE ended. Standard output is pointed
+    at /dev/null so that no later flush fails, and stderr stays silent."""
+    from batchpredict.observe import get_logger, logging_configured
+
+    if sys.stdout is sys.__stdout__:  # the process's own stdout, not a test's stand-in
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+    if logging_configured():
+        get_logger().debug("run stopped: standard output was closed", reason=str(exc))
+    return int(ExitCode.OUTPUT_CLOSED)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _stderr_format(args: list[str]) -> str:
+    """ "json" or "console": how this command's lines on stderr look, found without click,
+    since a usage error can come before any option is parsed. Like the option itself:
+    --log_format, else BATCHPREDICT_LOG_FORMAT, else --config's, else auto (console on a
+    terminal, JSON lines otherwise)."""
+    chosen = (
+        _option_in_args(args, "log_format")
+        or os.environ.get(f"{ENV_PREFIX}LOG_FORMAT")
+        or _option_in_config(args, "log_format")
+    )
+    if chosen in ("json", "console"):
+        return chosen
+    return "console" if _isatty(sys.stderr) else "json"
+
+
+def _option_in_args(args: list[str], name: str) -> str | None:
+    """The last value given to `--name` (or `--dashed-name`) on the command line."""
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
+    value = None
+    remaining = iter(args)
+    for arg in remaining:
+        if arg == "--":
+            break
+        flag, equals, attached = arg.partition("=")
+        if flag in spellings:
+            value = attached if equals else next(remaining, None)
+    return value
+
+
+def _option_in_config(args: list[str], name: str) -> str | None:
+    """`name` in the --config file, if one is given and readable (its errors come later)."""
+    path = _option_in_args(args, "config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    command = next((arg for arg in args if not arg.startswith("-")), "")
+    section = data.get(command)
+    for table in (section if isinstance(section, dict) else {}, data):
+        for key in (name, name.replace("_", "-")):
+            if isinstance(table.get(key), str):
+                return str(table[key])
+    return None
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False

@@ -23,6 +23,8 @@ class ExitCode(enum.IntEnum):
     LOCKED = 75
     MODEL = 78
     SIGINT = 130
+    #: 128 + SIGPIPE: what a shell reports for a filter whose reader went away (`| head`).
+    OUTPUT_CLOSED = 141
     SIGTERM = 143
 
 
@@ -72,6 +74,13 @@ class ModelError(BatchPredictError):
     """The model cannot be loaded or used with the options given."""
 
     exit_code = ExitCode.MODEL
+
+
+class OutputClosed(BatchPredictError):
+    """The reader of standard output went away (`--output_file - | head`): the run stops
+    quietly, as a Unix filter does, with 141 as a shell reports for one killed by SIGPIPE."""
+
+    exit_code = ExitCode.OUTPUT_CLOSED
 
 
 class ConfigError(BatchPredictError):

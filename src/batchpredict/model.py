@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpredict.config import is_uri
-from batchpredict.errors import InputMissingError, ModelError
+from batchpredict.errors import ModelError
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -109,7 +109,7 @@ def resolve_model_path(path: str, version: int | None = None) -> ResolvedModelPa
         return fetch(path, version)
     location = Path(path)
     if not location.exists():
-        raise InputMissingError(f"model path does not exist: {path}")
+        raise ModelError(f"model path does not exist: {path}")
     if location.is_file():
         kind = keras_kind(path)
         _refuse_version(path, version)
@@ -138,7 +138,7 @@ def _numeric_versions(base: Path) -> dict[int, Path]:
     try:
         children = sorted(base.iterdir())
     except OSError as err:
-        raise InputMissingError(f"cannot read model directory {base}: {err.strerror}") from err
+        raise ModelError(f"cannot read model directory {base}: {err.strerror}") from err
     return {
         int(child.name): child
         for child in children

@@ -89,8 +89,14 @@ def cache_root() -> Path:
 
 def fetch(uri: str, version: int | None = None) -> ResolvedModelPath:
     """The model at `uri` in the local cache, downloaded first unless an entry for the same
-    objects (same keys, sizes and ETags) is already there; messages name `uri`."""
-    filesystem, path = storage.resolve(uri)
+    objects (same keys, sizes and ETags) is already there; messages name `uri`.
+
+    A model that is missing or cannot be read is a `ModelError` (78) like any other model
+    that cannot be used: a broken job, not an input that has not arrived yet (66)."""
+    try:
+        filesystem, path = storage.resolve(uri)
+    except InputMissingError as exc:
+        raise ModelError(str(exc)) from exc
     if isinstance(filesystem, pafs.LocalFileSystem):
         # file:// needs no copy: the local resolver reads it where it is.
         from batchpredict.model import resolve_model_path
@@ -148,7 +154,7 @@ def _plan(
     }
     if not versions:
         if not children:
-            raise InputMissingError(f"model path does not exist: {uri} (nothing under it)")
+            raise ModelError(f"model path does not exist: {uri} (nothing under it)")
         raise ModelError(not_a_model_message(uri, _names(children)))
     chosen = _choose_version(uri, versions, version)
     version_path = versions[chosen].path
@@ -174,7 +180,7 @@ def _children(filesystem: pafs.FileSystem, path: str, uri: str) -> list[pafs.Fil
     try:
         found = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
     except FileNotFoundError as exc:
-        raise InputMissingError(f"model path does not exist: {uri}") from exc
+        raise ModelError(f"model path does not exist: {uri}") from exc
     except (pa.ArrowException, OSError) as exc:
         raise _read_error(uri, exc) from exc
     return sorted(found, key=lambda info: info.base_name)
@@ -215,7 +221,7 @@ def _remote_object(
         with filesystem.open_input_stream(info.path) as stream:
             etag = _etag(stream)
     except FileNotFoundError as exc:
-        raise InputMissingError(f"model path does not exist: {uri} ({info.path})") from exc
+        raise ModelError(f"model path does not exist: {uri} ({info.path})") from exc
     except (pa.ArrowException, OSError) as exc:
         raise _read_error(uri, exc) from exc
     mtime = info.mtime.timestamp() if info.mtime is not None else None
@@ -241,23 +247,23 @@ def _names(children: list[pafs.FileInfo]) -> list[str]:
     ]
 
 
-def _missing(filesystem: pafs.FileSystem, path: str, uri: str) -> InputMissingError:
+def _missing(filesystem: pafs.FileSystem, path: str, uri: str) -> ModelError:
     """ "Does not exist", saying so when it is the bucket that is missing."""
     bucket = path.split("/", 1)[0]
     if bucket != path and filesystem.type_name in ("s3", "gcs"):
         with contextlib.suppress(pa.ArrowException, OSError):
             if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
-                return InputMissingError(f"model path does not exist: {uri} (no bucket {bucket!r})")
-    return InputMissingError(f"model path does not exist: {uri}")
+                return ModelError(f"model path does not exist: {uri} (no bucket {bucket!r})")
+    return ModelError(f"model path does not exist: {uri}")
 
 
-def _read_error(uri: str, exc: BaseException) -> InputMissingError:
+def _read_error(uri: str, exc: BaseException) -> ModelError:
     """A store's refusal or failure, naming the URI, in the store's words (its first line,
     "access denied: ..." when the credentials were refused; no secrets)."""
     reason = storage.clean(exc)
     if "NO_SUCH_BUCKET" in str(exc):
-        return InputMissingError(f"model path does not exist: {uri} (no such bucket)")
-    return InputMissingError(f"model path is unreadable: {uri}: {reason}")
+        return ModelError(f"model path does not exist: {uri} (no such bucket)")
+    return ModelError(f"model path is unreadable: {uri}: {reason}")
 
 
 def _entry_name(uri: str, version: int | None, objects: list[_RemoteObject]) -> str:
@@ -325,7 +331,7 @@ def _download_object(
     try:
         stream = filesystem.open_input_stream(item.path)
     except FileNotFoundError as exc:
-        raise InputMissingError(f"model path does not exist: {uri} ({item.path})") from exc
+        raise ModelError(f"model path does not exist: {uri} ({item.path})") from exc
     except (pa.ArrowException, OSError) as exc:
         raise _read_error(uri, exc) from exc
     with stream:

@@ -6,6 +6,7 @@
 - `Progress`: a tqdm bar on a terminal, a `progress` log line every few seconds otherwise.
 - `write_metrics`: Prometheus textfile-collector gauges (`--metrics_file`).
 - `write_summary`: the run summary as JSON (`--summary_file`).
+- `report_lock_held`: both files for a run refused by `--lock_file` (exit 75).
 
 Files are written through `batchpredict.atomic`: a reader never sees half a file.
 """
@@ -26,14 +27,17 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import structlog
 from structlog.types import EventDict, WrappedLogger
 from tqdm import tqdm
 
 from batchpredict.atomic import write_whole
-from batchpredict.errors import ReadWriteError, error_text
+from batchpredict.errors import ExitCode, ReadWriteError, error_text
+
+if TYPE_CHECKING:
+    from batchpredict.config import RunConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -68,7 +72,7 @@ def quiet_tensorflow(log_level: str) -> None:
         try:
             import keras  # noqa: F401
             import tensorflow  # noqa: F401
-        except BaseException:
+        except Exception:  # not on Ctrl-C or SIGTERM: that is no failure of the import
             os.dup2(saved, 2)
             capture.seek(0)
             sys.stderr.write(capture.read().decode("utf-8", "replace"))
@@ -106,6 +110,16 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+def json_line(event: str, level: str, **fields: Any) -> str:
+    """One line shaped like a JSON log line (run id, level, timestamp), for stderr when
+    the log lines themselves go to `--log_file`."""
+    event_dict: EventDict = {**structlog.contextvars.get_contextvars(), **fields, "event": event}
+    event_dict = _add_run_id(None, level, event_dict)
+    event_dict["level"] = level
+    event_dict = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, level, event_dict)
+    return str(structlog.processors.JSONRenderer()(None, level, event_dict))
 
 
 def get_logger() -> Any:
@@ -497,3 +511,39 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(item) for item in value]
     return value
+
+
+def report_lock_held(config: RunConfig, error: str, seconds: float) -> None:
+    """`--metrics_file` and `--summary_file` of a run refused by `--lock_file` (exit 75).
+
+    Written before TensorFlow is imported. The run did not run: no rows, status `locked`,
+    and the job's last-success time carried over, so alerting tells "skipped tonight" from
+    "never ran". A file that cannot be written is a warning: the 75 is what is reported.
+    """
+    code = int(ExitCode.LOCKED)
+    try:
+        if config.metrics_file is not None:
+            write_metrics(
+                config.metrics_file,
+                job=config.job_name,
+                succeeded=False,
+                finished_at=time.time(),
+                duration_seconds=seconds,
+                rows=0,
+                rejected_rows=0,
+                exit_code=code,
+            )
+        if config.summary_file is not None:
+            summary = {
+                "status": "locked",
+                "exit_code": code,
+                "error": error,
+                "lock_file": config.lock_file,
+                "rows_in": 0,
+                "rows_out": 0,
+                "rows_rejected": 0,
+                "seconds": round(seconds, 3),
+            }
+            write_summary(config.summary_file, summary)
+    except ReadWriteError as report_error:
+        get_logger().warning("could not write metrics or summary", error=str(report_error))

@@ -37,7 +37,13 @@ from batchpredict.formats.registry import reader_for, writer_for
 from batchpredict.locking import hold_lock
 from batchpredict.manifest import Manifest, identify_model, input_identity, prediction_options
 from batchpredict.model import LoadedModel, load_model
-from batchpredict.observe import Progress, get_logger, write_metrics, write_summary
+from batchpredict.observe import (
+    Progress,
+    get_logger,
+    report_lock_held,
+    write_metrics,
+    write_summary,
+)
 from batchpredict.outputs import (
     SUCCESS_MARKER,
     OutputTarget,
@@ -116,8 +122,10 @@ def run(config: RunConfig) -> RunSummary:
                 summary = _run_on_ray(config, started, totals)
             else:
                 summary = _run(config, started, totals)
-    except LockHeldError:
-        raise  # the run that holds the lock reports for the job
+    except LockHeldError as exc:
+        # This run did not run: it says so; the run holding the lock reports its own end.
+        report_lock_held(config, str(exc), time.monotonic() - started)
+        raise
     except BaseException as exc:
         _report_failure(config, exc, time.monotonic() - started, totals)
         raise

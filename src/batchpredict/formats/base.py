@@ -9,6 +9,7 @@ run never leaves a partial file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +22,9 @@ import pyarrow as pa
 from batchpredict import storage
 from batchpredict.atomic import StagedFile
 from batchpredict.errors import (
+    BatchPredictError,
     InputMissingError,
+    OutputClosed,
     ReadWriteError,
     UsageError,
     error_text,
@@ -255,7 +258,7 @@ class Writer:
             self._start(self._sink, schema)
         except OSError as exc:
             self.abort()
-            raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
+            raise self._write_error(exc) from exc
         except BaseException:
             # E.g. a schema the format cannot hold: no temporary file may stay behind.
             self.abort()
@@ -266,7 +269,7 @@ class Writer:
         try:
             self._write(batch)
         except OSError as exc:
-            raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
+            raise self._write_error(exc) from exc
         self.rows_written += batch.num_rows
 
     def commit(self) -> None:
@@ -284,7 +287,7 @@ class Writer:
             self._staged = None
         except OSError as exc:
             self.abort()
-            raise ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}") from exc
+            raise self._write_error(exc) from exc
         except BaseException:
             self.abort()
             raise
@@ -299,6 +302,12 @@ class Writer:
         if self._staged is not None:
             self._staged.abort()
             self._staged = None
+
+    def _write_error(self, exc: OSError) -> BatchPredictError:
+        """What a failed write means: stdout's reader went away (`| head`), or an I/O error."""
+        if self.path == STDIO and exc.errno == errno.EPIPE:
+            return OutputClosed("standard output was closed by its reader")
+        return ReadWriteError(f"{self.path}: cannot write: {error_text(exc)}")
 
     # -- format hooks ----------------------------------------------------------------
     def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
