@@ -289,9 +289,12 @@ def mapping_args(path: Path) -> list[str]:
         except (pa.ArrowException, OSError, IndexError):
             return []  # a damaged footer is the error to report
     elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            column = handle.readline().strip().split(",")[0] or None
-    return ["--features", column] if column else []
+        try:
+            with path.open(encoding="utf-8") as handle:
+                column = handle.readline().strip().split(",")[0] or None
+        except UnicodeDecodeError:
+            return []  # text that is not UTF-8 is the error to report
+    return ["--features", column] if column and "\x00" not in column else []
 
 
 # -- through the installed command ---------------------------------------------------------

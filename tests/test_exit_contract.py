@@ -293,7 +293,11 @@ def test_output_to_a_pipe_that_head_closes_ends_quietly_with_141(
     assert proc.returncode == 141, proc.stderr
     assert proc.stdout == '"id","segment","prediction"\n'
     lines = json_lines(proc.stderr)  # and nothing else: no traceback, no "Exception ignored"
-    assert [line["event"] for line in lines] == ["run started", "batch size chosen"]
+    assert [line["event"] for line in lines] == [
+        "run started",
+        "feature order taken from the first input",
+        "batch size chosen",
+    ]
     assert not rejects.exists(), "the rejects file is dropped, as for an interrupted run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet", "summary.json"]
     report = json.loads(summary.read_text())

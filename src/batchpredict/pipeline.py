@@ -274,10 +274,20 @@ def plan_run_mapping(
     first = inputs[0]
     if first.path == STDIO:
         return None
-    reader = reader_for(first.path, first.format, _read_options(config, _ignore_bad_record))
+    # Failing, a bad record here is the error the run would stop at; skipping, the run
+    # reports it, and a first block of nothing but bad records leaves the plan to the run.
+    skipping = config.on_error == "skip"
+    options = _read_options(config, _ignore_bad_record if skipping else None)
+    reader = reader_for(first.path, first.format, options)
+    try:
+        schema = reader.schema()
+    except InputMissingError:
+        if skipping:
+            return None
+        raise
     return plan_mapping(
         model.inputs,
-        reader.schema(),
+        schema,
         first.path,
         config.features,
         config.keep_columns,
