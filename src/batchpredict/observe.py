@@ -513,6 +513,26 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def report_run(
+    config: RunConfig, summary: dict[str, Any], *, status: str, exit_code: int, seconds: float
+) -> None:
+    """Write `--metrics_file` and `--summary_file`, when asked for: `status` is
+    "succeeded", "failed" or "locked"; `summary` holds at least the row counts."""
+    if config.metrics_file is not None:
+        write_metrics(
+            config.metrics_file,
+            job=config.job_name,
+            succeeded=status == "succeeded",
+            finished_at=time.time(),
+            duration_seconds=seconds,
+            rows=int(summary["rows_in"]),
+            rejected_rows=int(summary["rows_rejected"]),
+            exit_code=exit_code,
+        )
+    if config.summary_file is not None:
+        write_summary(config.summary_file, {"status": status, "exit_code": exit_code, **summary})
+
+
 def report_lock_held(config: RunConfig, error: str, seconds: float) -> None:
     """`--metrics_file` and `--summary_file` of a run refused by `--lock_file` (exit 75).
 
@@ -520,30 +540,15 @@ def report_lock_held(config: RunConfig, error: str, seconds: float) -> None:
     and the job's last-success time carried over, so alerting tells "skipped tonight" from
     "never ran". A file that cannot be written is a warning: the 75 is what is reported.
     """
-    code = int(ExitCode.LOCKED)
+    summary = {
+        "error": error,
+        "lock_file": config.lock_file,
+        "rows_in": 0,
+        "rows_out": 0,
+        "rows_rejected": 0,
+        "seconds": round(seconds, 3),
+    }
     try:
-        if config.metrics_file is not None:
-            write_metrics(
-                config.metrics_file,
-                job=config.job_name,
-                succeeded=False,
-                finished_at=time.time(),
-                duration_seconds=seconds,
-                rows=0,
-                rejected_rows=0,
-                exit_code=code,
-            )
-        if config.summary_file is not None:
-            summary = {
-                "status": "locked",
-                "exit_code": code,
-                "error": error,
-                "lock_file": config.lock_file,
-                "rows_in": 0,
-                "rows_out": 0,
-                "rows_rejected": 0,
-                "seconds": round(seconds, 3),
-            }
-            write_summary(config.summary_file, summary)
+        report_run(config, summary, status="locked", exit_code=ExitCode.LOCKED, seconds=seconds)
     except ReadWriteError as report_error:
         get_logger().warning("could not write metrics or summary", error=str(report_error))

@@ -41,8 +41,7 @@ from batchpredict.observe import (
     Progress,
     get_logger,
     report_lock_held,
-    write_metrics,
-    write_summary,
+    report_run,
 )
 from batchpredict.outputs import (
     SUCCESS_MARKER,
@@ -129,7 +128,7 @@ def run(config: RunConfig) -> RunSummary:
     except BaseException as exc:
         _report_failure(config, exc, time.monotonic() - started, totals)
         raise
-    _report(config, summary.as_dict(), succeeded=True, exit_code=0, seconds=summary.seconds)
+    report_run(config, summary.as_dict(), status="succeeded", exit_code=0, seconds=summary.seconds)
     return summary
 
 
@@ -144,29 +143,9 @@ def _report_failure(config: RunConfig, exc: BaseException, seconds: float, total
         "error": str(exc) or type(exc).__name__,
     }
     try:
-        _report(config, summary, succeeded=False, exit_code=code, seconds=seconds)
+        report_run(config, summary, status="failed", exit_code=code, seconds=seconds)
     except BatchPredictError as report_error:
         get_logger().warning("could not write metrics or summary", error=str(report_error))
-
-
-def _report(
-    config: RunConfig, summary: dict[str, Any], *, succeeded: bool, exit_code: int, seconds: float
-) -> None:
-    """Write `--metrics_file` and `--summary_file`, when asked for."""
-    if config.metrics_file is not None:
-        write_metrics(
-            config.metrics_file,
-            job=config.job_name,
-            succeeded=succeeded,
-            finished_at=time.time(),
-            duration_seconds=seconds,
-            rows=int(summary["rows_in"]),
-            rejected_rows=int(summary["rows_rejected"]),
-            exit_code=exit_code,
-        )
-    if config.summary_file is not None:
-        status = "succeeded" if succeeded else "failed"
-        write_summary(config.summary_file, {"status": status, "exit_code": exit_code, **summary})
 
 
 def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
