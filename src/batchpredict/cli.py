@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batchpredict import __version__
-from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig
+from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig, parse_delimiter
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
@@ -201,6 +201,31 @@ mapping_options = option_group(
 )
 
 
+def _null_values(value: str | None) -> tuple[str, ...] | None:
+    """`--null_values A,B`: the strings (spaces around them dropped); "" for none but the
+    empty field."""
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+#: Options for reading text inputs (CSV, TSV, JSON).
+reading_options = option_group(
+    option(
+        "null_values",
+        default=None,
+        help="Comma-separated strings read as null in the numeric columns the model reads "
+        "from CSV, TSV and JSON (default: Arrow's: NA, N/A, n/a, NULL, null, NaN, nan, "
+        "#N/A, ...; the empty field is always null).",
+    ),
+    option(
+        "delimiter",
+        default=None,
+        help="CSV field separator, one character: ';', '|', ... or \\t / tab (default ',').",
+    ),
+)
+
+
 #: Options for log lines.
 logging_options = option_group(
     option(
@@ -251,6 +276,7 @@ def cli() -> None:
 )
 @option("output_format", default=None, help="Default: the input's format.")
 @mapping_options
+@reading_options
 @option(
     "prediction_column",
     default="prediction",
@@ -451,6 +477,8 @@ def predict(**options: Any) -> None:
         ray_concurrency=options["ray_concurrency"],
         ray_gpus_per_worker=options["ray_gpus_per_worker"],
         preserve_order=options["preserve_order"],
+        null_values=_null_values(options["null_values"]),
+        delimiter=parse_delimiter(options["delimiter"]),
     )
     # Taken before TensorFlow loads, so that a second run exits 75 at once.
     with hold_lock(config.lock_file):
@@ -471,6 +499,7 @@ def predict(**options: Any) -> None:
 )
 @option("input_format", default=None, help="Override the format told by the extension.")
 @mapping_options
+@reading_options
 @logging_options
 def inspect(**options: Any) -> None:
     """Print the model's inputs and outputs (and the column mapping for an input file)."""
@@ -498,6 +527,7 @@ def inspect(**options: Any) -> None:
 @option("input_file", multiple=True, required=True, help="File, glob pattern or directory.")
 @option("input_format", default=None, help="Override the format told by the extension.")
 @mapping_options
+@reading_options
 @logging_options
 def validate(**options: Any) -> None:
     """Check the first chunk of every input against the model; write nothing."""

@@ -429,3 +429,25 @@ def _numpy_dtype(tensor: TensorInfo) -> str | type:
 
 def _shape(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
+
+
+def read_types(mapping: ColumnMapping) -> dict[str, pa.DataType]:
+    """The columns the model reads as numbers, each with the Arrow type a text reader parses
+    it as (`ReadOptions.column_types`): float64 for float inputs, int64 for integer inputs,
+    bool for bool inputs; only scalar columns (stacked ones, or one per input of shape
+    `[None]` / `[None, 1]`), never the list columns of `[None, T]` inputs nor text."""
+    types: dict[str, pa.DataType] = {}
+    for binding in mapping.bindings:
+        tensor = binding.tensor
+        scalar = binding.stacked or (tensor.rank_known and all(d == 1 for d in tensor.shape[1:]))
+        if tensor.dtype.startswith("float"):
+            kind = pa.float64()
+        elif tensor.dtype.startswith(("int", "uint")):
+            kind = pa.int64()
+        elif tensor.dtype == "bool":
+            kind = pa.bool_()
+        else:
+            continue
+        if scalar:
+            types.update(dict.fromkeys(binding.columns, kind))
+    return types

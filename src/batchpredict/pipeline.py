@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.batching import Prefetch, rechunk
-from batchpredict.columns import ColumnMapping, plan_mapping, to_model_arrays
+from batchpredict.columns import ColumnMapping, plan_mapping, read_types, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.errors import (
     BatchPredictError,
@@ -32,9 +32,9 @@ from batchpredict.errors import (
     exit_code_for,
 )
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
-from batchpredict.formats.registry import reader_for, writer_for
+from batchpredict.formats.registry import check_delimiter, reader_for, writer_for
 from batchpredict.locking import hold_lock
-from batchpredict.model import LoadedModel, load_model
+from batchpredict.model import LoadedModel, TensorInfo, load_model
 from batchpredict.observe import Progress, get_logger, write_metrics, write_summary
 from batchpredict.outputs import (
     SUCCESS_MARKER,
@@ -162,6 +162,7 @@ def _report(
 def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     log = get_logger()
     inputs = expand_inputs(config.input_files, config.input_format)
+    check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
     rejects = (
         {path: RejectsWriter(path) for path in {rejects_path(t, config) for t in targets}}
@@ -387,6 +388,10 @@ def _chunks(
                 if rejects is not None
                 else None
             ),
+            column_types=model_column_types(model.inputs, source.path, config),
+            null_values=config.null_values,
+            delimiter=config.delimiter,
+            reject_nulls=config.fill_value is None,
         )
         reader = reader_for(source.path, source.format, options)
         mapping: ColumnMapping | None = None
@@ -420,6 +425,20 @@ def _chunks(
                 yield _Chunk(source.path, kept, converted.arrays, converted.rows)
         if first_row == 0 and not dropped:
             raise InputMissingError(f"{source.path}: holds no data rows")
+
+
+def model_column_types(
+    inputs: tuple[TensorInfo, ...], source: str, config: RunConfig
+) -> Callable[[pa.Schema], dict[str, pa.DataType]]:
+    """`ReadOptions.column_types` for one input: the scalar columns the model reads as
+    numbers, by the mapping planned from the file's first block (list columns excluded)."""
+
+    def column_types(schema: pa.Schema) -> dict[str, pa.DataType]:
+        mapping = plan_mapping(inputs, schema, source, config.features, config.keep_columns)
+        types = read_types(mapping)
+        return {n: t for n, t in types.items() if not pa.types.is_nested(schema.field(n).type)}
+
+    return column_types
 
 
 def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:

@@ -32,7 +32,14 @@ from batchpredict.atomic import write_whole
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
 from batchpredict.formats.base import BadRecord, ReadOptions
-from batchpredict.formats.registry import default_extension, reader_for, writer_for, writer_format
+from batchpredict.formats.registry import (
+    check_delimiter,
+    default_extension,
+    reader_for,
+    writer_for,
+    writer_format,
+)
+from batchpredict.model import TensorInfo
 from batchpredict.observe import get_logger
 from batchpredict.outputs import (
     MANIFEST,
@@ -66,6 +73,7 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
     log = get_logger()
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
     inputs = expand_inputs(config.input_files, config.input_format)
+    check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
@@ -100,7 +108,8 @@ def run(config: RunConfig, run_id: str) -> dict[str, Any]:
         cluster_gpus=resources.get("GPU", 0),
     )
     try:
-        dataset = ray.data.read_datasource(input_files_datasource(inputs, config, staging))
+        source = input_files_datasource(inputs, config, staging, _text_model_inputs(config, inputs))
+        dataset = ray.data.read_datasource(source)
         predicted = dataset.map_batches(
             _ModelActor,
             fn_constructor_kwargs={"config": config, "staging": staging},
@@ -221,9 +230,28 @@ def _commit(
 
 
 # -- read -------------------------------------------------------------------------------------
-def _read_file(item: InputFile, config: RunConfig, staging: str) -> Iterator[pa.Table]:
+def _text_model_inputs(config: RunConfig, inputs: list[InputFile]) -> tuple[TensorInfo, ...]:
+    """The model's inputs, which text readers need to parse its numeric columns value by
+    value (loaded here, on the driver, only when an input is CSV, TSV or JSON)."""
+    if all(item.format in ("parquet", "avro") for item in inputs):
+        return ()
+    from batchpredict.model import load_model
+
+    model = load_model(
+        config.model,
+        signature=config.signature,
+        version=config.model_version,
+        unsafe=config.unsafe_model_load,
+    )
+    return model.inputs
+
+
+def _read_file(
+    item: InputFile, config: RunConfig, staging: str, model_inputs: tuple[TensorInfo, ...] = ()
+) -> Iterator[pa.Table]:
     """One input through our reader, as tables of `chunk_size` rows with the file and the
-    1-based row of every row; records the reader could not parse go to a rejects part."""
+    1-based row of every row; records the reader could not parse go to a rejects part.
+    With `model_inputs`, text inputs parse the model's numeric columns value by value."""
     rejects = RejectsWriter(storage.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
     dropped: list[int] = []
 
@@ -231,11 +259,16 @@ def _read_file(item: InputFile, config: RunConfig, staging: str) -> Iterator[pa.
         dropped.append(record.row)
         rejects.add_record(item.path, record)
 
+    from batchpredict.pipeline import file_rows, model_column_types
+
     options = ReadOptions(
         chunk_size=config.chunk_size,
         on_bad_record=on_bad_record if config.on_error == "skip" else None,
+        column_types=model_column_types(model_inputs, item.path, config) if model_inputs else None,
+        null_values=config.null_values,
+        delimiter=config.delimiter,
+        reject_nulls=config.fill_value is None,
     )
-    from batchpredict.pipeline import file_rows
 
     first_row = 0
     try:
@@ -266,11 +299,18 @@ def _datasource_class() -> Any:
     class _InputFilesDatasource(ray.data.Datasource):
         """Our readers as a Ray datasource: one read task per input file, in order."""
 
-        def __init__(self, inputs: list[InputFile], config: RunConfig, staging: str) -> None:
+        def __init__(
+            self,
+            inputs: list[InputFile],
+            config: RunConfig,
+            staging: str,
+            model_inputs: tuple[TensorInfo, ...],
+        ) -> None:
             super().__init__()  # type: ignore[no-untyped-call]
             self.inputs = inputs
             self.config = config
             self.staging = staging
+            self.model_inputs = model_inputs
 
         def estimate_inmemory_data_size(self) -> int | None:
             return sum(storage.size(item.path) or 0 for item in self.inputs)
@@ -294,8 +334,9 @@ def _datasource_class() -> Any:
                     item: InputFile = item,
                     config: RunConfig = self.config,
                     staging: str = self.staging,
+                    model_inputs: tuple[TensorInfo, ...] = self.model_inputs,
                 ) -> Iterator[pa.Table]:
-                    return _read_file(item, config, staging)
+                    return _read_file(item, config, staging, model_inputs)
 
                 tasks.append(ray.data.ReadTask(read, metadata))
             return tasks
@@ -306,9 +347,15 @@ def _datasource_class() -> Any:
     return _InputFilesDatasource
 
 
-def input_files_datasource(inputs: list[InputFile], config: RunConfig, staging: str) -> Any:
-    """A Ray datasource reading `inputs` with batchpredict's readers."""
-    return _datasource_class()(inputs, config, staging)
+def input_files_datasource(
+    inputs: list[InputFile],
+    config: RunConfig,
+    staging: str,
+    model_inputs: tuple[TensorInfo, ...] = (),
+) -> Any:
+    """A Ray datasource reading `inputs` with batchpredict's readers (text inputs parse the
+    numeric columns of a model with `model_inputs` value by value)."""
+    return _datasource_class()(inputs, config, staging, model_inputs)
 
 
 # -- predict ----------------------------------------------------------------------------------

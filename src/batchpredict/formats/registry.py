@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from batchpredict.errors import UsageError
@@ -54,6 +55,16 @@ def reader_format(format_name: str) -> str:
 def writer_format(format_name: str) -> str:
     """The registered writer name for `--output_format` (aliases allowed), or a UsageError."""
     return _canonical(format_name, WRITERS)
+
+
+def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) -> None:
+    """`--delimiter` is for CSV: a UsageError if any of the (path, format) inputs is not CSV
+    (a TSV or JSON input with a delimiter is a contradiction, not something to guess at)."""
+    if delimiter is None:
+        return
+    for path, format_name in inputs:
+        if format_name != CsvReader.name:
+            raise UsageError(f"{path}: --delimiter is for CSV input, and this is {format_name}")
 
 
 def format_for_path(path: str) -> str | None:
