@@ -319,6 +319,27 @@ def test_typed_formats_keep_refusing_text_for_numbers(
 
 
 # -- JSON lines and arrays with the two-input model -------------------------------------------
+@pytest.fixture
+def block_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Which way the JSON-lines reader took for each block with the model's columns:
+    "fast" (Arrow parsed it whole) or "fallback" (decoded line by line)."""
+    taken: list[str] = []
+    reader = json_io.JsonLinesReader
+    fast, fallback = reader._finish_model_columns, reader._parse_model_lines
+
+    def spy_fast(self: json_io.JsonLinesReader, *args: Any) -> Any:
+        taken.append("fast")
+        return fast(self, *args)
+
+    def spy_fallback(self: json_io.JsonLinesReader, *args: Any) -> Any:
+        taken.append("fallback")
+        return fallback(self, *args)
+
+    monkeypatch.setattr(reader, "_finish_model_columns", spy_fast)
+    monkeypatch.setattr(reader, "_parse_model_lines", spy_fallback)
+    return taken
+
+
 def two_input_reference(model: Path, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The `score` output of the two-input model, called directly."""
     import keras
@@ -381,10 +402,16 @@ def json_value(record: dict[str, Any], position: int, field: str, starts: list[i
 
 
 def test_jsonl_values_parsed_one_by_one_in_fast_and_fallback_blocks(
-    tmp_path: Path, two_in_two_out_model: Path, run_main: RunMain
+    tmp_path: Path,
+    two_in_two_out_model: Path,
+    run_main: RunMain,
+    monkeypatch: pytest.MonkeyPatch,
+    block_paths: list[str],
 ) -> None:
-    # Blocks of ~64 KiB (about 1,000 lines): dirt in the first block, in a later block,
-    # and a block with only nulls and missing fields (Arrow parses it whole).
+    # Blocks of about 1,000 lines (a 64 KiB sample, --chunk_size 1000): dirt in the first
+    # block and in a later one, and a block with only a null and a missing field, which
+    # Arrow parses whole.
+    monkeypatch.setattr(json_io, "_SAMPLE_BYTES", 64 << 10)
     records = json_records(6000, seed=20)
     starts = [0, 3000]
     source = tmp_path / "d.jsonl"
@@ -403,6 +430,7 @@ def test_jsonl_values_parsed_one_by_one_in_fast_and_fallback_blocks(
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
+    assert block_paths.count("fallback") == 2 and block_paths.count("fast") >= 4
     expected = [(start + row, *why) for start in starts for row, why in JSON_REJECTS.items()]
     expected += [(4501, "a", "field 'a' is missing", None), (4503, "b", "value is null", None)]
     found = [(r["row"], r["column"], r["reason"], r["value"]) for r in rejects_of(rejects_file)]
@@ -553,21 +581,13 @@ def test_csv_reader_long_value_is_shortened_in_the_message(tmp_path: Path) -> No
 
 
 def test_jsonl_reader_takes_the_fast_path_for_clean_and_quoted_blocks(
-    tmp_path: Path, small_blocks: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_blocks: None, block_paths: list[str]
 ) -> None:
-    fallback: list[int] = []
-    original = json_io.JsonLinesReader._parse_model_lines
-
-    def spy(self: json_io.JsonLinesReader, lines: list[bytes], *args: Any) -> Any:
-        fallback.append(len(lines))
-        return original(self, lines, *args)
-
-    monkeypatch.setattr(json_io.JsonLinesReader, "_parse_model_lines", spy)
     # Every number quoted (some exporters do): parsed as text, converted after.
     path = tmp_path / "quoted.jsonl"
     path.write_text("".join(json.dumps({"x": str(i + 0.5), "y": i}) + "\n" for i in range(100)))
     table, bad = read(path, {"x": pa.float64(), "y": pa.float64()}, chunk_size=4)
-    assert bad == [] and fallback == []
+    assert bad == [] and "fallback" not in block_paths and len(block_paths) > 5
     assert table.column("x").to_pylist() == [i + 0.5 for i in range(100)]
     assert table.schema == pa.schema([("x", pa.float64()), ("y", pa.float64())])
 
@@ -577,10 +597,11 @@ def test_jsonl_reader_takes_the_fast_path_for_clean_and_quoted_blocks(
     rows = [{"x": i + 0.5} for i in range(100)]
     rows[0] = {"x": "N/A?"}
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    block_paths.clear()
     table, bad = read(path, {"x": pa.float64()}, chunk_size=4)
     assert [(b.row, b.value) for b in bad] == [(1, "N/A?")]
     assert table.column("x").to_pylist() == [i + 0.5 for i in range(1, 100)]
-    assert len(fallback) == 1  # the first block only
+    assert block_paths.count("fallback") == 1 and "fast" in block_paths  # the first block only
 
 
 def test_jsonl_reader_lines_that_fail_other_ways_in_a_dirty_block(

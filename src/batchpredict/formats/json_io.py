@@ -228,6 +228,21 @@ def _decode_line(text: bytes) -> dict[str, Any] | str | None:
     return value if isinstance(value, dict) else None
 
 
+def _as_schema(table: pa.Table, schema: pa.Schema) -> pa.Table | None:
+    """`table` (the first block, types inferred) in `schema` (the types its lines are then
+    parsed with) if that changes no value: a column of nulls or of integers read as
+    floats; else None."""
+    for field in schema:
+        have = table.schema.field(field.name).type
+        widened = pa.types.is_integer(have) and pa.types.is_floating(field.type)
+        if have != field.type and not (pa.types.is_null(have) or widened):
+            return None
+    try:
+        return table.cast(schema)
+    except pa.ArrowInvalid:
+        return None
+
+
 def _kind(value: Any) -> str:
     """The JSON kind of a decoded value: null, bool, number, string, list or object."""
     if value is None:
@@ -387,11 +402,13 @@ class JsonLinesReader(Reader):
                 f"{self.path}: line {line + deep[0]}: JSON nested too deeply "
                 f"(more than {MAX_JSON_DEPTH} levels)"
             )
+        parsed: pa.Table | None = None  # the block, when inferring the schema parsed it
         if schema is None and self.options.column_types is not None:
-            found = self._first_schema(data, cut, deep)
+            found, inferred = self._first_schema(data, cut, deep)
             if found is not None:
                 schema = self._plan_model_columns(found)
                 schema_lines = line - 1 + data.count(b"\n", _FRAME, cut)
+                parsed = _as_schema(inferred, schema) if inferred is not None else None
         if schema is None:
             options = pajson.ParseOptions()
         else:
@@ -400,7 +417,10 @@ class JsonLinesReader(Reader):
         parse = functools.partial(self._parse, options=options, fixed=schema is not None)
         if not deep:
             try:
-                table, rows = parse(memoryview(data)[:cut], framed=True)
+                if parsed is not None:
+                    table, rows = parsed, parsed.num_rows
+                else:
+                    table, rows = parse(memoryview(data)[:cut], framed=True)
             except pa.ArrowException:
                 pass
             else:
@@ -585,11 +605,13 @@ class JsonLinesReader(Reader):
         return message
 
     # -- the model's numeric columns -------------------------------------------------
-    def _first_schema(self, data: bytes, cut: int, deep: list[int]) -> pa.Schema | None:
-        """The first block's schema, for `ReadOptions.column_types`, as Arrow infers it; when
-        a field's values differ in kind (a number here, a string there), inferred from the
-        lines with the values of the field's less common kinds read as null. None when no
-        line of the block is good."""
+    def _first_schema(
+        self, data: bytes, cut: int, deep: list[int]
+    ) -> tuple[pa.Schema | None, pa.Table | None]:
+        """The first block's schema, for `ReadOptions.column_types`, as Arrow infers it (and
+        the block as parsed, when Arrow could); when a field's values differ in kind (a
+        number here, a string there), inferred from the lines with the values of the field's
+        less common kinds read as null. None when no line of the block is good."""
         infer = functools.partial(self._parse, options=pajson.ParseOptions(), fixed=False)
         if not deep:
             try:
@@ -597,7 +619,7 @@ class JsonLinesReader(Reader):
             except pa.ArrowException:
                 pass
             else:
-                return table.schema if table.num_columns else None
+                return (table.schema, table) if table.num_columns else (None, None)
         lines = data[_FRAME:cut].split(b"\n")
         decoded = {
             index: _decode_line(text)
@@ -616,7 +638,7 @@ class JsonLinesReader(Reader):
             neutral[index] = json.dumps({**value, **unusual}).encode() if unusual else lines[index]
         # Lines that still fail (nested values of different kinds) are left out.
         table, _, _ = self._skip_bad_lines(neutral, [], 0, infer, None, 0)
-        return table.schema if table.num_columns else None
+        return (table.schema if table.num_columns else None), None
 
     def _plan_model_columns(self, found: pa.Schema) -> pa.Schema:
         """Ask `ReadOptions.column_types` which columns the model reads as numbers, and
@@ -645,7 +667,10 @@ class JsonLinesReader(Reader):
         problems: dict[int, _Problem] = {}
         for name, kind in self._wanted.items():
             index = table.schema.get_field_index(name)
-            column = table.column(index).combine_chunks()
+            column = table.column(index)
+            if column.type == kind and not (self.options.reject_nulls and column.null_count):
+                continue  # the usual case: numbers, parsed by Arrow
+            column = column.combine_chunks()
             if pa.types.is_string(column.type):
                 converted, failures = parse_text_values(column, kind, self._null_values)
                 for row, raw in failures.items():
