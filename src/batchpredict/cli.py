@@ -214,9 +214,9 @@ reading_options = option_group(
     option(
         "null_values",
         default=None,
-        help="Comma-separated strings read as null in the numeric columns the model reads "
-        "from CSV, TSV and JSON (default: Arrow's: NA, N/A, n/a, NULL, null, NaN, nan, "
-        "#N/A, ...; the empty field is always null).",
+        help="Comma-separated strings read as null in the numeric columns of CSV and TSV "
+        "and the model's numeric JSON fields (default: Arrow's: NA, N/A, n/a, NULL, null, "
+        "NaN, nan, #N/A, ...; the empty field is always null).",
     ),
     option(
         "delimiter",

@@ -179,6 +179,8 @@ def _arrow_message(exc: BaseException) -> str:
     return _COLUMN.sub(lambda m: f"column {m.group(1).replace('/', '.')!r}", text)
 
 
+#: Lines of a first block that does not parse whole whose kinds of values are counted.
+_KIND_SAMPLE = 1000
 #: Bytes that make a line blank (no record) besides the line end.
 _BLANK = b" \t\r"
 #: What is wrong with a value of a record: its column (None: the whole line), the reason,
@@ -226,6 +228,67 @@ def _decode_line(text: bytes) -> dict[str, Any] | str | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+#: How a JSON value that is not a number (or null), a string or a boolean starts.
+_NOT_NUMBER = rb'["tf\[{]'
+_NOT_STRING = rb"[-0-9tf\[{NI]"
+_NOT_BOOLEAN = rb'[-0-9"\[{NI]'
+_FRACTION = rb"-?[0-9]+[.eE]"
+_SPACE = b" \t\r"
+
+
+class _Suspects:
+    """Finds where a model field's value starts as no value of the type its column is
+    parsed as can: a string or list among numbers, a number among strings, a fraction for
+    an integer input. It may find more (a nested field of the same name) but finds every
+    value of a plainly written key; a key written with escapes makes Arrow fail again, and
+    the block is then decoded line by line."""
+
+    def __init__(self, schema: pa.Schema, wanted: dict[str, pa.DataType]) -> None:
+        #: Float columns parsed as numbers (the usual case): any `:` before a string, a
+        #: boolean, a list or an object is found (fast), then its key looked up.
+        self._float_keys: set[bytes] = set()
+        specific = []
+        for name in wanted:
+            kind = schema.field(name).type
+            key = json.dumps(name, ensure_ascii=False).encode()
+            if pa.types.is_floating(kind):
+                self._float_keys.add(key)
+                continue
+            if pa.types.is_string(kind):
+                starts = _NOT_STRING
+            elif pa.types.is_boolean(kind):
+                starts = _NOT_BOOLEAN
+            else:
+                starts = _NOT_NUMBER + b"|" + _FRACTION
+            specific.append(re.escape(key) + rb"[ \t\r]*:[ \t\r]*(?:" + starts + b")")
+        self._any = re.compile(rb":[ \t\r]*" + _NOT_NUMBER)
+        self._specific = re.compile(b"|".join(specific)) if specific else None
+
+    def find(self, data: bytes, start: int, end: int) -> list[int]:
+        """Positions in `data[start:end]` of such values (or of their keys)."""
+        found = []
+        if self._float_keys:
+            for match in self._any.finditer(data, start, end):
+                colon = match.start()
+                close = data.rfind(b'"', start, colon)
+                opening = data.rfind(b'"', start, close)
+                gap = data[close + 1 : colon]
+                if data[opening : close + 1] in self._float_keys and not gap.strip(_SPACE):
+                    found.append(colon)
+        if self._specific is not None:
+            found += [match.start() for match in self._specific.finditer(data, start, end)]
+        return found
+
+
+def _block_lines(
+    data: bytes, cut: int, lines: list[bytes] | None = None
+) -> tuple[list[bytes], list[int]]:
+    """The `lines` of a block `data[_FRAME:cut]` (split here if None), and the indexes of
+    those not blank."""
+    lines = data[_FRAME:cut].split(b"\n") if lines is None else lines
+    return lines, [index for index, text in enumerate(lines) if text.strip(_BLANK)]
 
 
 def _as_schema(table: pa.Table, schema: pa.Schema) -> pa.Table | None:
@@ -304,6 +367,8 @@ class JsonLinesReader(Reader):
         #: Once known: the schema lines are parsed with, the model's columns in the JSON
         #: type they are mostly written as (see `_plan_model_columns`).
         self._model_schema: pa.Schema | None = None
+        #: Finds the model values written as another JSON kind than their column is parsed as.
+        self._suspects: _Suspects | None = None
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield batches of about `chunk_size` rows, all with the first block's schema."""
@@ -427,6 +492,16 @@ class JsonLinesReader(Reader):
                 if self._wanted:
                     return self._finish_model_columns(table, data, cut, line, record, schema_lines)
                 return table, rows, []
+            patch = self._patched_block(data, cut) if self._wanted else None
+            if patch is not None:
+                try:
+                    table, _ = parse(memoryview(patch[0]), framed=True)
+                except pa.ArrowException:
+                    pass  # another problem: each line is decoded
+                else:
+                    return self._finish_model_columns(
+                        table, data, cut, line, record, schema_lines, patch[2], patch[1]
+                    )
         lines = data[_FRAME:cut].split(b"\n")
         if self._wanted:
             assert schema is not None
@@ -621,23 +696,26 @@ class JsonLinesReader(Reader):
             else:
                 return (table.schema, table) if table.num_columns else (None, None)
         lines = data[_FRAME:cut].split(b"\n")
-        decoded = {
-            index: _decode_line(text)
-            for index, text in enumerate(lines)
-            if index not in deep and text.strip(_BLANK)
-        }
-        objects = {index: value for index, value in decoded.items() if isinstance(value, dict)}
+        # The usual kinds come from the first lines (decoding all of a 16 MiB block costs
+        # seconds); Arrow infers the rest, leaving out lines that still conflict.
+        objects: dict[int, dict[str, Any]] = {}
+        for index, text in enumerate(lines):
+            if len(objects) == _KIND_SAMPLE:
+                break
+            decoded = _decode_line(text) if index not in deep and text.strip(_BLANK) else None
+            if isinstance(decoded, dict):
+                objects[index] = decoded
         usual = _usual_kinds(objects.values())
-        neutral = [b""] * len(lines)
+        neutral = list(lines)
         for index, value in objects.items():
             unusual = {
                 name: None
                 for name, kind in usual.items()
                 if _kind(value.get(name)) not in ("null", kind)
             }
-            neutral[index] = json.dumps({**value, **unusual}).encode() if unusual else lines[index]
-        # Lines that still fail (nested values of different kinds) are left out.
-        table, _, _ = self._skip_bad_lines(neutral, [], 0, infer, None, 0)
+            if unusual:
+                neutral[index] = json.dumps({**value, **unusual}).encode()
+        table, _, _ = self._skip_bad_lines(neutral, deep, 0, infer, None, 0)
         return (table.schema if table.num_columns else None), None
 
     def _plan_model_columns(self, found: pa.Schema) -> pa.Schema:
@@ -655,45 +733,63 @@ class JsonLinesReader(Reader):
                 field = field.with_type(kind)
             fields.append(field)
         self._model_schema = pa.schema(fields)
+        self._suspects = _Suspects(self._model_schema, self._wanted)
+        return self._model_schema
+
+    def _schema(self) -> pa.Schema:
+        """The schema lines are parsed with, once known."""
+        assert self._model_schema is not None
         return self._model_schema
 
     def _finish_model_columns(
-        self, table: pa.Table, data: bytes, cut: int, line: int, record: int, schema_lines: int
+        self,
+        table: pa.Table,
+        data: bytes,
+        cut: int,
+        line: int,
+        record: int,
+        schema_lines: int,
+        patched: dict[int, dict[str, Any]] | None = None,
+        block_lines: list[bytes] | None = None,
     ) -> tuple[pa.Table, int, list[BadRecord]]:
         """A block Arrow parsed whole (`data[_FRAME:cut]`, as in `_parse_lines`): the
-        model's columns converted to their types. Values that do not parse, and with
-        `reject_nulls` nulls, are bad records left out (without `on_bad_record`, the first
-        raises DataError)."""
-        problems: dict[int, _Problem] = {}
+        model's columns converted to their types, with the values of the `patched` lines
+        (by line index; Arrow read them as null, see `_patched_block`, which gives the
+        block's `block_lines` too) converted here.
+        Values that do not parse, and with `reject_nulls` nulls, are bad records left out
+        (without `on_bad_record`, the first raises DataError)."""
+        lines: list[bytes] = []
+        nonblank: list[int] = []
+        if patched:
+            lines, nonblank = _block_lines(data, cut, block_lines)
+            if len(nonblank) != table.num_rows:  # a line holding two JSON documents
+                return self._parse_model_lines(
+                    lines, [], line, record, self._schema(), schema_lines
+                )
+        rank = {index: row for row, index in enumerate(nonblank)}
+        fixed = sorted(rank[index] for index in patched or {})
+        values, found = self._model_values([(patched or {})[nonblank[row]] for row in fixed])
+        problems = {fixed[position]: problem for position, problem in found.items()}
+        mask = np.zeros(table.num_rows, dtype=bool)
+        mask[fixed] = True
         for name, kind in self._wanted.items():
             index = table.schema.get_field_index(name)
             column = table.column(index)
-            if column.type == kind and not (self.options.reject_nulls and column.null_count):
+            nulls = self.options.reject_nulls and column.null_count
+            if column.type == kind and not fixed and not nulls:
                 continue  # the usual case: numbers, parsed by Arrow
-            column = column.combine_chunks()
-            if pa.types.is_string(column.type):
-                converted, failures = parse_text_values(column, kind, self._null_values)
-                for row, raw in failures.items():
-                    kept = raw[:KEPT_VALUE_CHARS]
-                    problems.setdefault(row, (name, not_readable(raw, kind), kept))
-                if self.options.reject_nulls:
-                    markers = pc.and_(converted.is_null(), column.is_valid())
-                    for row in np.flatnonzero(markers.to_numpy(zero_copy_only=False)).tolist():
-                        problems.setdefault(row, (name, "value is null", column[row].as_py()))
-            else:
-                converted = column.cast(kind)
-            if self.options.reject_nulls and column.null_count:
-                for row in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
-                    problems.setdefault(row, (name, _NULL, None))
+            converted = self._convert_column(column.combine_chunks(), name, kind, mask, problems)
+            if fixed:
+                converted = pc.replace_with_mask(converted, pa.array(mask), values[name])
             table = table.set_column(index, table.schema.field(index).with_type(kind), converted)
         if not problems:
             return table, table.num_rows, []
-        lines = data[_FRAME:cut].split(b"\n")
-        nonblank = [index for index, text in enumerate(lines) if text.strip(_BLANK)]
-        if len(nonblank) != table.num_rows:  # a line holding two JSON documents
-            schema = self._model_schema
-            assert schema is not None
-            return self._parse_model_lines(lines, [], line, record, schema, schema_lines)
+        if not patched:
+            lines, nonblank = _block_lines(data, cut)
+            if len(nonblank) != table.num_rows:  # a line holding two JSON documents
+                return self._parse_model_lines(
+                    lines, [], line, record, self._schema(), schema_lines
+                )
         by_line: dict[int, _Problem] = {}
         for row, (column_name, reason, value) in problems.items():
             if reason == _NULL:
@@ -705,6 +801,66 @@ class JsonLinesReader(Reader):
         keep = np.ones(table.num_rows, dtype=bool)
         keep[sorted(problems)] = False
         return table.filter(pa.array(keep)), table.num_rows, bad
+
+    def _convert_column(
+        self,
+        column: pa.Array,
+        name: str,
+        kind: pa.DataType,
+        skip: np.ndarray,
+        problems: dict[int, _Problem],
+    ) -> pa.Array:
+        """A model column as Arrow parsed it (as numbers, booleans or strings) in `kind`;
+        the first problem of each row not in the `skip` mask added to `problems`: a string
+        that does not parse, and with `reject_nulls` a null (`_NULL`: why is found later)."""
+        found: list[tuple[int, _Problem]] = []
+        if pa.types.is_string(column.type):
+            converted, failures = parse_text_values(column, kind, self._null_values)
+            for row, raw in failures.items():
+                found.append((row, (name, not_readable(raw, kind), raw[:KEPT_VALUE_CHARS])))
+            if self.options.reject_nulls:
+                markers = pc.and_(converted.is_null(), column.is_valid())
+                for row in np.flatnonzero(markers.to_numpy(zero_copy_only=False)).tolist():
+                    found.append((row, (name, "value is null", column[row].as_py())))
+        else:
+            converted = column.cast(kind)
+        if self.options.reject_nulls and column.null_count:
+            for row in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
+                found.append((row, (name, _NULL, None)))
+        for row, problem in found:
+            if not skip[row]:
+                problems.setdefault(row, problem)
+        return converted
+
+    def _patched_block(
+        self, data: bytes, cut: int
+    ) -> tuple[bytes, list[bytes], dict[int, dict[str, Any]]] | None:
+        """For a block Arrow could not parse whole with the model's columns as usually
+        written: the block with the model values of the lines where one is written another
+        way (a string among numbers: found by `_Suspects`) set to null, the block's lines
+        as they are, and the patched lines' model values, by line index. None when no such
+        line is found or one does not decode (the block is then decoded line by line)."""
+        assert self._suspects is not None
+        found = self._suspects.find(data, _FRAME, cut)
+        if not found:
+            return None
+        view = np.frombuffer(data, dtype=np.uint8, count=cut - _FRAME, offset=_FRAME)
+        ends = np.flatnonzero(view == ord("\n"))
+        indexes = np.unique(np.searchsorted(ends, np.array(found) - _FRAME)).tolist()
+        lines = data[_FRAME:cut].split(b"\n")
+        patched: dict[int, dict[str, Any]] = {}
+        originals: dict[int, bytes] = {}
+        for index in indexes:
+            decoded = _decode_line(lines[index])
+            if not isinstance(decoded, dict):
+                return None
+            patched[index] = {name: decoded[name] for name in self._wanted if name in decoded}
+            originals[index] = lines[index]
+            lines[index] = json.dumps({**decoded, **dict.fromkeys(patched[index])}).encode()
+        block = _FRAME_TEXT + b"\n".join(lines)
+        for index, text in originals.items():
+            lines[index] = text
+        return block, lines, patched
 
     def _parse_model_lines(
         self,
