@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batchpredict import __version__
-from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig
+from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig, parse_delimiter
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
@@ -249,7 +249,27 @@ data_options = option_group(
         help="Use this number for null and NaN values in numeric features instead of "
         "treating those rows as bad.",
     ),
+    option(
+        "null_values",
+        default=None,
+        help="Comma-separated strings read as null in the numeric columns of CSV and TSV "
+        "and the model's numeric JSON fields (default: Arrow's: NA, N/A, n/a, NULL, null, "
+        "NaN, nan, #N/A, ...; the empty field is always null).",
+    ),
+    option(
+        "delimiter",
+        default=None,
+        help="CSV field separator, one character: ';', '|', ... or \\t / tab (default ',').",
+    ),
 )
+
+
+def _null_values(value: str | None) -> tuple[str, ...] | None:
+    """`--null_values A,B`: the strings (spaces around them dropped); "" for none but the
+    empty field."""
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 #: Options for log lines.
@@ -539,6 +559,8 @@ def _run_config(options: dict[str, Any]) -> RunConfig:
         options.get("class_names"), options.get("class_names_file")
     )
     values["progress"] = not options.get("no_progress", False)
+    values["null_values"] = _null_values(options.get("null_values"))
+    values["delimiter"] = parse_delimiter(options.get("delimiter"))
     return RunConfig(**values)
 
 

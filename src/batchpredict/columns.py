@@ -96,7 +96,10 @@ class RunMapping:
         self.for_file(schema, source)
         types: dict[str, pa.DataType] = {}
         for binding in self.bindings:
-            scalar = binding.stacked or all(d == 1 for d in binding.tensor.shape[1:])
+            tensor = binding.tensor
+            scalar = binding.stacked or (
+                tensor.rank_known and all(d == 1 for d in tensor.shape[1:])
+            )
             kind = _ARROW_NUMBER.get(_dtype_family(binding.tensor.dtype))
             for name in binding.columns:
                 if scalar and kind is not None and not _is_nested(schema.field(name).type):

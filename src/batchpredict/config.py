@@ -15,6 +15,12 @@ DEVICE_CHOICES = ("auto", "cpu", "gpu")
 ON_ERROR_CHOICES = ("fail", "skip")
 ENGINE_CHOICES = ("local", "ray")
 DEFAULT_MAX_ERROR_RATE = 0.01
+#: Spellings of a tab for `--delimiter`, besides the character itself.
+TAB_NAMES = ("\\t", "tab")
+#: `--null_values`: at most this many strings of at most this many characters (Arrow keeps
+#: them in a trie of limited size).
+MAX_NULL_VALUES = 64
+MAX_NULL_VALUE_CHARS = 64
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -81,9 +87,44 @@ class RunConfig:
     ray_concurrency: int | None = None
     ray_gpus_per_worker: float | None = None
     preserve_order: bool = False
+    #: Strings read as null in the model's numeric columns of text inputs (None: the
+    #: reader's default list); the empty field always is.
+    null_values: tuple[str, ...] | None = None
+    #: CSV field separator (None: ","); one character.
+    delimiter: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+def parse_delimiter(text: str | None) -> str | None:
+    """`--delimiter` as given on the command line: one character, or `\\t` / `tab` for a tab."""
+    if text is None:
+        return None
+    return "\t" if text.lower() in TAB_NAMES else text
+
+
+def _validate_reading(config: RunConfig) -> None:
+    """`--delimiter` is one plain character, for CSV; `--null_values` are plain strings."""
+    delimiter = config.delimiter
+    if delimiter is not None:
+        plain = delimiter.isascii() and delimiter.isprintable() and not delimiter.isalnum()
+        if len(delimiter) != 1 or not (delimiter == "\t" or plain) or delimiter in '".-+':
+            raise UsageError(
+                f"--delimiter must be one character such as ';' or '|' (or \\t or tab for a "
+                f"tab), not a quote, letter, digit, '.', '-' or '+'; got {delimiter!r}"
+            )
+        fmt = (config.input_format or "csv").strip().lower().lstrip(".")
+        if fmt != "csv":
+            raise UsageError(f"--delimiter is for CSV input, not --input_format {fmt}")
+    for value in config.null_values or ():
+        if not value or len(value) > MAX_NULL_VALUE_CHARS or "\n" in value or "\r" in value:
+            raise UsageError(
+                f"--null_values: {value!r} is not a value (1 to {MAX_NULL_VALUE_CHARS} "
+                "characters on one line; the empty field is always null)"
+            )
+    if config.null_values is not None and len(config.null_values) > MAX_NULL_VALUES:
+        raise UsageError(f"--null_values takes at most {MAX_NULL_VALUES} values")
 
 
 def validate(config: RunConfig) -> None:
@@ -129,6 +170,7 @@ def validate(config: RunConfig) -> None:
     if not config.prediction_column:
         raise UsageError("--prediction_column cannot be empty")
     _validate_device(config.device)
+    _validate_reading(config)
     if config.on_error not in ON_ERROR_CHOICES:
         raise UsageError(f"--on_error must be fail or skip, got {config.on_error!r}")
     if config.rejects_file is not None and config.on_error != "skip":

@@ -503,12 +503,14 @@ class RejectsWriter:
             raise ReadWriteError(f"{self.path}: cannot write: {exc}") from exc
 
     def add_record(self, source: str, record: BadRecord) -> None:
-        """Record a record the reader could not parse: its number, reason and raw text."""
+        """Record a record the reader could not parse: its number, reason, the value at
+        fault (null when the whole record is) and raw text."""
         line = {
             "source": source,
             "row": record.row,
             "column": record.column,
             "reason": record.reason,
+            "value": record.value,
         }
         self._write_lines([json.dumps({**line, "text": record.text}) + "\n"])
         self.count += 1

@@ -33,7 +33,7 @@ from batchpredict.errors import (
     exit_code_for,
 )
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
-from batchpredict.formats.registry import reader_for, writer_for
+from batchpredict.formats.registry import check_delimiter, read_options, reader_for, writer_for
 from batchpredict.locking import hold_lock
 from batchpredict.manifest import Manifest, identify_model, input_identity, prediction_options
 from batchpredict.model import LoadedModel, load_model
@@ -151,6 +151,7 @@ def _report_failure(config: RunConfig, exc: BaseException, seconds: float, total
 def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     log = get_logger()
     inputs = expand_inputs(config.input_files, config.input_format)
+    check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
     rejects = (
         {path: RejectsWriter(path) for path in {rejects_path(t, config) for t in targets}}
@@ -256,7 +257,7 @@ def plan_run_mapping(
     # Failing, a bad record here is the error the run would stop at; skipping, the run
     # reports it, and a first block of nothing but bad records leaves the plan to the run.
     skipping = config.on_error == "skip"
-    options = _read_options(config, _ignore_bad_record if skipping else None)
+    options = read_options(config, _ignore_bad_record if skipping else None)
     reader = reader_for(first.path, first.format, options)
     try:
         schema = reader.schema()
@@ -276,13 +277,6 @@ def plan_run_mapping(
 
 def _ignore_bad_record(record: BadRecord) -> None:
     """Planning reads only column names and types; bad records are reported by the run."""
-
-
-def _read_options(
-    config: RunConfig, on_bad_record: Callable[[BadRecord], None] | None
-) -> ReadOptions:
-    """How every reader of this run reads: chunk size and what to do with bad records."""
-    return ReadOptions(chunk_size=config.chunk_size, on_bad_record=on_bad_record)
 
 
 class RunColumns:
@@ -311,6 +305,13 @@ class RunColumns:
             get_logger().info("column mapping decided", column_mapping=self.as_dict())
             self.warn_if_guessed()
         return self.mapping.for_file(schema, source)
+
+    def read_types(self, schema: pa.Schema, source: str) -> dict[str, pa.DataType]:
+        """`ReadOptions.column_types` of a text input: the columns the run parses as numbers
+        (planned here from stdin's first block when nothing was planned before)."""
+        self.for_file(schema, source, declared_types=False)
+        assert self.mapping is not None
+        return self.mapping.read_types(schema, source)
 
     def as_dict(self) -> dict[str, Any] | None:
         """JSON-ready mapping, or None until it is decided."""
@@ -512,7 +513,8 @@ def _chunks(
         # of the rows after them (only with --on_error skip).
         dropped: list[int] = []
         sink = None if rejects is None else _bad_record_sink(source.path, rejects, counts, dropped)
-        reader = reader_for(source.path, source.format, _read_options(config, sink))
+        numbers = functools.partial(run_columns.read_types, source=source.path)
+        reader = reader_for(source.path, source.format, read_options(config, sink, numbers))
         mapping: ColumnMapping | None = None
         first_row = 0
         for table in rechunk(reader.iter_batches(), chunk_rows):
@@ -655,10 +657,13 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         raise DataError(f"inputs written to one output have different column types: {exc}") from exc
 
 
-def _first_chunk(source: InputFile, config: RunConfig, bad_records: list[BadRecord]) -> pa.Table:
+def _first_chunk(
+    source: InputFile, config: RunConfig, run_columns: RunColumns, bad_records: list[BadRecord]
+) -> pa.Table:
     """The first chunk of an input as predict reads it (for `inspect` and `validate`);
     records the reader could not parse are collected in `bad_records`."""
-    options = _read_options(config, bad_records.append)
+    numbers = functools.partial(run_columns.read_types, source=source.path)
+    options = read_options(config, bad_records.append, numbers)
     reader = reader_for(source.path, source.format, options)
     for table in rechunk(reader.iter_batches(), config.chunk_size):
         return table
@@ -688,8 +693,8 @@ def inspect(config: RunConfig) -> list[str]:
     inputs = expand_inputs(config.input_files, config.input_format)
     run_columns = RunColumns(model, config, plan_run_mapping(inputs, model, config))
     for source in inputs:
-        table = _first_chunk(source, config, [])
-        reader = reader_for(source.path, source.format, _read_options(config, None))
+        table = _first_chunk(source, config, run_columns, [])
+        reader = reader_for(source.path, source.format, read_options(config, None))
         mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
         if source is inputs[0]:
             assert run_columns.mapping is not None
@@ -747,8 +752,8 @@ def _validate_input(
     of the rows would be rejected."""
     bad_records: list[BadRecord] = []
     try:
-        table = _first_chunk(source, config, bad_records)
-        reader = reader_for(source.path, source.format, _read_options(config, None))
+        table = _first_chunk(source, config, run_columns, bad_records)
+        reader = reader_for(source.path, source.format, read_options(config, None))
         mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
     except DataError as exc:
         return None, [str(exc)]

@@ -15,6 +15,7 @@ Ray is imported only here, and this module only when the engine is used.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -32,8 +33,15 @@ from batchpredict.atomic import write_whole
 from batchpredict.columns import ColumnMapping, RunMapping
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
-from batchpredict.formats.base import BadRecord, ReadOptions
-from batchpredict.formats.registry import default_extension, reader_for, writer_for, writer_format
+from batchpredict.formats.base import BadRecord
+from batchpredict.formats.registry import (
+    check_delimiter,
+    default_extension,
+    read_options,
+    reader_for,
+    writer_for,
+    writer_format,
+)
 from batchpredict.manifest import input_identity
 from batchpredict.observe import get_logger
 from batchpredict.outputs import (
@@ -71,6 +79,7 @@ def run(config: RunConfig, run_id: str, mapping: RunMapping) -> dict[str, Any]:
     log = get_logger()
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
     inputs = expand_inputs(config.input_files, config.input_format)
+    check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
@@ -105,7 +114,8 @@ def run(config: RunConfig, run_id: str, mapping: RunMapping) -> dict[str, Any]:
         cluster_gpus=resources.get("GPU", 0),
     )
     try:
-        dataset = ray.data.read_datasource(input_files_datasource(inputs, config, staging))
+        source = input_files_datasource(inputs, config, staging, mapping)
+        dataset = ray.data.read_datasource(source)
         predicted = dataset.map_batches(
             _ModelActor,
             fn_constructor_kwargs={"config": config, "staging": staging, "mapping": mapping},
@@ -226,9 +236,12 @@ def _commit(
 
 
 # -- read -------------------------------------------------------------------------------------
-def _read_file(item: InputFile, config: RunConfig, staging: str) -> Iterator[pa.Table]:
+def _read_file(
+    item: InputFile, config: RunConfig, staging: str, mapping: RunMapping
+) -> Iterator[pa.Table]:
     """One input through our reader, as tables of `chunk_size` rows with the file and the
-    1-based row of every row; records the reader could not parse go to a rejects part."""
+    1-based row of every row; records the reader could not parse go to a rejects part.
+    Text inputs parse the columns `mapping` feeds to numeric inputs value by value."""
     rejects = RejectsWriter(storage.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
     dropped: list[int] = []
 
@@ -236,11 +249,12 @@ def _read_file(item: InputFile, config: RunConfig, staging: str) -> Iterator[pa.
         dropped.append(record.row)
         rejects.add_record(item.path, record)
 
-    options = ReadOptions(
-        chunk_size=config.chunk_size,
-        on_bad_record=on_bad_record if config.on_error == "skip" else None,
-    )
     from batchpredict.pipeline import file_rows
+
+    numbers = functools.partial(mapping.read_types, source=item.path)
+    options = read_options(
+        config, on_bad_record if config.on_error == "skip" else None, column_types=numbers
+    )
 
     first_row = 0
     try:
@@ -271,11 +285,18 @@ def _datasource_class() -> Any:
     class _InputFilesDatasource(ray.data.Datasource):
         """Our readers as a Ray datasource: one read task per input file, in order."""
 
-        def __init__(self, inputs: list[InputFile], config: RunConfig, staging: str) -> None:
+        def __init__(
+            self,
+            inputs: list[InputFile],
+            config: RunConfig,
+            staging: str,
+            mapping: RunMapping,
+        ) -> None:
             super().__init__()  # type: ignore[no-untyped-call]
             self.inputs = inputs
             self.config = config
             self.staging = staging
+            self.mapping = mapping
 
         def estimate_inmemory_data_size(self) -> int | None:
             return sum(storage.size(item.path) or 0 for item in self.inputs)
@@ -299,8 +320,9 @@ def _datasource_class() -> Any:
                     item: InputFile = item,
                     config: RunConfig = self.config,
                     staging: str = self.staging,
+                    mapping: RunMapping = self.mapping,
                 ) -> Iterator[pa.Table]:
-                    return _read_file(item, config, staging)
+                    return _read_file(item, config, staging, mapping)
 
                 tasks.append(ray.data.ReadTask(read, metadata))
             return tasks
@@ -311,9 +333,12 @@ def _datasource_class() -> Any:
     return _InputFilesDatasource
 
 
-def input_files_datasource(inputs: list[InputFile], config: RunConfig, staging: str) -> Any:
-    """A Ray datasource reading `inputs` with batchpredict's readers."""
-    return _datasource_class()(inputs, config, staging)
+def input_files_datasource(
+    inputs: list[InputFile], config: RunConfig, staging: str, mapping: RunMapping
+) -> Any:
+    """A Ray datasource reading `inputs` with batchpredict's readers (text inputs parse the
+    columns `mapping` feeds to numeric inputs value by value)."""
+    return _datasource_class()(inputs, config, staging, mapping)
 
 
 # -- predict ----------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ import contextlib
 import errno
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from batchpredict import storage
 from batchpredict.atomic import StagedFile
@@ -35,6 +36,14 @@ from batchpredict.storage import is_uri
 COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 STDIO = "-"
+
+#: Strings read as null in the numeric columns of text formats unless `--null_values` says
+#: otherwise: Arrow's CSV markers (empty, NA, N/A, n/a, NULL, null, NaN, nan, #N/A, ...).
+DEFAULT_NULL_VALUES: tuple[str, ...] = tuple(pacsv.ConvertOptions().null_values)
+#: Characters of an offending value quoted in a message.
+SHOWN_VALUE_CHARS = 40
+#: Characters of an offending value kept in its report (`BadRecord.value`).
+KEPT_VALUE_CHARS = 1000
 
 
 def compression_of(path: str) -> str | None:
@@ -148,6 +157,55 @@ class BadRecord:
     text: str
     #: The column at fault, when the record parsed but one of its values did not convert.
     column: str | None = None
+    #: The offending value as text (cut at `KEPT_VALUE_CHARS`), when one value is at fault.
+    value: str | None = None
+
+
+def shown_value(value: str) -> str:
+    """A value for a one-line message: repr-quoted, cut to about `SHOWN_VALUE_CHARS`."""
+    if len(value) > SHOWN_VALUE_CHARS:
+        value = value[: SHOWN_VALUE_CHARS - 3] + "..."
+    return repr(value)
+
+
+def read_null_values(options: ReadOptions) -> list[str]:
+    """The strings read as null in numeric columns: `options.null_values` (default:
+    `DEFAULT_NULL_VALUES`), and the empty field always (it is how CSV writes a null)."""
+    chosen = DEFAULT_NULL_VALUES if options.null_values is None else options.null_values
+    return list(dict.fromkeys(("", *chosen)))
+
+
+def expected_kind(kind: pa.DataType) -> str:
+    """What a value of a model's numeric column must be, for messages: "a number", ..."""
+    if pa.types.is_boolean(kind):
+        return "a boolean (true/false, 1/0)"
+    if pa.types.is_integer(kind):
+        return "an integer"
+    return "a number"
+
+
+def not_readable(value: str, kind: pa.DataType) -> str:
+    """The reason a value of a model's numeric column is bad: it does not parse as `kind`."""
+    return f"value {shown_value(value)} is not {expected_kind(kind)}, which the model needs"
+
+
+#: The types `ReadOptions.column_types` may ask for.
+MODEL_COLUMN_TYPES = (pa.float64(), pa.int64(), pa.bool_())
+
+
+def model_column_types(
+    options: ReadOptions, schema: pa.Schema, path: str
+) -> dict[str, pa.DataType]:
+    """`options.column_types` for a file whose first block has `schema`: the columns the
+    model reads as numbers and their types; {} without the callback. A column the file
+    lacks or a type other than `MODEL_COLUMN_TYPES` is a bug of the caller's."""
+    if options.column_types is None:
+        return {}
+    wanted = dict(options.column_types(schema))
+    for name, kind in wanted.items():
+        if name not in schema.names or kind not in MODEL_COLUMN_TYPES:
+            raise ValueError(f"{path}: cannot read column {name!r} as {kind}")
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -159,6 +217,20 @@ class ReadOptions:
     #: fields, a JSON line that does not parse) are passed here and left out; None raises
     #: `DataError` at the first one instead.
     on_bad_record: Callable[[BadRecord], None] | None = None
+    #: Text formats (CSV, TSV, JSON): called once per file, before any batch is yielded, with the
+    #: column names and types inferred from the file's first block; returns the columns the model
+    #: reads as numbers and the Arrow type each must have (float64, int64 or bool). The reader
+    #: yields those columns in exactly that type, parsed value by value; it may raise DataError
+    #: (e.g. the file lacks a mapped column), which propagates. Parquet and Avro ignore it.
+    column_types: Callable[[pa.Schema], Mapping[str, pa.DataType]] | None = None
+    #: Strings read as null in those numeric columns (None: DEFAULT_NULL_VALUES).
+    null_values: tuple[str, ...] | None = None
+    #: CSV field separator (None: the format's own: "," for csv, "\t" for tsv).
+    delimiter: str | None = None
+    #: True when a null in a `column_types` column is a bad row (no --fill_value): a reader that
+    #: can tell why a value is null (JSON: a missing field or an explicit null) reports it itself
+    #: as a bad record; False passes nulls on (to be filled).
+    reject_nulls: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:

@@ -3,6 +3,8 @@
 The reader samples the start of the input to size its blocks at about `chunk_size` rows,
 infers column types from the first block and then fixes them for the rest of the file, so
 that later blocks either convert to the same schema or fail with the row and column named.
+The columns the model reads as numbers (`ReadOptions.column_types`) are not inferred but
+parsed as what the model needs, value by value, wherever a bad value sits in the file.
 
 With `ReadOptions.on_bad_record` set (`--on_error skip`), malformed rows are reported and left
 out instead: a row with the wrong number of fields through Arrow's invalid-row handler, and a
@@ -15,6 +17,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from typing import ClassVar
@@ -26,11 +29,16 @@ import pyarrow.csv as pacsv
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
 from batchpredict.formats.base import (
+    KEPT_VALUE_CHARS,
     STDIO,
     BadRecord,
     PrefixedStream,
     Reader,
+    ReadOptions,
     Writer,
+    model_column_types,
+    not_readable,
+    read_null_values,
 )
 
 #: Bytes read up front to estimate the row length.
@@ -56,6 +64,7 @@ _MAX_KNOWN_BAD_CHARS = 64
 _CONVERSION = re.compile(r"In CSV column #(\d+): Row #(\d+): (.*)", re.DOTALL)
 _INVALID_VALUE = re.compile(r"CSV conversion error to (\S+): invalid value (.*)", re.DOTALL)
 _CONVERSION_TO = re.compile(r"CSV conversion error to (\S+): (.*)", re.DOTALL)
+_INVALID_RAW = re.compile(r"invalid value '(.*)'$", re.DOTALL)
 
 
 def _value_error(detail: str) -> str | None:
@@ -105,17 +114,21 @@ def _quoted_lines(values: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
 
 
 def _convert_lines(
-    text: pa.Buffer, offsets: np.ndarray, kind: pa.DataType, also_null: list[str]
+    text: pa.Buffer,
+    offsets: np.ndarray,
+    kind: pa.DataType,
+    also_null: list[str],
+    null_values: list[str],
 ) -> pa.Array:
     """The quoted lines of `text` between two offsets converted to `kind` by Arrow's CSV
     converter (the one that read the file, so nulls, whitespace and formats agree), with
-    the values `also_null` read as null."""
+    the values `null_values` and `also_null` read as null."""
     start, stop = int(offsets[0]), int(offsets[-1])
     if stop == start:
         return pa.array([], type=kind)
-    convert = pacsv.ConvertOptions(column_types={"v": kind})
+    convert = pacsv.ConvertOptions(column_types={"v": kind}, null_values=null_values)
     if also_null:
-        convert.null_values = [*convert.null_values, *also_null]
+        convert.null_values = [*null_values, *also_null]
     table = pacsv.read_csv(
         pa.BufferReader(text.slice(start, stop - start)),
         read_options=pacsv.ReadOptions(
@@ -128,7 +141,7 @@ def _convert_lines(
 
 
 def _convert_text(
-    values: pa.Array, kind: pa.DataType, known_bad: dict[str, str]
+    values: pa.Array, kind: pa.DataType, known_bad: dict[str, str], null_values: list[str]
 ) -> tuple[pa.Array | None, dict[int, str]]:
     """`values` (a column read as text) converted to `kind` and {}, or None and the reason
     for every index whose value does not convert.
@@ -147,7 +160,8 @@ def _convert_text(
     while low < len(values):
         high = min(len(values), low + width)
         try:
-            array = _convert_lines(text, offsets[low : high + 1], kind, list(known_bad))
+            window = offsets[low : high + 1]
+            array = _convert_lines(text, window, kind, list(known_bad), null_values)
         except pa.ArrowInvalid as exc:
             match = _CONVERSION.match(error_text(exc))
             reason = _value_error(match.group(3)) if match else None
@@ -168,6 +182,24 @@ def _convert_text(
     return (array, {}) if not failures else (None, failures)
 
 
+def parse_text_values(
+    values: pa.Array, kind: pa.DataType, null_values: list[str]
+) -> tuple[pa.Array, dict[int, str]]:
+    """Text `values` parsed as `kind` by Arrow's CSV converter (as a CSV column would be,
+    with `null_values` read as null): the array, with nulls where a value did not parse,
+    and the index of each of those mapped to the value."""
+    array, failures = _convert_text(values, kind, {}, null_values)
+    if array is not None:
+        return array, {}
+    bad = dict.fromkeys(failures)
+    keep = np.ones(len(values), dtype=bool)
+    keep[list(bad)] = False
+    cleared = pc.if_else(pa.array(keep), values, pa.scalar(None, values.type))
+    text, offsets = _quoted_lines(cleared)
+    array = _convert_lines(text, offsets, kind, [], null_values)
+    return array, {index: values[index].as_py() or "" for index in bad}
+
+
 def _read_head(stream: pa.NativeFile, chunk_size: int) -> tuple[bytes, int]:
     """The first block of the input, for type inference, and the block size for the rest."""
     head = stream.read(_SAMPLE_BYTES)
@@ -184,8 +216,18 @@ class CsvReader(Reader):
     extensions: ClassVar[tuple[str, ...]] = (".csv",)
     delimiter: ClassVar[str] = ","
 
+    def __init__(self, path: str, options: ReadOptions) -> None:
+        super().__init__(path, options)
+        self._separator = options.delimiter or self.delimiter
+        self._null_values = read_null_values(options)
+        #: The columns the model reads as numbers and the types they are yielded in.
+        self._wanted: dict[str, pa.DataType] = {}
+        #: Every column and the type Arrow reads it as.
+        self._read_as: dict[str, pa.DataType] = {}
+
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
-        """Yield batches of at most `chunk_size` rows with the types of the first block."""
+        """Yield batches of at most `chunk_size` rows with the types of the first block,
+        except the model's numeric columns, which have the types the model needs."""
         with self.open_binary() as stream:
             try:
                 head, block_size = _read_head(stream, self.options.chunk_size)
@@ -197,19 +239,43 @@ class CsvReader(Reader):
             if at_end and b"\n" not in head and b"\r" not in head:
                 # A lone header without a line end: Arrow calls that an empty file.
                 head += b"\n"
-            column_types = self._infer_types(head, at_end=at_end)
-            if self.options.on_bad_record is not None:
-                yield from self._iter_skipping(
-                    PrefixedStream(head, stream), block_size, column_types
-                )
-                return
+            column_types = self._with_model_types(self._infer_types(head, at_end=at_end))
+            batches: Iterator[pa.RecordBatch]
             header_end = _record_end(head, first=True)
-            if header_end and b'"' not in head[header_end:]:
+            reopen = None if self.path == STDIO else self.open_binary
+            if self.options.on_bad_record is not None:
+                source = PrefixedStream(head, stream)
+                report = self.options.on_bad_record
+                batches = self._iter_skipping(source, block_size, column_types, report, reopen)
+            elif header_end and b'"' not in head[header_end:]:
                 # Unquoted data (the usual export): whole records can be cut anywhere.
                 source = PrefixedStream(head[header_end:], stream)
-                yield from self._iter_ranges(source, head[:header_end], column_types, block_size)
+                batches = self._iter_ranges(source, head[:header_end], column_types, block_size)
             else:
-                yield from self._iter_stream(PrefixedStream(head, stream), column_types, block_size)
+                source = PrefixedStream(head, stream)
+                batches = self._first_bad_row(
+                    self._iter_stream(source, column_types, block_size), column_types, block_size
+                )
+            casts = {n: k for n, k in self._wanted.items() if column_types[n] != k}
+            for batch in batches:
+                yield _cast_columns(batch, casts) if casts else batch
+
+    def _with_model_types(self, inferred: dict[str, pa.DataType]) -> dict[str, pa.DataType]:
+        """The types to read the columns as: those inferred, but the model's numeric columns
+        (`ReadOptions.column_types`) as the types it needs, so that each value is parsed as
+        one. A column of true/false is read as booleans and cast after (to 1 and 0)."""
+        schema = pa.schema(list(inferred.items()))
+        self._wanted = model_column_types(self.options, schema, self.path)
+        read_as = dict(inferred)
+        for name, kind in self._wanted.items():
+            if not pa.types.is_boolean(inferred[name]):
+                read_as[name] = kind
+        self._read_as = read_as
+        return read_as
+
+    def _convert_options(self, column_types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+        """Arrow's conversion: every column's type given, nulls as configured."""
+        return pacsv.ConvertOptions(column_types=column_types, null_values=self._null_values)
 
     def _iter_stream(
         self,
@@ -240,7 +306,7 @@ class CsvReader(Reader):
                     column_names=None if header else names,
                 ),
                 parse_options=self._parse_options(reject),
-                convert_options=pacsv.ConvertOptions(column_types=column_types),
+                convert_options=self._convert_options(column_types),
             )
             for batch in reader:
                 # Blocks are sized by an estimate: zero-copy slices cap the rows.
@@ -305,21 +371,72 @@ class CsvReader(Reader):
                 parse_options=self._parse_options(
                     lambda _row: "error", newlines_in_values=b'"' in block
                 ),
-                convert_options=pacsv.ConvertOptions(column_types=column_types),
+                convert_options=self._convert_options(column_types),
             )
         except (pa.ArrowException, OSError):
             pass
-        # Again, single-threaded with the header in front, for the row number.
+        # Again, as --on_error skip reads, with the header in front, for the first bad row
+        # (Arrow names the first bad value of one column, not the earliest of all).
         text = header + block
         source = PrefixedStream(text, pa.BufferReader(b""))
-        for _ in self._iter_stream(source, column_types, len(text) + 1, True, rows_before):
+        rows = self._iter_skipping(
+            source,
+            len(text) + 1,
+            column_types,
+            self._raise_bad_record,
+            lambda: pa.BufferReader(text),
+            rows_before,
+        )
+        for _ in rows:
             pass
         raise DataError(f"{self.path}: cannot read the rows after row {rows_before}")
 
-    def _iter_skipping(
-        self, source: PrefixedStream, block_size: int, column_types: dict[str, pa.DataType]
+    def _first_bad_row(
+        self,
+        batches: Iterator[pa.RecordBatch],
+        column_types: dict[str, pa.DataType],
+        block_size: int,
     ) -> Iterator[pa.RecordBatch]:
-        """`iter_batches` with `on_bad_record` set: bad rows are reported and left out.
+        """`batches` of Arrow's streaming reader over the whole input; when they fail on a
+        row, the input is read again as --on_error skip reads it, up to its first bad row,
+        so that the error names that row (Arrow names the first bad value of one column in
+        a block, not the earliest of all). Stdin cannot be read again: Arrow's error."""
+        try:
+            yield from batches
+        except DataError:
+            if self.path == STDIO:
+                raise
+            with self.open_binary() as stream:
+                head, _ = _read_head(stream, self.options.chunk_size)
+                source = PrefixedStream(head, stream)
+                report = self._raise_bad_record
+                rows = self._iter_skipping(
+                    source, block_size, column_types, report, self.open_binary
+                )
+                for _ in rows:
+                    pass
+            raise
+
+    def _raise_bad_record(self, record: BadRecord) -> None:
+        """The `on_bad_record` of --on_error fail: DataError naming the row, as in `_error`."""
+        if record.column is None:
+            text = record.text[:80]
+            raise DataError(f"{self.path}: row {record.row}: {record.reason}: {text!r}")
+        detail = record.reason.removeprefix(f"column {record.column!r}: ")
+        if detail != record.reason:  # a column typed from the first rows, not the model's
+            detail += " (the type inferred from the first rows)"
+        raise DataError(f"{self.path}: row {record.row}, column {record.column!r}: {detail}")
+
+    def _iter_skipping(
+        self,
+        source: PrefixedStream,
+        block_size: int,
+        column_types: dict[str, pa.DataType],
+        report: Callable[[BadRecord], None],
+        reopen: Callable[[], pa.NativeFile] | None,
+        rows_before: int = 0,
+    ) -> Iterator[pa.RecordBatch]:
+        """`iter_batches` with `on_bad_record` set: bad rows are `report`ed and left out.
 
         Rows with the wrong number of fields are skipped by Arrow's handler. A value that
         does not convert stops Arrow's reader for good, so the input is opened again with
@@ -328,10 +445,9 @@ class CsvReader(Reader):
         the rows whose value does not convert; the batches keep the inferred types.
 
         Rows are numbered among the data rows (header excluded, bad rows included), as Arrow
-        numbers them. Reports are made in row order, before the batch that follows them.
+        numbers them, after `rows_before`. Reports are made in row order, before the batch
+        that follows them. `reopen` opens `source` again (None: it cannot be, as stdin).
         """
-        report = self.options.on_bad_record
-        assert report is not None
         names = list(column_types)
         schema = pa.schema(list(column_types.items()))
         chunk = self.options.chunk_size
@@ -340,7 +456,9 @@ class CsvReader(Reader):
         shifted: list[int] = []
         last_bad = 0  # the highest of those rows, so that a second pass reports none twice
         pending: list[BadRecord] = []
-        as_text: set[str] = set()  # columns read as text and converted here
+        # Columns read as text and converted here. Stdin cannot be read a second time: the
+        # model's columns, where bad values are expected, are converted here from the start.
+        as_text: set[str] = set(self._wanted) if reopen is None else set()
         known_bad: dict[str, dict[str, str]] = {}  # per column, values that do not convert
         done = 0  # rows (of the right length) yielded or reported, over all passes
 
@@ -367,7 +485,7 @@ class CsvReader(Reader):
             ready = pending[:count]
             del pending[:count]
             for bad in ready:
-                report(bad)
+                report(dataclasses.replace(bad, row=bad.row + rows_before) if rows_before else bad)
 
         with contextlib.ExitStack() as reopened:
             stream: pa.NativeFile = pa.PythonFile(source, mode="r")
@@ -380,7 +498,7 @@ class CsvReader(Reader):
                         stream,
                         read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
                         parse_options=self._parse_options(on_invalid),
-                        convert_options=pacsv.ConvertOptions(column_types=types),
+                        convert_options=self._convert_options(types),
                     )
                     batch = _next_batch(reader)
                 except (pa.ArrowException, OSError) as exc:
@@ -396,7 +514,7 @@ class CsvReader(Reader):
                                     batch, schema, as_text, start, row_number, pending, known_bad
                                 )
                             except pa.ArrowException as exc:
-                                raise self._error(exc, [], names) from exc
+                                raise self._error(exc, [], names, rows_before - 1) from exc
                         done = rank
                         flush(row_number(rank))
                         for offset in range(0, batch.num_rows, chunk):
@@ -410,14 +528,14 @@ class CsvReader(Reader):
                     return
                 column = _unconvertible_column(failure, names)
                 if column is None or column in as_text:
-                    raise self._error(failure, [], names) from failure
-                if self.path == STDIO:  # it cannot be read a second time
+                    raise self._error(failure, [], names, rows_before - 1) from failure
+                if reopen is None:  # stdin: it cannot be read a second time
                     raise DataError(
                         f"{self._error(failure, [], names)} (with --on_error skip, a value "
                         "that does not convert cannot be skipped in stdin; read from a file)"
                     ) from failure
                 as_text.add(column)
-                stream = reopened.enter_context(self.open_binary())
+                stream = reopened.enter_context(reopen())
 
     def _from_text(
         self,
@@ -433,20 +551,28 @@ class CsvReader(Reader):
         converted to their `schema` types; rows whose value does not convert are added to
         `pending` and left out. `known_bad`: per column, values found not to convert."""
         converted: dict[str, pa.Array | None] = {}
-        bad: dict[int, tuple[str, str]] = {}
+        bad: dict[int, tuple[str, str, str]] = {}
         for name in schema.names:
             if name in as_text:
                 known = known_bad.setdefault(name, {})
-                array, failures = _convert_text(batch.column(name), schema.field(name).type, known)
+                kind = schema.field(name).type
+                values = batch.column(name)
+                array, failures = _convert_text(values, kind, known, self._null_values)
                 converted[name] = array
                 for index, reason in failures.items():
-                    bad.setdefault(index, (name, f"column {name!r}: {reason}"))
+                    raw = values[index].as_py() or ""
+                    if name in self._wanted:
+                        reason = not_readable(raw, kind)
+                    else:
+                        reason = f"column {name!r}: {reason}"
+                    bad.setdefault(index, (name, reason, raw[:KEPT_VALUE_CHARS]))
         if bad:
             indexes = sorted(bad)
             texts = self._row_texts(batch.take(indexes))
             for index, text in zip(indexes, texts, strict=True):
-                column, reason = bad[index]
-                pending.append(BadRecord(row_number(start + index + 1), reason, text, column))
+                column, reason, value = bad[index]
+                row = row_number(start + index + 1)
+                pending.append(BadRecord(row, reason, text, column, value))
             keep = np.ones(batch.num_rows, dtype=bool)
             keep[indexes] = False
             batch = batch.filter(pa.array(keep))
@@ -458,7 +584,8 @@ class CsvReader(Reader):
                 array = converted[name]
                 if array is None:
                     text, offsets = _quoted_lines(batch.column(name))
-                    array = _convert_lines(text, offsets, schema.field(name).type, [])
+                    kind = schema.field(name).type
+                    array = _convert_lines(text, offsets, kind, [], self._null_values)
             arrays.append(array)
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
@@ -471,21 +598,21 @@ class CsvReader(Reader):
             except pa.ArrowException:
                 values = [None if v is None else str(v) for v in column.to_pylist()]
             columns.append(["" if v is None else v for v in values])
-        special = (self.delimiter, '"', "\n", "\r")
+        special = (self._separator, '"', "\n", "\r")
 
         def field(value: str) -> str:
             if any(char in value for char in special):
                 return '"' + value.replace('"', '""') + '"'
             return value
 
-        return [self.delimiter.join(map(field, row)) for row in zip(*columns, strict=True)]
+        return [self._separator.join(map(field, row)) for row in zip(*columns, strict=True)]
 
     def _parse_options(
         self, on_invalid: Callable[[pacsv.InvalidRow], str], newlines_in_values: bool = True
     ) -> pacsv.ParseOptions:
         """The dialect: quoted values may hold newlines (else blocks split inside them)."""
         return pacsv.ParseOptions(
-            delimiter=self.delimiter,
+            delimiter=self._separator,
             newlines_in_values=newlines_in_values,
             invalid_row_handler=on_invalid,
         )
@@ -517,6 +644,7 @@ class CsvReader(Reader):
                 read_options=pacsv.ReadOptions(use_threads=False, block_size=len(head) + 1),
                 # Broken rows are reported with their number by the streaming pass.
                 parse_options=self._parse_options(lambda _row: "skip"),
+                convert_options=pacsv.ConvertOptions(null_values=self._null_values),
             )
         except pa.ArrowException as exc:
             raise DataError(f"{self.path}: cannot read the header: {error_text(exc)}") from exc
@@ -552,8 +680,11 @@ class CsvReader(Reader):
         if match := _CONVERSION.match(text):
             column, row_number, detail = match.groups()
             name = names[int(column)]
+            raw = _raw_value(exc)
             if "UTF8" in detail:
                 detail = "invalid UTF-8 (the input must be UTF-8)"
+            elif name in self._wanted and raw is not None:
+                detail = not_readable(raw, self._read_as[name])
             elif value := _INVALID_VALUE.match(detail):
                 kind, shown = value.groups()
                 detail = f"cannot read {shown} as {kind} (the type inferred from the first rows)"
@@ -564,6 +695,22 @@ class CsvReader(Reader):
         if isinstance(exc, OSError):
             return ReadWriteError(f"{self.path}: cannot read: {text}")
         return DataError(f"{self.path}: {text}")
+
+
+def _raw_value(exc: BaseException) -> str | None:
+    """The whole value (as read) in Arrow's error about a value that does not convert."""
+    match = _CONVERSION.match(str(exc))
+    value = _INVALID_RAW.search(match.group(3)) if match else None
+    return value.group(1) if value else None
+
+
+def _cast_columns(batch: pa.RecordBatch, casts: dict[str, pa.DataType]) -> pa.RecordBatch:
+    """`batch` with the columns named in `casts` cast (safely) to the types given."""
+    for name, kind in casts.items():
+        index = batch.schema.get_field_index(name)
+        column = batch.column(index).cast(kind)
+        batch = batch.set_column(index, batch.schema.field(index).with_type(kind), column)
+    return batch
 
 
 def _next_batch(reader: pacsv.CSVStreamingReader) -> pa.RecordBatch | None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import pyarrow as pa
+
+from batchpredict.config import RunConfig
 from batchpredict.errors import UsageError
 from batchpredict.formats.avro_io import AvroReader, AvroWriter
 from batchpredict.formats.base import (
     COMPRESSION_SUFFIXES,
     STDIO,
+    BadRecord,
     Reader,
     ReadOptions,
     Writer,
@@ -54,6 +59,33 @@ def reader_format(format_name: str) -> str:
 def writer_format(format_name: str) -> str:
     """The registered writer name for `--output_format` (aliases allowed), or a UsageError."""
     return _canonical(format_name, WRITERS)
+
+
+def read_options(
+    config: RunConfig,
+    on_bad_record: Callable[[BadRecord], None] | None = None,
+    column_types: Callable[[pa.Schema], Mapping[str, pa.DataType]] | None = None,
+) -> ReadOptions:
+    """How every reader of a run reads its input: chunk size, dialect, null markers, what a
+    bad record does, and (text formats) which columns to parse as numbers."""
+    return ReadOptions(
+        chunk_size=config.chunk_size,
+        on_bad_record=on_bad_record,
+        column_types=column_types,
+        null_values=config.null_values,
+        delimiter=config.delimiter,
+        reject_nulls=config.fill_value is None,
+    )
+
+
+def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) -> None:
+    """`--delimiter` is for CSV: a UsageError if any of the (path, format) inputs is not CSV
+    (a TSV or JSON input with a delimiter is a contradiction, not something to guess at)."""
+    if delimiter is None:
+        return
+    for path, format_name in inputs:
+        if format_name != CsvReader.name:
+            raise UsageError(f"{path}: --delimiter is for CSV input, and this is {format_name}")
 
 
 def format_for_path(path: str) -> str | None:
