@@ -121,6 +121,37 @@ def test_a_text_column_never_lets_another_column_stand_in(
     assert result.returncode == 65, result.stderr
     assert "has 4 columns not named in --keep_columns: id, x1, x2, x3" in result.stderr
     assert not output.exists()
+    # With the key named, x2 feeds the model and its bad values are rejected row by row.
+    rejects = tmp_path / "r.jsonl"
+    skipped = run_main(
+        "predict",
+        "--model",
+        str(three_feature_model),
+        "--input_file",
+        str(source),
+        "--keep_columns",
+        "id",
+        "--output_file",
+        str(output),
+        "--on_error",
+        "skip",
+        "--max_error_rate",
+        "0.1",
+        "--rejects_file",
+        str(rejects),
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    bad = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["row"], r["column"], r["value"]) for r in bad] == [
+        (2, "x2", "abc"),
+        (5, "x2", "N/A?"),
+    ]
+    good = frame.drop(index=[1, 4]).reset_index(drop=True)
+    got = pd.read_csv(output)
+    assert got["id"].tolist() == good["id"].tolist()
+    np.testing.assert_allclose(
+        got["prediction"], _expected(good, three_feature_model), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_later_input_without_a_mapped_column_fails_naming_it(

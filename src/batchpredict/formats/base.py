@@ -9,6 +9,7 @@ run never leaves a partial file under the final name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import sys
@@ -237,6 +238,10 @@ class ReadOptions:
             raise UsageError(f"chunk size must be at least 1, not {self.chunk_size}")
 
 
+class _SchemaSeen(Exception):
+    """Stops a reader once it has inferred its schema (see `Reader.schema`)."""
+
+
 class Reader:
     """Streams one input file (or stdin for `-`) as Arrow record batches."""
 
@@ -274,11 +279,22 @@ class Reader:
         return None
 
     def schema(self) -> pa.Schema:
-        """The columns and types of the input's first batch, to plan the column mapping
-        before the run; formats whose metadata holds the schema override this."""
-        batches = self.iter_batches()
+        """The input's columns and types as they are before any are parsed for the model,
+        to plan the column mapping before the run: what a text reader infers from its first
+        block (it hands that to `column_types`, and is stopped there), else the first
+        batch's; formats whose metadata holds the schema override this."""
+        seen: list[pa.Schema] = []
+
+        def stop_at_schema(schema: pa.Schema) -> Mapping[str, pa.DataType]:
+            seen.append(schema)
+            raise _SchemaSeen
+
+        options = dataclasses.replace(self.options, column_types=stop_at_schema)
+        batches = type(self)(self.path, options).iter_batches()
         try:
             return next(iter(batches)).schema
+        except _SchemaSeen:
+            return seen[0]
         except StopIteration:
             raise InputMissingError(f"{self.path}: holds no data rows") from None
         finally:
