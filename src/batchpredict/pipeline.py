@@ -149,7 +149,6 @@ def _report_failure(config: RunConfig, exc: BaseException, seconds: float, total
 
 
 def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
-    log = get_logger()
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
@@ -158,60 +157,15 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         if config.on_error == "skip"
         else {}
     )
-    devices = configure_devices(config.device, config.gpu_memory_limit)
-    model = load_model(
-        config.model,
-        signature=config.signature,
-        version=config.model_version,
-        unsafe=config.unsafe_model_load,
-    )
-    predictor = Predictor(model, config.batch_size, devices.devices)
-    columns = PredictionColumns.from_config(model, config)
-    if config.keep_columns is not None:  # the rest are known once the data is
-        clashes = [c for c in config.keep_columns if c in columns.column_names]
-        columns.refuse_kept(clashes, "--keep_columns", UsageError)
-    # A model from a store is named by its URI; the cached copy loaded is logged beside it.
-    where = {"model": model.source.path}
-    if storage.is_uri(config.model) and config.model != model.source.path:
-        where = {"model": config.model, "model_cache": model.source.path}
-    mapping = RunColumns(model, config, plan_run_mapping(inputs, model, config))
-    log.info(
-        "run started",
-        **where,
-        model_version=model.source.version,
-        signature=model.signature,
-        inputs=[i.path for i in inputs],
-        device=devices.device,
-        batch_size=predictor.batch_size or "auto",
-        column_mapping=mapping.as_dict(),
-        **({"label_output": columns.label_output} if columns.labelled else {}),
-    )
-    mapping.warn_if_guessed()
-    manifest = _open_manifest(config, model, mapping.as_dict())
-    skipped: list[str] = []
+    run = _start(config, inputs)
+    manifest = _open_manifest(config, run.model, run.mapping.as_dict())
     progress = Progress(
         _known_total_rows(inputs, config.chunk_size),
         enabled=config.progress,
         every_seconds=config.progress_every,
     )
     try:
-        for target in targets:
-            # Taken before reading: a file that changes during the run is redone next time.
-            identities = [input_identity(i) for i in target.inputs] if manifest is not None else []
-            if (
-                manifest is not None
-                and config.skip_existing
-                and _already_done(manifest, target, identities)
-            ):
-                skipped.extend(i.path for i in target.inputs)
-                continue
-            sink = rejects.get(rejects_path(target, config)) if rejects else None
-            counts = _predict_target(target, mapping, predictor, columns, config, sink, progress)
-            totals.add(counts)
-            if manifest is not None:
-                manifest.record(target, identities, counts.written, counts.rejected)
-        if manifest is not None:
-            manifest.finish()
+        skipped = _predict_targets(targets, run, config, manifest, rejects, progress, totals)
         progress.close()
     except BaseException as exc:
         progress.close()
@@ -235,15 +189,92 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
         outputs=tuple(t.path for t in targets),
         skipped=tuple(skipped),
         rejects_files=tuple(rejects),
-        model=where["model"],
-        model_version=model.source.version,
-        batch_size=predictor.batch_size,
-        device=devices.device,
-        batches_per_device=dict(predictor.batches_per_device),
-        column_mapping=mapping.as_dict(),
+        model=run.model_name,
+        model_version=run.model.source.version,
+        batch_size=run.predictor.batch_size,
+        device=run.device,
+        batches_per_device=dict(run.predictor.batches_per_device),
+        column_mapping=run.mapping.as_dict(),
     )
-    log.info("run finished", **summary.as_dict())
+    get_logger().info("run finished", **summary.as_dict())
     return summary
+
+
+@dataclass(frozen=True)
+class _Started:
+    """What a local run sets up before it reads: the model, how it is fed, how its
+    predictions become columns."""
+
+    model: LoadedModel
+    predictor: Predictor
+    columns: PredictionColumns
+    mapping: RunColumns
+    device: str
+    #: The model as named in logs and the summary (its URI for a model from a store).
+    model_name: str
+
+
+def _start(config: RunConfig, inputs: list[InputFile]) -> _Started:
+    """Load the model on its devices, plan the column mapping, and log `run started`."""
+    devices = configure_devices(config.device, config.gpu_memory_limit)
+    model = _load(config)
+    predictor = Predictor(model, config.batch_size, devices.devices)
+    columns = PredictionColumns.from_config(model, config)
+    if config.keep_columns is not None:  # the rest are known once the data is
+        clashes = [c for c in config.keep_columns if c in columns.column_names]
+        columns.refuse_kept(clashes, "--keep_columns", UsageError)
+    # A model from a store is named by its URI; the cached copy loaded is logged beside it.
+    where = {"model": model.source.path}
+    if storage.is_uri(config.model) and config.model != model.source.path:
+        where = {"model": config.model, "model_cache": model.source.path}
+    mapping = RunColumns(model, config, plan_run_mapping(inputs, model, config))
+    get_logger().info(
+        "run started",
+        **where,
+        model_version=model.source.version,
+        signature=model.signature,
+        inputs=[i.path for i in inputs],
+        device=devices.device,
+        batch_size=predictor.batch_size or "auto",
+        column_mapping=mapping.as_dict(),
+        **({"label_output": columns.label_output} if columns.labelled else {}),
+    )
+    mapping.warn_if_guessed()
+    return _Started(model, predictor, columns, mapping, devices.device, where["model"])
+
+
+def _predict_targets(
+    targets: list[OutputTarget],
+    run: _Started,
+    config: RunConfig,
+    manifest: Manifest | None,
+    rejects: dict[str, RejectsWriter],
+    progress: Progress,
+    totals: _Counts,
+) -> list[str]:
+    """Predict every target in turn (or skip it with `--skip_existing`), recording each in
+    the manifest, which is finished with `_SUCCESS`; returns the inputs skipped."""
+    skipped: list[str] = []
+    for target in targets:
+        # Taken before reading: a file that changes during the run is redone next time.
+        identities = [input_identity(i) for i in target.inputs] if manifest is not None else []
+        if (
+            manifest is not None
+            and config.skip_existing
+            and _already_done(manifest, target, identities)
+        ):
+            skipped.extend(i.path for i in target.inputs)
+            continue
+        sink = rejects.get(rejects_path(target, config)) if rejects else None
+        counts = _predict_target(
+            target, run.mapping, run.predictor, run.columns, config, sink, progress
+        )
+        totals.add(counts)
+        if manifest is not None:
+            manifest.record(target, identities, counts.written, counts.rejected)
+    if manifest is not None:
+        manifest.finish()
+    return skipped
 
 
 def plan_run_mapping(
