@@ -129,6 +129,18 @@ def _validate_reading(config: RunConfig) -> None:
 
 def validate(config: RunConfig) -> None:
     """Refuse option combinations that cannot work, before anything is read or loaded."""
+    _validate_locations(config)
+    _validate_engine(config)
+    _validate_numbers(config)
+    _validate_device(config.device)
+    _validate_reading(config)
+    _validate_bad_rows(config)
+    _validate_label_options(config)
+    _validate_output_format(config)
+
+
+def _validate_locations(config: RunConfig) -> None:
+    """Inputs and outputs: some given, no credentials in URIs, stdin and stdout used sanely."""
     if not config.input_files:
         raise UsageError("no --input_file given")
     locations = (config.model, *config.input_files, config.output_file, config.output_dir)
@@ -144,6 +156,17 @@ def validate(config: RunConfig) -> None:
             raise UsageError("stdin ('-') cannot be combined with other --input_file values")
         if config.output_file is None:
             raise UsageError("reading stdin ('-') needs --output_file (a path, or '-' for stdout)")
+    if config.output_dir == STDIO:
+        raise UsageError("--output_dir cannot be '-'; use --output_file - for stdout")
+    for name, value in (("lock_file", config.lock_file), ("metrics_file", config.metrics_file)):
+        if value is not None and is_uri(value):
+            # A lock is one machine's; the metrics file is merged with what is on disk.
+            raise UsageError(f"--{name} must be a local path, got {value}")
+    if config.skip_existing and config.output_dir is None:
+        raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
+
+
+def _validate_engine(config: RunConfig) -> None:
     if config.engine not in ENGINE_CHOICES:
         raise UsageError(f"--engine must be local or ray, got {config.engine!r}")
     if config.engine == "ray":
@@ -155,8 +178,10 @@ def validate(config: RunConfig) -> None:
             raise UsageError("--skip_existing is for the local engine (one output per input)")
     if config.ray_concurrency is not None and config.ray_concurrency < 1:
         raise UsageError("--ray_concurrency must be at least 1")
-    if config.output_dir == STDIO:
-        raise UsageError("--output_dir cannot be '-'; use --output_file - for stdout")
+
+
+def _validate_numbers(config: RunConfig) -> None:
+    """Sizes, versions and names that must be positive or present."""
     if config.batch_size is not None and config.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
     if config.chunk_size < 1:
@@ -169,8 +194,20 @@ def validate(config: RunConfig) -> None:
         raise UsageError("--gpu_memory_limit is in MB and must be at least 1")
     if not config.prediction_column:
         raise UsageError("--prediction_column cannot be empty")
-    _validate_device(config.device)
-    _validate_reading(config)
+    if not config.progress_every > 0:
+        raise UsageError(f"--progress_every must be above 0, got {config.progress_every}")
+    if not config.job_name:
+        raise UsageError("--job_name cannot be empty")
+    if config.features is not None and config.keep_columns is not None:
+        both = sorted(set(config.features) & set(config.keep_columns))
+        if both:
+            raise UsageError(
+                f"column(s) {', '.join(both)} named in both --features and --keep_columns"
+            )
+
+
+def _validate_bad_rows(config: RunConfig) -> None:
+    """What a bad row does: fail or skip, where rejects go, how many may be, what fills."""
     if config.on_error not in ON_ERROR_CHOICES:
         raise UsageError(f"--on_error must be fail or skip, got {config.on_error!r}")
     if config.rejects_file is not None and config.on_error != "skip":
@@ -181,34 +218,16 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"--max_error_rate must be between 0 and 1, got {config.max_error_rate}")
     if config.fill_value is not None and not math.isfinite(config.fill_value):
         raise UsageError(f"--fill_value must be a finite number, got {config.fill_value}")
-    if not config.progress_every > 0:
-        raise UsageError(f"--progress_every must be above 0, got {config.progress_every}")
-    if not config.job_name:
-        raise UsageError("--job_name cannot be empty")
-    for name, value in (("lock_file", config.lock_file), ("metrics_file", config.metrics_file)):
-        if value is not None and is_uri(value):
-            # A lock is one machine's; the metrics file is merged with what is on disk.
-            raise UsageError(f"--{name} must be a local path, got {value}")
-    if config.skip_existing and config.output_dir is None:
-        raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
+
+
+def _validate_label_options(config: RunConfig) -> None:
+    """The label and score columns need names of their own, and a labelled output labels."""
     if config.class_names is not None and len(set(config.class_names)) != len(config.class_names):
         raise UsageError("--class_names has duplicate names")
     if config.class_names is not None and len(config.class_names) < 2:
         raise UsageError("--class_names needs at least two names")
     if config.threshold is not None and not 0.0 <= config.threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1, got {config.threshold}")
-    _validate_label_options(config)
-    _validate_output_format(config)
-    if config.features is not None and config.keep_columns is not None:
-        both = sorted(set(config.features) & set(config.keep_columns))
-        if both:
-            raise UsageError(
-                f"column(s) {', '.join(both)} named in both --features and --keep_columns"
-            )
-
-
-def _validate_label_options(config: RunConfig) -> None:
-    """The label and score columns need names of their own, and a labelled output labels."""
     if config.label_output is not None and config.class_names is None and config.threshold is None:
         raise UsageError("--label_output needs --class_names (or --threshold)")
     names = config.class_names
