@@ -253,10 +253,10 @@ def test_semicolon_csv_with_delimiter_and_a_decimal_comma(
     assert rejects[0]["text"].startswith("21;")
     assert_scored(mlp_model, tmp_path / "export.predictions.csv", frame.drop(index=[20]))
 
-    # Without --delimiter the file is one column: the columns named are not found.
+    # Without --delimiter the file is one column, and the row with a comma two.
     result = predict(run_main, mlp_model, source)
     assert result.returncode == 65
-    assert "names missing column(s)" in error_of(result)
+    assert f"{source}: row 21: expected 1 fields, got 2" in error_of(result)
 
 
 def test_tab_delimiter_spellings(tmp_path: Path, mlp_model: Path, run_main: RunMain) -> None:

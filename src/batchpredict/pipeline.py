@@ -431,10 +431,15 @@ def model_column_types(
     inputs: tuple[TensorInfo, ...], source: str, config: RunConfig
 ) -> Callable[[pa.Schema], dict[str, pa.DataType]]:
     """`ReadOptions.column_types` for one input: the scalar columns the model reads as
-    numbers, by the mapping planned from the file's first block (list columns excluded)."""
+    numbers, by the mapping planned from the file's first block (list columns excluded).
+    A mapping that fails reads no column as the model's: it fails again, as before, when
+    planned on the first chunk (after the reader's own errors about its first rows)."""
 
     def column_types(schema: pa.Schema) -> dict[str, pa.DataType]:
-        mapping = plan_mapping(inputs, schema, source, config.features, config.keep_columns)
+        try:
+            mapping = plan_mapping(inputs, schema, source, config.features, config.keep_columns)
+        except DataError:
+            return {}
         types = read_types(mapping)
         return {n: t for n, t in types.items() if not pa.types.is_nested(schema.field(n).type)}
 
