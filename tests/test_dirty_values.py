@@ -253,10 +253,12 @@ def test_semicolon_csv_with_delimiter_and_a_decimal_comma(
     assert rejects[0]["text"].startswith("21;")
     assert_scored(mlp_model, tmp_path / "export.predictions.csv", frame.drop(index=[20]))
 
-    # Without --delimiter the file is one column: the columns named are not found.
+    # Without --delimiter the header is one column: the mapping fails before any row is
+    # read, and says what the separator looks like.
     result = predict(run_main, mlp_model, source)
     assert result.returncode == 65
-    assert "names missing column(s)" in error_of(result)
+    assert "names missing column(s): id" in error_of(result)
+    assert "is the file separated by ';'? see --delimiter" in error_of(result)
 
 
 def test_tab_delimiter_spellings(tmp_path: Path, mlp_model: Path, run_main: RunMain) -> None:

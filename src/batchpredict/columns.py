@@ -252,8 +252,16 @@ def _require(columns: Sequence[str], available: Sequence[str], source: str, opti
     if missing:
         raise DataError(
             f"{source}: {option} names missing column(s): {', '.join(missing)}; "
-            f"available columns: {', '.join(available)}"
+            f"available columns: {', '.join(available)}{_delimiter_hint(available)}"
         )
+
+
+def _delimiter_hint(available: Sequence[str]) -> str:
+    """A hint when a CSV header read as one column holds another separator."""
+    if len(available) != 1:
+        return ""
+    found = [d for d in (";", "|", "\t") if d in available[0]]
+    return f" (one column: is the file separated by {found[0]!r}? see --delimiter)" if found else ""
 
 
 def _is_numeric(arrow_type: pa.DataType) -> bool:

@@ -87,8 +87,8 @@ class RunConfig:
     ray_concurrency: int | None = None
     ray_gpus_per_worker: float | None = None
     preserve_order: bool = False
-    #: Strings read as null in the model's numeric columns of text inputs (None: the
-    #: reader's default list); the empty field always is.
+    #: Strings read as null in the numeric columns of CSV and TSV and in the model's numeric
+    #: JSON fields (None: Arrow's usual markers); the empty field always is.
     null_values: tuple[str, ...] | None = None
     #: CSV field separator (None: ","); one character.
     delimiter: str | None = None
