@@ -21,6 +21,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from structlog.types import EventDict, WrappedLogger
 from tqdm import tqdm
 
 from batchpredict.atomic import write_whole
-from batchpredict.errors import ExitCode, ReadWriteError, error_text
+from batchpredict.errors import ExitCode, OutputError, ReadWriteError, error_text
 
 if TYPE_CHECKING:
     from batchpredict.config import RunConfig
@@ -341,6 +342,7 @@ def write_metrics(
     except OSError as exc:
         raise ReadWriteError(f"{path}: cannot write metrics: {error_text(exc)}") from exc
     with _directory_lock(directory):
+        check_metrics_file(path)
         families = _read_metrics(path)
         last_success: float | None = finished_at if succeeded else None
         if not succeeded and _LAST_SUCCESS in families:
@@ -378,13 +380,42 @@ def write_metrics(
         write_whole(path, "\n".join(lines) + "\n", "metrics")
 
 
-def _read_metrics(path: str) -> dict[str, _Family]:
-    """The families in an existing metrics file, by name; lines that do not parse are skipped."""
+def check_metrics_file(path: str) -> None:
+    """Refuse (OutputError, 73) a `--metrics_file` that is a symbolic link or exists as
+    something other than a regular file: its target is neither read nor replaced."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
+        info = os.lstat(path)
+    except OSError:  # missing (the first run) or unreachable: writing will say
+        return
+    if stat.S_ISLNK(info.st_mode):
+        what = "a symbolic link"
+    elif not stat.S_ISREG(info.st_mode):
+        what = "not a regular file"
+    else:
+        return
+    raise OutputError(
+        f"{path}: refusing the metrics file: it is {what}; give the path of a regular file "
+        "in a folder only this job's account can write"
+    )
+
+
+def _read_metrics(path: str) -> dict[str, _Family]:
+    """The families in an existing metrics file, by name; lines that do not parse are skipped.
+
+    Opened without following a link and read only if it is a regular file (see
+    `check_metrics_file`, which the caller has applied)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
     except OSError:  # missing (the first run) or unreadable: start afresh
         return {}
+    try:
+        with open(fd, encoding="utf-8", errors="replace", closefd=False) as handle:
+            text = handle.read() if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
     families: dict[str, _Family] = {}
     current: str | None = None
     for line in text.splitlines():
@@ -550,5 +581,5 @@ def report_lock_held(config: RunConfig, error: str, seconds: float) -> None:
     }
     try:
         report_run(config, summary, status="locked", exit_code=ExitCode.LOCKED, seconds=seconds)
-    except ReadWriteError as report_error:
+    except (ReadWriteError, OutputError) as report_error:
         get_logger().warning("could not write metrics or summary", error=str(report_error))

@@ -1,0 +1,192 @@
+"""The files batchpredict owns on a shared machine: the lock and metrics files are never
+followed through a symbolic link, what it writes gets the umask's permissions, and the
+model cache is used only when it is private and its entries match what was downloaded."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from batchpredict.errors import OutputError
+from batchpredict.locking import hold_lock
+from conftest import Completed, make_frame, write_with_library
+
+RunMain = Callable[..., Completed]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_with_library(make_frame(8), tmp_path / "in.csv", "csv")
+
+
+def predict(run_main: RunMain, model: Path, data: Path, *args: str) -> Completed:
+    out = data.parent / "out.csv"
+    return run_main(
+        "predict", "--model", str(model), "--input_file", str(data), "--output_file", str(out),
+        "--keep_columns", "id,segment", *args,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- lock file
+
+
+def test_symlinked_lock_is_refused_and_its_target_untouched(
+    tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("do not overwrite\n")
+    link = tmp_path / "job.lock"
+    link.symlink_to(target)
+    result = predict(run_main, mlp_model, data, "--lock_file", str(link))
+    assert result.returncode == 73, result.stderr
+    assert f"{link}: refusing the lock file: it is a symbolic link" in result.stderr
+    assert target.read_text() == "do not overwrite\n"
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_dangling_lock_link_does_not_create_its_target(
+    tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    target = tmp_path / "planted"
+    link = tmp_path / "job.lock"
+    link.symlink_to(target)
+    result = predict(run_main, mlp_model, data, "--lock_file", str(link))
+    assert result.returncode == 73, result.stderr
+    assert "symbolic link" in result.stderr
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_lock_that_is_not_a_regular_file_is_refused(
+    kind: str, tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    lock = tmp_path / "job.lock"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    result = predict(run_main, mlp_model, data, "--lock_file", str(lock))
+    if kind == "directory":  # the command line already refuses a folder (usage, 2)
+        assert result.returncode == 2, result.stderr
+        assert "is a directory" in result.stderr
+    else:
+        assert result.returncode == 73, result.stderr
+        assert f"{lock}: refusing the lock file: it is not a regular file" in result.stderr
+    with pytest.raises(OutputError, match="refusing the lock file"), hold_lock(str(lock)):
+        pass
+
+
+def test_lock_still_locks_and_records_the_pid(
+    tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    lock = tmp_path / "job.lock"
+    assert predict(run_main, mlp_model, data, "--lock_file", str(lock)).returncode == 0
+    assert lock.read_text() == f"{os.getpid()}\n"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another holder
+        result = predict(run_main, mlp_model, data, "--lock_file", str(lock))
+    finally:
+        os.close(fd)
+    assert result.returncode == 75, result.stderr
+
+
+def test_lock_file_with_other_content_is_locked_but_not_overwritten(
+    tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    lock = tmp_path / "job.lock"
+    lock.write_text("a,b\n1,2\n")
+    assert predict(run_main, mlp_model, data, "--lock_file", str(lock)).returncode == 0
+    assert lock.read_text() == "a,b\n1,2\n"
+
+
+def test_hard_linked_lock_file_is_not_overwritten(
+    tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    other = tmp_path / "other"
+    other.write_text("")
+    lock = tmp_path / "job.lock"
+    os.link(other, lock)
+    assert predict(run_main, mlp_model, data, "--lock_file", str(lock)).returncode == 0
+    assert other.read_text() == ""
+
+
+# --------------------------------------------------------------------------- metrics file
+
+
+def test_symlinked_metrics_file_is_refused_and_its_target_not_read(
+    tmp_path: Path, data: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("db_password 12345\n")
+    metrics = tmp_path / "metrics.prom"
+    metrics.symlink_to(secret)
+    result = predict(run_main, mlp_model, data, "--metrics_file", str(metrics))
+    assert result.returncode == 73, result.stderr
+    assert f"{metrics}: refusing the metrics file: it is a symbolic link" in result.stderr
+    assert metrics.is_symlink() and secret.read_text() == "db_password 12345\n"
+    assert not (tmp_path / "out.csv").exists(), "refused before any work"
+
+
+def test_write_metrics_never_reads_a_link_planted_later(tmp_path: Path) -> None:
+    from batchpredict.errors import OutputError
+    from batchpredict.observe import write_metrics
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("db_password 12345\n")
+    metrics = tmp_path / "metrics.prom"
+    metrics.symlink_to(secret)
+    with pytest.raises(OutputError, match="symbolic link"):
+        write_metrics(
+            str(metrics), job="j", succeeded=True, finished_at=1.0, duration_seconds=1.0,
+            rows=1, rejected_rows=0, exit_code=0,
+        )  # fmt: skip
+    assert metrics.is_symlink()
+
+
+# --------------------------------------------------------------------------- modes
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield lambda value: os.umask(value) and None
+    os.umask(saved)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_umask_permissions(
+    mask: int,
+    expected: int,
+    umask: Callable[[int], None],
+    tmp_path: Path,
+    mlp_model: Path,
+    run_main: RunMain,
+) -> None:
+    source = write_with_library(make_frame(8), tmp_path / "in.csv", "csv")
+    lines = source.read_text().splitlines()
+    lines[3] = lines[3].replace(",", ",bad", 1)  # one bad row, for a rejects file
+    source.write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "out"
+    umask(mask)
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(source),
+        "--output_dir", str(out_dir), "--keep_columns", "id,segment",
+        "--on_error", "skip", "--max_error_rate", "0.5",
+        "--metrics_file", str(tmp_path / "m.prom"), "--summary_file", str(tmp_path / "s.json"),
+        "--lock_file", str(tmp_path / "job.lock"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = [tmp_path / "m.prom", tmp_path / "s.json", tmp_path / "job.lock"]
+    written += [p for p in out_dir.iterdir() if p.is_file()]
+    assert len(written) >= 6, written  # output, rejects, manifest, _SUCCESS at least
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written}
+    assert modes == dict.fromkeys(modes, expected)
+    assert json.loads((tmp_path / "s.json").read_text())["rows_rejected"] == 1
