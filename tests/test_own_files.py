@@ -5,15 +5,18 @@ model cache is used only when it is private and its entries match what was downl
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from batchpredict.errors import OutputError
+from batchpredict import model_cache
+from batchpredict.errors import ModelError, OutputError
 from batchpredict.locking import hold_lock
 from conftest import Completed, make_frame, write_with_library
 
@@ -190,3 +193,107 @@ def test_written_files_get_the_umask_permissions(
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written}
     assert modes == dict.fromkeys(modes, expected)
     assert json.loads((tmp_path / "s.json").read_text())["rows_rejected"] == 1
+
+
+# --------------------------------------------------------------------------- model cache
+
+
+@pytest.fixture
+def bucket_model(
+    bucket: Any, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, mlp_model: Path
+) -> str:
+    """The URI of `mlp_model` in a fresh bucket, this process pointed at the S3 server."""
+    client, name = bucket
+    client.upload_file(str(mlp_model), name, "models/mlp.keras")
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{name}/models/mlp.keras"
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(model_cache.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def cached_file(uri: str) -> Path:
+    return Path(model_cache.fetch(uri).path)
+
+
+def test_cache_root_is_created_private_and_records_checksums(
+    bucket_model: str, cache: Path, mlp_model: Path
+) -> None:
+    path = cached_file(bucket_model)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    record = json.loads((path.parent / ".entry.json").read_text())
+    expected = hashlib.sha256(mlp_model.read_bytes()).hexdigest()
+    assert record["files"] == {"mlp.keras": {"size": mlp_model.stat().st_size, "sha256": expected}}
+
+
+def test_cache_root_writable_by_others_is_refused(bucket_model: str, cache: Path) -> None:
+    cache.mkdir()
+    cache.chmod(0o777)
+    with pytest.raises(ModelError) as caught:
+        model_cache.fetch(bucket_model)
+    message = str(caught.value)
+    assert f"refusing the model cache folder {cache}: it is writable by group or others" in message
+    assert f"chmod go-w {cache}" in message
+    assert list(cache.iterdir()) == [], "nothing downloaded into it"
+
+
+def test_cache_root_of_another_user_is_refused(bucket_model: str, cache: Path) -> None:
+    cache.mkdir(mode=0o755)
+    os.chown(cache, 65534, 65534)
+    with pytest.raises(ModelError, match=r"owned by uid 65534, not by this user"):
+        model_cache.fetch(bucket_model)
+
+
+def test_cache_entry_of_another_user_is_refused(bucket_model: str, cache: Path) -> None:
+    entry = cached_file(bucket_model).parent
+    os.chown(entry, 65534, 65534)
+    with pytest.raises(ModelError, match=rf"refusing the model cache folder {entry}: it is owned"):
+        model_cache.fetch(bucket_model)
+
+
+def test_a_changed_cache_file_is_caught_by_its_checksum_and_fetched_again(
+    bucket_model: str, cache: Path, mlp_model: Path
+) -> None:
+    path = cached_file(bucket_model)
+    tampered = bytearray(path.read_bytes())
+    tampered[len(tampered) // 2] ^= 0xFF  # same size: only the checksum can tell
+    path.write_bytes(bytes(tampered))
+    assert cached_file(bucket_model) == path
+    assert path.read_bytes() == mlp_model.read_bytes()
+
+
+def test_a_planted_entry_without_checksums_is_fetched_again(
+    bucket_model: str, cache: Path, mlp_model: Path, two_in_two_out_model: Path
+) -> None:
+    path = cached_file(bucket_model)
+    record = json.loads((path.parent / ".entry.json").read_text())
+    del record["files"]  # as an older batchpredict, or someone planting a model, writes it
+    (path.parent / ".entry.json").write_text(json.dumps(record))
+    path.write_bytes(two_in_two_out_model.read_bytes())
+    assert cached_file(bucket_model) == path
+    assert path.read_bytes() == mlp_model.read_bytes()
+
+
+def test_a_file_added_to_an_entry_makes_it_fetched_again(bucket_model: str, cache: Path) -> None:
+    path = cached_file(bucket_model)
+    (path.parent / "saved_model.pb").write_bytes(b"planted")
+    cached_file(bucket_model)
+    assert not (path.parent / "saved_model.pb").exists()
+
+
+def test_predict_with_a_cache_others_can_write_exits_78(
+    bucket_model: str, cache: Path, data: Path, run_main: RunMain
+) -> None:
+    cache.mkdir()
+    cache.chmod(0o777)
+    result = run_main(
+        "predict", "--model", bucket_model, "--input_file", str(data),
+        "--output_file", str(data.parent / "out.csv"), "--keep_columns", "id,segment",
+        env={model_cache.CACHE_DIR_VARIABLE: str(cache)},
+    )  # fmt: skip
+    assert result.returncode == 78, result.stderr
+    assert "writable by group or others" in result.stderr

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -105,9 +106,10 @@ def fetch(uri: str, version: int | None = None) -> ResolvedModelPath:
     uri, path = uri.rstrip("/"), path.rstrip("/")
     objects, kind, chosen, model_relative = _plan(filesystem, path, uri, version)
     root = cache_root()
+    _prepare_root(root)
     entry = root / _entry_name(uri, chosen, objects)
     log = get_logger()
-    if (entry / _ENTRY_FILE).is_file():
+    if _usable_entry(root, entry, uri):
         log.info("model cache hit", model=uri, version=chosen, cache=str(entry))
     else:
         _download(filesystem, uri, chosen, objects, root, entry)
@@ -123,6 +125,101 @@ def fetch(uri: str, version: int | None = None) -> ResolvedModelPath:
         (entry / _USED_MARKER).touch()
     _prune(root, uri, keep=entry)
     return ResolvedModelPath(str(entry / model_relative), kind, chosen)
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def _prepare_root(root: Path) -> None:
+    """Create the cache root (mode 0700) if missing; refuse one others could write into."""
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise _cache_error(root, exc) from exc
+    _refuse_unless_private(root)
+
+
+def _refuse_unless_private(folder: Path) -> None:
+    """A `ModelError` (78) unless `folder` is owned by this user (or root) and cannot be
+    written by group or others: anyone who can write there can plant a model this
+    process would then load and run."""
+    info = folder.stat()
+    if info.st_uid not in (os.geteuid(), 0):
+        why = f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
+        fix = "use a folder of your own"
+    elif info.st_mode & 0o022:
+        why = "writable by group or others"
+        fix = f"run chmod go-w {folder}, or use a private folder"
+    else:
+        return
+    raise ModelError(
+        f"refusing the model cache folder {folder}: it is {why}, so another user could plant "
+        f"a model there; {fix} (set {CACHE_DIR_VARIABLE}, created with mode 0700)"
+    )
+
+
+def _usable_entry(root: Path, entry: Path, uri: str) -> bool:
+    """Whether `entry` holds exactly what was downloaded (sizes and SHA-256 checksums as
+    `.entry.json` records them). An entry that does not is removed, to be fetched again;
+    one whose folders are not private is refused (`ModelError`)."""
+    if not (entry / _ENTRY_FILE).is_file():
+        return False
+    problem = _entry_problem(entry)
+    if problem is None:
+        return True
+    get_logger().warning(
+        "model cache entry does not match its download; fetching it again",
+        model=uri,
+        cache=str(entry),
+        problem=problem,
+    )
+    discarded = root / f"{_TEMPORARY_PREFIX}discarded-{os.getpid()}-{entry.name}"
+    try:
+        os.rename(entry, discarded)
+    except OSError as exc:
+        raise _cache_error(entry, exc) from exc
+    shutil.rmtree(discarded, ignore_errors=True)
+    return False
+
+
+def _entry_problem(entry: Path) -> str | None:
+    """What is wrong with `entry` (None: nothing): a file missing, added, changed, or
+    not a regular file. Raises `ModelError` for a folder others could write."""
+    try:
+        record = json.loads((entry / _ENTRY_FILE).read_text())
+        expected = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in record["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{_ENTRY_FILE} records no checksums"
+    found: set[str] = set()
+    for folder, folders, files in os.walk(entry):
+        _refuse_unless_private(Path(folder))
+        for name in [*folders, *files]:
+            path = Path(folder, name)
+            relative = path.relative_to(entry).as_posix()
+            if path.is_symlink():
+                return f"{relative} is a symbolic link"
+            if name in folders or relative in (_ENTRY_FILE, _USED_MARKER):
+                continue
+            if relative not in expected:
+                return f"{relative} was not downloaded"
+            if _file_identity(path) != expected[relative]:
+                return f"{relative} differs from the download (size or SHA-256)"
+            found.add(relative)
+    missing = sorted(set(expected) - found)
+    return f"{missing[0]} is missing" if missing else None
+
+
+def _file_identity(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a regular file (-1 and "" for anything else)."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        return -1, ""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return info.st_size, digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- planning
@@ -298,20 +395,27 @@ def _download(
 ) -> None:
     """Download `objects` into a temporary folder in `root` and rename it to `entry`."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=_TEMPORARY_PREFIX, dir=root))
     except OSError as exc:
         raise _cache_error(root, exc) from exc
     try:
-        for item in objects:
-            _download_object(filesystem, uri, item, temporary / item.relative)
+        files = {
+            item.relative: {
+                "size": item.size,
+                "sha256": _download_object(filesystem, uri, item, temporary / item.relative),
+            }
+            for item in objects
+        }
         record = {
             "uri": uri,
             "version": version,
             "downloaded_at": time.time(),
             "objects": [[item.relative, item.size, item.etag, item.mtime] for item in objects],
+            # What a cache hit checks before the model is loaded.
+            "files": files,
         }
         try:
+            _make_private(temporary)
             (temporary / _ENTRY_FILE).write_text(json.dumps(record, indent=1) + "\n")
             os.rename(temporary, entry)
         except OSError as exc:
@@ -324,10 +428,18 @@ def _download(
         raise
 
 
+def _make_private(folder: Path) -> None:
+    """Give `folder` and every folder below it mode 0700 (the umask may have left them
+    group-writable, which a cache hit refuses)."""
+    for parent, _folders, _files in os.walk(folder):
+        os.chmod(parent, 0o700)
+
+
 def _download_object(
     filesystem: pafs.FileSystem, uri: str, item: _RemoteObject, target: Path
-) -> None:
-    """Copy one object to `target`, refusing one that changed since it was listed."""
+) -> str:
+    """Copy one object to `target`, refusing one that changed since it was listed; its
+    SHA-256, hex."""
     try:
         stream = filesystem.open_input_stream(item.path)
     except FileNotFoundError as exc:
@@ -337,15 +449,18 @@ def _download_object(
     with stream:
         if item.etag is not None and _etag(stream) != item.etag:
             raise _changed(uri)
+        digest = hashlib.sha256()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
                 for chunk in _chunks(stream, uri):
+                    digest.update(chunk)
                     out.write(chunk)
         except OSError as exc:
             raise _cache_error(target, exc) from exc
     if target.stat().st_size != item.size:
         raise _changed(uri)
+    return digest.hexdigest()
 
 
 def _chunks(stream: pa.NativeFile, uri: str) -> Iterator[bytes]:
