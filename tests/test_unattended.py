@@ -234,7 +234,7 @@ def test_a_real_cron_daemon_runs_the_crontab_example_line(
         .replace("/opt/batchpredict/models/scoring", str(mlp_model))
         .replace("/data/exports", str(tmp_path / "exports"))
         .replace("/data/predictions", str(tmp_path / "predictions"))
-        .replace("/run/lock/batchpredict-nightly.lock", str(tmp_path / "nightly.lock"))
+        .replace("/run/lock/batchpredict/nightly.lock", str(tmp_path / "nightly.lock"))
         .replace("/var/lib/node_exporter/textfile", str(tmp_path / "textfile"))
         .replace("/var/log/batchpredict/nightly.log", str(log))
     )
