@@ -10,7 +10,8 @@ Layout under the cache root (`$BATCHPREDICT_CACHE_DIR`, else
 `$XDG_CACHE_HOME/batchpredict/models`, else `~/.cache/batchpredict/models`):
 
     <entry>/<last URI component>/...   the model, keys as below the URI
-    <entry>/.entry.json                the URI and the objects the key covers
+    <entry>/.entry.json                the URI, the objects the key covers, and each
+                                       file's size and SHA-256
     <entry>/.last-used                 touched on every use, for pruning
 
 where <entry> is `<end of the URI>[-v<version>]-<sha256, 32 hex digits>`. The ETag comes
@@ -21,6 +22,12 @@ request on opening and reports `ETag`; GCS reports `etag`); where a store has no
 An entry is downloaded into a temporary folder in the root and renamed into place, so a
 complete entry is the only kind there is; of two processes downloading the same entry
 (Ray actors on one node) the second to finish drops its copy and uses the first's.
+
+The cache is trusted only when nobody else can write it: the root and every folder of an
+entry must be owned by this user (or root) and not writable by group or others (else
+ModelError, 78), and a new root is made 0700. `.entry.json` records each file's size and
+SHA-256 at download; a hit is hashed and compared before the model is loaded, and an
+entry that differs is moved away and downloaded again.
 """
 
 from __future__ import annotations
@@ -177,6 +184,8 @@ def _usable_entry(root: Path, entry: Path, uri: str) -> bool:
     discarded = root / f"{_TEMPORARY_PREFIX}discarded-{os.getpid()}-{entry.name}"
     try:
         os.rename(entry, discarded)
+    except FileNotFoundError:
+        return False  # another run found the same and moved it away first
     except OSError as exc:
         raise _cache_error(entry, exc) from exc
     shutil.rmtree(discarded, ignore_errors=True)
