@@ -21,7 +21,12 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batchpredict import __version__
-from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig, parse_delimiter
+from batchpredict.config import (
+    DEFAULT_CHUNK_SIZE,
+    RunConfig,
+    parse_delimiter,
+    refuse_credentials,
+)
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
@@ -184,6 +189,7 @@ def _use_s3_endpoint(ctx: click.Context, param: click.Parameter, url: str | None
     AWS SDKs read it: through AWS_ENDPOINT_URL."""
     if url is None:
         return
+    refuse_credentials(url)
     if not url.startswith(("http://", "https://")):
         raise click.BadParameter(f"expected http://host:port or https://host, got {url!r}")
     os.environ["AWS_ENDPOINT_URL"] = url
@@ -467,6 +473,7 @@ def predict(**options: Any) -> None:
     from batchpredict.observe import bind_run_id, configure_logging, new_run_id
 
     started = time.monotonic()
+    _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     bind_run_id(new_run_id())
     config = _run_config(options)
@@ -511,6 +518,7 @@ def inspect(**options: Any) -> None:
     from batchpredict.observe import configure_logging, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
+    _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     if options["input_file"]:
         lines = pipeline.inspect(_run_config(options))
@@ -537,6 +545,7 @@ def validate(**options: Any) -> None:
     from batchpredict.observe import configure_logging, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
+    _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     report = pipeline.validate(_run_config(options))
     for line in report.lines:
@@ -545,6 +554,15 @@ def validate(**options: Any) -> None:
         click.echo(f"problem: {problem}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
+
+
+def _refuse_secrets(options: dict[str, Any]) -> None:
+    """Refuse a URI holding a secret in any option (locations, the log file, ...), before
+    anything is logged or opened: the message masks it."""
+    for value in options.values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str):
+                refuse_credentials(item)
 
 
 def _run_config(options: dict[str, Any]) -> RunConfig:

@@ -1,0 +1,166 @@
+"""Hostile locations: secrets in URIs (query strings, percent-encoded and token-only
+userinfo) are refused without a trace in any output, and unsupported schemes are usage
+errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpredict.config import refuse_credentials
+from batchpredict.errors import UsageError
+from conftest import Completed, make_frame, s3_keys, write_with_library
+
+RunMain = Callable[..., Completed]
+SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY"
+
+#: Each URI carries SECRET; `{b}` is the bucket.
+SECRET_URIS = [
+    f"s3://{{b}}/out?access_key=AKIAEXAMPLE&secret_key={SECRET}",
+    f"s3://{{b}}/out?X-Amz-Signature={SECRET}",
+    f"s3://AKIAEXAMPLE%3A{SECRET}@{{b}}/out",
+    f"s3://{SECRET}@{{b}}/out",
+    f"gs://{SECRET}@{{b}}/out",
+    f"https://{SECRET}@models.example.com/m.keras",
+    f"abfs://AKIAEXAMPLE:{SECRET}@acct.dfs.core.windows.net/out",
+    f"abfs://c%3A{SECRET}@acct.dfs.core.windows.net/out",
+    f"s3://AKIAEXAMPLE:{SECRET}@{{b}}/out?x=1",
+]
+
+
+def _everything_written(root: Path) -> str:
+    return "".join(
+        path.name + path.read_text(errors="replace") for path in root.rglob("*") if path.is_file()
+    )
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "abfs://container@account.dfs.core.windows.net/exports/",
+        "hdfs://etl@namenode:8020/exports/",
+        "s3://b/exports/2026-11-0?.csv",
+        "s3://b/date=2026-11-0?/*.parquet",
+        "/local/what?x=1.csv",
+    ],
+)
+def test_plain_locations_and_glob_wildcards_pass(uri: str) -> None:
+    refuse_credentials(uri)
+
+
+@pytest.mark.parametrize("uri", SECRET_URIS)
+def test_a_secret_in_a_uri_is_refused_and_masked(uri: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        refuse_credentials(uri.format(b="scores"))
+    assert SECRET not in str(caught.value)
+    assert "***" in str(caught.value) and "refused" in str(caught.value)
+
+
+LOCATIONS = [
+    "--model",
+    "--input_file",
+    "--output_file",
+    "--output_dir",
+    "--rejects_file",
+    "--summary_file",
+    "--lock_file",
+    "--metrics_file",
+    "--log_file",
+    "--s3_endpoint_url",
+]
+
+
+@pytest.mark.parametrize("option", LOCATIONS)
+@pytest.mark.parametrize("uri", SECRET_URIS[:4] + SECRET_URIS[5:6])
+def test_no_option_lets_a_secret_through_to_any_output(
+    option: str, uri: str, tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    data = write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
+    options = {
+        "--model": str(mlp_model),
+        "--input_file": str(data),
+        "--output_dir": str(tmp_path / "out"),
+        "--summary_file": str(tmp_path / "summary.json"),
+        "--metrics_file": str(tmp_path / "metrics.prom"),
+        "--log_file": str(tmp_path / "log.jsonl"),
+        "--on_error": "skip",
+    }
+    if option == "--output_file":
+        del options["--output_dir"]
+    value = uri.format(b="scores")
+    if option == "--s3_endpoint_url":
+        value = f"https://{SECRET}@minio.example.com"
+    options[option] = value
+    args = [part for pair in options.items() for part in pair]
+    result = run_main("predict", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "refused" in result.stderr
+    assert SECRET not in result.stdout + result.stderr + _everything_written(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["inspect", "validate"])
+def test_inspect_and_validate_refuse_too(
+    command: str, tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    data = write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
+    for model, inputs in [
+        (f"s3://models/m.keras?secret_key={SECRET}", str(data)),
+        (str(mlp_model), f"s3://{SECRET}@exports/d.csv"),
+    ]:
+        result = run_main(command, "--model", model, "--input_file", inputs, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert SECRET not in result.stdout + result.stderr + _everything_written(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_secret_never_reaches_a_bucket(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    client, name = bucket
+    data = write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
+    client.upload_file(str(data), name, "in/d.csv")
+    for uri in SECRET_URIS[:4]:
+        for option in ("--output_dir", "--input_file"):
+            args = {"--input_file": f"s3://{name}/in/", "--output_dir": f"s3://{name}/out"}
+            args[option] = uri.format(b=name)
+            result = run_main(
+                "predict", "--model", str(mlp_model), *[p for kv in args.items() for p in kv],
+                "--summary_file", str(tmp_path / "s.json"), env=s3_env, cwd=tmp_path,
+            )  # fmt: skip
+            assert result.returncode == 2, result.stderr
+            assert SECRET not in result.stdout + result.stderr + _everything_written(tmp_path)
+    assert s3_keys(client, name, "") == ["in/d.csv"]
+
+
+@pytest.mark.parametrize("scheme", ["foo", "nosuchstore"])
+def test_a_scheme_no_store_knows_exits_2_listing_the_supported_ones(
+    scheme: str, tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    for option in ("--input_file", "--output_dir", "--model"):
+        args = {
+            "--model": str(mlp_model),
+            "--input_file": str(write_with_library(make_frame(5), tmp_path / "d.csv", "csv")),
+            "--output_dir": str(tmp_path / "out"),
+        }
+        args[option] = f"{scheme}://b/x.csv"
+        result = run_main("predict", *[p for kv in args.items() for p in kv])
+        assert result.returncode == 2, result.stderr
+        error = str(result.log_lines()[-1]["error"])
+        assert f"{scheme}://" in error and "s3://" in error and "gs://" in error, error
+
+
+def test_a_scheme_fsspec_knows_is_opened_through_it(
+    tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    """ftp:// is fsspec's: a server that is not there is a missing input (66), no traceback."""
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", "ftp://127.0.0.1:1/d.csv",
+        "--output_file", str(tmp_path / "o.csv"),
+    )  # fmt: skip
+    assert result.returncode == 66, result.stderr
+    error = str(result.log_lines()[-1]["error"])
+    assert error.startswith("ftp://127.0.0.1:1/d.csv: cannot open ftp:// storage"), error
+    assert "Traceback" not in result.stderr
