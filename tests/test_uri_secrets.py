@@ -4,7 +4,7 @@ errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from batchpredict.config import refuse_credentials
 from batchpredict.errors import UsageError
-from conftest import Completed, make_frame, s3_keys, write_with_library
+from conftest import Completed, make_frame, s3_keys, start_moto_server, write_with_library
 
 RunMain = Callable[..., Completed]
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY"
@@ -164,3 +164,28 @@ def test_a_scheme_fsspec_knows_is_opened_through_it(
     error = str(result.log_lines()[-1]["error"])
     assert error.startswith("ftp://127.0.0.1:1/d.csv: cannot open ftp:// storage"), error
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_refusing_env() -> Iterator[dict[str, str]]:
+    """An S3 server that checks credentials, and an environment whose key it does not know."""
+    proc, env = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    yield {**env, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_refused_credentials_on_an_output_folder_exit_73_in_one_line(
+    s3_refusing_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    local = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(local),
+        "--output_dir", "s3://scores/out", "--keep_columns", "id,segment", env=s3_refusing_env,
+    )  # fmt: skip
+    assert result.returncode == 73, result.stderr
+    failed = result.log_lines()[-1]
+    error = str(failed["error"])
+    assert error.startswith("s3://scores/out/_SUCCESS: cannot delete: access denied"), error
+    assert "traceback" not in failed and "s3cr3t" not in result.stderr

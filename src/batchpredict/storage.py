@@ -413,11 +413,16 @@ def move(source: str, target: str) -> None:
 
 
 def delete(path: str) -> None:
-    """Delete a file if it is there."""
+    """Delete a file if it is there; a store refusing it is an output that cannot be
+    created (73): the files deleted are outputs (`_SUCCESS`, a folder's old parts)."""
     if is_uri(path):
         filesystem, inner = resolve(path)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             filesystem.delete_file(inner)
+        except FileNotFoundError:
+            pass
+        except (pa.ArrowException, OSError) as exc:
+            raise OutputError(f"{path}: cannot delete: {clean(exc)}") from exc
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
