@@ -4,6 +4,7 @@ errors."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,64 @@ def test_refused_credentials_on_an_output_folder_exit_73_in_one_line(
     error = str(failed["error"])
     assert error.startswith("s3://scores/out/_SUCCESS: cannot delete: access denied"), error
     assert "traceback" not in failed and "s3cr3t" not in result.stderr
+
+
+HOSTILE = "a\x1b]0;pwned\x07\x1b[31m\x9bz"
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_console_logs_show_control_characters_as_escapes(
+    exists: bool, tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    data = tmp_path / f"{HOSTILE}.csv"
+    if exists:
+        write_with_library(make_frame(5), data, "csv")
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(data),
+        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment",
+        "--log_format", "console", "--log_file", str(tmp_path / "log.txt"),
+    )  # fmt: skip
+    assert result.returncode == (0 if exists else 66), result.stderr
+    logged = (tmp_path / "log.txt").read_text()
+    for text in (logged, result.stderr):
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text, text
+    assert "\\x1b]0;pwned" in logged
+
+
+def test_console_escaping_covers_the_event_and_a_traceback() -> None:
+    from batchpredict.observe import _escape_console_text, escape_controls
+
+    assert escape_controls("x\x1b[2J\ny\t\x7f\x85") == "x\\x1b[2J\\ny\\t\\x7f\\x85"
+    escaped = _escape_console_text(
+        None, "error", {"event": f"read {HOSTILE}", "exception": f"Traceback\n  {HOSTILE}"}
+    )
+    assert escaped["event"] == "read " + escape_controls(HOSTILE)
+    assert escaped["exception"] == "Traceback\n  " + escape_controls(HOSTILE)
+
+
+def test_validate_and_inspect_quote_names_that_need_it(
+    tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    plain = write_with_library(make_frame(5), tmp_path / "plain.csv", "csv")
+    forged = write_with_library(
+        make_frame(5), tmp_path / "x.csv\nok: forged.csv (5 rows checked)\n.csv", "csv"
+    )
+    hostile = write_with_library(make_frame(5), tmp_path / f"{HOSTILE}.csv", "csv")
+    args = ["--model", str(mlp_model), "--keep_columns", "id,segment"]
+    for path in (plain, forged, hostile):
+        args += ["--input_file", str(path)]
+    result = run_main("validate", *args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ok = [line for line in lines if line.startswith("ok:")]
+    assert ok == [
+        f"ok: {plain} (5 rows checked)",
+        f"ok: {json.dumps(str(forged))} (5 rows checked)",
+        f"ok: {json.dumps(str(hostile))} (5 rows checked)",
+    ], lines
+    assert "\x1b" not in result.stdout
+    result = run_main("inspect", *args)
+    assert result.returncode == 0, result.stderr
+    assert f"input {json.dumps(str(forged))} (csv): kept columns: id, segment" in result.stdout
+    assert f"input {plain} (csv): kept columns" in result.stdout
+    assert "\x1b" not in result.stdout and "\nok: forged" not in result.stdout

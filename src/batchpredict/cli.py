@@ -515,7 +515,7 @@ def _run_holding_lock(config: RunConfig, started: float) -> None:
 def inspect(**options: Any) -> None:
     """Print the model's inputs and outputs (and the column mapping for the inputs given)."""
     from batchpredict import pipeline
-    from batchpredict.observe import configure_logging, quiet_tensorflow
+    from batchpredict.observe import configure_logging, escape_controls, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
     _refuse_secrets(options)
@@ -530,7 +530,7 @@ def inspect(**options: Any) -> None:
             unsafe=options["unsafe_model_load"],
         )
     for line in lines:
-        click.echo(line)
+        click.echo(escape_controls(line))  # one line each, whatever names they hold
 
 
 @cli.command()
@@ -542,16 +542,16 @@ def inspect(**options: Any) -> None:
 def validate(**options: Any) -> None:
     """Check the first chunk of every input as predict would read it; write nothing."""
     from batchpredict import pipeline
-    from batchpredict.observe import configure_logging, quiet_tensorflow
+    from batchpredict.observe import configure_logging, escape_controls, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
     _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     report = pipeline.validate(_run_config(options))
     for line in report.lines:
-        click.echo(line)
+        click.echo(escape_controls(line))  # one line each, whatever names they hold
     for problem in report.problems:
-        click.echo(f"problem: {problem}")
+        click.echo(f"problem: {escape_controls(problem)}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
 
@@ -670,6 +670,7 @@ def _fail(message: str, code: ExitCode | int, args: list[str], trace: str | None
     """Log the failure once as a structured line, and make sure stderr has it too."""
     from batchpredict.observe import (
         configure_logging,
+        escape_controls,
         get_logger,
         json_line,
         logging_configured,
@@ -687,7 +688,7 @@ def _fail(message: str, code: ExitCode | int, args: list[str], trace: str | None
         if stderr_format == "json":
             click.echo(json_line("run failed", "error", **fields), err=True)
         else:
-            click.echo(f"batchpredict: {message}", err=True)
+            click.echo(f"batchpredict: {escape_controls(message)}", err=True)
     return int(code)
 
 
