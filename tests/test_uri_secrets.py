@@ -251,3 +251,32 @@ def test_validate_and_inspect_quote_names_that_need_it(
     assert f"input {json.dumps(str(forged))} (csv): kept columns: id, segment" in result.stdout
     assert f"input {plain} (csv): kept columns" in result.stdout
     assert "\x1b" not in result.stdout and "\nok: forged" not in result.stdout
+
+
+@pytest.mark.slow
+def test_an_object_with_an_empty_path_segment_is_skipped_with_a_warning(
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    client, name = bucket
+    data = write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
+    for key in ("in/a.csv", "in//x.csv", "in/sub//y.csv", "only//z.csv"):
+        client.upload_file(str(data), name, key)
+    for pattern in ("in/*.csv", "in/", "in/**/*.csv"):
+        out = tmp_path / pattern.replace("/", "_").replace("*", "s")
+        result = run_main(
+            "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/{pattern}",
+            "--output_dir", str(out), "--keep_columns", "id,segment", env=s3_env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in out.rglob("*.csv")) == ["a.csv"]
+        skipped = [line for line in result.log_lines() if "object" in line]
+        assert {line["object"] for line in skipped} == {
+            f"s3://{name}/in//x.csv",
+            f"s3://{name}/in/sub//y.csv",
+        }, skipped
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/only/",
+        "--output_dir", str(tmp_path / "o"), env=s3_env,
+    )  # fmt: skip
+    assert result.returncode == 66, result.stderr
+    assert "matched no input file" in str(result.log_lines()[-1]["error"])

@@ -211,12 +211,24 @@ def _listing(filesystem: pafs.FileSystem, root: str, uri: str) -> list[str]:
         raise InputMissingError(f"{uri}: no such bucket or prefix") from exc
     except (pa.ArrowException, OSError) as exc:
         raise InputMissingError(f"{uri}: cannot list: {clean(exc)}") from exc
-    return [
-        info.path
-        for info in infos
-        if info.type == pafs.FileType.File
-        and not any(part.startswith((".", "_")) for part in info.path[len(root) :].split("/"))
-    ]
+    found = []
+    for info in infos:
+        parts = info.path[len(root) :].removeprefix("/").split("/")
+        if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in parts):
+            continue
+        if "" in parts:
+            # `in//x.csv`: a key S3 allows but pyarrow cannot open; one bad object must
+            # not fail every listing of its prefix.
+            from batchpredict.observe import get_logger  # observe writes through storage
+
+            get_logger().warning(
+                "object skipped: its key has an empty path segment ('//'), which pyarrow "
+                "cannot read; rename it",
+                object=_as_uri(uri, info.path),
+            )
+            continue
+        found.append(info.path)
+    return found
 
 
 def open_stream(uri: str) -> pa.NativeFile:
