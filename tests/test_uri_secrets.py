@@ -280,3 +280,34 @@ def test_an_object_with_an_empty_path_segment_is_skipped_with_a_warning(
     )  # fmt: skip
     assert result.returncode == 66, result.stderr
     assert "matched no input file" in str(result.log_lines()[-1]["error"])
+
+
+def test_globs_and_folders_do_not_follow_symlinked_folders(
+    tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    """Both skip `d/link/` (a link to a folder elsewhere); a symlinked file, a link named
+    before the first wildcard and a linked folder given itself are read."""
+    data = write_with_library(make_frame(5), tmp_path / "src.csv", "csv")
+    (tmp_path / "d" / "real").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "d" / "real" / "a.csv").write_bytes(data.read_bytes())
+    (tmp_path / "elsewhere" / "b.csv").write_bytes(data.read_bytes())
+    (tmp_path / "d" / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "d" / "real" / "c.csv").symlink_to(data)
+    (tmp_path / "top").symlink_to(tmp_path / "d")
+    cases = {
+        str(tmp_path / "d" / "**" / "*.csv"): ["a.csv", "c.csv"],
+        str(tmp_path / "d" / "*" / "*.csv"): ["a.csv", "c.csv"],
+        str(tmp_path / "d"): ["a.csv", "c.csv"],
+        str(tmp_path / "top" / "**" / "*.csv"): ["a.csv", "c.csv"],
+        str(tmp_path / "d" / "link"): ["b.csv"],
+        str(tmp_path / "d" / "link" / "*.csv"): ["b.csv"],
+    }
+    for index, (value, expected) in enumerate(cases.items()):
+        out = tmp_path / f"out{index}"
+        result = run_main(
+            "predict", "--model", str(mlp_model), "--input_file", value,
+            "--output_dir", str(out), "--keep_columns", "id,segment",
+        )  # fmt: skip
+        assert result.returncode == 0, (value, result.stderr)
+        assert sorted(p.name for p in out.rglob("*.csv")) == expected, value
