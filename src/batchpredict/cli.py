@@ -21,7 +21,12 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batchpredict import __version__
-from batchpredict.config import DEFAULT_CHUNK_SIZE, RunConfig, parse_delimiter
+from batchpredict.config import (
+    DEFAULT_CHUNK_SIZE,
+    RunConfig,
+    parse_delimiter,
+    refuse_credentials,
+)
 from batchpredict.errors import (
     BatchPredictError,
     DataError,
@@ -184,6 +189,7 @@ def _use_s3_endpoint(ctx: click.Context, param: click.Parameter, url: str | None
     AWS SDKs read it: through AWS_ENDPOINT_URL."""
     if url is None:
         return
+    refuse_credentials(url)
     if not url.startswith(("http://", "https://")):
         raise click.BadParameter(f"expected http://host:port or https://host, got {url!r}")
     os.environ["AWS_ENDPOINT_URL"] = url
@@ -467,6 +473,7 @@ def predict(**options: Any) -> None:
     from batchpredict.observe import bind_run_id, configure_logging, new_run_id
 
     started = time.monotonic()
+    _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     bind_run_id(new_run_id())
     config = _run_config(options)
@@ -510,9 +517,10 @@ def _run_holding_lock(config: RunConfig, started: float) -> None:
 def inspect(**options: Any) -> None:
     """Print the model's inputs and outputs (and the column mapping for the inputs given)."""
     from batchpredict import pipeline
-    from batchpredict.observe import configure_logging, quiet_tensorflow
+    from batchpredict.observe import configure_logging, escape_controls, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
+    _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     if options["input_file"]:
         lines = pipeline.inspect(_run_config(options))
@@ -524,7 +532,7 @@ def inspect(**options: Any) -> None:
             unsafe=options["unsafe_model_load"],
         )
     for line in lines:
-        click.echo(line)
+        click.echo(escape_controls(line))  # one line each, whatever names they hold
 
 
 @cli.command()
@@ -536,17 +544,27 @@ def inspect(**options: Any) -> None:
 def validate(**options: Any) -> None:
     """Check the first chunk of every input as predict would read it; write nothing."""
     from batchpredict import pipeline
-    from batchpredict.observe import configure_logging, quiet_tensorflow
+    from batchpredict.observe import configure_logging, escape_controls, quiet_tensorflow
 
     quiet_tensorflow(options["log_level"])
+    _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     report = pipeline.validate(_run_config(options))
     for line in report.lines:
-        click.echo(line)
+        click.echo(escape_controls(line))  # one line each, whatever names they hold
     for problem in report.problems:
-        click.echo(f"problem: {problem}")
+        click.echo(f"problem: {escape_controls(problem)}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
+
+
+def _refuse_secrets(options: dict[str, Any]) -> None:
+    """Refuse a URI holding a secret in any option (locations, the log file, ...), before
+    anything is logged or opened: the message masks it."""
+    for value in options.values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str):
+                refuse_credentials(item)
 
 
 def _run_config(options: dict[str, Any]) -> RunConfig:
@@ -654,6 +672,7 @@ def _fail(message: str, code: ExitCode | int, args: list[str], trace: str | None
     """Log the failure once as a structured line, and make sure stderr has it too."""
     from batchpredict.observe import (
         configure_logging,
+        escape_controls,
         get_logger,
         json_line,
         logging_configured,
@@ -671,7 +690,7 @@ def _fail(message: str, code: ExitCode | int, args: list[str], trace: str | None
         if stderr_format == "json":
             click.echo(json_line("run failed", "error", **fields), err=True)
         else:
-            click.echo(f"batchpredict: {message}", err=True)
+            click.echo(f"batchpredict: {escape_controls(message)}", err=True)
     return int(code)
 
 

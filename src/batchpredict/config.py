@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +30,38 @@ def is_uri(value: str) -> bool:
     return bool(_URI.match(value))
 
 
+#: Schemes whose authority may name someone without a password: Azure's
+#: `container@account.dfs.core.windows.net` and HDFS's `user@namenode` (Hadoop's simple
+#: authentication). Elsewhere a lone name before `@` is a token.
+_NAMED_AUTHORITY = frozenset({"abfs", "abfss", "hdfs", "viewfs"})
+#: `?name=value`: a query string (a `?` glob wildcard is followed by more of a name).
+_QUERY = re.compile(r"\?[A-Za-z_][A-Za-z0-9_.-]*=")
+
+
 def refuse_credentials(value: str) -> None:
-    """Refuse a URI carrying a password (`s3://KEY:SECRET@bucket/...`), without echoing it:
-    secrets on a command line end up in shell history, crontabs and process lists."""
+    """Refuse a URI that may carry a secret, without echoing it: a password or a token in
+    its userinfo (`s3://KEY:SECRET@bucket/...`, `KEY%3ASECRET@`, `https://TOKEN@host`) or
+    a query string (`?access_key=...`), which batchpredict would also take for part of an
+    object's key. Secrets on a command line end up in shell history, crontabs and process
+    lists, and these would end up in logs, summaries and object keys too."""
     if not is_uri(value):
         return
     scheme, _, rest = value.partition("://")
-    userinfo, at, host = rest.split("/", 1)[0].rpartition("@")
-    if at and ":" in userinfo:
+    userinfo, at, host = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")
+    decoded = urllib.parse.unquote(userinfo)
+    named = scheme.lower() in _NAMED_AUTHORITY and ":" not in decoded and userinfo == decoded
+    if at and not named:
         raise UsageError(
             f"{scheme}://***@{host}/...: credentials in a URI are refused; batchpredict takes "
             "them from where the store's SDK looks (environment, config files, instance roles)"
+        )
+    query = _QUERY.search(rest)
+    if query:
+        raise UsageError(
+            f"{scheme}://{rest[: query.start()]}?***: a query string in a URI is refused (it "
+            "would become part of the object's key, and may hold a secret); options and "
+            "credentials come from where the store's SDK looks (environment, config files, "
+            "instance roles)"
         )
 
 
@@ -144,9 +166,17 @@ def _validate_locations(config: RunConfig) -> None:
     if not config.input_files:
         raise UsageError("no --input_file given")
     locations = (config.model, *config.input_files, config.output_file, config.output_dir)
-    for value in (*locations, config.rejects_file, config.summary_file):
+    others = (config.rejects_file, config.summary_file, config.lock_file, config.metrics_file)
+    for value in (*locations, *others):
         if value is not None:
             refuse_credentials(value)
+    uris = [value for value in (*locations, config.rejects_file, config.summary_file) if value]
+    if any(is_uri(value) for value in uris):
+        from batchpredict.storage import check_scheme  # pyarrow: not needed for --help
+
+        for value in uris:
+            if is_uri(value):
+                check_scheme(value)
     if config.output_file is not None and config.output_dir is not None:
         raise UsageError("--output_file and --output_dir cannot be used together")
     if STDIO in config.input_files:

@@ -99,18 +99,57 @@ def configure_logging(
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    # JSON escapes control characters itself; the console renderer shows values by repr,
+    # which does too, but prints the event and a traceback as they are.
+    escaping = [] if log_format == "json" else [_escape_console_text]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             _add_run_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *escaping,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+#: C0 and C1 control characters and DEL: ESC starts colours, cursor moves, title changes.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """`text` with control characters (but those in `keep`) shown as escapes (`\\x1b`,
+    `\\n`), so that a file or model name cannot drive the terminal it is printed on."""
+    return _CONTROL.sub(
+        lambda match: (
+            match[0]
+            if match[0] in keep
+            else _NAMED_ESCAPES.get(match[0], f"\\x{ord(match[0]):02x}")
+        ),
+        text,
+    )
+
+
+def shown_name(name: str) -> str:
+    """A file or model name as `inspect` and `validate` print it: as it is when it is
+    printable and unpadded, else quoted as JSON does (`"a\\nb.csv"`), so that a name cannot
+    pass for another line or hide a character."""
+    return name if name.isprintable() and name == name.strip() else json.dumps(name)
+
+
+def _escape_console_text(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Escape the strings the console renderer prints verbatim: the event, a traceback,
+    and values it shows without quotes (those without spaces; others it shows by repr,
+    which escapes nested values too)."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            event_dict[key] = escape_controls(value, keep="\n" if key == "exception" else "")
+    return event_dict
 
 
 def json_line(event: str, level: str, **fields: Any) -> str:

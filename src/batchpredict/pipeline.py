@@ -42,6 +42,7 @@ from batchpredict.observe import (
     get_logger,
     report_lock_held,
     report_run,
+    shown_name,
 )
 from batchpredict.outputs import (
     SUCCESS_MARKER,
@@ -731,7 +732,8 @@ def inspect(config: RunConfig) -> list[str]:
             assert run_columns.mapping is not None
             lines.extend(run_columns.mapping.describe())
         kept = ", ".join(mapping.kept) or "(none)"
-        lines.append(f"input {source.path} ({source.format}): kept columns: {kept}")
+        name = shown_name(source.path)
+        lines.append(f"input {name} ({source.format}): kept columns: {kept}")
     return lines
 
 
@@ -822,7 +824,7 @@ def _validate_input(
     if found:
         return None, found
     note = f"; {rejected} would be rejected, first {_first_bad(bad)}" if rejected else ""
-    return f"ok: {source.path} ({checked} rows checked{note})", []
+    return f"ok: {shown_name(source.path)} ({checked} rows checked{note})", []
 
 
 def _first_bad(bad: dict[str | None, dict[int, str]]) -> str:

@@ -75,7 +75,9 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
         matches = sorted(
             path
             for path in glob.glob(value, recursive=True)
-            if Path(path).is_file() and _is_data_file(path, input_format)
+            if Path(path).is_file()
+            and not _below_a_symlinked_folder(path, root)
+            and _is_data_file(path, input_format)
         )
         if not matches:
             raise InputMissingError(f"{value}: pattern matched no input file")
@@ -119,6 +121,19 @@ def _glob_root(pattern: str) -> str:
             break
         fixed.append(part)
     return str(Path(*fixed)) if fixed else "."
+
+
+def _below_a_symlinked_folder(path: str, root: str) -> bool:
+    """Whether a wildcard took `path` through a symlinked folder below `root`. Globs do
+    not follow them, as directories do not (`rglob`): on a shared machine a link can lead
+    anywhere, and a link to a parent would list files again. A symlinked file, and
+    links in the part of the pattern before its first wildcard, are followed."""
+    folder = Path(root)
+    for part in Path(os.path.relpath(path, root)).parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            return True
+    return False
 
 
 def _is_hidden(relative: Path) -> bool:

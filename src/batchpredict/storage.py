@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 
 from batchpredict.config import is_uri as is_uri  # re-exported for the callers of storage
 from batchpredict.config import refuse_credentials
-from batchpredict.errors import InputMissingError, OutputError, ReadWriteError
+from batchpredict.errors import InputMissingError, OutputError, ReadWriteError, UsageError
 
 _GLOB_CHARS = frozenset("*?[")
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -118,20 +118,48 @@ def _filesystem(scheme: str, sample_uri: str) -> tuple[pafs.FileSystem, str]:
     return _fsspec_filesystem(scheme, sample_uri)
 
 
-def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, str]:
+#: The schemes pyarrow has filesystems for; any other goes through fsspec, if installed.
+PYARROW_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
+
+
+def check_scheme(uri: str) -> None:
+    """Refuse (exit 2) a URI whose scheme neither pyarrow nor fsspec knows (`foo://`), or,
+    without fsspec, any scheme pyarrow lacks (`ftp://`): it names no store to reach."""
+    scheme = uri.partition("://")[0].lower()
+    if scheme in PYARROW_SCHEMES:
+        return
+    supported = ", ".join(f"{name}://" for name in PYARROW_SCHEMES)
     try:
         import fsspec
     except ImportError:
-        raise InputMissingError(
-            f"{uri}: pyarrow has no {scheme}:// filesystem; install fsspec and the package "
-            f"that implements {scheme}:// for it (pip install 'batchpredict[fsspec]' ...)"
+        raise UsageError(
+            f"{scheme}:// is not a supported storage scheme (supported: {supported}; others "
+            "through fsspec: pip install 'batchpredict[fsspec]' and the package implementing it)"
         ) from None
     try:
-        implementation = fsspec.filesystem(scheme)
-    except (ImportError, ValueError) as exc:
+        fsspec.get_filesystem_class(scheme)
+    except ValueError:
+        raise UsageError(
+            f"{scheme}:// is not a supported storage scheme (supported: {supported}, and the "
+            "schemes fsspec implements)"
+        ) from None
+    except ImportError:
+        pass  # known to fsspec, its package missing: said when the store is opened
+
+
+def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, str]:
+    check_scheme(uri)
+    import fsspec.core
+
+    try:
+        # The URI's host, port and user become the implementation's arguments (ftp://host).
+        implementation, path = fsspec.core.url_to_fs(uri)
+    except ImportError as exc:
         raise InputMissingError(f"{uri}: no filesystem for {scheme}://: {clean(exc)}") from exc
+    except Exception as exc:  # each implementation fails in its own way
+        raise InputMissingError(f"{uri}: cannot open {scheme}:// storage: {clean(exc)}") from exc
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(implementation))
-    return filesystem, implementation._strip_protocol(uri)
+    return filesystem, str(path)
 
 
 def _without_glob(uri: str) -> str:
@@ -183,12 +211,24 @@ def _listing(filesystem: pafs.FileSystem, root: str, uri: str) -> list[str]:
         raise InputMissingError(f"{uri}: no such bucket or prefix") from exc
     except (pa.ArrowException, OSError) as exc:
         raise InputMissingError(f"{uri}: cannot list: {clean(exc)}") from exc
-    return [
-        info.path
-        for info in infos
-        if info.type == pafs.FileType.File
-        and not any(part.startswith((".", "_")) for part in info.path[len(root) :].split("/"))
-    ]
+    found = []
+    for info in infos:
+        parts = info.path[len(root) :].removeprefix("/").split("/")
+        if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in parts):
+            continue
+        if "" in parts:
+            # `in//x.csv`: a key S3 allows but pyarrow cannot open; one bad object must
+            # not fail every listing of its prefix.
+            from batchpredict.observe import get_logger  # observe writes through storage
+
+            get_logger().warning(
+                "object skipped: its key has an empty path segment ('//'), which pyarrow "
+                "cannot read; rename it",
+                object=_as_uri(uri, info.path),
+            )
+            continue
+        found.append(info.path)
+    return found
 
 
 def open_stream(uri: str) -> pa.NativeFile:
@@ -385,11 +425,16 @@ def move(source: str, target: str) -> None:
 
 
 def delete(path: str) -> None:
-    """Delete a file if it is there."""
+    """Delete a file if it is there; a store refusing it is an output that cannot be
+    created (73): the files deleted are outputs (`_SUCCESS`, a folder's old parts)."""
     if is_uri(path):
         filesystem, inner = resolve(path)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             filesystem.delete_file(inner)
+        except FileNotFoundError:
+            pass
+        except (pa.ArrowException, OSError) as exc:
+            raise OutputError(f"{path}: cannot delete: {clean(exc)}") from exc
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
