@@ -34,6 +34,7 @@ from batchpredict.errors import DataError, InputMissingError, ReadWriteError, er
 from batchpredict.formats.base import (
     KEPT_VALUE_CHARS,
     BadRecord,
+    PrefixedStream,
     Reader,
     ReadOptions,
     Writer,
@@ -407,15 +408,16 @@ class JsonLinesReader(Reader):
                 raise ReadWriteError(f"{self.path}: cannot read: {error_text(exc)}") from exc
 
     # -- JSON lines ------------------------------------------------------------------
-    def _iter_lines(
-        self, stream: pa.NativeFile, pending: bytes
-    ) -> Iterator[pa.RecordBatch | BadRecord]:
+    def _iter_lines(self, stream: Any, pending: bytes) -> Iterator[pa.RecordBatch | BadRecord]:
         """Parse blocks of whole lines with Arrow."""
         lines_in_sample = max(pending.count(b"\n"), 1)
         size = int(len(pending) / lines_in_sample * self.options.chunk_size)
-        # A block never holds more than the longest line allowed, plus its line end.
+        # A block never holds more than the longest line allowed, plus its line end; nor
+        # does `pending` but at the start, when it is not yet one unfinished line.
         limit = self.options.max_record_bytes
         size = min(max(size, _MIN_BLOCK), _MAX_BLOCK, limit + 1)
+        if len(pending) > limit:
+            stream, pending = PrefixedStream(pending, stream), b""
         schema: pa.Schema | None = None
         schema_lines = 0
         line, record, offset, at_end = 1, 0, 0, False
