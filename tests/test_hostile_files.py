@@ -343,11 +343,12 @@ def test_a_gzip_bomb_stops_at_max_output_bytes(hostile_dir: Path, mlp_model: Pat
     out = hostile_dir / "outgz"
     result = run_measured(
         "predict", "--model", str(mlp_model), "--input_file", str(path),
-        "--output_dir", str(out), "--features", FEATURES, "--max_output_bytes", str(8 * MIB),
+        "--output_file", str(out / "bomb.csv"), "--features", FEATURES,
+        "--max_output_bytes", str(8 * MIB),
     )  # fmt: skip
     assert_bounded(result, 74)
     assert f"output would grow beyond --max_output_bytes ({8 * MIB} bytes)" in result.stderr
-    assert not (out / "bomb.csv.gz").exists()
+    assert not (out / "bomb.csv").exists()
     assert not list(temporaries(out))
 
 
