@@ -233,8 +233,9 @@ class ReadOptions:
     #: can tell why a value is null (JSON: a missing field or an explicit null) reports it itself
     #: as a bad record; False passes nulls on (to be filled).
     reject_nulls: bool = False
-    #: Largest record in bytes: a longer JSON line or array element, or CSV row, is a bad
-    #: record; an Avro block that decompresses to more is a corrupt file.
+    #: Largest record in bytes: a longer JSON line or array element is a bad record; an
+    #: Avro block that decompresses to more is a corrupt file. (A CSV row is bounded by
+    #: the reader's block, smaller.)
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
