@@ -363,3 +363,23 @@ def test_max_output_bytes_is_validated(
     assert "--max_output_bytes is for local outputs" in result.stderr
     result = run_main(*args, "--max_output_bytes", "0")
     assert result.returncode == 2
+
+
+def test_a_first_line_longer_than_the_block_is_read_in_linear_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading went on a byte at a time, copying the line each time, once a line
+    outgrew the block: hours for a 4 MiB line in 64 KiB blocks."""
+    from batchpredict.formats import json_io
+    from batchpredict.formats.base import ReadOptions
+
+    monkeypatch.setattr(json_io, "_MAX_BLOCK", 64 << 10)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"s":"' + b"x" * (4 * MIB) + b'"}\n{"s":"y"}\n')
+    started = time.monotonic()
+    batches = list(json_io.JsonLinesReader(str(path), ReadOptions()).iter_batches())
+    assert time.monotonic() - started < 10
+    assert [len(s) for s in pa.Table.from_batches(batches).column("s").to_pylist()] == [
+        4 * MIB,
+        1,
+    ]

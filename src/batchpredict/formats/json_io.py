@@ -421,6 +421,7 @@ class JsonLinesReader(Reader):
         schema: pa.Schema | None = None
         schema_lines = 0
         line, record, offset, at_end = 1, 0, 0, False
+        sample = True
         while not at_end:
             if len(pending) > limit:
                 # `pending` is the start of one line, already longer than allowed.
@@ -430,9 +431,11 @@ class JsonLinesReader(Reader):
                 pending, at_end = rest, not found
                 continue
             # A line longer than the block doubles what is read (linear copying in all),
-            # up to one byte past the limit.
-            wanted = max(size - len(pending), len(pending))
+            # up to one byte past the limit. (At first `pending` is the sample: whole lines.)
+            growing = len(pending) >= size and not sample
+            wanted = len(pending) if growing else max(size - len(pending), 1)
             more = stream.read(min(wanted, limit + 1 - len(pending)))
+            sample = False
             at_end = not more
             # One copy, with the b"{}\n" that Arrow needs first (see `_parse_lines`);
             # the block is then read in place, data[_FRAME:cut].
