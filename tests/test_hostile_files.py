@@ -383,3 +383,19 @@ def test_a_first_line_longer_than_the_block_is_read_in_linear_time(
         4 * MIB,
         1,
     ]
+
+
+@pytest.mark.parametrize("skipping", [False, True])
+def test_a_csv_row_longer_than_the_parallel_blocks_is_read(tmp_path: Path, skipping: bool) -> None:
+    """A 3 MiB row: `--on_error fail` read it as "cannot read the rows after row 1000"."""
+    from batchpredict.formats.base import BadRecord, ReadOptions
+    from batchpredict.formats.csv_io import CsvReader
+
+    path = tmp_path / "in.csv"
+    long_row = b"2,1," + b"x" * (3 * MIB) + b"\n"
+    path.write_bytes(b"id,f0,segment\n" + b"1,1,a\n" * 1000 + long_row + b"3,1,c\n" * 1000)
+    bad: list[BadRecord] = []
+    options = ReadOptions(on_bad_record=bad.append if skipping else None)
+    table = pa.Table.from_batches(list(CsvReader(str(path), options).iter_batches()))
+    assert table.num_rows == 2001 and not bad
+    assert len(table.column("segment")[1000].as_py()) == 3 * MIB
