@@ -32,7 +32,7 @@ class StagedFile:
     (ReadWriteError, 74).
     """
 
-    def __init__(self, path: str, what: str = "") -> None:
+    def __init__(self, path: str, what: str = "", max_bytes: int | None = None) -> None:
         self.path = path
         #: What the file is, for error messages ("metrics": "cannot write metrics: ...").
         self.what = f" {what}" if what else ""
@@ -47,6 +47,8 @@ class StagedFile:
         except OSError as exc:
             raise OutputError(f"{path}: cannot create output: {error_text(exc)}") from exc
         self._raw = os.fdopen(fd, "wb")
+        if max_bytes is not None:  # (config refuses the limit for object stores)
+            self._raw = _BoundedFile(self._raw, max_bytes, path)
         self.sink = pa.PythonFile(self._raw, mode="w")
 
     def commit(self) -> None:
@@ -81,6 +83,33 @@ class StagedFile:
             storage.remove(self.temp)
         else:
             Path(self.temp).unlink(missing_ok=True)
+
+
+class _BoundedFile:
+    """A binary file that refuses to grow beyond `max_bytes` (`--max_output_bytes`): the
+    write that would pass it raises ReadWriteError, so that a runaway output (a
+    decompression bomb's predictions) ends the run before it fills the disk."""
+
+    def __init__(self, raw: Any, max_bytes: int, path: str) -> None:
+        self._raw = raw
+        self._max_bytes = max_bytes
+        self._path = path
+        self._written = 0
+
+    def write(self, data: Any) -> int:
+        """Write `data`, or raise ReadWriteError if the file would pass its limit."""
+        size = memoryview(data).nbytes
+        if self._written + size > self._max_bytes:
+            raise ReadWriteError(
+                f"{self._path}: output would grow beyond --max_output_bytes "
+                f"({self._max_bytes} bytes); the output is not written"
+            )
+        self._written += size
+        return int(self._raw.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (flush, close, closed, tell, writable, fileno) is the file's.
+        return getattr(self._raw, name)
 
 
 def write_whole(path: str, text: str, what: str = "") -> None:

@@ -23,6 +23,7 @@ import click
 from batchpredict import __version__
 from batchpredict.config import (
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_RECORD_BYTES,
     RunConfig,
     parse_delimiter,
     refuse_credentials,
@@ -233,6 +234,15 @@ data_options = option_group(
         help="Rows read, converted and written at a time (bounds memory).",
     ),
     option(
+        "max_record_bytes",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_RECORD_BYTES,
+        show_default=True,
+        help="Longest JSON line or array element, in bytes: a longer one is a bad row "
+        "(exit 65, or rejected with --on_error skip); an Avro block that decompresses to "
+        "more is a corrupt file (exit 74).",
+    ),
+    option(
         "on_error",
         type=click.Choice(["fail", "skip"]),
         default="fail",
@@ -327,6 +337,13 @@ def cli() -> None:
 )
 @option("output_format", default=None, help="Default: the input's format.")
 @data_options
+@option(
+    "max_output_bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest output file, in bytes: a run whose output grows beyond it fails (exit 74) "
+    "and commits nothing (default: no limit).",
+)
 @option(
     "prediction_column",
     default="prediction",

@@ -22,6 +22,8 @@ TAB_NAMES = ("\\t", "tab")
 #: them in a trie of limited size).
 MAX_NULL_VALUES = 64
 MAX_NULL_VALUE_CHARS = 64
+#: `--max_record_bytes` default: a JSON line or Avro block larger than this is bad.
+DEFAULT_MAX_RECORD_BYTES = 64 << 20
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -114,6 +116,10 @@ class RunConfig:
     null_values: tuple[str, ...] | None = None
     #: CSV field separator (None: ","); one character.
     delimiter: str | None = None
+    #: Longest JSON line or array element, and largest decompressed Avro block, read.
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    #: Largest output file written (None: no limit); beyond it the run fails (74).
+    max_output_bytes: int | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -216,6 +222,16 @@ def _validate_numbers(config: RunConfig) -> None:
         raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
     if config.chunk_size < 1:
         raise UsageError(f"--chunk_size must be at least 1, got {config.chunk_size}")
+    if config.max_record_bytes < 1:
+        raise UsageError(f"--max_record_bytes must be at least 1, got {config.max_record_bytes}")
+    if config.max_output_bytes is not None:
+        if config.max_output_bytes < 1:
+            raise UsageError(
+                f"--max_output_bytes must be at least 1, got {config.max_output_bytes}"
+            )
+        outputs = (config.output_file, config.output_dir)
+        if config.engine != "local" or any(o is not None and is_uri(o) for o in outputs):
+            raise UsageError("--max_output_bytes is for local outputs of the local engine")
     if config.model_version is not None and config.model_version < 0:
         raise UsageError(
             f"--model_version must be a non-negative number, got {config.model_version}"

@@ -58,6 +58,7 @@ PREDICTION_OPTIONS = (
     "output_format",
     "on_error",
     "max_error_rate",
+    "max_record_bytes",
 )
 
 REASON_NO_MANIFEST = "no manifest"
@@ -193,7 +194,8 @@ def prediction_options(
     column mapping, recorded as given), how missing values are filled (`fill_value`),
     the prediction and label columns (`prediction_column`, `class_names`, `threshold`,
     `label_output`, `label_column`, `score_column`), the output format, and bad-row
-    handling (`on_error`; `max_error_rate` only with `on_error` skip, where it applies).
+    handling (`on_error`; `max_error_rate` and `max_record_bytes` only with `on_error`
+    skip, where they decide which rows an output holds: without, a bad row fails the run).
     `--signature` and `--model_version` are compared as resolved, with the model's
     identity (`ModelIdentity.compared`): `--model_version 7` and "the highest, 7" are
     the same model. Not here, since they change no output: batch and chunk size,
@@ -204,7 +206,7 @@ def prediction_options(
     """
     options = {name: getattr(config, name, None) for name in PREDICTION_OPTIONS}
     if options["on_error"] != "skip":
-        options["max_error_rate"] = None
+        options["max_error_rate"] = options["max_record_bytes"] = None
     options["mapping"] = dict(mapping) if mapping is not None else None
     # Tuples become lists, as they come back from the JSON file they are compared with.
     ready: dict[str, Any] = json.loads(json.dumps(options, default=str))

@@ -488,7 +488,7 @@ def _predict_target(
     The output is committed only if its share of rejected rows is within
     `--max_error_rate`; otherwise it is aborted and the run fails with a data error.
     """
-    writer = writer_for(target.path, target.format)
+    writer = writer_for(target.path, target.format, config.max_output_bytes)
     nested = writer.supports_nested
     counts = _Counts()
     sink = _BackgroundWriter(writer)

@@ -11,9 +11,11 @@ and errors the reader always gave.
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
 import io
 import json
+import lzma
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,8 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zstandard
 
+from batchpredict.config import DEFAULT_MAX_RECORD_BYTES
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
-from batchpredict.formats.base import ForwardStream, PrefixedStream, Reader, Writer
+from batchpredict.formats.base import STDIO, ForwardStream, PrefixedStream, Reader, Writer
 
 MAGIC = b"Obj\x01"
 
@@ -72,14 +75,28 @@ def _read_long(stream: BinaryIO) -> int:
         shift += 7
 
 
-def _zstandard_read_block(stream: BinaryIO) -> io.BytesIO:
-    """Decompress a zstandard block; fastavro only knows how with backports.zstd."""
-    data = stream.read(_read_long(stream))
-    # decompressobj: Avro writers do not always store the content size in the frame.
-    return io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+class BlockTooLarge(ValueError):
+    """A block that holds, or decompresses to, more than `ReadOptions.max_record_bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"block decompresses to more than --max_record_bytes ({limit} bytes): "
+            "corrupt, or too large to read"
+        )
 
 
-fastavro.read.BLOCK_READERS["zstandard"] = _zstandard_read_block
+def _block_reader(decompress: Callable[[bytes, int], bytes]) -> Callable[[Any], io.BytesIO]:
+    """A fastavro block reader (`fastavro.read.BLOCK_READERS`) that decompresses a block to
+    at most the stream's `max_block_bytes` (set by `AvroReader`), else BlockTooLarge."""
+
+    def read_block(stream: Any) -> io.BytesIO:
+        limit = getattr(stream, "max_block_bytes", DEFAULT_MAX_RECORD_BYTES)
+        size = _read_long(stream)
+        if size > limit and decompress is _as_is:
+            raise BlockTooLarge(limit)
+        return io.BytesIO(decompress(stream.read(size), limit))
+
+    return read_block
 
 
 # -- Avro schema -> Arrow schema --------------------------------------------------------
@@ -313,7 +330,7 @@ class _Plan:
     """How the fast path reads one file."""
 
     nodes: tuple[_Node, ...]
-    decompress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes, int], bytes]
     #: The container header polars is given: our schema for it, codec null.
     header: bytes
     sync: bytes
@@ -325,35 +342,78 @@ class _Plan:
     padding: bytes
 
 
-def _inflate(data: bytes) -> bytes:
+# Each decompresses one block to at most `limit` bytes (`--max_record_bytes`), else raises
+# BlockTooLarge: a small block may inflate to gigabytes (a decompression bomb).
+def _inflate(data: bytes, limit: int) -> bytes:
     """A deflate block, as fastavro reads it (raw deflate, trailing bytes ignored)."""
-    return zlib.decompressobj(-15).decompress(data)
+    return _bounded(zlib.decompressobj(-15).decompress(data, limit + 1), limit)
 
 
-def _unsnappy(data: bytes) -> bytes:
-    """A snappy block, as fastavro reads it (its CRC-32 is not checked)."""
+def _unsnappy(data: bytes, limit: int) -> bytes:
+    """A snappy block, as fastavro reads it (its CRC-32 is not checked); the size its
+    header declares is checked before anything is decompressed."""
     if len(data) < 4:
         raise ValueError("snappy block shorter than its checksum")
+    if _snappy_length(data) > limit:
+        raise BlockTooLarge(limit)
     return bytes(cramjam.snappy.decompress_raw(data[:-4]))
 
 
-def _unzstd(data: bytes) -> bytes:
-    """A zstandard block, as `_zstandard_read_block` reads it."""
-    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+def _snappy_length(data: bytes) -> int:
+    """The uncompressed length a raw snappy block starts with (a little-endian varint)."""
+    length = shift = 0
+    for byte in data[:10]:
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return length
+        shift += 7
+    raise ValueError("snappy block without a length")
 
 
-def _as_is(data: bytes) -> bytes:
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """A zstandard block (fastavro only reads them with backports.zstd); streamed, as Avro
+    writers do not always store the content size in the frame."""
+    with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+        return _bounded(reader.read(limit + 1), limit)
+
+
+def _unbzip2(data: bytes, limit: int) -> bytes:
+    """A bzip2 block, as fastavro reads it."""
+    return _bounded(bz2.BZ2Decompressor().decompress(data, limit + 1), limit)
+
+
+def _unxz(data: bytes, limit: int) -> bytes:
+    """An xz block, as fastavro reads it."""
+    return _bounded(lzma.LZMADecompressor().decompress(data, limit + 1), limit)
+
+
+def _as_is(data: bytes, limit: int) -> bytes:
+    return _bounded(data, limit)
+
+
+def _bounded(data: bytes, limit: int) -> bytes:
+    """`data`, decompressed to at most `limit` + 1 bytes: BlockTooLarge past `limit`."""
+    if len(data) > limit:
+        raise BlockTooLarge(limit)
     return data
 
 
 #: The codecs the fast path reads: it decompresses blocks itself and gives polars codec null
 #: (polars knows neither zstandard nor the bzip2, xz and lz4 that fastavro reads).
-_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+_DECOMPRESS: dict[str, Callable[[bytes, int], bytes]] = {
     "null": _as_is,
     "deflate": _inflate,
     "snappy": _unsnappy,
     "zstandard": _unzstd,
 }
+#: fastavro reads blocks with these, bounded like the fast path (lz4 needs a library that
+#: is not installed; fastavro then says so).
+fastavro.read.BLOCK_READERS.update(
+    {
+        codec: _block_reader(decompress)
+        for codec, decompress in {**_DECOMPRESS, "bzip2": _unbzip2, "xz": _unxz}.items()
+    }
+)
 
 
 def _encode_long(value: int) -> bytes:
@@ -438,11 +498,12 @@ def _read_varint(source: Any) -> int | None:
     raise _Unreadable("varint longer than 10 bytes")
 
 
-def _read_block(source: Any, plan: _Plan, end: int | None) -> _RawBlock | None:
-    """The block at the current position, None at the end of the input.
+def _read_block(source: Any, plan: _Plan, end: int | None, most: int) -> _RawBlock | None:
+    """The block at the current position, None at the end of the input; its data is
+    decompressed to at most `most` bytes.
 
     Raises `_Unreadable` where fastavro would fail, or might read differently (which it
-    is then left to do).
+    is then left to do, and to report a block too large).
     """
     count = _read_varint(source)
     if count is None:
@@ -457,7 +518,7 @@ def _read_block(source: Any, plan: _Plan, end: int | None) -> _RawBlock | None:
     if len(payload) != size or source.read(len(plan.sync)) != plan.sync:
         raise _Unreadable("truncated block or wrong sync marker")
     try:
-        return _RawBlock(count, plan.decompress(payload))
+        return _RawBlock(count, plan.decompress(payload, most))
     except Exception as exc:
         raise _Unreadable("block does not decompress") from exc
 
@@ -657,6 +718,9 @@ class _Replayable(ForwardStream):
     fastavro; the bytes since the mark are kept until then.
     """
 
+    #: Read by the block readers fastavro calls (`_block_reader`).
+    max_block_bytes = DEFAULT_MAX_RECORD_BYTES
+
     def __init__(self, source: Any) -> None:
         super().__init__(source)
         self._kept = bytearray()  # bytes from _kept_at on, while marked
@@ -695,6 +759,18 @@ class _Replayable(ForwardStream):
         return out
 
 
+class _Limited:
+    """A seekable stream, with the `max_block_bytes` attribute `_block_reader` reads."""
+
+    max_block_bytes = DEFAULT_MAX_RECORD_BYTES
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _size_of(source: Any) -> int:
     """The length of a seekable stream."""
     position = source.tell()
@@ -730,11 +806,14 @@ class AvroReader(Reader):
             if magic != MAGIC:
                 raise ReadWriteError(f"{self.path}: not an Avro container file (bad magic)")
             source: Any
-            if stream.seekable():
+            # Arrow calls a Python stream (stdin) seekable whatever the stream says.
+            if self.path != STDIO and stream.seekable():
                 stream.seek(0)
-                source = stream
+                source = _Limited(stream)
             else:
                 source = _Replayable(PrefixedStream(magic, stream))
+            # Read by the block readers fastavro calls (`_block_reader`).
+            source.max_block_bytes = self.options.max_record_bytes
             yield from self._records(source)
 
     def _records(self, source: Any) -> Iterator[pa.RecordBatch]:
@@ -777,7 +856,7 @@ class AvroReader(Reader):
             while records < wanted:
                 offset = source.tell()
                 try:
-                    block = _read_block(source, plan, end)
+                    block = _read_block(source, plan, end, self.options.max_record_bytes)
                 except _Unreadable:
                     # Some writers end the file with a newline after the last block.
                     finished = self._only_whitespace_after(source, offset)

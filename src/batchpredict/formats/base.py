@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 
 from batchpredict import storage
 from batchpredict.atomic import StagedFile
+from batchpredict.config import DEFAULT_MAX_RECORD_BYTES
 from batchpredict.errors import (
     BatchPredictError,
     InputMissingError,
@@ -232,10 +233,16 @@ class ReadOptions:
     #: can tell why a value is null (JSON: a missing field or an explicit null) reports it itself
     #: as a bad record; False passes nulls on (to be filled).
     reject_nulls: bool = False
+    #: Largest record in bytes: a longer JSON line or array element is a bad record; an
+    #: Avro block that decompresses to more is a corrupt file. (A CSV row is bounded by
+    #: the reader's block, smaller.)
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise UsageError(f"chunk size must be at least 1, not {self.chunk_size}")
+        if self.max_record_bytes < 1:
+            raise UsageError(f"max record bytes must be at least 1, not {self.max_record_bytes}")
 
 
 class _SchemaSeen(Exception):
@@ -330,6 +337,8 @@ class Writer:
         self._sink: pa.NativeFile | None = None
         self._schema: pa.Schema | None = None
         self.rows_written = 0
+        #: `--max_output_bytes`: the file may not grow beyond this (None: no limit).
+        self.max_output_bytes: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self, schema: pa.Schema) -> None:
@@ -338,7 +347,7 @@ class Writer:
         if self.path == STDIO:
             self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
         else:
-            self._staged = StagedFile(self.path)
+            self._staged = StagedFile(self.path, max_bytes=self.max_output_bytes)
             codec = compression_of(self.path) if self.accepts_compression_suffix else None
             sink = self._staged.sink
             self._sink = pa.CompressedOutputStream(sink, codec) if codec else sink

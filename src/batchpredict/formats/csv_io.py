@@ -376,7 +376,8 @@ class CsvReader(Reader):
         except (pa.ArrowException, OSError):
             pass
         # Again, as --on_error skip reads, with the header in front, for the first bad row
-        # (Arrow names the first bad value of one column, not the earliest of all).
+        # (Arrow names the first bad value of one column, not the earliest of all). With
+        # none, the range held a row longer than the parallel reader's blocks: read so.
         text = header + block
         source = PrefixedStream(text, pa.BufferReader(b""))
         rows = self._iter_skipping(
@@ -387,9 +388,10 @@ class CsvReader(Reader):
             lambda: pa.BufferReader(text),
             rows_before,
         )
-        for _ in rows:
-            pass
-        raise DataError(f"{self.path}: cannot read the rows after row {rows_before}")
+        batches = list(rows)
+        if not batches:
+            raise DataError(f"{self.path}: cannot read the rows after row {rows_before}")
+        return pa.Table.from_batches(batches)
 
     def _first_bad_row(
         self,

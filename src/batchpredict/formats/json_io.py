@@ -34,6 +34,7 @@ from batchpredict.errors import DataError, InputMissingError, ReadWriteError, er
 from batchpredict.formats.base import (
     KEPT_VALUE_CHARS,
     BadRecord,
+    PrefixedStream,
     Reader,
     ReadOptions,
     Writer,
@@ -53,8 +54,6 @@ _PARSE_BLOCK = 1 << 20
 #: Put before every block parsed: Arrow crashes when the first document is `null`.
 _FRAME_TEXT = b"{}\n"
 _FRAME = len(_FRAME_TEXT)
-#: A JSON array element may grow this large before it is declared malformed.
-_MAX_ELEMENT_CHARS = 256 << 20
 _WHITESPACE = " \t\r\n"
 #: Deepest nesting of objects and arrays accepted in a JSON line. Arrow's parser recurses
 #: and crashes the process (segfault, pyarrow 26) somewhere past 10,000 levels; the
@@ -86,6 +85,18 @@ def _first_failure(count: int, fails: Callable[[int], bool]) -> int:
         else:
             low = middle + 1
     return low
+
+
+def _skip_line(stream: pa.NativeFile) -> tuple[int, bytes, bool]:
+    """Read past the rest of a line, a block at a time: the bytes skipped (with the line
+    end), what was read after the line end, and whether there was one (False: the end)."""
+    skipped = 0
+    while data := stream.read(_SAMPLE_BYTES):
+        end = data.find(b"\n")
+        if end >= 0:
+            return skipped + end + 1, data[end + 1 :], True
+        skipped += len(data)
+    return skipped, b"", False
 
 
 def _max_depth(line: bytes) -> int:
@@ -397,18 +408,34 @@ class JsonLinesReader(Reader):
                 raise ReadWriteError(f"{self.path}: cannot read: {error_text(exc)}") from exc
 
     # -- JSON lines ------------------------------------------------------------------
-    def _iter_lines(
-        self, stream: pa.NativeFile, pending: bytes
-    ) -> Iterator[pa.RecordBatch | BadRecord]:
+    def _iter_lines(self, stream: Any, pending: bytes) -> Iterator[pa.RecordBatch | BadRecord]:
         """Parse blocks of whole lines with Arrow."""
         lines_in_sample = max(pending.count(b"\n"), 1)
         size = int(len(pending) / lines_in_sample * self.options.chunk_size)
-        size = min(max(size, _MIN_BLOCK), _MAX_BLOCK)
+        # A block never holds more than the longest line allowed, plus its line end; nor
+        # does `pending` but at the start, when it is not yet one unfinished line.
+        limit = self.options.max_record_bytes
+        size = min(max(size, _MIN_BLOCK), _MAX_BLOCK, limit + 1)
+        if len(pending) > limit:
+            stream, pending = PrefixedStream(pending, stream), b""
         schema: pa.Schema | None = None
         schema_lines = 0
         line, record, offset, at_end = 1, 0, 0, False
+        sample = True
         while not at_end:
-            more = stream.read(max(size - len(pending), 1))
+            if len(pending) > limit:
+                # `pending` is the start of one line, already longer than allowed.
+                yield self._too_long_line(pending, line, record, offset)
+                skipped, rest, found = _skip_line(stream)
+                line, record, offset = line + 1, record + 1, offset + len(pending) + skipped
+                pending, at_end = rest, not found
+                continue
+            # A line longer than the block doubles what is read (linear copying in all),
+            # up to one byte past the limit. (At first `pending` is the sample: whole lines.)
+            growing = len(pending) >= size and not sample
+            wanted = len(pending) if growing else max(size - len(pending), 1)
+            more = stream.read(min(wanted, limit + 1 - len(pending)))
+            sample = False
             at_end = not more
             # One copy, with the b"{}\n" that Arrow needs first (see `_parse_lines`);
             # the block is then read in place, data[_FRAME:cut].
@@ -431,6 +458,15 @@ class JsonLinesReader(Reader):
                 if schema is None:
                     schema, schema_lines = table.schema, line - 1
                 yield from table.to_batches(max_chunksize=self.options.chunk_size)
+
+    def _too_long_line(self, start: bytes, line: int, record: int, offset: int) -> BadRecord:
+        """The line beginning with `start` (on `line`, at byte `offset`, after `record`
+        records), longer than `max_record_bytes`: a bad record (raised without
+        `on_bad_record`); its report keeps only the line's start."""
+        reason = f"line longer than --max_record_bytes ({self.options.max_record_bytes} bytes)"
+        if self.options.on_bad_record is None:
+            raise DataError(f"{self.path}: row {record + 1} (line {line}, byte {offset}): {reason}")
+        return BadRecord(record + 1, reason, _line_text(start[:_MAX_BAD_TEXT]))
 
     def _parse_lines(
         self,
@@ -1129,7 +1165,9 @@ class JsonLinesReader(Reader):
         return self._rows_table(neutral, first_lines, None).schema
 
     def _decode_element(self, text: _TextBuffer, parser: json.JSONDecoder) -> Any:
-        """The JSON value at the current position, reading more input while it is cut off."""
+        """The JSON value at the current position, reading more input while it is cut off
+        (up to `max_record_bytes` characters)."""
+        limit = self.options.max_record_bytes
         while True:
             try:
                 value, end = parser.raw_decode(text.text, text.position)
@@ -1137,8 +1175,10 @@ class JsonLinesReader(Reader):
                 # The standard scanner fails near the end of the text (or on an open
                 # string) when the value merely continues in input not read yet.
                 cut_off = exc.pos >= len(text.text) - 8 or exc.msg.startswith("Unterminated")
-                too_big = len(text.text) - text.position > _MAX_ELEMENT_CHARS
-                if cut_off and not too_big and text.read_more():
+                room = limit + 1 - (len(text.text) - text.position)
+                if cut_off and room <= 0:
+                    raise text.error(self._too_long_element()) from exc
+                if cut_off and text.read_more(room):
                     continue
                 raise text.error(exc.msg, exc.pos) from exc
             except RecursionError as exc:
@@ -1147,8 +1187,13 @@ class JsonLinesReader(Reader):
                 raise text.error(str(exc)) from exc
             if not isinstance(value, dict):
                 raise text.error("array element is not a JSON object")
+            if end - text.position > limit:
+                raise text.error(self._too_long_element())
             text.position = end
             return value
+
+    def _too_long_element(self) -> str:
+        return f"array element longer than --max_record_bytes ({self.options.max_record_bytes})"
 
     def _rows_table(
         self,
@@ -1222,8 +1267,9 @@ class _TextBuffer:
         except UnicodeDecodeError as exc:
             raise self.error("invalid UTF-8", len(self.text)) from exc
 
-    def read_more(self) -> bool:
-        """Drop the text before `position`, append more input; False at the end."""
+    def read_more(self, most: int | None = None) -> bool:
+        """Drop the text before `position`, append more input (at most `most` bytes);
+        False at the end."""
         if self.at_end:
             return False
         self.line_at(self.position)
@@ -1231,7 +1277,8 @@ class _TextBuffer:
         self._mark -= self.position
         self.position = 0
         # At least double the buffer, so that a huge element is not re-parsed too often.
-        self._feed(self._stream.read(max(_SAMPLE_BYTES, len(self.text))))
+        size = max(_SAMPLE_BYTES, len(self.text))
+        self._feed(self._stream.read(size if most is None else max(min(size, most), 1)))
         return True
 
     def next_char(self) -> str:

@@ -113,6 +113,7 @@ class ParquetReader(Reader):
         try:
             for group in range(groups):
                 group_rows = metadata.row_group(group).num_rows
+                self._check_claimed_rows(parquet, group, rows)
                 try:
                     batches = parquet.iter_batches(
                         batch_size=self.options.chunk_size, row_groups=[group]
@@ -153,13 +154,37 @@ class ParquetReader(Reader):
             where += f", column {column!r}"
         return ReadWriteError(f"{self.path}: corrupt Parquet data in {where}: {reason}")
 
+    def _check_claimed_rows(self, parquet: pq.ParquetFile, group: int, before: int) -> None:
+        """Refuse a row group that claims more rows than its column chunks hold values (every
+        row has at least one value, maybe null, in every column): a corrupt or hostile
+        footer, whose count readers would otherwise allocate for (2^40 rows: terabytes)."""
+        metadata = parquet.metadata.row_group(group)
+        claimed = metadata.num_rows
+        for index in range(metadata.num_columns):
+            chunk = metadata.column(index)
+            if chunk.num_values < claimed:
+                raise ReadWriteError(
+                    f"{self.path}: corrupt Parquet footer: row group {group + 1} of "
+                    f"{parquet.metadata.num_row_groups} (after row {before}) claims {claimed} "
+                    f"rows, but column {chunk.path_in_schema!r} holds {chunk.num_values} values"
+                )
+
     def _bad_column(self, parquet: pq.ParquetFile, group: int, group_rows: int) -> str | None:
-        """The first top-level column of a row group that does not read on its own, if any."""
+        """The first top-level column of a row group that does not read on its own, if any.
+
+        Streamed a chunk at a time: `read_row_group` allocates for the rows the footer
+        claims, which a corrupt footer can make any number."""
         for name in parquet.schema_arrow.names:
+            rows = 0
             try:
-                if parquet.read_row_group(group, columns=[name]).num_rows != group_rows:
-                    return str(name)
+                batches = parquet.iter_batches(
+                    batch_size=self.options.chunk_size, row_groups=[group], columns=[name]
+                )
+                for batch in batches:
+                    rows += batch.num_rows
             except (pa.ArrowException, OSError):
+                return str(name)
+            if rows != group_rows:
                 return str(name)
         return None
 

@@ -75,6 +75,7 @@ def read_options(
         null_values=config.null_values,
         delimiter=config.delimiter,
         reject_nulls=config.fill_value is None,
+        max_record_bytes=config.max_record_bytes,
     )
 
 
@@ -127,12 +128,15 @@ def reader_for(path: str, format_name: str | None, options: ReadOptions) -> Read
     return cls(path, options)
 
 
-def writer_for(path: str, format_name: str | None) -> Writer:
-    """A writer for `path`, by `format_name` if given, else by extension."""
+def writer_for(path: str, format_name: str | None, max_output_bytes: int | None = None) -> Writer:
+    """A writer for `path`, by `format_name` if given, else by extension, whose file may
+    not grow beyond `max_output_bytes` (None: no limit)."""
     name = _canonical(_format_of(path, format_name, "--output_format"), WRITERS)
     cls = WRITERS[name]
     _check_compression(path, name, cls.accepts_compression_suffix)
-    return cls(path)
+    writer = cls(path)
+    writer.max_output_bytes = max_output_bytes
+    return writer
 
 
 def default_extension(format_name: str) -> str:
