@@ -9,6 +9,7 @@ import pyarrow as pa
 from batchpredict.columns import plan_mapping, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.errors import DataError
+from batchpredict.formats.registry import preflight
 from batchpredict.observe import (
     bind_run_id,
     configure_logging,
@@ -38,6 +39,7 @@ def predict(
         elif options.get(name) is not None:
             options[name] = tuple(options[name])
     config = RunConfig(model=model, input_files=files, **options)
+    preflight(config)
     quiet_tensorflow(config.log_level)
     if not logging_configured():
         configure_logging(config.log_level)

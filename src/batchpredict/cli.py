@@ -598,7 +598,11 @@ def _run_config(options: dict[str, Any]) -> RunConfig:
     values["progress"] = not options.get("no_progress", False)
     values["null_values"] = _null_values(options.get("null_values"))
     values["delimiter"] = parse_delimiter(options.get("delimiter"))
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    from batchpredict.formats.registry import preflight  # pyarrow: not needed for --help
+
+    preflight(config)
+    return config
 
 
 @cli.command()

@@ -6,7 +6,6 @@ import math
 import re
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 
 from batchpredict.errors import UsageError
 
@@ -164,7 +163,6 @@ def validate(config: RunConfig) -> None:
     _validate_reading(config)
     _validate_bad_rows(config)
     _validate_label_options(config)
-    _validate_output_format(config)
 
 
 def _validate_locations(config: RunConfig) -> None:
@@ -176,13 +174,6 @@ def _validate_locations(config: RunConfig) -> None:
     for value in (*locations, *others):
         if value is not None:
             refuse_credentials(value)
-    uris = [value for value in (*locations, config.rejects_file, config.summary_file) if value]
-    if any(is_uri(value) for value in uris):
-        from batchpredict.storage import check_scheme  # pyarrow: not needed for --help
-
-        for value in uris:
-            if is_uri(value):
-                check_scheme(value)
     if config.output_file is not None and config.output_dir is not None:
         raise UsageError("--output_file and --output_dir cannot be used together")
     if STDIO in config.input_files:
@@ -292,38 +283,6 @@ def _validate_label_options(config: RunConfig) -> None:
         raise UsageError(
             f"--label_column and --score_column are both {config.label_column!r}; give them "
             "different names"
-        )
-
-
-def _validate_output_format(config: RunConfig) -> None:
-    """Refuse an `--output_format` the `--output_file`'s extension contradicts (a `.parquet`
-    file holding CSV), and a compression suffix on a format that compresses internally."""
-    path = config.output_file
-    if path is None or path == STDIO:
-        if config.output_format is not None:
-            from batchpredict.formats.registry import writer_format
-
-            writer_format(config.output_format)  # an unknown name is refused here
-        return
-    # Here, not at module level: pyarrow and the readers are not needed for --help.
-    from batchpredict.formats.base import compression_of
-    from batchpredict.formats.registry import WRITERS, format_for_path, writer_format
-
-    by_extension = format_for_path(path)
-    chosen = writer_format(config.output_format) if config.output_format else by_extension
-    if by_extension is not None and chosen != by_extension:
-        raise UsageError(
-            f"--output_file {path} has the extension of {by_extension} but --output_format is "
-            f"{config.output_format}; make them agree (or drop --output_format)"
-        )
-    if (
-        chosen is not None
-        and compression_of(path)
-        and not WRITERS[chosen].accepts_compression_suffix
-    ):
-        raise UsageError(
-            f"--output_file {path}: {chosen} files are compressed internally; remove the "
-            f"{Path(path).suffix} suffix"
         )
 
 

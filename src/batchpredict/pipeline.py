@@ -341,7 +341,8 @@ class RunColumns:
     def read_types(self, schema: pa.Schema, source: str) -> dict[str, pa.DataType]:
         """`ReadOptions.column_types` of a text input: the columns the run parses as numbers
         (planned here from stdin's first block when nothing was planned before)."""
-        self.for_file(schema, source, declared_types=False)
+        if self.mapping is None:
+            self.for_file(schema, source, declared_types=False)
         assert self.mapping is not None
         return self.mapping.read_types(schema, source)
 

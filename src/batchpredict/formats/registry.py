@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from batchpredict import storage
 from batchpredict.config import RunConfig
 from batchpredict.errors import UsageError
 from batchpredict.formats.avro_io import AvroReader, AvroWriter
@@ -77,6 +78,50 @@ def read_options(
         reject_nulls=config.fill_value is None,
         max_record_bytes=config.max_record_bytes,
     )
+
+
+def preflight(config: RunConfig) -> None:
+    """The checks of a run's options that need the formats and the stores, made before
+    anything is loaded or read (`RunConfig` checks the rest and imports neither): every
+    URI's scheme has a store, and `--output_format` agrees with `--output_file`."""
+    locations = (
+        config.model,
+        *config.input_files,
+        config.output_file,
+        config.output_dir,
+        config.rejects_file,
+        config.summary_file,
+    )
+    for value in locations:
+        if value is not None and storage.is_uri(value):
+            storage.check_scheme(value)
+    _check_output_format(config)
+
+
+def _check_output_format(config: RunConfig) -> None:
+    """Refuse an `--output_format` the `--output_file`'s extension contradicts (a `.parquet`
+    file holding CSV), and a compression suffix on a format that compresses internally."""
+    path = config.output_file
+    if path is None or path == STDIO:
+        if config.output_format is not None:
+            writer_format(config.output_format)  # an unknown name is refused here
+        return
+    by_extension = format_for_path(path)
+    chosen = writer_format(config.output_format) if config.output_format else by_extension
+    if by_extension is not None and chosen != by_extension:
+        raise UsageError(
+            f"--output_file {path} has the extension of {by_extension} but --output_format is "
+            f"{config.output_format}; make them agree (or drop --output_format)"
+        )
+    if (
+        chosen is not None
+        and compression_of(path)
+        and not WRITERS[chosen].accepts_compression_suffix
+    ):
+        raise UsageError(
+            f"--output_file {path}: {chosen} files are compressed internally; remove the "
+            f"{Path(path).suffix} suffix"
+        )
 
 
 def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) -> None:
