@@ -11,6 +11,7 @@ import functools
 import gzip
 import io
 import itertools
+import json
 import os
 import struct
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import fastavro
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -266,8 +268,9 @@ def test_a_json_array_element_over_the_limit_fails(
 
 
 # -- CSV, Parquet, Avro ----------------------------------------------------------------
-@pytest.mark.slow
-def test_a_200_mib_csv_row_fails_fast(hostile_dir: Path, mlp_model: Path) -> None:
+@pytest.fixture(scope="module")
+def row_200_mib(hostile_dir: Path) -> Path:
+    """CSV: a good row, one 200 MiB row (valid but for its length), a good row."""
     path = hostile_dir / "row200.csv"
     chunk = b"x" * MIB
     with path.open("wb") as out:
@@ -275,12 +278,39 @@ def test_a_200_mib_csv_row_fails_fast(hostile_dir: Path, mlp_model: Path) -> Non
         for _ in range(200):
             out.write(chunk)
         out.write(b"\n3,1,2,3,4,c\n")
+    return path
+
+
+@pytest.mark.slow
+def test_a_200_mib_csv_row_fails_naming_its_row(
+    row_200_mib: Path, hostile_dir: Path, mlp_model: Path
+) -> None:
     result = run_measured(
-        "predict", "--model", str(mlp_model), "--input_file", str(path),
+        "predict", "--model", str(mlp_model), "--input_file", str(row_200_mib),
         "--output_dir", str(hostile_dir / "outcsv"), "--features", FEATURES,
     )  # fmt: skip
     assert_bounded(result, 65)
-    assert f"{path}: a row is too long" in result.stderr
+    assert f"{row_200_mib}: row 2: row longer than --max_record_bytes (67108864 bytes)" in (
+        result.stderr
+    )
+    assert not (hostile_dir / "outcsv").exists() or not any((hostile_dir / "outcsv").iterdir())
+
+
+@pytest.mark.slow
+def test_a_200_mib_csv_row_is_rejected_with_skip(
+    row_200_mib: Path, hostile_dir: Path, mlp_model: Path
+) -> None:
+    out = hostile_dir / "outcsv_skip"
+    result = run_measured(
+        "predict", "--model", str(mlp_model), "--input_file", str(row_200_mib),
+        "--output_dir", str(out), "--features", FEATURES,
+        "--on_error", "skip", "--max_error_rate", "1",
+    )  # fmt: skip
+    assert_bounded(result, 0)
+    rejects = (out / "_rejects.jsonl").read_text().splitlines()
+    assert len(rejects) == 1 and len(rejects[0]) < 5000  # the text is cut, not 200 MiB
+    assert '"row": 2' in rejects[0] and "--max_record_bytes" in rejects[0]
+    assert len((out / "row200.csv").read_text().splitlines()) == 3  # header and two rows
 
 
 @pytest.mark.slow
@@ -399,3 +429,95 @@ def test_a_csv_row_longer_than_the_parallel_blocks_is_read(tmp_path: Path, skipp
     table = pa.Table.from_batches(list(CsvReader(str(path), options).iter_batches()))
     assert table.num_rows == 2001 and not bad
     assert len(table.column("segment")[1000].as_py()) == 3 * MIB
+
+
+def _csv_with_long_rows(path: Path, newline: str = "\n", delimiter: str = ",") -> list[int]:
+    """CSV rows, some quoted over several lines, rows 4 and 54 about 500 bytes long (in
+    quotes, across a line end); the data row numbers of those two."""
+    rows = ["id,f0,f1,f2,f3,segment".replace(",", delimiter)]
+    for number in range(1, 101):
+        segment = f'"multi{newline}line {number}, ""q"""' if number % 7 == 0 else f"s{number}"
+        if number in (4, 54):
+            segment = '"' + "L" * 500 + newline + 'more"'
+        rows.append(f"{number},1,2,3,4,{segment}".replace(",", delimiter))
+    path.write_bytes((newline.join(rows) + newline).encode())
+    return [4, 54]
+
+
+@pytest.mark.parametrize(
+    ("name", "newline", "delimiter"),
+    [("in.csv", "\n", ","), ("in.csv", "\r\n", ","), ("in.tsv", "\n", "\t")],
+)
+def test_a_csv_row_over_the_limit_is_a_bad_row(
+    tmp_path: Path,
+    mlp_model: Path,
+    run_main: Callable[..., Completed],
+    name: str,
+    newline: str,
+    delimiter: str,
+) -> None:
+    path = tmp_path / name
+    long_rows = _csv_with_long_rows(path, newline, delimiter)
+    args = ["predict", "--model", str(mlp_model), "--input_file", str(path)]
+    args += ["--features", FEATURES, "--keep_columns", "id,segment", "--max_record_bytes", "300"]
+    failed = run_main(*args, "--output_dir", str(tmp_path / "a"))
+    assert failed.returncode == 65
+    text = path.read_bytes()
+    offset = text.index(b"4" + delimiter.encode() + b"1" + delimiter.encode() + b"2")
+    assert f"{path}: row 4: row longer than --max_record_bytes (300 bytes): " in failed.stderr
+    assert f"bytes from byte {offset}" in failed.stderr
+    skipped = run_main(
+        *args, "--output_dir", str(tmp_path / "b"), "--on_error", "skip", "--max_error_rate", "1"
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    rejects = [json.loads(line) for line in (tmp_path / "b" / "_rejects.jsonl").open()]
+    assert [reject["row"] for reject in rejects] == long_rows
+    assert all(
+        reject["text"].startswith(f"{row}{delimiter}1")
+        for row, reject in zip(long_rows, rejects, strict=True)
+    )
+    assert all(len(reject["text"]) <= 200 for reject in rejects)
+    kept = pacsv.read_csv(
+        tmp_path / "b" / name, parse_options=pacsv.ParseOptions(delimiter=delimiter)
+    )
+    assert kept.column("id").to_pylist() == [n for n in range(1, 101) if n not in long_rows]
+    seventh = kept.column("segment")[5].as_py()  # rows 1-3 and 5-7 kept
+    assert seventh.startswith("multi") and seventh.endswith(f'line 7{delimiter} "q"')
+
+
+@pytest.mark.parametrize("skipping", [False, True])
+def test_a_quoted_csv_row_longer_than_the_blocks_is_read(
+    tmp_path: Path, mlp_model: Path, run_main: Callable[..., Completed], skipping: bool
+) -> None:
+    """A 10 MiB quoted row, within --max_record_bytes: read, in both modes."""
+    path = tmp_path / "in.csv"
+    long_row = b'2,1,2,3,4,"' + b"x" * (10 * MIB) + b'"\n'
+    path.write_bytes(
+        b"id,f0,f1,f2,f3,segment\n" + b'1,1,2,3,4,"a, b"\n' * 1000 + long_row + b"3,1,2,3,4,c\n"
+    )
+    args = ["predict", "--model", str(mlp_model), "--input_file", str(path)]
+    args += ["--features", FEATURES, "--keep_columns", "id,segment"]
+    args += ["--output_dir", str(tmp_path / "out")] + (["--on_error", "skip"] if skipping else [])
+    result = run_main(*args)
+    assert result.returncode == 0, result.stderr
+    table = pacsv.read_csv(
+        tmp_path / "out" / "in.csv", read_options=pacsv.ReadOptions(block_size=32 * MIB)
+    )
+    assert table.num_rows == 1002
+    assert len(table.column("segment")[1000].as_py()) == 10 * MIB
+
+
+def test_a_csv_header_over_the_limit_fails(
+    tmp_path: Path, mlp_model: Path, run_main: Callable[..., Completed]
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("id,f0,f1,f2,f3," + "s" * 400 + "\n1,1,2,3,4,a\n")
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(path),
+        "--output_dir", str(tmp_path / "out"), "--features", FEATURES,
+        "--max_record_bytes", "300",
+    )  # fmt: skip
+    assert result.returncode == 65
+    assert f"{path}: the header row is longer than --max_record_bytes (300 bytes)" in (
+        result.stderr
+    )

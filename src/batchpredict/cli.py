@@ -238,7 +238,7 @@ data_options = option_group(
         type=click.IntRange(min=1),
         default=DEFAULT_MAX_RECORD_BYTES,
         show_default=True,
-        help="Longest JSON line or array element, in bytes: a longer one is a bad row "
+        help="Longest JSON line, array element or CSV row, in bytes: a longer one is a bad row "
         "(exit 65, or rejected with --on_error skip); an Avro block that decompresses to "
         "more is a corrupt file (exit 74).",
     ),

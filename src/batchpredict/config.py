@@ -21,7 +21,7 @@ TAB_NAMES = ("\\t", "tab")
 #: them in a trie of limited size).
 MAX_NULL_VALUES = 64
 MAX_NULL_VALUE_CHARS = 64
-#: `--max_record_bytes` default: a JSON line or Avro block larger than this is bad.
+#: `--max_record_bytes` default: a JSON line, CSV row or Avro block larger than this is bad.
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 

@@ -40,6 +40,7 @@ from batchpredict.formats.base import (
     not_readable,
     read_null_values,
 )
+from batchpredict.formats.csv_records import LongRecord, RecordLimit, long_record
 
 #: Bytes read up front to estimate the row length.
 _SAMPLE_BYTES = 1 << 20
@@ -77,6 +78,11 @@ def _value_error(detail: str) -> str | None:
     if other := _CONVERSION_TO.match(detail):
         return f"cannot read as {other.group(1)}: {other.group(2)}"
     return None
+
+
+def _straddles(failure: BaseException) -> bool:
+    """Whether Arrow's streaming reader failed on a row longer than its block."""
+    return isinstance(failure, pa.ArrowInvalid) and "straddling" in error_text(failure)
 
 
 def _record_end(data: bytes, first: bool = False) -> int:
@@ -224,6 +230,26 @@ class CsvReader(Reader):
         self._wanted: dict[str, pa.DataType] = {}
         #: Every column and the type Arrow reads it as.
         self._read_as: dict[str, pa.DataType] = {}
+        #: Records longer than --max_record_bytes, by offset (see `csv_records`).
+        self._long_records: dict[int, LongRecord] = {}
+        #: The longest record read so far within the limit, in bytes.
+        self._longest_record = 0
+
+    def open_binary(self) -> pa.NativeFile:
+        """The input, with records longer than --max_record_bytes replaced by marker rows."""
+
+        def record_length(length: int) -> None:
+            self._longest_record = max(self._longest_record, length)
+
+        bounded = RecordLimit(
+            super().open_binary(),
+            self.path,
+            self.options.max_record_bytes,
+            self._separator,
+            self._long_records,
+            record_length,
+        )
+        return pa.PythonFile(bounded, mode="r")
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most `chunk_size` rows with the types of the first block,
@@ -342,7 +368,7 @@ class CsvReader(Reader):
             at_end = len(data) < size
             cut = len(data) if at_end else _record_end(data)
             if not cut and not at_end:
-                if size >= _MAX_RANGE:
+                if size >= max(_MAX_RANGE, 2 * self.options.max_record_bytes):
                     rest = PrefixedStream(data, source)
                     yield from self._iter_stream(rest, column_types, block_size, False, rows_before)
                     return
@@ -402,10 +428,14 @@ class CsvReader(Reader):
         """`batches` of Arrow's streaming reader over the whole input; when they fail on a
         row, the input is read again as --on_error skip reads it, up to its first bad row,
         so that the error names that row (Arrow names the first bad value of one column in
-        a block, not the earliest of all). Stdin cannot be read again: Arrow's error."""
+        a block, not the earliest of all). A row longer than the blocks is no bad row: the
+        rest is read that way (larger blocks). Stdin cannot be read again: Arrow's error."""
+        yielded = 0
         try:
-            yield from batches
-        except DataError:
+            for batch in batches:
+                yielded += batch.num_rows
+                yield batch
+        except DataError as exc:
             if self.path == STDIO:
                 raise
             with self.open_binary() as stream:
@@ -415,9 +445,14 @@ class CsvReader(Reader):
                 rows = self._iter_skipping(
                     source, block_size, column_types, report, self.open_binary
                 )
-                for _ in rows:
-                    pass
-            raise
+                long_row = exc.__cause__ is not None and _straddles(exc.__cause__)
+                for batch in rows:
+                    passed = min(yielded, batch.num_rows)
+                    yielded -= passed
+                    if long_row and passed < batch.num_rows:
+                        yield batch.slice(passed)
+            if not long_row:
+                raise
 
     def _raise_bad_record(self, record: BadRecord) -> None:
         """The `on_bad_record` of --on_error fail: DataError naming the row, as in `_error`."""
@@ -428,6 +463,38 @@ class CsvReader(Reader):
         if detail != record.reason:  # a column typed from the first rows, not the model's
             detail += " (the type inferred from the first rows)"
         raise DataError(f"{self.path}: row {record.row}, column {record.column!r}: {detail}")
+
+    def _block_for_longest_row(
+        self, block_size: int, failure: BaseException, reopen: object | None
+    ) -> int:
+        """A block size that holds the longest row read so far (Arrow's reader fails on a
+        row longer than its block), to read the input again with; or the error when the
+        input cannot be read again (stdin) or the failure was no such row."""
+        needed = -(-(self._longest_record + 1) // _MIN_BLOCK) * _MIN_BLOCK
+        if needed <= block_size:
+            raise self._error(failure, [], []) from failure
+        if reopen is None:
+            raise DataError(
+                f"{self.path}: a row of {self._longest_record} bytes is longer than the "
+                f"reader's blocks of stdin ({block_size} bytes); read the input from a file"
+            ) from failure
+        return needed
+
+    def _invalid_row(self, number: int, row: pacsv.InvalidRow) -> BadRecord:
+        """The bad record for a row Arrow found malformed: too long (a marker row of
+        `RecordLimit`), or with the wrong number of fields."""
+        if (long := long_record(row.text, self._long_records)) is not None:
+            return BadRecord(number, self._too_long(long), long.start)
+        reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
+        return BadRecord(number, reason, row.text)
+
+    def _too_long(self, long: LongRecord) -> str:
+        """What is wrong with a record longer than --max_record_bytes, and where it is."""
+        limit = self.options.max_record_bytes
+        return (
+            f"row longer than --max_record_bytes ({limit} bytes): "
+            f"{long.length} bytes from byte {long.offset}"
+        )
 
     def _iter_skipping(
         self,
@@ -472,8 +539,7 @@ class CsvReader(Reader):
             if number > last_bad:
                 last_bad = number
                 shifted.append(number - len(shifted))
-                reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
-                pending.append(BadRecord(number, reason, row.text))
+                pending.append(self._invalid_row(number, row))
             return "skip"
 
         def row_number(rank: int) -> int:
@@ -528,6 +594,10 @@ class CsvReader(Reader):
                 if failure is None:
                     flush(None)
                     return
+                if _straddles(failure):
+                    block_size = self._block_for_longest_row(block_size, failure, reopen)
+                    stream = reopened.enter_context(reopen())  # type: ignore[misc]
+                    continue
                 column = _unconvertible_column(failure, names)
                 if column is None or column in as_text:
                     raise self._error(failure, [], names, rows_before - 1) from failure
@@ -674,6 +744,8 @@ class CsvReader(Reader):
         if bad_rows:
             row = bad_rows[-1]
             where = f"row {row.number + row_shift}" if row.number is not None else "a row"
+            if (long := long_record(row.text, self._long_records)) is not None:
+                return DataError(f"{self.path}: {where}: {self._too_long(long)}")
             return DataError(
                 f"{self.path}: {where}: expected {row.expected_columns} fields, got "
                 f"{row.actual_columns}: {row.text[:80]!r}"
