@@ -521,3 +521,23 @@ def test_a_csv_header_over_the_limit_fails(
     assert f"{path}: the header row is longer than --max_record_bytes (300 bytes)" in (
         result.stderr
     )
+
+
+def test_max_output_bytes_bounds_the_rejects_file(
+    tmp_path: Path, mlp_model: Path, run_main: Callable[..., Completed]
+) -> None:
+    """A file of bad rows (a small .gz could hold gigabytes of them) fills the rejects
+    file, not the disk: the run ends with 74 at the limit and nothing is committed."""
+    path = tmp_path / "bad.csv"
+    path.write_text("id,f0,f1,f2,f3\n" + "".join(f"{n},x,2,3,4\n" for n in range(20_000)))
+    out = tmp_path / "out"
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(path),
+        "--output_dir", str(out), "--features", FEATURES, "--on_error", "skip",
+        "--max_error_rate", "1", "--max_output_bytes", str(100_000),
+    )  # fmt: skip
+    assert result.returncode == 74, result.stderr
+    assert "_rejects.jsonl: output would grow beyond --max_output_bytes (100000 bytes)" in (
+        result.stderr
+    )
+    assert (sorted(out.iterdir()) if out.exists() else []) == []  # no temporary left either

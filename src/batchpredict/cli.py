@@ -341,7 +341,7 @@ def cli() -> None:
     "max_output_bytes",
     type=click.IntRange(min=1),
     default=None,
-    help="Largest output file, in bytes: a run whose output grows beyond it fails (exit 74) "
+    help="Largest output or rejects file, in bytes: growing beyond it fails the run (exit 74) "
     "and commits nothing (default: no limit).",
 )
 @option(

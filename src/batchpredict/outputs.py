@@ -473,9 +473,11 @@ class RejectsWriter:
     row's values as read, so that nothing is lost and the rows can be fixed and re-fed.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_bytes: int | None = None) -> None:
         self.path = path
         self.count = 0
+        #: `--max_output_bytes`: a bad file's rejects are bounded like its predictions.
+        self._max_bytes = max_bytes
         self._staged: StagedFile | None = None
 
     def add(self, source: str, rows: np.ndarray, table: pa.Table, problems: Sequence[Any]) -> None:
@@ -496,7 +498,7 @@ class RejectsWriter:
 
     def _write_lines(self, lines: list[str]) -> None:
         if self._staged is None:
-            self._staged = StagedFile(self.path)
+            self._staged = StagedFile(self.path, max_bytes=self._max_bytes)
         try:
             self._staged.sink.write("".join(lines).encode("utf-8"))
         except OSError as exc:

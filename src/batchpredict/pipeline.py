@@ -154,7 +154,10 @@ def _run(config: RunConfig, started: float, totals: _Counts) -> RunSummary:
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
     rejects = (
-        {path: RejectsWriter(path) for path in {rejects_path(t, config) for t in targets}}
+        {
+            path: RejectsWriter(path, config.max_output_bytes)
+            for path in {rejects_path(t, config) for t in targets}
+        }
         if config.on_error == "skip"
         else {}
     )
