@@ -56,9 +56,11 @@ class Measured:
     peak_rss: int
 
 
-def run_measured(*args: str) -> Measured:
-    """`batchpredict ARGS` in a child process: exit code, stderr, wall time, peak RSS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
+def run_measured(*args: str, env: dict[str, str] | None = None) -> Measured:
+    """`batchpredict ARGS` in a child process (the environment without BATCHPREDICT_
+    variables, plus `env`): exit code, stderr, wall time, peak RSS."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
+    env = {**inherited, **(env or {})}
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", _DRIVER, *args, "--no_progress", "--log_format", "console"],

@@ -19,6 +19,7 @@ from batchpredict import model_cache
 from batchpredict.errors import ModelError, OutputError
 from batchpredict.locking import hold_lock
 from conftest import Completed, make_frame, write_with_library
+from test_hostile_files import assert_bounded, run_measured
 
 RunMain = Callable[..., Completed]
 
@@ -51,6 +52,23 @@ def test_symlinked_lock_is_refused_and_its_target_untouched(
     assert f"{link}: refusing the lock file: it is a symbolic link" in result.stderr
     assert target.read_text() == "do not overwrite\n"
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.slow
+def test_symlinked_lock_is_refused_in_time_and_memory(
+    tmp_path: Path, data: Path, mlp_model: Path
+) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("do not overwrite\n")
+    link = tmp_path / "job.lock"
+    link.symlink_to(target)
+    result = run_measured(
+        "predict", "--model", str(mlp_model), "--input_file", str(data),
+        "--output_file", str(tmp_path / "out.csv"), "--keep_columns", "id,segment",
+        "--lock_file", str(link),
+    )  # fmt: skip
+    assert_bounded(result, 73)
+    assert target.read_text() == "do not overwrite\n"
 
 
 def test_dangling_lock_link_does_not_create_its_target(
@@ -297,3 +315,23 @@ def test_predict_with_a_cache_others_can_write_exits_78(
     )  # fmt: skip
     assert result.returncode == 78, result.stderr
     assert "writable by group or others" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_planted_cache_entry_is_replaced_in_time_and_memory(
+    bucket_model: str, cache: Path, data: Path, two_in_two_out_model: Path
+) -> None:
+    """Another model planted in a cache entry (checksums dropped, as an older batchpredict
+    wrote them): the run fetches the real model again and scores with it."""
+    path = cached_file(bucket_model)
+    record = json.loads((path.parent / ".entry.json").read_text())
+    del record["files"]
+    (path.parent / ".entry.json").write_text(json.dumps(record))
+    path.write_bytes(two_in_two_out_model.read_bytes())
+    result = run_measured(
+        "predict", "--model", bucket_model, "--input_file", str(data),
+        "--output_file", str(data.parent / "out.csv"), "--keep_columns", "id,segment",
+        env={model_cache.CACHE_DIR_VARIABLE: str(cache)},
+    )  # fmt: skip
+    assert_bounded(result, 0)
+    assert "prediction" in (data.parent / "out.csv").read_text().splitlines()[0]
