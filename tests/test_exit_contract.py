@@ -205,7 +205,7 @@ def test_a_run_refused_by_the_lock_writes_metrics_and_summary(
     ]  # fmt: skip
     assert run_main(*args).returncode == 0
     before = metrics(prom, "nightly")
-    assert before["batchpredict_rows_total"] == 20
+    assert before["batchpredict_rows_total"] == before["batchpredict_last_run_rows"] == 20
     time.sleep(0.01)
     with lock.open("w") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -214,7 +214,8 @@ def test_a_run_refused_by_the_lock_writes_metrics_and_summary(
     assert json_lines(refused.stderr)[-1]["exit_code"] == 75
     after = metrics(prom, "nightly")
     assert after["batchpredict_last_exit_code"] == 75
-    assert after["batchpredict_rows_total"] == after["batchpredict_rejected_rows_total"] == 0
+    assert after["batchpredict_last_run_rows"] == after["batchpredict_last_run_rejected_rows"] == 0
+    assert after["batchpredict_rows_total"] == 20  # a counter: the run added no rows
     assert (
         after["batchpredict_last_success_timestamp_seconds"]
         == before["batchpredict_last_success_timestamp_seconds"]

@@ -1,4 +1,4 @@
-"""observe.py: progress lines and bar, the Prometheus metrics file, the summary file, run ids."""
+"""observe.py: progress lines and bar, the summary file, run ids."""
 
 from __future__ import annotations
 
@@ -14,18 +14,14 @@ import pytest
 import structlog
 
 from batchpredict import observe
-from batchpredict.errors import ReadWriteError
 from batchpredict.observe import (
     Progress,
     bind_run_id,
     configure_logging,
     new_run_id,
     unbind_run_id,
-    write_metrics,
     write_summary,
 )
-
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 
 @pytest.fixture(autouse=True)
@@ -188,196 +184,6 @@ def test_progress_defaults_to_stderr(capsys: pytest.CaptureFixture[str]) -> None
 def test_progress_rejects_a_non_positive_interval(every: float) -> None:
     with pytest.raises(ValueError, match="every_seconds"):
         Progress(10, every_seconds=every, stream=io.StringIO())
-
-
-# --- write_metrics ------------------------------------------------------------------------
-
-ALL_METRICS = [
-    "batchpredict_last_run_timestamp_seconds",
-    "batchpredict_last_success_timestamp_seconds",
-    "batchpredict_rows_total",
-    "batchpredict_rejected_rows_total",
-    "batchpredict_duration_seconds",
-    "batchpredict_last_exit_code",
-]
-
-
-def read_metrics(path: Path) -> dict[str, Any]:
-    """name -> family, parsed by prometheus_client (which rejects malformed exposition)."""
-    text = path.read_text()
-    return {f.name: f for f in prometheus_parser.text_string_to_metric_families(text)}
-
-
-def values(path: Path, job: str) -> dict[str, float]:
-    return {
-        sample.name: sample.value
-        for family in read_metrics(path).values()
-        for sample in family.samples
-        if sample.labels.get("job") == job
-    }
-
-
-def run(path: Path, job: str = "nightly", *, succeeded: bool = True, at: float = 1.7e9) -> None:
-    write_metrics(
-        str(path),
-        job=job,
-        succeeded=succeeded,
-        finished_at=at,
-        duration_seconds=12.5,
-        rows=1000 if succeeded else 10,
-        rejected_rows=3,
-        exit_code=0 if succeeded else 65,
-    )
-
-
-def test_metrics_success(tmp_path: Path) -> None:
-    path = tmp_path / "batchpredict.prom"
-    run(path, at=1712345678.25)
-    families = read_metrics(path)
-    assert list(families) == ALL_METRICS
-    for family in families.values():
-        assert family.type == "gauge"
-        assert family.documentation
-        assert [s.labels for s in family.samples] == [{"job": "nightly"}]
-        assert all(s.timestamp is None for s in family.samples)  # textfile collector: none
-    assert values(path, "nightly") == {
-        "batchpredict_last_run_timestamp_seconds": 1712345678.25,
-        "batchpredict_last_success_timestamp_seconds": 1712345678.25,
-        "batchpredict_rows_total": 1000,
-        "batchpredict_rejected_rows_total": 3,
-        "batchpredict_duration_seconds": 12.5,
-        "batchpredict_last_exit_code": 0,
-    }
-    text = path.read_text()
-    assert text.endswith("\n")
-    assert text.count("# HELP ") == text.count("# TYPE ") == len(ALL_METRICS)
-
-
-def test_metrics_failure_keeps_the_last_success(tmp_path: Path) -> None:
-    path = tmp_path / "batchpredict.prom"
-    run(path, at=1000.0)
-    run(path, succeeded=False, at=2000.0)
-    got = values(path, "nightly")
-    assert got["batchpredict_last_run_timestamp_seconds"] == 2000.0
-    assert got["batchpredict_last_success_timestamp_seconds"] == 1000.0
-    assert got["batchpredict_last_exit_code"] == 65
-    assert got["batchpredict_rows_total"] == 10
-    run(path, succeeded=False, at=3000.0)  # still carried over
-    assert values(path, "nightly")["batchpredict_last_success_timestamp_seconds"] == 1000.0
-    run(path, at=4000.0)
-    assert values(path, "nightly")["batchpredict_last_success_timestamp_seconds"] == 4000.0
-
-
-def test_metrics_failure_without_a_previous_success(tmp_path: Path) -> None:
-    path = tmp_path / "batchpredict.prom"
-    run(path, succeeded=False)
-    families = read_metrics(path)
-    assert "batchpredict_last_success_timestamp_seconds" not in families
-    assert set(families) == set(ALL_METRICS) - {"batchpredict_last_success_timestamp_seconds"}
-    assert values(path, "nightly")["batchpredict_last_exit_code"] == 65
-    # Another job's success is not this job's.
-    run(path, "other", at=500.0)
-    run(path, "nightly", succeeded=False)
-    assert "batchpredict_last_success_timestamp_seconds" not in values(path, "nightly")
-
-
-def test_metrics_keep_other_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "shared.prom"
-    run(path, "a", at=100.0)
-    run(path, "b", succeeded=False, at=200.0)
-    run(path, "a", succeeded=False, at=300.0)
-    families = read_metrics(path)
-    assert list(families) == ALL_METRICS
-    assert values(path, "a")["batchpredict_last_run_timestamp_seconds"] == 300.0
-    assert values(path, "a")["batchpredict_last_success_timestamp_seconds"] == 100.0
-    assert values(path, "b")["batchpredict_last_run_timestamp_seconds"] == 200.0
-    assert "batchpredict_last_success_timestamp_seconds" not in values(path, "b")
-    rows = families["batchpredict_rows_total"].samples
-    assert sorted(s.labels["job"] for s in rows) == ["a", "b"]
-
-
-def test_metrics_keep_foreign_metrics_and_skip_garbage(tmp_path: Path) -> None:
-    path = tmp_path / "shared.prom"
-    path.write_text(
-        "# HELP other_latency_seconds Someone else's histogram.\n"
-        "# TYPE other_latency_seconds histogram\n"
-        'other_latency_seconds_bucket{le="1"} 2\n'
-        'other_latency_seconds_bucket{le="+Inf"} 3\n'
-        "other_latency_seconds_sum 4.5\n"
-        "other_latency_seconds_count 3\n"
-        "this line is not exposition format\n"
-        'batchpredict_rows_total{job="old" 7\n'  # broken labels: skipped
-        'batchpredict_rows_total{job="kept"} 42\n'  # no HELP/TYPE: still a known metric
-        'batchpredict_last_success_timestamp_seconds{job="nightly"} 99 1700000000000\n'
-    )
-    run(path, succeeded=False, at=500.0)
-    families = read_metrics(path)
-    histogram = families["other_latency_seconds"]
-    assert histogram.type == "histogram"
-    assert histogram.documentation == "Someone else's histogram."
-    assert len(histogram.samples) == 4
-    assert values(path, "kept") == {"batchpredict_rows_total": 42}
-    assert values(path, "nightly")["batchpredict_last_success_timestamp_seconds"] == 99
-    assert "old" not in path.read_text()
-
-
-def test_metrics_escape_label_values(tmp_path: Path) -> None:
-    path = tmp_path / "batchpredict.prom"
-    job = 'we"ird\\job\nname'
-    run(path, job, at=100.0)
-    run(path, "plain", at=150.0)
-    run(path, job, succeeded=False, at=200.0)  # the escaped value is read back correctly
-    got = values(path, job)
-    assert got["batchpredict_last_run_timestamp_seconds"] == 200.0
-    assert got["batchpredict_last_success_timestamp_seconds"] == 100.0
-    assert len(read_metrics(path)["batchpredict_rows_total"].samples) == 2
-
-
-def test_metrics_replace_the_file_atomically(tmp_path: Path) -> None:
-    path = tmp_path / "batchpredict.prom"
-    run(path, at=100.0)
-    before = path.stat().st_ino
-    with path.open() as reader:  # a reader mid-way keeps the complete old file
-        run(path, at=200.0)
-        assert "100" in reader.read()
-    assert path.stat().st_ino != before
-    assert os.listdir(tmp_path) == ["batchpredict.prom"]  # no temporary files left
-
-
-def test_metrics_failed_write_leaves_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "batchpredict.prom"
-    run(path, at=100.0)
-    old = path.read_text()
-
-    def fail(src: str, dst: str) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(ReadWriteError, match="cannot write metrics"):
-        run(path, at=200.0)
-    assert path.read_text() == old
-    assert os.listdir(tmp_path) == ["batchpredict.prom"]
-
-
-def test_metrics_creates_the_directory(tmp_path: Path) -> None:
-    path = tmp_path / "textfile" / "collector" / "job.prom"
-    run(path)
-    assert values(path, "nightly")["batchpredict_rows_total"] == 1000
-
-
-def test_metrics_concurrent_jobs_sharing_a_file(tmp_path: Path) -> None:
-    path = tmp_path / "shared.prom"
-    jobs = [f"job{i}" for i in range(8)]
-    threads = [threading.Thread(target=run, args=(path, job)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    rows = read_metrics(path)["batchpredict_rows_total"].samples
-    assert sorted(s.labels["job"] for s in rows) == jobs
-    assert os.listdir(tmp_path) == ["shared.prom"]
 
 
 # --- write_summary ------------------------------------------------------------------------

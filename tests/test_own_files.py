@@ -157,7 +157,7 @@ def test_symlinked_metrics_file_is_refused_and_its_target_not_read(
 
 def test_write_metrics_never_reads_a_link_planted_later(tmp_path: Path) -> None:
     from batchpredict.errors import OutputError
-    from batchpredict.observe import write_metrics
+    from batchpredict.metrics import write_metrics
 
     secret = tmp_path / "secret.txt"
     secret.write_text("db_password 12345\n")

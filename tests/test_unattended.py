@@ -140,7 +140,8 @@ def test_metrics_file_on_success_then_failure(
     ok = run_cli(*args, "--input_file", str(source))
     assert ok.returncode == 0, ok.stderr
     first = metrics(prom)
-    assert first["batchpredict_rows_total"] == 50 and first["batchpredict_last_exit_code"] == 0
+    assert first["batchpredict_rows_total"] == first["batchpredict_last_run_rows"] == 50
+    assert first["batchpredict_last_exit_code"] == 0
     assert (
         first["batchpredict_last_success_timestamp_seconds"]
         == first["batchpredict_last_run_timestamp_seconds"]
@@ -151,6 +152,7 @@ def test_metrics_file_on_success_then_failure(
     assert failed.returncode == 66
     second = metrics(prom)
     assert second["batchpredict_last_exit_code"] == 66
+    assert second["batchpredict_last_run_rows"] == 0 and second["batchpredict_rows_total"] == 50
     assert (
         second["batchpredict_last_run_timestamp_seconds"]
         > first["batchpredict_last_run_timestamp_seconds"]
@@ -253,7 +255,7 @@ def test_a_real_cron_daemon_runs_the_crontab_example_line(
     events = [json.loads(entry)["event"] for entry in lines]
     assert events[0] == "run started" and "run finished" in events
     assert "\r" not in log.read_text()
-    scraped = metrics(tmp_path / "textfile" / "batchpredict.prom", job="nightly_scoring")
+    scraped = metrics(tmp_path / "textfile" / "nightly_scoring.prom", job="nightly_scoring")
     assert scraped["batchpredict_rows_total"] == 40 and scraped["batchpredict_last_exit_code"] == 0
 
 

@@ -504,10 +504,12 @@ def _run_holding_lock(config: RunConfig, started: float) -> None:
     metrics and summary (status `locked`) before TensorFlow would load.
     """
     from batchpredict.locking import hold_lock
-    from batchpredict.observe import check_metrics_file, quiet_tensorflow, report_lock_held
+    from batchpredict.metrics import check_metrics_file
+    from batchpredict.observe import quiet_tensorflow, report_lock_held
 
     if config.metrics_file is not None:
-        check_metrics_file(config.metrics_file)  # before any work: 73 if it is a link
+        # Before any work: 73 if it is a link, or holds what is not this job's.
+        check_metrics_file(config.metrics_file, config.job_name)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(hold_lock(config.lock_file))

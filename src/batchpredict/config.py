@@ -187,7 +187,7 @@ def _validate_locations(config: RunConfig) -> None:
         raise UsageError("--output_dir cannot be '-'; use --output_file - for stdout")
     for name, value in (("lock_file", config.lock_file), ("metrics_file", config.metrics_file)):
         if value is not None and is_uri(value):
-            # A lock is one machine's; the metrics file is merged with what is on disk.
+            # A lock is one machine's; the metrics file is for this machine's node_exporter.
             raise UsageError(f"--{name} must be a local path, got {value}")
     if config.skip_existing and config.output_dir is None:
         raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")

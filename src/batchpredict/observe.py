@@ -4,7 +4,8 @@
   `quiet_tensorflow` must run before TensorFlow is imported: its C++ logging reads the
   environment once, at import. `bind_run_id` puts a run id on every line.
 - `Progress`: a tqdm bar on a terminal, a `progress` log line every few seconds otherwise.
-- `write_metrics`: Prometheus textfile-collector gauges (`--metrics_file`).
+- `report_run`: the job's metrics file (`--metrics_file`, see `batchpredict.metrics`) and
+  summary file.
 - `write_summary`: the run summary as JSON (`--summary_file`).
 - `report_lock_held`: both files for a run refused by `--lock_file` (exit 75).
 
@@ -13,20 +14,17 @@ Files are written through `batchpredict.atomic`: a reader never sees half a file
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
 import os
 import re
 import secrets
-import stat
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -35,7 +33,8 @@ from structlog.types import EventDict, WrappedLogger
 from tqdm import tqdm
 
 from batchpredict.atomic import write_whole
-from batchpredict.errors import ExitCode, OutputError, ReadWriteError, error_text
+from batchpredict.errors import ExitCode, OutputError, ReadWriteError
+from batchpredict.metrics import write_metrics
 
 if TYPE_CHECKING:
     from batchpredict.config import RunConfig
@@ -320,244 +319,6 @@ def _isatty(stream: TextIO) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
         return False
-
-
-# --- metrics file -------------------------------------------------------------------------
-
-_LAST_SUCCESS = "batchpredict_last_success_timestamp_seconds"
-
-#: The gauges `write_metrics` writes, in file order, with their help text.
-METRICS: dict[str, str] = {
-    "batchpredict_last_run_timestamp_seconds": "Unix time the last run of the job finished.",
-    _LAST_SUCCESS: "Unix time the last successful run of the job finished.",
-    "batchpredict_rows_total": "Rows read by the last run of the job.",
-    "batchpredict_rejected_rows_total": "Rows rejected by the last run of the job.",
-    "batchpredict_duration_seconds": "Wall-clock duration of the last run of the job.",
-    "batchpredict_last_exit_code": "Exit status of the last run of the job (0: success).",
-}
-
-_SAMPLE = re.compile(
-    r"\s*(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)"
-    r"(?:\s+-?\d+)?\s*$"
-)
-_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
-_COMMENT = re.compile(r"#\s*(HELP|TYPE)\s+([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\s|$)")
-_UNESCAPE = {"\\": "\\", '"': '"', "n": "\n"}
-
-Labels = tuple[tuple[str, str], ...]
-
-
-class _Family:
-    """One metric family read from an existing file: its comment lines and samples."""
-
-    def __init__(self) -> None:
-        self.comments: list[str] = []
-        self.samples: dict[tuple[str, Labels], float] = {}
-
-
-def write_metrics(
-    path: str,
-    *,
-    job: str,
-    succeeded: bool,
-    finished_at: float,
-    duration_seconds: float,
-    rows: int,
-    rejected_rows: int,
-    exit_code: int,
-) -> None:
-    """Write the run's gauges to `path` in Prometheus textfile-collector format, atomically.
-
-    `finished_at` is Unix time (`time.time()`). Every sample is labelled `job="<job>"`.
-    On failure, the last-success time is carried over from the job's sample in the existing
-    file, or left out if the job never succeeded. Samples of other jobs (and any other
-    metrics) in the existing file are kept, so several jobs can share one file; writers of
-    one directory take turns under an flock on it. Raises `ReadWriteError` if it cannot write.
-    """
-    ours: Labels = (("job", job),)
-    directory = os.path.dirname(path) or "."
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise ReadWriteError(f"{path}: cannot write metrics: {error_text(exc)}") from exc
-    with _directory_lock(directory):
-        check_metrics_file(path)
-        families = _read_metrics(path)
-        last_success: float | None = finished_at if succeeded else None
-        if not succeeded and _LAST_SUCCESS in families:
-            last_success = families[_LAST_SUCCESS].samples.get((_LAST_SUCCESS, ours))
-        values: dict[str, float | None] = {
-            "batchpredict_last_run_timestamp_seconds": finished_at,
-            _LAST_SUCCESS: last_success,
-            "batchpredict_rows_total": rows,
-            "batchpredict_rejected_rows_total": rejected_rows,
-            "batchpredict_duration_seconds": duration_seconds,
-            "batchpredict_last_exit_code": exit_code,
-        }
-        lines: list[str] = []
-        for name, help_text in METRICS.items():
-            family = families.pop(name, _Family())
-            samples = {k: v for k, v in family.samples.items() if _job(k[1]) != job}
-            value = values[name]
-            if value is not None:
-                samples[(name, ours)] = value
-            if not samples:
-                continue
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-            lines += _render_samples(samples)
-        # Whatever else the file held: other metrics, kept as they were, less this job's
-        # batchpredict_* samples (a different version of this tool wrote those).
-        for family in families.values():
-            samples = {
-                k: v
-                for k, v in family.samples.items()
-                if not (k[0].startswith("batchpredict_") and _job(k[1]) == job)
-            }
-            if samples:
-                lines += family.comments
-                lines += _render_samples(samples)
-        write_whole(path, "\n".join(lines) + "\n", "metrics")
-
-
-def check_metrics_file(path: str) -> None:
-    """Refuse (OutputError, 73) a `--metrics_file` that is a symbolic link or exists as
-    something other than a regular file: its target is neither read nor replaced."""
-    try:
-        info = os.lstat(path)
-    except OSError:  # missing (the first run) or unreachable: writing will say
-        return
-    if stat.S_ISLNK(info.st_mode):
-        what = "a symbolic link"
-    elif not stat.S_ISREG(info.st_mode):
-        what = "not a regular file"
-    else:
-        return
-    raise OutputError(
-        f"{path}: refusing the metrics file: it is {what}; give the path of a regular file "
-        "in a folder only this job's account can write"
-    )
-
-
-def _read_metrics(path: str) -> dict[str, _Family]:
-    """The families in an existing metrics file, by name; lines that do not parse are skipped.
-
-    Opened without following a link and read only if it is a regular file (see
-    `check_metrics_file`, which the caller has applied)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # missing (the first run) or unreadable: start afresh
-        return {}
-    try:
-        with open(fd, encoding="utf-8", errors="replace", closefd=False) as handle:
-            text = handle.read() if stat.S_ISREG(os.fstat(fd).st_mode) else ""
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
-    families: dict[str, _Family] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            comment = _COMMENT.match(line.strip())
-            if comment is not None:
-                current = comment.group(2)
-                families.setdefault(current, _Family()).comments.append(line.strip())
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        labels = _parse_labels(match.group("labels") or "")
-        try:
-            value = float(match.group("value"))
-        except ValueError:
-            continue
-        if labels is None:
-            continue
-        name = match.group("name")
-        # Samples follow their family's comments; histograms add suffixes to the name.
-        family = (
-            current if current and (name == current or name.startswith(current + "_")) else name
-        )
-        families.setdefault(family, _Family()).samples[(name, labels)] = value
-    return families
-
-
-def _parse_labels(text: str) -> Labels | None:
-    labels: dict[str, str] = {}
-    position = 0
-    text = text.strip()
-    while position < len(text):
-        match = _LABEL.match(text, position)
-        if match is None:
-            return None
-        labels[match.group(1)] = re.sub(
-            r"\\(.)", lambda m: _UNESCAPE.get(m.group(1), "\\" + m.group(1)), match.group(2)
-        )
-        position = match.end()
-    return tuple(sorted(labels.items()))
-
-
-def _job(labels: Labels) -> str | None:
-    return dict(labels).get("job")
-
-
-def _render_samples(samples: dict[tuple[str, Labels], float]) -> list[str]:
-    return [
-        f"{name}{_render_labels(labels)} {_format_value(value)}"
-        for (name, labels), value in sorted(samples.items())
-    ]
-
-
-def _render_labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{escape_label_value(value)}"' for key, value in labels) + "}"
-
-
-def escape_label_value(value: str) -> str:
-    """A label value escaped for the Prometheus text exposition format."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _format_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-@contextlib.contextmanager
-def _directory_lock(directory: str, wait_seconds: float = 10.0) -> Iterator[None]:
-    """Best effort: an flock on `directory`, so jobs sharing a metrics file take turns.
-
-    Gives up quietly (no lock) where directories cannot be locked, or after `wait_seconds`.
-    """
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        yield
-        return
-    try:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-            except OSError:
-                break
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # --- summary file -------------------------------------------------------------------------
