@@ -119,6 +119,9 @@ def run_main() -> Callable[..., Completed]:
         out, err = io.BytesIO(), io.BytesIO()
         stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
         stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+        # Logging set up by a library call in an earlier test (its stream a stale one)
+        # must not catch this run's lines: the command configures its own.
+        observe._to_stderr = None
         try:
             for key in [k for k in os.environ if k.startswith("BATCHPREDICT_")]:
                 del os.environ[key]
