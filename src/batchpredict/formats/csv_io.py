@@ -9,27 +9,20 @@ parsed as what the model needs, value by value, wherever a bad value sits in the
 With `ReadOptions.on_bad_record` set (`--on_error skip`), malformed rows are reported and left
 out instead: a row with the wrong number of fields through Arrow's invalid-row handler, and a
 value that does not convert to its column's type by reading the input again with that column
-as text and converting it batch by batch (see `CsvReader._iter_skipping`).
+as text and converting it batch by batch (see `csv_skipping`).
 """
 
 from __future__ import annotations
 
-import bisect
 import codecs
-import contextlib
-import dataclasses
-import re
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
 from batchpredict.formats.base import (
-    KEPT_VALUE_CHARS,
     STDIO,
     BadRecord,
     PrefixedStream,
@@ -40,7 +33,13 @@ from batchpredict.formats.base import (
     not_readable,
     read_null_values,
 )
-from batchpredict.formats.csv_records import LongRecord, RecordLimit, long_record
+from batchpredict.formats.csv_records import LongRecord, RecordLimit, long_record, straddles
+from batchpredict.formats.csv_skipping import SkippingRead
+from batchpredict.formats.text_values import (
+    CONVERSION,
+    INVALID_VALUE,
+    raw_value,
+)
 
 #: Bytes read up front to estimate the row length.
 _SAMPLE_BYTES = 1 << 20
@@ -56,33 +55,6 @@ _MAX_BLOCK = 4 << 20
 _RANGE_BYTES = 8 << 20
 _RANGE_BLOCK = 1 << 20
 _MAX_RANGE = 64 << 20
-
-#: Values that did not convert are read as null afterwards (`_convert_text`), this many
-#: per column at most: Arrow keeps null values in a trie of limited size.
-_MAX_KNOWN_BAD = 64
-_MAX_KNOWN_BAD_CHARS = 64
-
-_CONVERSION = re.compile(r"In CSV column #(\d+): Row #(\d+): (.*)", re.DOTALL)
-_INVALID_VALUE = re.compile(r"CSV conversion error to (\S+): invalid value (.*)", re.DOTALL)
-_CONVERSION_TO = re.compile(r"CSV conversion error to (\S+): (.*)", re.DOTALL)
-_INVALID_RAW = re.compile(r"invalid value '(.*)'$", re.DOTALL)
-
-
-def _value_error(detail: str) -> str | None:
-    """The reason for the row in Arrow's conversion error `detail` (what follows "Row #n: "),
-    or None if it is no error about one value (invalid UTF-8 is about the whole file)."""
-    if "UTF8" in detail:
-        return None
-    if value := _INVALID_VALUE.match(detail):
-        return f"cannot read {value.group(2)} as {value.group(1)}"
-    if other := _CONVERSION_TO.match(detail):
-        return f"cannot read as {other.group(1)}: {other.group(2)}"
-    return None
-
-
-def _straddles(failure: BaseException) -> bool:
-    """Whether Arrow's streaming reader failed on a row longer than its block."""
-    return isinstance(failure, pa.ArrowInvalid) and "straddling" in error_text(failure)
 
 
 def _record_end(data: bytes, first: bool = False) -> int:
@@ -110,102 +82,6 @@ def _block_size(sample: bytes, chunk_size: int) -> int:
     return int(min(max(row_bytes * chunk_size, _MIN_BLOCK), _MAX_BLOCK))
 
 
-def _quoted_lines(values: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
-    """`values` (text) as one-column CSV, every value quoted on its own line: the bytes and
-    the offset of each line (one more offset than values)."""
-    escaped = pc.replace_substring(values.fill_null(""), '"', '""')
-    lines = pc.binary_join_element_wise('"', escaped, '"\n', "")
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
-    return lines.buffers()[2], offsets[lines.offset : lines.offset + len(lines) + 1]
-
-
-def _convert_lines(
-    text: pa.Buffer,
-    offsets: np.ndarray,
-    kind: pa.DataType,
-    also_null: list[str],
-    null_values: list[str],
-) -> pa.Array:
-    """The quoted lines of `text` between two offsets converted to `kind` by Arrow's CSV
-    converter (the one that read the file, so nulls, whitespace and formats agree), with
-    the values `null_values` and `also_null` read as null."""
-    start, stop = int(offsets[0]), int(offsets[-1])
-    if stop == start:
-        return pa.array([], type=kind)
-    convert = pacsv.ConvertOptions(column_types={"v": kind}, null_values=null_values)
-    if also_null:
-        convert.null_values = [*null_values, *also_null]
-    table = pacsv.read_csv(
-        pa.BufferReader(text.slice(start, stop - start)),
-        read_options=pacsv.ReadOptions(
-            column_names=["v"], use_threads=False, block_size=stop - start + 1
-        ),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=convert,
-    )
-    return table.column(0).combine_chunks()
-
-
-def _convert_text(
-    values: pa.Array, kind: pa.DataType, known_bad: dict[str, str], null_values: list[str]
-) -> tuple[pa.Array | None, dict[int, str]]:
-    """`values` (a column read as text) converted to `kind` and {}, or None and the reason
-    for every index whose value does not convert.
-
-    `known_bad` maps values found not to convert (in this column, so far) to the reason,
-    and gains those found here: they are read as null and then left out by value, so that a
-    token repeated down the column costs one conversion error, not one each.
-    """
-    text, offsets = _quoted_lines(values)
-    # Arrow names the first value that fails only: after one, convert windows that grow
-    # while they convert and shrink when they fail, so that bad values cost a conversion
-    # or two each plus a few passes over the column.
-    failures: dict[int, str] = {}
-    array = None
-    low, width = 0, len(values)
-    while low < len(values):
-        high = min(len(values), low + width)
-        try:
-            window = offsets[low : high + 1]
-            array = _convert_lines(text, window, kind, list(known_bad), null_values)
-        except pa.ArrowInvalid as exc:
-            match = _CONVERSION.match(error_text(exc))
-            reason = _value_error(match.group(3)) if match else None
-            if match is None or reason is None:
-                raise
-            index = low + int(match.group(2)) - 1
-            failures[index] = reason
-            raw = values[index].as_py() or ""
-            if len(known_bad) < _MAX_KNOWN_BAD and 0 < len(raw) <= _MAX_KNOWN_BAD_CHARS:
-                known_bad[raw] = reason
-            low, width = index + 1, max(width // 2, 1)
-        else:
-            low, width = high, width * 2
-    if known_bad:
-        matches = pc.is_in(values, value_set=pa.array(list(known_bad), pa.string()))
-        for found in np.flatnonzero(matches.fill_null(False).to_numpy(False)).tolist():
-            failures.setdefault(found, known_bad[values[found].as_py()])
-    return (array, {}) if not failures else (None, failures)
-
-
-def parse_text_values(
-    values: pa.Array, kind: pa.DataType, null_values: list[str]
-) -> tuple[pa.Array, dict[int, str]]:
-    """Text `values` parsed as `kind` by Arrow's CSV converter (as a CSV column would be,
-    with `null_values` read as null): the array, with nulls where a value did not parse,
-    and the index of each of those mapped to the value."""
-    array, failures = _convert_text(values, kind, {}, null_values)
-    if array is not None:
-        return array, {}
-    bad = dict.fromkeys(failures)
-    keep = np.ones(len(values), dtype=bool)
-    keep[list(bad)] = False
-    cleared = pc.if_else(pa.array(keep), values, pa.scalar(None, values.type))
-    text, offsets = _quoted_lines(cleared)
-    array = _convert_lines(text, offsets, kind, [], null_values)
-    return array, {index: values[index].as_py() or "" for index in bad}
-
-
 def _read_head(stream: pa.NativeFile, chunk_size: int) -> tuple[bytes, int]:
     """The first block of the input, for type inference, and the block size for the rest."""
     head = stream.read(_SAMPLE_BYTES)
@@ -224,10 +100,10 @@ class CsvReader(Reader):
 
     def __init__(self, path: str, options: ReadOptions) -> None:
         super().__init__(path, options)
-        self._separator = options.delimiter or self.delimiter
-        self._null_values = read_null_values(options)
+        self.separator = options.delimiter or self.delimiter
+        self.null_values = read_null_values(options)
         #: The columns the model reads as numbers and the types they are yielded in.
-        self._wanted: dict[str, pa.DataType] = {}
+        self.wanted: dict[str, pa.DataType] = {}
         #: Every column and the type Arrow reads it as.
         self._read_as: dict[str, pa.DataType] = {}
         #: Records longer than --max_record_bytes, by offset (see `csv_records`).
@@ -245,7 +121,7 @@ class CsvReader(Reader):
             super().open_binary(),
             self.path,
             self.options.max_record_bytes,
-            self._separator,
+            self.separator,
             self._long_records,
             record_length,
         )
@@ -282,7 +158,7 @@ class CsvReader(Reader):
                 batches = self._first_bad_row(
                     self._iter_stream(source, column_types, block_size), column_types, block_size
                 )
-            casts = {n: k for n, k in self._wanted.items() if column_types[n] != k}
+            casts = {n: k for n, k in self.wanted.items() if column_types[n] != k}
             for batch in batches:
                 yield _cast_columns(batch, casts) if casts else batch
 
@@ -291,17 +167,17 @@ class CsvReader(Reader):
         (`ReadOptions.column_types`) as the types it needs, so that each value is parsed as
         one. A column of true/false is read as booleans and cast after (to 1 and 0)."""
         schema = pa.schema(list(inferred.items()))
-        self._wanted = model_column_types(self.options, schema, self.path)
+        self.wanted = model_column_types(self.options, schema, self.path)
         read_as = dict(inferred)
-        for name, kind in self._wanted.items():
+        for name, kind in self.wanted.items():
             if not pa.types.is_boolean(inferred[name]):
                 read_as[name] = kind
         self._read_as = read_as
         return read_as
 
-    def _convert_options(self, column_types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+    def convert_options(self, column_types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
         """Arrow's conversion: every column's type given, nulls as configured."""
-        return pacsv.ConvertOptions(column_types=column_types, null_values=self._null_values)
+        return pacsv.ConvertOptions(column_types=column_types, null_values=self.null_values)
 
     def _iter_stream(
         self,
@@ -331,15 +207,15 @@ class CsvReader(Reader):
                     block_size=block_size,
                     column_names=None if header else names,
                 ),
-                parse_options=self._parse_options(reject),
-                convert_options=self._convert_options(column_types),
+                parse_options=self.parse_options(reject),
+                convert_options=self.convert_options(column_types),
             )
             for batch in reader:
                 # Blocks are sized by an estimate: zero-copy slices cap the rows.
                 for start in range(0, batch.num_rows, chunk):
                     yield batch.slice(start, chunk)
         except (pa.ArrowException, OSError) as exc:
-            raise self._error(exc, bad_rows, names, row_shift) from exc
+            raise self.error_for(exc, bad_rows, names, row_shift) from exc
 
     def _iter_ranges(
         self,
@@ -394,10 +270,10 @@ class CsvReader(Reader):
                     use_threads=True, block_size=_RANGE_BLOCK, column_names=names
                 ),
                 # Quoted line ends cost ~20% of parsing; most ranges hold no quotes.
-                parse_options=self._parse_options(
+                parse_options=self.parse_options(
                     lambda _row: "error", newlines_in_values=b'"' in block
                 ),
-                convert_options=self._convert_options(column_types),
+                convert_options=self.convert_options(column_types),
             )
         except (pa.ArrowException, OSError):
             pass
@@ -445,7 +321,7 @@ class CsvReader(Reader):
                 rows = self._iter_skipping(
                     source, block_size, column_types, report, self.open_binary
                 )
-                long_row = exc.__cause__ is not None and _straddles(exc.__cause__)
+                long_row = exc.__cause__ is not None and straddles(exc.__cause__)
                 for batch in rows:
                     passed = min(yielded, batch.num_rows)
                     yielded -= passed
@@ -453,6 +329,19 @@ class CsvReader(Reader):
                         yield batch.slice(passed)
             if not long_row:
                 raise
+
+    def _iter_skipping(
+        self,
+        source: PrefixedStream,
+        block_size: int,
+        column_types: dict[str, pa.DataType],
+        report: Callable[[BadRecord], None],
+        reopen: Callable[[], pa.NativeFile] | None,
+        rows_before: int = 0,
+    ) -> Iterator[pa.RecordBatch]:
+        """The rows of `source` with bad rows `report`ed and left out (`csv_skipping`)."""
+        read = SkippingRead(self, column_types, report, reopen, rows_before)
+        return read.batches(source, block_size)
 
     def _raise_bad_record(self, record: BadRecord) -> None:
         """The `on_bad_record` of --on_error fail: DataError naming the row, as in `_error`."""
@@ -464,7 +353,7 @@ class CsvReader(Reader):
             detail += " (the type inferred from the first rows)"
         raise DataError(f"{self.path}: row {record.row}, column {record.column!r}: {detail}")
 
-    def _block_for_longest_row(
+    def block_for_longest_row(
         self, block_size: int, failure: BaseException, reopen: object | None
     ) -> int:
         """A block size that holds the longest row read so far (Arrow's reader fails on a
@@ -472,7 +361,7 @@ class CsvReader(Reader):
         input cannot be read again (stdin) or the failure was no such row."""
         needed = -(-(self._longest_record + 1) // _MIN_BLOCK) * _MIN_BLOCK
         if needed <= block_size:
-            raise self._error(failure, [], []) from failure
+            raise self.error_for(failure, [], []) from failure
         if reopen is None:
             raise DataError(
                 f"{self.path}: a row of {self._longest_record} bytes is longer than the "
@@ -480,7 +369,7 @@ class CsvReader(Reader):
             ) from failure
         return needed
 
-    def _invalid_row(self, number: int, row: pacsv.InvalidRow) -> BadRecord:
+    def invalid_row(self, number: int, row: pacsv.InvalidRow) -> BadRecord:
         """The bad record for a row Arrow found malformed: too long (a marker row of
         `RecordLimit`), or with the wrong number of fields."""
         if (long := long_record(row.text, self._long_records)) is not None:
@@ -496,195 +385,12 @@ class CsvReader(Reader):
             f"{long.length} bytes from byte {long.offset}"
         )
 
-    def _iter_skipping(
-        self,
-        source: PrefixedStream,
-        block_size: int,
-        column_types: dict[str, pa.DataType],
-        report: Callable[[BadRecord], None],
-        reopen: Callable[[], pa.NativeFile] | None,
-        rows_before: int = 0,
-    ) -> Iterator[pa.RecordBatch]:
-        """`iter_batches` with `on_bad_record` set: bad rows are `report`ed and left out.
-
-        Rows with the wrong number of fields are skipped by Arrow's handler. A value that
-        does not convert stops Arrow's reader for good, so the input is opened again with
-        that column read as text, the rows already handled are passed over, and from there
-        on the column is converted here per batch (with Arrow's CSV converter), leaving out
-        the rows whose value does not convert; the batches keep the inferred types.
-
-        Rows are numbered among the data rows (header excluded, bad rows included), as Arrow
-        numbers them, after `rows_before`. Reports are made in row order, before the batch
-        that follows them. `reopen` opens `source` again (None: it cannot be, as stdin).
-        """
-        names = list(column_types)
-        schema = pa.schema(list(column_types.items()))
-        chunk = self.options.chunk_size
-        #: Bad row numbers (wrong field count) minus the bad rows before each: a row read by
-        #: Arrow as the n-th (1-based) is data row n + bisect_right(shifted, n).
-        shifted: list[int] = []
-        last_bad = 0  # the highest of those rows, so that a second pass reports none twice
-        pending: list[BadRecord] = []
-        # Columns read as text and converted here. Stdin cannot be read a second time: the
-        # model's columns, where bad values are expected, are converted here from the start.
-        as_text: set[str] = set(self._wanted) if reopen is None else set()
-        known_bad: dict[str, dict[str, str]] = {}  # per column, values that do not convert
-        done = 0  # rows (of the right length) yielded or reported, over all passes
-
-        def on_invalid(row: pacsv.InvalidRow) -> str:
-            nonlocal last_bad
-            if row.number is None:  # not with use_threads=False; never guess a number
-                return "error"
-            number = row.number - 1  # Arrow counts the header as row 1
-            if number > last_bad:
-                last_bad = number
-                shifted.append(number - len(shifted))
-                pending.append(self._invalid_row(number, row))
-            return "skip"
-
-        def row_number(rank: int) -> int:
-            return rank + bisect.bisect_right(shifted, rank)
-
-        def flush(up_to: int | None) -> None:
-            pending.sort(key=lambda bad: bad.row)
-            count = len(pending)
-            if up_to is not None:
-                count = bisect.bisect_right([bad.row for bad in pending], up_to)
-            ready = pending[:count]
-            del pending[:count]
-            for bad in ready:
-                report(dataclasses.replace(bad, row=bad.row + rows_before) if rows_before else bad)
-
-        with contextlib.ExitStack() as reopened:
-            stream: pa.NativeFile = pa.PythonFile(source, mode="r")
-            while True:
-                types = {n: pa.string() if n in as_text else t for n, t in column_types.items()}
-                rank = 0  # rows (of the right length) read in this pass
-                failure: BaseException | None = None
-                try:
-                    reader = pacsv.open_csv(
-                        stream,
-                        read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
-                        parse_options=self._parse_options(on_invalid),
-                        convert_options=self._convert_options(types),
-                    )
-                    batch = _next_batch(reader)
-                except (pa.ArrowException, OSError) as exc:
-                    failure, batch = exc, None
-                while batch is not None:
-                    start, rank = rank, rank + batch.num_rows
-                    if rank > done:  # else handled in an earlier pass
-                        batch = batch.slice(max(done - start, 0))
-                        start = max(start, done)
-                        if as_text:
-                            try:
-                                batch = self._from_text(
-                                    batch, schema, as_text, start, row_number, pending, known_bad
-                                )
-                            except pa.ArrowException as exc:
-                                raise self._error(exc, [], names, rows_before - 1) from exc
-                        done = rank
-                        flush(row_number(rank))
-                        for offset in range(0, batch.num_rows, chunk):
-                            yield batch.slice(offset, chunk)
-                    try:
-                        batch = _next_batch(reader)
-                    except (pa.ArrowException, OSError) as exc:
-                        failure, batch = exc, None
-                if failure is None:
-                    flush(None)
-                    return
-                if _straddles(failure):
-                    block_size = self._block_for_longest_row(block_size, failure, reopen)
-                    stream = reopened.enter_context(reopen())  # type: ignore[misc]
-                    continue
-                column = _unconvertible_column(failure, names)
-                if column is None or column in as_text:
-                    raise self._error(failure, [], names, rows_before - 1) from failure
-                if reopen is None:  # stdin: it cannot be read a second time
-                    raise DataError(
-                        f"{self._error(failure, [], names)} (with --on_error skip, a value "
-                        "that does not convert cannot be skipped in stdin; read from a file)"
-                    ) from failure
-                as_text.add(column)
-                stream = reopened.enter_context(reopen())
-
-    def _from_text(
-        self,
-        batch: pa.RecordBatch,
-        schema: pa.Schema,
-        as_text: set[str],
-        start: int,
-        row_number: Callable[[int], int],
-        pending: list[BadRecord],
-        known_bad: dict[str, dict[str, str]],
-    ) -> pa.RecordBatch:
-        """`batch` (its first row the `start + 1`-th read) with the `as_text` columns
-        converted to their `schema` types; rows whose value does not convert are added to
-        `pending` and left out. `known_bad`: per column, values found not to convert."""
-        converted: dict[str, pa.Array | None] = {}
-        bad: dict[int, tuple[str, str, str]] = {}
-        for name in schema.names:
-            if name in as_text:
-                known = known_bad.setdefault(name, {})
-                kind = schema.field(name).type
-                values = batch.column(name)
-                array, failures = _convert_text(values, kind, known, self._null_values)
-                converted[name] = array
-                for index, reason in failures.items():
-                    raw = values[index].as_py() or ""
-                    if name in self._wanted:
-                        reason = not_readable(raw, kind)
-                    else:
-                        reason = f"column {name!r}: {reason}"
-                    bad.setdefault(index, (name, reason, raw[:KEPT_VALUE_CHARS]))
-        if bad:
-            indexes = sorted(bad)
-            texts = self._row_texts(batch.take(indexes))
-            for index, text in zip(indexes, texts, strict=True):
-                column, reason, value = bad[index]
-                row = row_number(start + index + 1)
-                pending.append(BadRecord(row, reason, text, column, value))
-            keep = np.ones(batch.num_rows, dtype=bool)
-            keep[indexes] = False
-            batch = batch.filter(pa.array(keep))
-            converted = dict.fromkeys(converted)  # convert the rows kept
-        arrays = []
-        for name in schema.names:
-            array = batch.column(name)
-            if name in as_text:
-                array = converted[name]
-                if array is None:
-                    text, offsets = _quoted_lines(batch.column(name))
-                    kind = schema.field(name).type
-                    array = _convert_lines(text, offsets, kind, [], self._null_values)
-            arrays.append(array)
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    def _row_texts(self, rows: pa.RecordBatch) -> list[str]:
-        """Rows rebuilt as CSV text (for the rejects: the raw text is gone once parsed)."""
-        columns = []
-        for column in rows.columns:
-            try:
-                values = pc.cast(column, pa.string()).to_pylist()
-            except pa.ArrowException:
-                values = [None if v is None else str(v) for v in column.to_pylist()]
-            columns.append(["" if v is None else v for v in values])
-        special = (self._separator, '"', "\n", "\r")
-
-        def field(value: str) -> str:
-            if any(char in value for char in special):
-                return '"' + value.replace('"', '""') + '"'
-            return value
-
-        return [self._separator.join(map(field, row)) for row in zip(*columns, strict=True)]
-
-    def _parse_options(
+    def parse_options(
         self, on_invalid: Callable[[pacsv.InvalidRow], str], newlines_in_values: bool = True
     ) -> pacsv.ParseOptions:
         """The dialect: quoted values may hold newlines (else blocks split inside them)."""
         return pacsv.ParseOptions(
-            delimiter=self._separator,
+            delimiter=self.separator,
             newlines_in_values=newlines_in_values,
             invalid_row_handler=on_invalid,
         )
@@ -715,8 +421,8 @@ class CsvReader(Reader):
                 pa.BufferReader(head),
                 read_options=pacsv.ReadOptions(use_threads=False, block_size=len(head) + 1),
                 # Broken rows are reported with their number by the streaming pass.
-                parse_options=self._parse_options(lambda _row: "skip"),
-                convert_options=pacsv.ConvertOptions(null_values=self._null_values),
+                parse_options=self.parse_options(lambda _row: "skip"),
+                convert_options=pacsv.ConvertOptions(null_values=self.null_values),
             )
         except pa.ArrowException as exc:
             raise DataError(f"{self.path}: cannot read the header: {error_text(exc)}") from exc
@@ -730,7 +436,7 @@ class CsvReader(Reader):
             for field in table.schema
         }
 
-    def _error(
+    def error_for(
         self,
         exc: BaseException,
         bad_rows: list[pacsv.InvalidRow],
@@ -751,15 +457,15 @@ class CsvReader(Reader):
                 f"{row.actual_columns}: {row.text[:80]!r}"
             )
         text = error_text(exc)
-        if match := _CONVERSION.match(text):
+        if match := CONVERSION.match(text):
             column, row_number, detail = match.groups()
             name = names[int(column)]
-            raw = _raw_value(exc)
+            raw = raw_value(exc)
             if "UTF8" in detail:
                 detail = "invalid UTF-8 (the input must be UTF-8)"
-            elif name in self._wanted and raw is not None:
+            elif name in self.wanted and raw is not None:
                 detail = not_readable(raw, self._read_as[name])
-            elif value := _INVALID_VALUE.match(detail):
+            elif value := INVALID_VALUE.match(detail):
                 kind, shown = value.groups()
                 detail = f"cannot read {shown} as {kind} (the type inferred from the first rows)"
             row = int(row_number) + row_shift
@@ -769,13 +475,6 @@ class CsvReader(Reader):
         if isinstance(exc, OSError):
             return ReadWriteError(f"{self.path}: cannot read: {text}")
         return DataError(f"{self.path}: {text}")
-
-
-def _raw_value(exc: BaseException) -> str | None:
-    """The whole value (as read) in Arrow's error about a value that does not convert."""
-    match = _CONVERSION.match(str(exc))
-    value = _INVALID_RAW.search(match.group(3)) if match else None
-    return value.group(1) if value else None
 
 
 def _cast_columns(batch: pa.RecordBatch, casts: dict[str, pa.DataType]) -> pa.RecordBatch:
@@ -793,16 +492,6 @@ def _next_batch(reader: pacsv.CSVStreamingReader) -> pa.RecordBatch | None:
         return reader.read_next_batch()
     except StopIteration:
         return None
-
-
-def _unconvertible_column(exc: BaseException, names: list[str]) -> str | None:
-    """The column of Arrow's error about a value that does not convert, or None for other
-    errors (invalid UTF-8 included: reading the column as text would fail the same way)."""
-    match = _CONVERSION.match(error_text(exc))
-    if match is None or _value_error(match.group(3)) is None:
-        return None
-    column = int(match.group(1))
-    return names[column] if column < len(names) else None
 
 
 class TsvReader(CsvReader):

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from batchpredict.errors import DataError
+from batchpredict.errors import DataError, error_text
 from batchpredict.formats.base import ForwardStream
 
 #: The first field of a marker row, followed by the record's byte offset and length.
@@ -181,6 +182,11 @@ class RecordLimit(ForwardStream):
         self._records[offset] = LongRecord(offset, length, start)
         marker = f"{MARKER}{offset}:{length}".encode() + self._delimiter * self._fields
         self._ready += marker + b"\n"
+
+
+def straddles(failure: BaseException) -> bool:
+    """Whether Arrow's streaming CSV reader failed on a row longer than its block."""
+    return isinstance(failure, pa.ArrowInvalid) and "straddling" in error_text(failure)
 
 
 def _field_count(records: bytes, delimiter: bytes) -> int:

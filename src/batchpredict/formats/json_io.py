@@ -42,7 +42,7 @@ from batchpredict.formats.base import (
     not_readable,
     read_null_values,
 )
-from batchpredict.formats.csv_io import parse_text_values
+from batchpredict.formats.text_values import parse_text_values
 
 _SAMPLE_BYTES = 1 << 20
 _MIN_BLOCK = 64 << 10
