@@ -14,6 +14,9 @@ DEFAULT_CHUNK_SIZE = 65536
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
 ON_ERROR_CHOICES = ("fail", "skip")
 ENGINE_CHOICES = ("local", "ray")
+#: The registered reader and writer names (formats.registry checks that they agree), listed
+#: as `--input_format` and `--output_format` choices without importing the formats.
+FORMAT_NAMES = ("csv", "tsv", "jsonl", "avro", "parquet")
 DEFAULT_MAX_ERROR_RATE = 0.01
 #: Spellings of a tab for `--delimiter`, besides the character itself.
 TAB_NAMES = ("\\t", "tab")
@@ -119,6 +122,9 @@ class RunConfig:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     #: Largest output file written (None: no limit); beyond it the run fails (74).
     max_output_bytes: int | None = None
+    #: The S3-compatible store `s3://` URIs go to (None: where the AWS SDK's own settings,
+    #: `AWS_ENDPOINT_URL` included, point).
+    s3_endpoint_url: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -191,6 +197,18 @@ def _validate_locations(config: RunConfig) -> None:
             raise UsageError(f"--{name} must be a local path, got {value}")
     if config.skip_existing and config.output_dir is None:
         raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
+    check_s3_endpoint(config.s3_endpoint_url)
+
+
+def check_s3_endpoint(url: str | None) -> None:
+    """`--s3_endpoint_url` names a store by http(s) URL, with no credentials in it."""
+    if url is None:
+        return
+    refuse_credentials(url)
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(
+            f"--s3_endpoint_url: expected http://host:port or https://host, got {url!r}"
+        )
 
 
 def _validate_engine(config: RunConfig) -> None:

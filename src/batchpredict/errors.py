@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 
 
+@enum.unique
 class ExitCode(enum.IntEnum):
     """Process exit statuses; values follow BSD sysexits where one fits."""
 

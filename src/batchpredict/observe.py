@@ -1,8 +1,9 @@
 """Observing unattended runs: logs, progress, a metrics file and a summary file.
 
 - Logging: structlog lines on stderr (or `--log_file`), TensorFlow kept quiet.
-  `quiet_tensorflow` must run before TensorFlow is imported: its C++ logging reads the
-  environment once, at import. `bind_run_id` puts a run id on every line.
+  `quiet_tensorflow` (or `tensorflow_imported_quietly`, around code that may import it)
+  must be in force when TensorFlow is imported: its C++ logging reads the environment once,
+  at import. `bind_run_id` puts a run id on every line.
 - `Progress`: a tqdm bar on a terminal, a `progress` log line every few seconds otherwise.
 - `report_run`: the job's metrics file (`--metrics_file`, see `batchpredict.metrics`) and
   summary file.
@@ -14,6 +15,10 @@ Files are written through `batchpredict.atomic`: a reader never sees half a file
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import logging
 import math
@@ -24,8 +29,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from types import TracebackType
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import structlog
@@ -59,6 +64,58 @@ def quiet_tensorflow(log_level: str) -> None:
     """
     if log_level == "debug" or "tensorflow" in sys.modules:
         return
+    with _tensorflow_quieted():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def tensorflow_imported_quietly(log_level: str) -> Iterator[None]:
+    """In the block, the first import of Keras or TensorFlow, wherever the run makes it, is
+    as quiet as `quiet_tensorflow`'s: the command line need not import TensorFlow before
+    the run has found its inputs and planned its outputs (failing at once if it cannot)."""
+    if log_level == "debug" or "tensorflow" in sys.modules:
+        yield
+        return
+    finder = _QuietImportFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # already gone: it removes itself when used
+            sys.meta_path.remove(finder)
+
+
+class _QuietImportFinder(importlib.abc.MetaPathFinder):
+    """Finds Keras or TensorFlow as the import system would, and loads it quietly; once."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in ("keras", "tensorflow"):
+            return None
+        sys.meta_path.remove(self)  # the other library is imported inside this one's load
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with _tensorflow_quieted():
+            self.loader.exec_module(module)
+
+
+@contextlib.contextmanager
+def _tensorflow_quieted() -> Iterator[None]:
+    """TensorFlow's settings for a quiet import, and file descriptor 2 captured meanwhile."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # Keras and TensorFlow also warn through Python's warnings and logging.
@@ -70,8 +127,7 @@ def quiet_tensorflow(log_level: str) -> None:
         saved = os.dup(2)
         os.dup2(capture.fileno(), 2)
         try:
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            yield
         except Exception:  # not on Ctrl-C or SIGTERM: that is no failure of the import
             os.dup2(saved, 2)
             capture.seek(0)

@@ -2,8 +2,9 @@
 and through fsspec for schemes pyarrow has none for (`memory://`, `az://`, ...).
 
 Credentials come only from where the cloud SDKs look (environment, their config files,
-instance roles), never from options; `AWS_ENDPOINT_URL` (`--s3_endpoint_url`) points S3 at
-a compatible store. Error messages name the URI and the store's reason, never a secret.
+instance roles), never from options; `AWS_ENDPOINT_URL`, or `s3_endpoint` for one run
+(`--s3_endpoint_url`), points S3 at a compatible store. Error messages name the URI and
+the store's reason, never a secret.
 
 Reading and planning code paths call `is_uri` and keep their own local-file code; the
 helpers at the end (`join`, `size`, `read_bytes`, `list_files`, `move`, `delete`,
@@ -19,7 +20,9 @@ import os
 import re
 import shutil
 import time
+import urllib.parse
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,18 +82,34 @@ class _Store:
         return path
 
 
-#: One filesystem per scheme and authority for the whole run: creating an S3 one looks up
-#: the bucket's region, an HDFS one connects.
-_STORES: dict[str, _Store] = {}
+#: One filesystem per scheme, authority and S3 endpoint for the whole run: creating an S3
+#: one looks up the bucket's region, an HDFS one connects.
+_STORES: dict[tuple[str, str | None], _Store] = {}
+#: Where `s3://` goes while `s3_endpoint` is in force (None: the AWS SDK's own settings).
+_s3_endpoint: str | None = None
+
+
+@contextlib.contextmanager
+def s3_endpoint(url: str | None) -> Iterator[None]:
+    """Send `s3://` URIs to the S3-compatible store at `url` (`http://host:port`) while in
+    the block; None leaves them to the SDK's settings. Taken from the run's configuration
+    rather than the process environment, so that nothing outlives the run."""
+    global _s3_endpoint
+    saved, _s3_endpoint = _s3_endpoint, url
+    try:
+        yield
+    finally:
+        _s3_endpoint = saved
 
 
 def _store(uri: str) -> _Store:
     scheme, _, rest = uri.partition("://")
     authority = rest.split("/", 1)[0]
     base = f"{scheme}://{authority}/"
-    if base not in _STORES:
+    endpoint = _s3_endpoint if scheme.lower() == "s3" else None
+    if (base, endpoint) not in _STORES:
         sample = _without_glob(uri)
-        filesystem, sample_path = _filesystem(scheme.lower(), sample)
+        filesystem, sample_path = _filesystem(scheme.lower(), sample, endpoint)
         # The sample's path is `prefix + what follows the authority`; learn the prefix.
         tail = sample.partition("://")[2][len(authority) :].strip("/")
         sample_path = sample_path.rstrip("/")
@@ -98,15 +117,19 @@ def _store(uri: str) -> _Store:
             prefix = sample_path[: len(sample_path) - len(tail)]
         else:
             prefix = sample_path + "/"
-        _STORES[base] = _Store(filesystem, base, prefix)
-    return _STORES[base]
+        _STORES[base, endpoint] = _Store(filesystem, base, prefix)
+    return _STORES[base, endpoint]
 
 
-def _filesystem(scheme: str, sample_uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow's filesystem for `scheme` and the sample's path in it, or fsspec's wrapped
-    for pyarrow where pyarrow has none."""
+def _filesystem(
+    scheme: str, sample_uri: str, endpoint: str | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for `scheme` (at `endpoint`, for S3) and the sample's path in
+    it, or fsspec's wrapped for pyarrow where pyarrow has none."""
+    # Users' URIs carry no query string (config refuses one), so this one is the only one.
+    query = f"?{urllib.parse.urlencode({'endpoint_override': endpoint})}" if endpoint else ""
     try:
-        filesystem, path = pafs.FileSystem.from_uri(sample_uri)
+        filesystem, path = pafs.FileSystem.from_uri(sample_uri + query)
         return filesystem, path
     except pa.ArrowInvalid as exc:
         if "Unrecognized filesystem type" not in str(exc):
