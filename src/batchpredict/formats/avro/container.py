@@ -16,7 +16,7 @@ import json
 import lzma
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -242,13 +242,6 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError) and not str(exc):
         return "unexpected end of data"
     return _OBJECT_REPR.sub("", error_text(exc))
-
-
-def join_blocks(blocks: Iterable[tuple[int, bytes]], sync: bytes) -> bytes:
-    """Blocks (record count, data) as they are stored in a container with `sync`."""
-    return b"".join(
-        encode_long(count) + encode_long(len(data)) + data + sync for count, data in blocks
-    )
 
 
 def container_header(schema: Any, sync: bytes) -> bytes:

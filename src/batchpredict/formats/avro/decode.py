@@ -10,7 +10,9 @@ fastavro fails (it ignores bytes left over in a block, reads past one whose coun
 large), so each polars block ends in a sentinel record of random values that must come
 out intact, the way a sync marker ends a block. When polars fails, or that sentinel or a
 value's range says the run is not what the file declares, fastavro decodes the run: it
-gives the error (with the record's number) or the values the reader always gave.
+gives the error (with the record's number) or the values the reader always gave. What
+neither catches is a corrupt union branch index: polars reads any index other than the
+null's as the value's, where fastavro would refuse one out of range.
 """
 
 from __future__ import annotations
@@ -92,9 +94,9 @@ _MICROS = (
 _DAYS = ((dt.date(1, 1, 2) - _EPOCH.date()).days, (dt.date(9999, 12, 30) - _EPOCH.date()).days)
 _MILLIS = (_MICROS[0] // 1000 + 1, _MICROS[1] // 1000)
 #: The range of values fastavro turns into the same Arrow value, by Avro type: given to
-#: polars as `long`, they are checked against it (an `int` holds 32 bits).
+#: polars as `long`, they are checked against it (an `int` holds 32 bits; polars would
+#: keep the low 32 of a longer varint).
 _LONG_BOUNDS: dict[tuple[Any, Any], tuple[int, int]] = {
-    ("long", None): (-(2**63), 2**63 - 1),
     ("int", None): (-(2**31), 2**31 - 1),
     ("long", "timestamp-millis"): _MILLIS,
     ("long", "local-timestamp-millis"): _MILLIS,
@@ -142,6 +144,8 @@ def _polars_field(schema: Any, top: bool) -> _Field | None:
         if items is None or items.boolean:
             return None
         return _Field({"type": "array", "items": items.polars}, bounds=items.bounds)
+    if kind == "long" and logical is None:
+        return _Field("long")
     if (kind, logical) in _LONG_BOUNDS:
         return _Field("long", bounds=_LONG_BOUNDS[kind, logical])
     if kind == "int" and logical == "date" and top:

@@ -21,8 +21,8 @@ from batchpredict.formats.avro.container import (
     MAGIC,
     SYNC_SIZE,
     CorruptBlock,
+    encode_long,
     iter_blocks,
-    join_blocks,
     read_header,
     reason,
 )
@@ -36,29 +36,29 @@ class _Batcher:
 
     def __init__(self, chunk_size: int) -> None:
         self.chunk_size = chunk_size
-        self.held: pa.Table | None = None  # decoded rows not yet yielded
-        self.yielded = 0
+        self.held = pa.table({})  # decoded rows not yet yielded
+        self.decoded = 0  # records decoded so far
 
     @property
-    def decoded(self) -> int:
-        """Records decoded so far."""
-        return self.yielded + (self.held.num_rows if self.held is not None else 0)
+    def wanted(self) -> int:
+        """Rows that would complete the next batch."""
+        return self.chunk_size - int(self.held.num_rows)
 
     def add(self, table: pa.Table | None) -> Iterator[pa.RecordBatch]:
         """Take `table`'s rows; yield every full batch."""
         if table is None:
             return
-        held = table if self.held is None else pa.concat_tables([self.held, table])
+        held = pa.concat_tables([self.held, table]) if self.held.num_rows else table
+        self.decoded += table.num_rows
         taken = 0
         while held.num_rows - taken >= self.chunk_size:
             yield _one_batch(held.slice(taken, self.chunk_size))
             taken += self.chunk_size
-        self.yielded += taken
         self.held = held.slice(taken)
 
     def rest(self) -> Iterator[pa.RecordBatch]:
         """The last, short batch, if any rows are left."""
-        if self.held is not None and self.held.num_rows:
+        if self.held.num_rows:
             yield _one_batch(self.held)
 
 
@@ -110,7 +110,7 @@ class AvroReader(Reader):
             if block is not None:
                 run.append(block)
                 records += block.count
-                if records < batcher.chunk_size - (batcher.decoded - batcher.yielded):
+                if records < batcher.wanted:
                     continue
             yield from batcher.add(decoder.decode(run, batcher.decoded))
             run, records = [], 0
@@ -188,21 +188,10 @@ class AvroWriter(Writer):
         frame.write_avro(encoded, compression="uncompressed")
         encoded.seek(0)
         header = read_header(encoded)
-        self._out.write(
-            join_blocks(
-                (
-                    (block.count, _deflate(block.data, self.deflate_level))
-                    for block in iter_blocks(encoded, header, limit=len(encoded.getbuffer()))
-                ),
-                self._sync,
-            )
-        )
+        for block in iter_blocks(encoded, header, limit=len(encoded.getbuffer())):
+            deflate = zlib.compressobj(self.deflate_level, zlib.DEFLATED, -15)
+            data = deflate.compress(block.data) + deflate.flush()
+            self._out.write(encode_long(block.count) + encode_long(len(data)) + data + self._sync)
 
     def _finish(self) -> None:
         self._writer.flush()
-
-
-def _deflate(data: bytes, level: int) -> bytes:
-    """Raw deflate, as Avro stores it."""
-    deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return deflate.compress(data) + deflate.flush()
