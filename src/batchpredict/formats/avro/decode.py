@@ -259,8 +259,11 @@ class PolarsDecoder:
         for count in counts:
             total += count + 1
             ends.append(total - 1)
-        if any(row != self._sentinel for row in table.take(ends).to_pylist()):
-            return None
+        positions = pa.array(ends)
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            want = pa.array([self._sentinel[name]] * len(ends), type=column.type)
+            if not column.take(positions).equals(pa.chunked_array([want])):
+                return None
         keep = np.ones(len(table), dtype=bool)
         keep[ends] = False
         return table.filter(keep)

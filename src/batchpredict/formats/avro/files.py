@@ -87,7 +87,8 @@ class AvroReader(Reader):
             # Arrow calls a Python stream (stdin) seekable whatever the stream says.
             if self.path != STDIO and stream.seekable():
                 stream.seek(0)
-                source = stream
+                # Buffered: a block's header is read a byte at a time.
+                source = io.BufferedReader(stream, 1 << 16)
             else:
                 source = PrefixedStream(magic, stream)
             yield from self._records(source)
