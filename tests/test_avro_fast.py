@@ -502,6 +502,32 @@ def test_rows_before_a_corrupt_block_come_out_as_before(
     assert (got, error) == slow_outcome(monkeypatch, path, 64)
 
 
+@pytest.mark.parametrize(
+    ("count", "size"), [(2**31, 9), (2**62, 9), (1, 2**31), (1, 2**62), (-1, 9), (1, -9)]
+)
+@pytest.mark.parametrize("stdin", [False, True])
+def test_block_counts_and_sizes_out_of_range_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, size: int, stdin: bool
+) -> None:
+    out = io.BytesIO()
+    fastavro.writer(out, TWO_FIELDS, [])
+    header = out.getvalue()
+    data = header + _encode_long(count) + _encode_long(size) + bytes(9) + header[-16:]
+    path = tmp_path / "huge.avro"
+    path.write_bytes(data)
+
+    class FakeStdin:
+        buffer = io.BytesIO(data)
+
+    monkeypatch.setattr(sys, "stdin", FakeStdin)
+    with pytest.raises(ReadWriteError) as exc:
+        batches("-" if stdin else path, 10)
+    assert str(exc.value) == (
+        f"{'-' if stdin else path}: corrupt or truncated Avro block after record 0 "
+        f"(byte {len(header)}): block count {count} or size {size} out of range"
+    )
+
+
 def test_a_union_branch_index_out_of_range_is_read_as_the_value_by_polars(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
