@@ -193,22 +193,16 @@ class PolarsDecoder:
             "fields": [{"name": f"f{i}", "type": f.polars} for i, f in enumerate(fields)],
         }
         self._header = container_header(polars_schema, header.sync)
-        widths = [field.width for field in fields]
-        fixed = sum(width or 0 for width in widths)
-        #: Bytes of every record, when all fields have a fixed width: no sentinel needed.
-        self._record_size = fixed if None not in widths else None
-        self._min_record_size = sum(width or 1 for width in widths)
-        self._sentinel: dict[str, Any] = {}
-        self._tail = b""
-        if self._record_size is None:
-            self._sentinel = {f"f{i}": _sentinel(f.polars) for i, f in enumerate(fields)}
-            encoded = io.BytesIO()
-            fastavro.schemaless_writer(
-                encoded, fastavro.parse_schema(polars_schema), self._sentinel
-            )
-            # A varint read in the 0xff bytes after the sentinel fails (it would be longer
-            # than 10 bytes) instead of reading past the end of the block.
-            self._tail = encoded.getvalue() + b"\xff" * (fixed + 16)
+        #: Fewer bytes than this many per record cannot be the block's records: polars is
+        #: not given them (it would allocate what the count says, and read past the end).
+        self._min_record_size = sum(field.width or 1 for field in fields)
+        self._sentinel = {f"f{i}": _sentinel(field.polars) for i, field in enumerate(fields)}
+        encoded = io.BytesIO()
+        fastavro.schemaless_writer(encoded, fastavro.parse_schema(polars_schema), self._sentinel)
+        # A varint read in the 0xff bytes after the sentinel fails (it would be longer than
+        # 10 bytes) instead of reading past the end of the block.
+        fixed = sum(field.width or 0 for field in fields)
+        self._tail = encoded.getvalue() + b"\xff" * (fixed + 16)
 
     def decode(self, blocks: list[Block], before: int) -> pa.Table | None:
         """The records of `blocks`, the first of which is record `before` + 1."""
@@ -228,16 +222,13 @@ class PolarsDecoder:
 
     def _decoded(self, blocks: list[Block]) -> pa.Table | None:
         """polars' table of the records of `blocks`, or None when it cannot be taken."""
-        size, sentinel = self._record_size, bool(self._sentinel)
         parts = [self._header]
         for block in blocks:
             length = len(block.data)
-            if (size is not None and block.count * size != length) or (
-                block.count * self._min_record_size > length
-            ):
+            if block.count * self._min_record_size > length:
                 return None
             parts += [
-                encode_long(block.count + sentinel),
+                encode_long(block.count + 1),
                 encode_long(length + len(self._tail)),
                 block.data,
                 self._tail,
@@ -248,9 +239,9 @@ class PolarsDecoder:
         except (Exception, self._polars.exceptions.PanicException):  # noqa: BLE001
             return None  # whatever polars raised, fastavro will say what is wrong
         counts = [block.count for block in blocks]
-        if table.num_rows != sum(counts) + sentinel * len(blocks):
+        if table.num_rows != sum(counts) + len(blocks):
             return None
-        return self._without_sentinels(table, counts) if sentinel else table
+        return self._without_sentinels(table, counts)
 
     def _without_sentinels(self, table: pa.Table, counts: list[int]) -> pa.Table | None:
         """`table` without the sentinel after each block's records; None unless each is

@@ -125,19 +125,10 @@ class AvroReader(Reader):
         yield from batcher.rest()
 
 
-def _polars_encodes(field: pa.Field) -> bool:
-    """Whether polars encodes `field` as `avro_schema` declares it: a nullable boolean,
-    32/64-bit integer, float or string is `["null", type]` in both."""
-    kind = field.type
-    return bool(field.nullable) and (
-        pa.types.is_boolean(kind)
-        or pa.types.is_int32(kind)
-        or pa.types.is_int64(kind)
-        or pa.types.is_float32(kind)
-        or pa.types.is_float64(kind)
-        or pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-    )
+#: The Arrow types polars writes as `avro_schema` declares them, when nullable: a union
+#: `["null", type]` in both.
+_POLARS_WRITES = {pa.bool_(), pa.int32(), pa.int64(), pa.float32(), pa.float64()}
+_POLARS_WRITES |= {pa.string(), pa.large_string()}
 
 
 class AvroWriter(Writer):
@@ -163,7 +154,7 @@ class AvroWriter(Writer):
         self._sync = os.urandom(SYNC_SIZE)
         # Writes the header.
         self._writer = fastavro.write.Writer(sink, parsed, codec=self.codec, sync_marker=self._sync)
-        self._polars = all(_polars_encodes(field) for field in schema)
+        self._polars = all(field.nullable and field.type in _POLARS_WRITES for field in schema)
 
     def _write(self, batch: pa.RecordBatch) -> None:
         if self._polars:
