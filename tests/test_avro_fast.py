@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import math
 import random
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -633,3 +634,15 @@ def test_randomly_corrupted_files_read_as_fastavro_reads_them(
             if outcome(path, chunk_size) != want:
                 differences.append((name, chunk_size))
     assert differences == []
+
+
+def test_importing_the_reader_leaves_fastavro_as_it_was() -> None:
+    code = (
+        "import fastavro, fastavro._write, fastavro.read\n"
+        "before = (dict(fastavro.read.BLOCK_READERS), dict(fastavro._write.BLOCK_WRITERS))\n"
+        "import batchpredict.formats.registry\n"
+        "after = (dict(fastavro.read.BLOCK_READERS), dict(fastavro._write.BLOCK_WRITERS))\n"
+        "assert after == before, 'fastavro was patched'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
