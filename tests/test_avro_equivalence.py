@@ -39,15 +39,13 @@ class Fallbacks:
     def decoder(self, path: str, header: Header, schema: pa.Schema) -> Any:
         decoder = decoder_for(path, header, schema)
         if isinstance(decoder, PolarsDecoder):
-            slow = decoder._slow
-            counter = self
+            slow = decoder._slow.decode
 
-            class Counted(FastavroDecoder):
-                def decode(self, blocks: list[Block], before: int) -> pa.Table | None:
-                    counter.runs += bool(blocks)
-                    return slow.decode(blocks, before)
+            def fallback(blocks: list[Block], before: int) -> pa.Table | None:
+                self.runs += bool(blocks)
+                return slow(blocks, before)
 
-            decoder._slow = Counted(path, header, schema)
+            decoder._slow.decode = fallback  # type: ignore[method-assign]
         return decoder
 
 

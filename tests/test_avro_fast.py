@@ -26,7 +26,7 @@ from batchpredict.errors import BatchPredictError, DataError, ReadWriteError
 from batchpredict.formats import ReadOptions
 from batchpredict.formats.avro import AvroReader, arrow_schema, files
 from batchpredict.formats.avro.container import encode_long as _encode_long
-from batchpredict.formats.avro.decode import FastavroDecoder, PolarsDecoder
+from batchpredict.formats.avro.decode import FastavroDecoder
 
 CODECS = ["null", "deflate", "snappy", "zstandard"]
 #: Every codec the reader decompresses (fastavro writes all of these).
@@ -169,7 +169,6 @@ class Calls:
         self.fastavro = 0
         self.fallbacks = 0
         read_avro = polars.read_avro
-        decode = FastavroDecoder.decode
         decoder_for = files.decoder_for
 
         def counting_read_avro(*args: Any, **kwargs: Any) -> Any:
@@ -178,17 +177,20 @@ class Calls:
 
         def counting_decoder_for(*args: Any) -> Any:
             decoder = decoder_for(*args)
-            self.fastavro += isinstance(decoder, FastavroDecoder)
-            return decoder
+            if isinstance(decoder, FastavroDecoder):
+                self.fastavro += 1
+                return decoder
+            slow = decoder._slow.decode
 
-        def counting_decode(decoder: FastavroDecoder, blocks: Any, before: int) -> Any:
-            caller = sys._getframe(1).f_locals.get("self")
-            self.fallbacks += bool(blocks) and isinstance(caller, PolarsDecoder)
-            return decode(decoder, blocks, before)
+            def fallback(blocks: list[Any], before: int) -> Any:
+                self.fallbacks += bool(blocks)
+                return slow(blocks, before)
+
+            decoder._slow.decode = fallback
+            return decoder
 
         monkeypatch.setattr(polars, "read_avro", counting_read_avro)
         monkeypatch.setattr(files, "decoder_for", counting_decoder_for)
-        monkeypatch.setattr(FastavroDecoder, "decode", counting_decode)
 
 
 def same_value(got: Any, want: Any) -> bool:
