@@ -39,7 +39,7 @@ from batchpredict.formats import (
     reader_for,
     writer_for,
 )
-from batchpredict.formats.avro_io import arrow_schema, avro_schema
+from batchpredict.formats.avro import arrow_schema, avro_schema
 
 FORMATS = ["csv", "tsv", "jsonl", "avro", "parquet"]
 TEXT_FORMATS = ["csv", "tsv", "jsonl"]

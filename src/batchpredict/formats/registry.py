@@ -10,7 +10,7 @@ import pyarrow as pa
 from batchpredict import storage
 from batchpredict.config import RunConfig
 from batchpredict.errors import UsageError
-from batchpredict.formats.avro_io import AvroReader, AvroWriter
+from batchpredict.formats.avro import AvroReader, AvroWriter
 from batchpredict.formats.base import (
     COMPRESSION_SUFFIXES,
     STDIO,
