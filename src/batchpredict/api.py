@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchpredict.columns import plan_mapping, to_model_arrays
+from batchpredict.columns import plan_mapping
 from batchpredict.config import RunConfig
-from batchpredict.errors import DataError
 from batchpredict.formats.registry import preflight
 from batchpredict.observe import (
     bind_run_id,
@@ -18,12 +18,16 @@ from batchpredict.observe import (
     quiet_tensorflow,
     unbind_run_id,
 )
-from batchpredict.outputs import PredictionColumns, output_batch
+from batchpredict.outputs import PredictionColumns
+from batchpredict.scoring import file_rows, load_scorer, prepare
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from batchpredict.pipeline import RunSummary
+
+#: How error messages name a DataFrame's rows' source.
+_FRAME = "DataFrame"
 
 
 def predict(
@@ -68,23 +72,25 @@ class FramePredictor:
         label_column: str = "label",
         score_column: str = "score",
     ) -> None:
-        from batchpredict.model import load_model
-        from batchpredict.predictor import Predictor
-
         quiet_tensorflow("info")
-        self.model = load_model(
-            path, signature=signature, version=model_version, unsafe=unsafe_model_load
-        )
-        self.predictor = Predictor(self.model, batch_size)
-        self.columns = PredictionColumns.for_model(
-            self.model,
-            prediction_column,
-            class_names,
-            threshold,
+        columns = functools.partial(
+            PredictionColumns.for_model,
+            prediction_column=prediction_column,
+            class_names=class_names,
+            threshold=threshold,
             label_output=label_output,
             label_column=label_column,
             score_column=score_column,
         )
+        self.scorer = load_scorer(
+            path,
+            columns=columns,
+            batch_size=batch_size,
+            signature=signature,
+            version=model_version,
+            unsafe=unsafe_model_load,
+        )
+        self.model = self.scorer.model
 
     def predict_frame(
         self,
@@ -95,19 +101,10 @@ class FramePredictor:
     ) -> pd.DataFrame:
         """Return the kept columns of `frame` followed by the prediction column(s)."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        planned = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
-        mapping = planned.for_file(table.schema, "DataFrame")
-        converted = to_model_arrays(table, mapping, "DataFrame")
-        if converted.problems:
-            first = converted.problems[0]
-            raise DataError(
-                f"DataFrame: row {first.index + 1}, column {first.column!r}: {first.reason}"
-            )
-        predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
-        kept = table.select(list(mapping.kept))
-        results = self.columns.build(predictions, nested=True)
-        batch = output_batch(kept, results, True, "DataFrame", self.columns)
-        scored: pd.DataFrame = batch.to_pandas()
+        planned = plan_mapping(self.model.inputs, table.schema, _FRAME, features, keep_columns)
+        mapping = planned.for_file(table.schema, _FRAME)
+        ready = prepare(table, mapping, file_rows(0, table.num_rows, []), source=_FRAME)
+        scored: pd.DataFrame = self.scorer.score(ready, nested=True).to_pandas()
         return scored
 
 

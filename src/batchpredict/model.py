@@ -19,6 +19,10 @@ from typing import Any
 from batchpredict.config import is_uri
 from batchpredict.errors import ModelError
 
+# Re-exported: callers describe a loaded model with them.
+from batchpredict.tensors import ResolvedModelPath as ResolvedModelPath
+from batchpredict.tensors import TensorInfo as TensorInfo
+
 DEFAULT_SIGNATURE = "serving_default"
 
 _KERAS_KINDS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
@@ -49,30 +53,6 @@ _TF1_HINTS = (
 )
 #: Longest cause quoted from a TensorFlow or Keras error (some quote whole node definitions).
 _MAX_REASON = 200
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One model input or output: its name, dtype and shape (first dimension = batch)."""
-
-    name: str
-    #: NumPy dtype name ("float32", "int64", ...) or "string" for tf.string tensors.
-    dtype: str
-    #: Full shape including the batch dimension; None where the model leaves it open.
-    shape: tuple[int | None, ...]
-    #: False when the model does not fix even the number of dimensions (shape is then ()).
-    rank_known: bool = True
-
-
-@dataclass(frozen=True)
-class ResolvedModelPath:
-    """Where a model lives on disk after version resolution, and what kind it is."""
-
-    path: str
-    #: "keras", "h5" or "saved_model".
-    kind: str
-    #: The TensorFlow-Serving version number when a base directory was given, else None.
-    version: int | None
 
 
 @dataclass(frozen=True)
