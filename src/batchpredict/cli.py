@@ -12,7 +12,6 @@ import os
 import select
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
@@ -32,7 +31,6 @@ from batchpredict.errors import (
     BatchPredictError,
     DataError,
     ExitCode,
-    LockHeldError,
     OutputClosed,
     Terminated,
     UsageError,
@@ -489,35 +487,25 @@ def predict(**options: Any) -> None:
     """Predict every row of the inputs and write the predictions atomically."""
     from batchpredict.observe import bind_run_id, configure_logging, new_run_id
 
-    started = time.monotonic()
     _refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     bind_run_id(new_run_id())
     config = _run_config(options)
-    _run_holding_lock(config, started)
+    _run_holding_lock(config)
 
 
-def _run_holding_lock(config: RunConfig, started: float) -> None:
-    """Take `--lock_file`, then load TensorFlow and run.
-
-    The lock comes first so that a second run exits 75 at once; that run writes its
-    metrics and summary (status `locked`) before TensorFlow would load.
+def _run_holding_lock(config: RunConfig) -> None:
+    """Run; the run takes `--lock_file` first, so that a second run exits 75 at once and
+    writes its metrics and summary (status `locked`) before TensorFlow would load, which
+    it does (quietly, with `--device` applied) only once inputs and outputs are planned.
     """
-    from batchpredict.locking import hold_lock
-    from batchpredict.observe import check_metrics_file, quiet_tensorflow, report_lock_held
+    from batchpredict import pipeline
+    from batchpredict.observe import check_metrics_file
+    from batchpredict.process import prepare_tensorflow
 
     if config.metrics_file is not None:
         check_metrics_file(config.metrics_file)  # before any work: 73 if it is a link
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(hold_lock(config.lock_file))
-        except LockHeldError as exc:
-            report_lock_held(config, str(exc), time.monotonic() - started)
-            raise
-        quiet_tensorflow(config.log_level)
-        from batchpredict import pipeline
-
-        pipeline.run(config)
+    pipeline.run(config, prepare=prepare_tensorflow)
 
 
 @cli.command()

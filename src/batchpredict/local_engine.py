@@ -36,7 +36,7 @@ from batchpredict.outputs import (
     plan_outputs,
     rejects_path,
 )
-from batchpredict.predictor import Predictor, chunk_rows_for, configure_devices
+from batchpredict.predictor import Predictor, chunk_rows_for, devices_for
 from batchpredict.scoring import (
     FileRows,
     Ready,
@@ -49,7 +49,7 @@ from batchpredict.scoring import (
     scorer_for,
 )
 from batchpredict.sources import InputFile, expand_inputs
-from batchpredict.summary import Counts, RunSummary, summarize
+from batchpredict.summary import Counts, RunState, RunSummary
 
 #: Converted chunks waiting for the model; the reading thread works on one more.
 PREFETCH_CHUNKS = 2
@@ -57,8 +57,8 @@ PREFETCH_CHUNKS = 2
 WRITE_QUEUE_CHUNKS = 2
 
 
-def run(config: RunConfig, started: float, totals: Counts) -> RunSummary:
-    """Predict every input into its output, counting into `totals` as it goes."""
+def run(config: RunConfig, state: RunState) -> RunSummary:
+    """Predict every input into its output, counting into `state` as it goes."""
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
@@ -67,6 +67,7 @@ def run(config: RunConfig, started: float, totals: Counts) -> RunSummary:
         if config.on_error == "skip"
         else {}
     )
+    state.before_model(config)
     setup = _start(config, inputs)
     manifest = _open_manifest(config, setup.scorer.model, setup.mapping.as_dict())
     progress = Progress(
@@ -75,7 +76,9 @@ def run(config: RunConfig, started: float, totals: Counts) -> RunSummary:
         every_seconds=config.progress_every,
     )
     try:
-        skipped = _predict_targets(targets, setup, config, manifest, rejects, progress, totals)
+        skipped = _predict_targets(
+            targets, setup, config, manifest, rejects, progress, state.totals
+        )
         progress.close()
     except BaseException as exc:
         progress.close()
@@ -90,9 +93,7 @@ def run(config: RunConfig, started: float, totals: Counts) -> RunSummary:
         raise
     for writer in rejects.values():
         writer.commit()
-    return summarize(
-        totals,
-        started,
+    return state.summary(
         inputs=tuple(i.path for i in inputs),
         outputs=tuple(t.path for t in targets),
         skipped=tuple(skipped),
@@ -119,7 +120,7 @@ class _Started:
 
 def _start(config: RunConfig, inputs: list[InputFile]) -> _Started:
     """Load the model on its devices, plan the column mapping, and log `run started`."""
-    devices = configure_devices(config.device, config.gpu_memory_limit)
+    devices = devices_for(config.device)
     scorer = scorer_for(config, devices.devices)
     model, columns = scorer.model, scorer.columns
     if config.keep_columns is not None:  # the rest are known once the data is

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 # `inspect` and `validate`, beside `run`, for the command line.
 from batchpredict.checks import ValidationReport as ValidationReport
@@ -19,34 +20,38 @@ from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, LockHeldError, exit_code_for
 from batchpredict.locking import hold_lock
 from batchpredict.observe import get_logger, report_lock_held, report_run
-from batchpredict.summary import Counts
+from batchpredict.summary import Counts, RunState
 from batchpredict.summary import RunSummary as RunSummary  # the summary of `run`
 
 
-def run(config: RunConfig) -> RunSummary:
+def run(config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None) -> RunSummary:
     """Predict every input of `config` and commit every output, or raise and commit nothing.
+
+    Takes `--lock_file` first, so that a second run is refused before any work. `prepare`
+    runs once the inputs and outputs are planned, just before TensorFlow loads: the
+    command line sets up its process there (`process.prepare_tensorflow`); a library call
+    changes nothing process-wide.
 
     Invariant: rows read = rows written + rows rejected, and an output exists under its
     final name only if everything in it was written.
     """
-    started = time.monotonic()
-    totals = Counts()
+    state = RunState(prepare)
     try:
         with hold_lock(config.lock_file):
             if config.engine == "ray":
                 from batchpredict import ray_engine
 
-                summary = ray_engine.run(config, started, totals)
+                summary = ray_engine.run(config, state)
             else:
                 from batchpredict import local_engine
 
-                summary = local_engine.run(config, started, totals)
+                summary = local_engine.run(config, state)
     except LockHeldError as exc:
         # This run did not run: it says so; the run holding the lock reports its own end.
-        report_lock_held(config, str(exc), time.monotonic() - started)
+        report_lock_held(config, str(exc), time.monotonic() - state.started)
         raise
     except BaseException as exc:
-        _report_failure(config, exc, time.monotonic() - started, totals)
+        _report_failure(config, exc, time.monotonic() - state.started, state.totals)
         raise
     get_logger().info("run finished", **summary.as_dict())
     report_run(config, summary.as_dict(), status="succeeded", exit_code=0, seconds=summary.seconds)

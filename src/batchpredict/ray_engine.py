@@ -59,7 +59,7 @@ from batchpredict.scoring import (
     scorer_for,
 )
 from batchpredict.sources import InputFile, expand_inputs
-from batchpredict.summary import Counts, RunSummary, summarize
+from batchpredict.summary import RunState, RunSummary
 
 #: Columns the read tasks add so that actors can name a rejected row's file and row.
 SOURCE_COLUMN = "__batchpredict_source"
@@ -78,17 +78,18 @@ def import_ray() -> Any:
     return ray
 
 
-def run(config: RunConfig, started: float, totals: Counts) -> RunSummary:
+def run(config: RunConfig, state: RunState) -> RunSummary:
     """`--engine ray`: predict every input on Ray and commit the parts.
 
     The driver plans the run's one column mapping from the first input, so that every
     actor applies the same one whichever file's rows reach it first.
     """
     import_ray()  # without Ray, say how to install it before loading anything
-    # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
-    model = load_model_of(config)
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
+    state.before_model(config)
+    # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
+    model = load_model_of(config)
     mapping = plan_run_mapping(inputs, model, config)
     assert mapping is not None  # the Ray engine does not read stdin
     get_logger().info(
@@ -103,10 +104,9 @@ def run(config: RunConfig, started: float, totals: Counts) -> RunSummary:
     )
     RunColumns(model, config, mapping).warn_if_guessed()
     done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping)
+    totals = state.totals
     totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
-    return summarize(
-        totals,
-        started,
+    return state.summary(
         inputs=tuple(item.path for item in inputs),
         outputs=done["outputs"],
         skipped=(),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from batchpredict.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,27 @@ class Counts:
         self.rejected += other.rejected
 
 
-def summarize(totals: Counts, started: float, **fields: Any) -> RunSummary:
-    """The summary of a run that started at `started` (`time.monotonic`) and counted
-    `totals`; `fields` are the rest of `RunSummary`."""
-    return RunSummary(
-        rows_in=totals.read,
-        rows_out=totals.written,
-        rows_rejected=totals.rejected,
-        seconds=round(time.monotonic() - started, 3),
-        **fields,
-    )
+@dataclass
+class RunState:
+    """A run under way: when it started, what it has counted, and what sets up the process
+    before TensorFlow loads (the command line's `process.prepare_tensorflow`; nothing for
+    a library call)."""
+
+    prepare: Callable[[RunConfig], None] | None = None
+    started: float = field(default_factory=time.monotonic)
+    totals: Counts = field(default_factory=Counts)
+
+    def before_model(self, config: RunConfig) -> None:
+        """Called once inputs and outputs are planned, just before the model loads."""
+        if self.prepare is not None:
+            self.prepare(config)
+
+    def summary(self, **fields: Any) -> RunSummary:
+        """The summary of the run so far; `fields` are the rest of `RunSummary`."""
+        return RunSummary(
+            rows_in=self.totals.read,
+            rows_out=self.totals.written,
+            rows_rejected=self.totals.rejected,
+            seconds=round(time.monotonic() - self.started, 3),
+            **fields,
+        )
