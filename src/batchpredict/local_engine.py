@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.batching import Prefetch, rechunk
-from batchpredict.columns import ColumnMapping, RowProblem
+from batchpredict.columns import ColumnMapping, RowProblem, to_model_arrays
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, DataError, UsageError
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
@@ -45,8 +45,8 @@ from batchpredict.scoring import (
     Scorer,
     check_error_rate,
     plan_run_mapping,
-    prepare,
     scorer_for,
+    sift,
 )
 from batchpredict.sources import InputFile, expand_inputs
 from batchpredict.summary import Counts, RunState, RunSummary
@@ -312,14 +312,11 @@ def _chunks(
         for table in rechunk(reader.iter_batches(), chunk_rows):
             if mapping is None:
                 mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
+            converted = to_model_arrays(table, mapping, source.path, config.fill_value)
             counts.read += table.num_rows
-            ready = prepare(
-                table,
-                mapping,
-                rows.next(table.num_rows),
-                source=source.path,
-                fill_value=config.fill_value,
-                reject=reject,
+            numbers_in_file = rows.next(table.num_rows)
+            ready = sift(
+                table, mapping, converted, numbers_in_file, source=source.path, reject=reject
             )
             if ready.rows:
                 yield ready

@@ -20,8 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchpredict.columns import ColumnMapping, RowProblem, RunMapping, plan_mapping
-from batchpredict.columns import to_model_arrays as to_model_arrays
+from batchpredict.columns import (
+    ColumnMapping,
+    Converted,
+    RowProblem,
+    RunMapping,
+    plan_mapping,
+    to_model_arrays,
+)
 from batchpredict.config import STDIO, RunConfig
 from batchpredict.errors import DataError, InputMissingError
 from batchpredict.formats.base import BadRecord
@@ -213,15 +219,28 @@ def prepare(
     fill_value: float | None = None,
     reject: RejectSink | None = None,
 ) -> Ready:
-    """Convert `table` for the model by `mapping`, leaving out its bad rows.
+    """Convert `table` for the model by `mapping`, leaving out its bad rows (see `sift`).
 
     `rows` are the file rows of the table's rows and `source` their file (or, for a table
-    mixing files, the file of the row at an index). Without `reject`, the first bad row
-    stops the work with a DataError naming its file, row and column; with it, the bad
-    rows go there and are left out.
+    mixing files, the file of the row at an index).
     """
     first_source = source if isinstance(source, str) else source(0)
     converted = to_model_arrays(table, mapping, first_source, fill_value)
+    return sift(table, mapping, converted, rows, source=source, reject=reject)
+
+
+def sift(
+    table: pa.Table,
+    mapping: ColumnMapping,
+    converted: Converted,
+    rows: np.ndarray,
+    *,
+    source: str | Callable[[int], str],
+    reject: RejectSink | None = None,
+) -> Ready:
+    """The rows of `table` that `converted` holds, ready for the model. Without `reject`,
+    the first bad row stops the work with a DataError naming its file, row and column;
+    with it, the bad rows go there and are left out."""
     kept = table.select(list(mapping.kept))
     if converted.problems:
         if reject is None:
@@ -231,6 +250,7 @@ def prepare(
         reject(table, rows, converted.problems)
         assert converted.good is not None
         kept = kept.filter(pa.array(converted.good))
+    first_source = source if isinstance(source, str) else source(0)
     return Ready(first_source, kept, converted.arrays, converted.rows)
 
 
