@@ -207,7 +207,7 @@ def test_rejects_keep_values_json_cannot_hold(tmp_path: Path) -> None:
 @given(st.lists(st.booleans(), min_size=1, max_size=60), st.integers(0, 10))
 def test_file_rows_skip_the_records_a_reader_dropped(bad: list[bool], first: int) -> None:
     """Row numbers of yielded rows, with dropped records between them, match the file's."""
-    from batchpredict.pipeline import file_rows
+    from batchpredict.scoring import file_rows
 
     records = list(range(1, len(bad) + 1))
     dropped = [r for r, is_bad in zip(records, bad, strict=True) if is_bad]

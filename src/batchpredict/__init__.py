@@ -1,8 +1,9 @@
 """batchpredict: run TensorFlow/Keras models over CSV, JSON lines, Avro and Parquet files.
 
-The public API is `predict(...)`, which runs the same pipeline as the CLI, and
-`load_predictor(path).predict_frame(df)` for notebooks. Importing the package does not
-import TensorFlow; the functions do, when called.
+The library (see `batchpredict.api`): `predict(...)`, `inspect(...)` and `validate(...)`
+do what the commands of the same names do, and `load_predictor(path).predict_frame(df)`
+scores DataFrames for notebooks. They change nothing process-wide. Importing the package
+does not import TensorFlow; the functions do, when called.
 """
 
 from __future__ import annotations
@@ -12,19 +13,41 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from batchpredict.api import FramePredictor
-    from batchpredict.pipeline import RunSummary
+    from batchpredict.api import FramePredictor, Inputs
+    from batchpredict.checks import ValidationReport
+    from batchpredict.summary import RunSummary
 
-__all__ = ["FramePredictor", "RunSummary", "__version__", "load_predictor", "predict"]
+__all__ = [
+    "FramePredictor",
+    "RunSummary",
+    "ValidationReport",
+    "__version__",
+    "inspect",
+    "load_predictor",
+    "predict",
+    "validate",
+]
 
 
-def predict(
-    model: str, input_file: str | list[str] | tuple[str, ...], **options: Any
-) -> RunSummary:
+def predict(model: str, input_file: Inputs, **options: Any) -> RunSummary:
     """Run a prediction like `batchpredict predict`; options are `RunConfig` field names."""
     from batchpredict.api import predict as _predict
 
     return _predict(model, input_file, **options)
+
+
+def inspect(model: str, input_file: Inputs = (), **options: Any) -> list[str]:
+    """The lines `batchpredict inspect` prints for the model (and the inputs given)."""
+    from batchpredict.api import inspect as _inspect
+
+    return _inspect(model, input_file, **options)
+
+
+def validate(model: str, input_file: Inputs, **options: Any) -> ValidationReport:
+    """Check the inputs' first chunks as `batchpredict validate` does; writes nothing."""
+    from batchpredict.api import validate as _validate
+
+    return _validate(model, input_file, **options)
 
 
 def load_predictor(path: str, **options: Any) -> FramePredictor:
@@ -36,9 +59,13 @@ def load_predictor(path: str, **options: Any) -> FramePredictor:
 
 def __getattr__(name: str) -> Any:
     if name == "RunSummary":
-        from batchpredict.pipeline import RunSummary
+        from batchpredict.summary import RunSummary
 
         return RunSummary
+    if name == "ValidationReport":
+        from batchpredict.checks import ValidationReport
+
+        return ValidationReport
     if name == "FramePredictor":
         from batchpredict.api import FramePredictor
 

@@ -1,37 +1,90 @@
-"""The Python API behind `batchpredict.predict` and `batchpredict.load_predictor`."""
+"""The library: `predict`, `inspect` and `validate` do what the commands of the same names
+do, and `load_predictor` scores pandas DataFrames in memory.
+
+Options are `RunConfig` fields, named like the command-line options (`output_file=...`,
+`keep_columns=["id"]`, `on_error="skip"`); failures raise the `BatchPredictError` whose
+`exit_code` the command would exit with. A library call changes nothing process-wide:
+TensorFlow's start-up is not silenced (no file descriptor redirection, no warning
+filters) and `device` picks among the devices TensorFlow sees without hiding any; a
+program wanting the command line's set-up calls `process.prepare_tensorflow(config)`.
+Log lines go through structlog, to stderr unless the program configured it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import structlog
 
-from batchpredict.columns import plan_mapping, to_model_arrays
+from batchpredict import checks, observe, pipeline
+from batchpredict.checks import ValidationReport
+from batchpredict.columns import plan_mapping
 from batchpredict.config import RunConfig
-from batchpredict.errors import DataError
 from batchpredict.formats.registry import preflight
 from batchpredict.observe import (
     bind_run_id,
     configure_logging,
     logging_configured,
     new_run_id,
-    quiet_tensorflow,
     unbind_run_id,
 )
-from batchpredict.outputs import PredictionColumns, output_batch
+from batchpredict.outputs import PredictionColumns
+from batchpredict.scoring import file_rows, load_scorer, prepare
+from batchpredict.summary import RunSummary
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from batchpredict.pipeline import RunSummary
+#: How error messages name a DataFrame's rows' source.
+_FRAME = "DataFrame"
+#: One input, or several: paths, URIs, glob patterns or folders.
+Inputs = str | Sequence[str]
 
 
-def predict(
-    model: str, input_file: str | list[str] | tuple[str, ...], **options: Any
-) -> RunSummary:
-    """Build a `RunConfig` from keyword options and run the CLI's pipeline."""
-    from batchpredict import pipeline
+def predict(model: str, input_file: Inputs, **options: Any) -> RunSummary:
+    """Predict every row of the inputs with `model` and write the predictions atomically,
+    as `batchpredict predict` does (outputs beside the inputs unless `output_file` or
+    `output_dir` says otherwise); returns what the run did."""
+    config = _config(model, input_file, options)
+    with _logging(config.log_level):
+        bind_run_id(new_run_id())
+        try:
+            return pipeline.run(config)
+        finally:
+            unbind_run_id()
 
+
+def inspect(model: str, input_file: Inputs = (), **options: Any) -> list[str]:
+    """The lines `batchpredict inspect` prints: the model's inputs and outputs and, given
+    inputs, the column mapping predict would plan and the columns each input keeps."""
+    if not input_file:
+        with _logging(options.get("log_level", "info")):
+            return checks.inspect_model(
+                model,
+                signature=options.get("signature", "serving_default"),
+                version=options.get("model_version"),
+                unsafe=options.get("unsafe_model_load", False),
+            )
+    config = _config(model, input_file, options)
+    with _logging(config.log_level):
+        return checks.inspect(config)
+
+
+def validate(model: str, input_file: Inputs, **options: Any) -> ValidationReport:
+    """Check the first chunk of every input as predict would read and convert it, writing
+    nothing; the report's `problems` are empty when predict would accept them."""
+    config = _config(model, input_file, options)
+    with _logging(config.log_level):
+        return checks.validate(config)
+
+
+def _config(model: str, input_file: Inputs, options: dict[str, Any]) -> RunConfig:
+    """The run's configuration from keyword options, checked as the command line checks
+    its options."""
     files = (input_file,) if isinstance(input_file, str) else tuple(input_file)
     for name in ("features", "keep_columns"):
         if isinstance(options.get(name), str):
@@ -40,14 +93,23 @@ def predict(
             options[name] = tuple(options[name])
     config = RunConfig(model=model, input_files=files, **options)
     preflight(config)
-    quiet_tensorflow(config.log_level)
-    if not logging_configured():
-        configure_logging(config.log_level)
-    bind_run_id(new_run_id())
+    return config
+
+
+@contextlib.contextmanager
+def _logging(level: str) -> Iterator[None]:
+    """Log lines to stderr for the call, unless the program (or the command line) set up
+    logging itself; what was set up before is restored afterwards, so nothing of the
+    call's set-up outlives it."""
+    if logging_configured() or structlog.is_configured():
+        yield
+        return
+    configure_logging(level)
     try:
-        return pipeline.run(config)
+        yield
     finally:
-        unbind_run_id()
+        structlog.reset_defaults()
+        observe._to_stderr = None  # `logging_configured()` is False again, as before
 
 
 class FramePredictor:
@@ -68,23 +130,24 @@ class FramePredictor:
         label_column: str = "label",
         score_column: str = "score",
     ) -> None:
-        from batchpredict.model import load_model
-        from batchpredict.predictor import Predictor
-
-        quiet_tensorflow("info")
-        self.model = load_model(
-            path, signature=signature, version=model_version, unsafe=unsafe_model_load
-        )
-        self.predictor = Predictor(self.model, batch_size)
-        self.columns = PredictionColumns.for_model(
-            self.model,
-            prediction_column,
-            class_names,
-            threshold,
+        columns = functools.partial(
+            PredictionColumns.for_model,
+            prediction_column=prediction_column,
+            class_names=class_names,
+            threshold=threshold,
             label_output=label_output,
             label_column=label_column,
             score_column=score_column,
         )
+        self.scorer = load_scorer(
+            path,
+            columns=columns,
+            batch_size=batch_size,
+            signature=signature,
+            version=model_version,
+            unsafe=unsafe_model_load,
+        )
+        self.model = self.scorer.model
 
     def predict_frame(
         self,
@@ -95,19 +158,10 @@ class FramePredictor:
     ) -> pd.DataFrame:
         """Return the kept columns of `frame` followed by the prediction column(s)."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        planned = plan_mapping(self.model.inputs, table.schema, "DataFrame", features, keep_columns)
-        mapping = planned.for_file(table.schema, "DataFrame")
-        converted = to_model_arrays(table, mapping, "DataFrame")
-        if converted.problems:
-            first = converted.problems[0]
-            raise DataError(
-                f"DataFrame: row {first.index + 1}, column {first.column!r}: {first.reason}"
-            )
-        predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
-        kept = table.select(list(mapping.kept))
-        results = self.columns.build(predictions, nested=True)
-        batch = output_batch(kept, results, True, "DataFrame", self.columns)
-        scored: pd.DataFrame = batch.to_pandas()
+        planned = plan_mapping(self.model.inputs, table.schema, _FRAME, features, keep_columns)
+        mapping = planned.for_file(table.schema, _FRAME)
+        ready = prepare(table, mapping, file_rows(0, table.num_rows, []), source=_FRAME)
+        scored: pd.DataFrame = self.scorer.score(ready, nested=True).to_pandas()
         return scored
 
 

@@ -291,11 +291,12 @@ def predict(**options: Any) -> None:
         # Before any work: 73 if it is a link, or holds what is not this job's.
         check_metrics_file(config.metrics_file, config.job_name)
     from batchpredict import pipeline
+    from batchpredict.process import prepare_tensorflow
 
     # The run takes the lock, finds the inputs and plans the outputs before it loads the
     # model: a run that cannot go ahead fails without waiting for TensorFlow.
     with tensorflow_imported_quietly(config.log_level), _s3_endpoint(config):
-        pipeline.run(config)
+        pipeline.run(config, prepare=prepare_tensorflow)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchpredict.errors import DataError
-from batchpredict.model import TensorInfo
+from batchpredict.tensors import TensorInfo
 
 
 @dataclass(frozen=True)

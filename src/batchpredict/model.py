@@ -13,18 +13,18 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from batchpredict.config import is_uri
 from batchpredict.errors import ModelError
+from batchpredict.model_files import resolve_local
+
+# Re-exported: callers describe a loaded model with them.
+from batchpredict.tensors import ResolvedModelPath as ResolvedModelPath
+from batchpredict.tensors import TensorInfo as TensorInfo
 
 DEFAULT_SIGNATURE = "serving_default"
 
-_KERAS_KINDS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-#: How many directory entries a "not a model" error lists before it stops.
-_LISTED_ENTRIES = 8
 
 # Patterns in Keras' deserialization errors that name the class or function it could not
 # find; the first one that matches wins, because Keras wraps the inner error in outer ones.
@@ -49,30 +49,6 @@ _TF1_HINTS = (
 )
 #: Longest cause quoted from a TensorFlow or Keras error (some quote whole node definitions).
 _MAX_REASON = 200
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One model input or output: its name, dtype and shape (first dimension = batch)."""
-
-    name: str
-    #: NumPy dtype name ("float32", "int64", ...) or "string" for tf.string tensors.
-    dtype: str
-    #: Full shape including the batch dimension; None where the model leaves it open.
-    shape: tuple[int | None, ...]
-    #: False when the model does not fix even the number of dimensions (shape is then ()).
-    rank_known: bool = True
-
-
-@dataclass(frozen=True)
-class ResolvedModelPath:
-    """Where a model lives on disk after version resolution, and what kind it is."""
-
-    path: str
-    #: "keras", "h5" or "saved_model".
-    kind: str
-    #: The TensorFlow-Serving version number when a base directory was given, else None.
-    version: int | None
 
 
 @dataclass(frozen=True)
@@ -107,91 +83,7 @@ def resolve_model_path(path: str, version: int | None = None) -> ResolvedModelPa
         from batchpredict.model_cache import fetch
 
         return fetch(path, version)
-    location = Path(path)
-    if not location.exists():
-        raise ModelError(f"model path does not exist: {path}")
-    if location.is_file():
-        kind = keras_kind(path)
-        _refuse_version(path, version)
-        return ResolvedModelPath(path, kind, None)
-    if _is_saved_model(location):
-        _refuse_version(path, version)
-        return ResolvedModelPath(path, "saved_model", None)
-    versions = _numeric_versions(location)
-    if not versions:
-        raise ModelError(not_a_model_message(str(location), _listing(location)))
-    chosen = _choose_version(path, versions, version)
-    version_dir = versions[chosen]
-    if not _is_saved_model(version_dir):
-        message = not_a_model_message(str(version_dir), _listing(version_dir))
-        raise ModelError(f"version {chosen} of {message}")
-    return ResolvedModelPath(str(version_dir), "saved_model", chosen)
-
-
-def _is_saved_model(directory: Path) -> bool:
-    """Tell whether `directory` holds a SavedModel protocol buffer."""
-    return any((directory / name).is_file() for name in _SAVED_MODEL_FILES)
-
-
-def _numeric_versions(base: Path) -> dict[int, Path]:
-    """Map version numbers to the numeric sub-directories of a TF-Serving base directory."""
-    try:
-        children = sorted(base.iterdir())
-    except OSError as err:
-        raise ModelError(f"cannot read model directory {base}: {err.strerror}") from err
-    return {
-        int(child.name): child
-        for child in children
-        if child.is_dir() and child.name.isascii() and child.name.isdigit()
-    }
-
-
-def _choose_version(path: str, versions: Mapping[int, object], wanted: int | None) -> int:
-    """Pick the asked-for version, or the numerically highest one."""
-    if wanted is None:
-        return max(versions)
-    if wanted not in versions:
-        available = ", ".join(str(number) for number in sorted(versions))
-        raise ModelError(f"{path} has no version {wanted}; available versions: {available}")
-    return wanted
-
-
-def _refuse_version(path: str, version: int | None) -> None:
-    """Reject a version number for a model that is not a TF-Serving base directory."""
-    if version is not None:
-        raise ModelError(
-            f"model version {version} was asked for, but {path} is a single model, not a "
-            "TensorFlow Serving base directory with numeric version sub-directories"
-        )
-
-
-def keras_kind(path: str) -> str:
-    """The kind of a model file by its suffix ("keras" or "h5"); ModelError for others."""
-    kind = _KERAS_KINDS.get(Path(path).suffix.lower())
-    if kind is None:
-        raise ModelError(
-            f"{path} is not a supported model file: expected a Keras .keras or .h5/.hdf5 "
-            "file, or a SavedModel directory"
-        )
-    return kind
-
-
-def _listing(directory: Path) -> list[str]:
-    """A folder's entries by name, sub-folders with a trailing `/`."""
-    return sorted(child.name + ("/" if child.is_dir() else "") for child in directory.iterdir())
-
-
-def not_a_model_message(where: str, names: list[str]) -> str:
-    """Say what was looked for in the folder `where` (a path or URI) and what was found
-    instead: `names`, its entries, sub-folders with a trailing `/`."""
-    found = ", ".join(names[:_LISTED_ENTRIES]) if names else "nothing (it is empty)"
-    if len(names) > _LISTED_ENTRIES:
-        found += f", ... ({len(names)} entries)"
-    return (
-        f"{where} is not a SavedModel or Keras model: looked for saved_model.pb or "
-        "saved_model.pbtxt, or numeric version sub-directories holding one (TensorFlow "
-        f"Serving layout); found {found}"
-    )
+    return resolve_local(path, version)
 
 
 # --------------------------------------------------------------------------- loading

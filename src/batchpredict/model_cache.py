@@ -50,15 +50,9 @@ import pyarrow.fs as pafs
 
 from batchpredict import storage
 from batchpredict.errors import InputMissingError, ModelError, ReadWriteError
-from batchpredict.model import (
-    _SAVED_MODEL_FILES,
-    ResolvedModelPath,
-    _choose_version,
-    _refuse_version,
-    keras_kind,
-    not_a_model_message,
-)
+from batchpredict.model_files import locate_model, resolve_local
 from batchpredict.observe import get_logger
+from batchpredict.tensors import ResolvedModelPath
 
 CACHE_DIR_VARIABLE = "BATCHPREDICT_CACHE_DIR"
 #: Entries of the same URI other than the current one, unused this long, are removed.
@@ -107,9 +101,7 @@ def fetch(uri: str, version: int | None = None) -> ResolvedModelPath:
         raise ModelError(str(exc)) from exc
     if isinstance(filesystem, pafs.LocalFileSystem):
         # file:// needs no copy: the local resolver reads it where it is.
-        from batchpredict.model import resolve_model_path
-
-        return resolve_model_path(path, version)
+        return resolve_local(path, version)
     uri, path = uri.rstrip("/"), path.rstrip("/")
     objects, kind, chosen, model_relative = _plan(filesystem, path, uri, version)
     root = cache_root()
@@ -240,63 +232,19 @@ def _plan(
     """What to download for `uri`: the objects, the model kind, the version chosen and the
     model's path below the entry; only listing and HEAD requests."""
     name = path.rsplit("/", 1)[-1]
-    info = _file_info(filesystem, path, uri)
-    if info.type == pafs.FileType.File:
-        kind = keras_kind(uri)
-        _refuse_version(uri, version)
-        return [_remote_object(filesystem, info, name, uri)], kind, None, name
-    if info.type != pafs.FileType.Directory:
-        raise _missing(filesystem, path, uri)
-    children = _children(filesystem, path, uri)
-    if _holds_saved_model(children):
-        _refuse_version(uri, version)
-        return _objects_below(filesystem, path, name, uri), "saved_model", None, name
-    versions = {
-        int(child.base_name): child
-        for child in children
-        if child.type == pafs.FileType.Directory
-        and child.base_name.isascii()
-        and child.base_name.isdigit()
-    }
-    if not versions:
-        if not children:
-            raise ModelError(f"model path does not exist: {uri} (nothing under it)")
-        raise ModelError(not_a_model_message(uri, _names(children)))
-    chosen = _choose_version(uri, versions, version)
-    version_path = versions[chosen].path
-    version_children = _children(filesystem, version_path, uri)
-    if not _holds_saved_model(version_children):
-        where = f"{uri}/{versions[chosen].base_name}"
-        message = not_a_model_message(where, _names(version_children))
-        raise ModelError(f"version {chosen} of {message}")
-    model_relative = f"{name}/{versions[chosen].base_name}"
-    objects = _objects_below(filesystem, version_path, model_relative, uri)
-    return objects, "saved_model", chosen, model_relative
-
-
-def _file_info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
-    try:
-        return filesystem.get_file_info(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise _read_error(uri, exc) from exc
-
-
-def _children(filesystem: pafs.FileSystem, path: str, uri: str) -> list[pafs.FileInfo]:
-    """What is directly under the "folder" `path`, sorted by name."""
-    try:
-        found = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
-    except FileNotFoundError as exc:
-        raise ModelError(f"model path does not exist: {uri}") from exc
-    except (pa.ArrowException, OSError) as exc:
-        raise _read_error(uri, exc) from exc
-    return sorted(found, key=lambda info: info.base_name)
-
-
-def _holds_saved_model(children: list[pafs.FileInfo]) -> bool:
-    return any(
-        child.type == pafs.FileType.File and child.base_name in _SAVED_MODEL_FILES
-        for child in children
+    found = locate_model(
+        filesystem,
+        path,
+        version,
+        where=uri,
+        missing=lambda: _missing(filesystem, path, uri),
+        unreadable=lambda _path, exc: _read_error(uri, exc),
     )
+    if found.file is not None:
+        return [_remote_object(filesystem, found.file, name, uri)], found.kind, None, name
+    relative = f"{name}/{found.version_folder}" if found.version_folder else name
+    objects = _objects_below(filesystem, found.path, relative, uri)
+    return objects, "saved_model", found.version, relative
 
 
 def _objects_below(
@@ -343,14 +291,6 @@ def _etag(stream: pa.NativeFile) -> str | None:
     if value is None:
         return None
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _names(children: list[pafs.FileInfo]) -> list[str]:
-    """Entries by name, sub-folders with a trailing `/` (as `not_a_model_message` lists)."""
-    return [
-        child.base_name + ("/" if child.type == pafs.FileType.Directory else "")
-        for child in children
-    ]
 
 
 def _missing(filesystem: pafs.FileSystem, path: str, uri: str) -> ModelError:

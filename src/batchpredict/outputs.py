@@ -31,8 +31,8 @@ from batchpredict.errors import (
 )
 from batchpredict.formats.base import BadRecord, compression_of, strip_compression
 from batchpredict.formats.registry import WRITERS, default_extension, format_for_path, writer_format
-from batchpredict.model import LoadedModel, TensorInfo
 from batchpredict.sources import InputFile
+from batchpredict.tensors import ModelTensors, TensorInfo
 
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
@@ -161,7 +161,7 @@ class PredictionColumns:
         return self.label_output is not None
 
     @classmethod
-    def from_config(cls, model: LoadedModel, config: RunConfig) -> PredictionColumns:
+    def from_config(cls, model: ModelTensors, config: RunConfig) -> PredictionColumns:
         """The columns a `predict` run writes for `model`."""
         return cls.for_model(
             model,
@@ -176,7 +176,7 @@ class PredictionColumns:
     @classmethod
     def for_model(
         cls,
-        model: LoadedModel,
+        model: ModelTensors,
         prediction_column: str = "prediction",
         class_names: tuple[str, ...] | None = None,
         threshold: float | None = None,

@@ -86,8 +86,15 @@ def _gpu_names(count: int) -> tuple[str, ...]:
     return tuple(f"/GPU:{i}" for i in range(count))
 
 
+#: The `--device` value `configure_devices` applied to this process, and its plan.
+_applied: tuple[str, DevicePlan] | None = None
+
+
 def configure_devices(spec: str, gpu_memory_limit_mb: int | None = None) -> DevicePlan:
-    """Apply the device choice; must run before TensorFlow initialises its runtime."""
+    """Apply the device choice to this process: which GPUs TensorFlow sees, their memory,
+    the CPU split. Process-wide, so the command line does it (`process.prepare_tensorflow`),
+    before TensorFlow initialises its runtime; a library call uses `devices_for`."""
+    global _applied
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -110,7 +117,31 @@ def configure_devices(spec: str, gpu_memory_limit_mb: int | None = None) -> Devi
             )
     except RuntimeError as exc:  # TensorFlow was initialised already
         raise ModelError(f"cannot apply --device {spec}: {exc}") from exc
+    _applied = (spec, plan)
     return plan
+
+
+def devices_for(spec: str) -> DevicePlan:
+    """The devices `--device spec` runs on: those `configure_devices` applied for it, or,
+    where nothing was applied, the devices TensorFlow sees as they are, left unchanged."""
+    if _applied is not None and _applied[0] == spec:
+        return _applied[1]
+    import tensorflow as tf
+
+    plan = choose_device(spec, len(tf.config.list_physical_devices("GPU")))
+    if plan.cpu_split:
+        cpus = len(tf.config.list_logical_devices("CPU"))
+        if cpus < plan.cpu_split:
+            raise UsageError(
+                f"--device {spec} splits the CPU into {plan.cpu_split} devices, which this "
+                f"process has not done (it has {cpus}); the command line does it with "
+                "batchpredict.process.prepare_tensorflow"
+            )
+        return plan
+    if not plan.visible_gpus:
+        return plan  # the CPU
+    # Nothing was hidden: the chosen GPUs keep their own numbers.
+    return DevicePlan(plan.visible_gpus, tuple(f"/GPU:{i}" for i in plan.visible_gpus))
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,9 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.atomic import write_whole
-from batchpredict.columns import ColumnMapping, RunMapping
+from batchpredict.columns import ColumnMapping, RowProblem, RunMapping
 from batchpredict.config import RunConfig
-from batchpredict.errors import BatchPredictError, ConfigError, DataError, InputMissingError
-from batchpredict.formats.base import BadRecord
+from batchpredict.errors import BatchPredictError, ConfigError
 from batchpredict.formats.registry import (
     check_delimiter,
     default_extension,
@@ -50,7 +49,17 @@ from batchpredict.outputs import (
     SUCCESS_MARKER,
     RejectsWriter,
 )
+from batchpredict.scoring import (
+    FileRows,
+    RunColumns,
+    check_error_rate,
+    load_model_of,
+    plan_run_mapping,
+    prepare,
+    scorer_for,
+)
 from batchpredict.sources import InputFile, expand_inputs
+from batchpredict.summary import RunState, RunSummary
 
 #: Columns the read tasks add so that actors can name a rejected row's file and row.
 SOURCE_COLUMN = "__batchpredict_source"
@@ -69,50 +78,59 @@ def import_ray() -> Any:
     return ray
 
 
-def run(config: RunConfig, run_id: str, mapping: RunMapping) -> dict[str, Any]:
-    """Predict every input on Ray and commit the parts; returns the run's counts and outputs.
+def run(config: RunConfig, state: RunState) -> RunSummary:
+    """`--engine ray`: predict every input on Ray and commit the parts.
 
-    `mapping` is the run's column mapping, planned on the driver from the first input, so
-    that every actor applies the same one whichever file's rows reach it first.
+    The driver plans the run's one column mapping from the first input, so that every
+    actor applies the same one whichever file's rows reach it first.
     """
-    ray = import_ray()
-    log = get_logger()
-    assert config.output_dir is not None  # RunConfig requires it for the Ray engine
+    import_ray()  # without Ray, say how to install it before loading anything
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
+    state.before_model(config)
+    # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
+    model = load_model_of(config)
+    mapping = plan_run_mapping(inputs, model, config)
+    assert mapping is not None  # the Ray engine does not read stdin
+    get_logger().info(
+        "run started",
+        engine="ray",
+        model=config.model,
+        model_version=config.model_version,
+        signature=config.signature,
+        inputs=list(config.input_files),
+        batch_size=config.batch_size or "auto",
+        column_mapping=mapping.as_dict(),
+    )
+    RunColumns(model, config, mapping).warn_if_guessed()
+    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping)
+    totals = state.totals
+    totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
+    return state.summary(
+        inputs=tuple(item.path for item in inputs),
+        outputs=done["outputs"],
+        skipped=(),
+        rejects_files=done["rejects_files"],
+        model=config.model,
+        model_version=config.model_version,
+        batch_size=config.batch_size,
+        device="ray",
+        column_mapping=mapping.as_dict(),
+    )
+
+
+def _run_dataset(
+    config: RunConfig, inputs: list[InputFile], run_id: str, mapping: RunMapping
+) -> dict[str, Any]:
+    """Read, score and write every input as one Ray dataset into a staging folder, then
+    commit the parts; returns the run's counts and outputs."""
+    ray = import_ray()
+    assert config.output_dir is not None  # RunConfig requires it for the Ray engine
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
     storage.make_dirs(staging)
-    # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
-    # as our one-line error) would mix with our log lines on stderr.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    if not ray.is_initialized():
-        ray.init(
-            address=config.ray_address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.CRITICAL,
-            runtime_env=_runtime_env(),
-        )
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = config.preserve_order
-    context.enable_progress_bars = False
-    resources = ray.cluster_resources()
-    gpus = config.ray_gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-    concurrency = config.ray_concurrency or _default_concurrency(resources, gpus)
-    log.info(
-        "ray engine started",
-        address=config.ray_address or "local",
-        actors=concurrency,
-        gpus_per_actor=gpus,
-        cluster_cpus=resources.get("CPU", 0),
-        cluster_gpus=resources.get("GPU", 0),
-    )
+    gpus, concurrency = _start_ray(ray, config)
     try:
         source = input_files_datasource(inputs, config, staging, mapping)
         dataset = ray.data.read_datasource(source)
@@ -135,6 +153,40 @@ def run(config: RunConfig, run_id: str, mapping: RunMapping) -> dict[str, Any]:
         if ours is exc:
             raise
         raise ours from exc
+
+
+def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
+    """Join (or start) the cluster quietly; returns the GPUs per actor and the actors."""
+    # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
+    # as our one-line error) would mix with our log lines on stderr.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if not ray.is_initialized():
+        ray.init(
+            address=config.ray_address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.CRITICAL,
+            runtime_env=_runtime_env(),
+        )
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = config.preserve_order
+    context.enable_progress_bars = False
+    resources = ray.cluster_resources()
+    gpus = config.ray_gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    concurrency = config.ray_concurrency or _default_concurrency(resources, gpus)
+    get_logger().info(
+        "ray engine started",
+        address=config.ray_address or "local",
+        actors=concurrency,
+        gpus_per_actor=gpus,
+        cluster_cpus=resources.get("CPU", 0),
+        cluster_gpus=resources.get("GPU", 0),
+    )
+    return gpus, concurrency
 
 
 def _runtime_env() -> dict[str, Any] | None:
@@ -193,11 +245,9 @@ def _commit(
     rejected = sum(storage.read_bytes(path).count(b"\n") for path in rejects)
     written = sum(part["rows"] for part in parts)
     read = written + rejected
-    if rejected > config.max_error_rate * read:
-        raise DataError(
-            f"{rejected} of {read} rows rejected ({rejected / max(read, 1):.2%}), more than "
-            f"--max_error_rate {config.max_error_rate:.2%}; nothing was written"
-        )
+    check_error_rate(
+        rejected, read, config.max_error_rate, of="", consequence="nothing was written"
+    )
     output_dir = config.output_dir
     for marker in (SUCCESS_MARKER, MANIFEST):
         storage.delete(storage.join(output_dir, marker))
@@ -243,34 +293,23 @@ def _read_file(
     1-based row of every row; records the reader could not parse go to a rejects part.
     Text inputs parse the columns `mapping` feeds to numeric inputs value by value."""
     rejects = RejectsWriter(storage.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
-    dropped: list[int] = []
-
-    def on_bad_record(record: BadRecord) -> None:
-        dropped.append(record.row)
-        rejects.add_record(item.path, record)
-
-    from batchpredict.pipeline import file_rows
-
+    rows = FileRows(item.path, rejects.add_record)
     numbers = functools.partial(mapping.read_types, source=item.path)
     options = read_options(
-        config, on_bad_record if config.on_error == "skip" else None, column_types=numbers
+        config, rows.on_bad_record if config.on_error == "skip" else None, column_types=numbers
     )
-
-    first_row = 0
     try:
         for batch in reader_for(item.path, item.format, options).iter_batches():
-            rows = file_rows(first_row, batch.num_rows, dropped)
-            first_row += batch.num_rows
+            numbered = rows.next(batch.num_rows)
             table = pa.Table.from_batches([batch])
             names = pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(batch.num_rows, np.int32)), pa.array([item.path])
             )
             table = table.append_column(SOURCE_COLUMN, names).append_column(
-                ROW_COLUMN, pa.array(rows, pa.int64())
+                ROW_COLUMN, pa.array(numbered, pa.int64())
             )
             yield table
-        if first_row == 0 and not dropped:
-            raise InputMissingError(f"{item.path}: holds no data rows")
+        rows.check_not_empty()
     finally:
         if rejects.count:
             rejects.commit()
@@ -348,28 +387,15 @@ class _ModelActor:
     def __init__(self, config: RunConfig, staging: str, mapping: RunMapping) -> None:
         from batchpredict.observe import quiet_tensorflow
 
+        # An actor is a process of its own, which the command line did not set up.
         quiet_tensorflow(config.log_level)
-        from batchpredict.model import load_model
-        from batchpredict.outputs import PredictionColumns
-        from batchpredict.predictor import Predictor
-
         self.config = config
         self.staging = staging
-        self.model = load_model(
-            config.model,
-            signature=config.signature,
-            version=config.model_version,
-            unsafe=config.unsafe_model_load,
-        )
-        self.predictor = Predictor(self.model, config.batch_size)
-        self.columns = PredictionColumns.from_config(self.model, config)
+        self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from batchpredict.columns import to_model_arrays
-        from batchpredict.outputs import output_batch
-
         sources = table.column(SOURCE_COLUMN)
         rows = table.column(ROW_COLUMN).to_numpy()
         data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])
@@ -378,26 +404,26 @@ class _ModelActor:
         if mapping is None:  # once per input schema, as the local engine does per file
             mapping = self.mapping.for_file(data.schema, source)
             self.mappings[data.schema] = mapping
-        converted = to_model_arrays(data, mapping, source, self.config.fill_value)
-        kept = data.select(list(mapping.kept))
-        if converted.problems:
-            first = converted.problems[0]
-            if self.config.on_error != "skip":
-                raise DataError(
-                    f"{sources[first.index].as_py()}: row {rows[first.index]}, column "
-                    f"{first.column!r}: {first.reason}"
-                )
-            self._reject(data, sources, rows, converted.problems)
-            assert converted.good is not None
-            kept = kept.filter(pa.array(converted.good))
-        if not converted.rows:
+        ready = prepare(
+            data,
+            mapping,
+            rows,
+            source=lambda index: str(sources[index].as_py()),
+            fill_value=self.config.fill_value,
+            reject=(
+                functools.partial(self._reject, sources) if self.config.on_error == "skip" else None
+            ),
+        )
+        if not ready.rows:
             return pa.table({})  # every row rejected; the datasink skips empty blocks
-        predictions = self.predictor.predict_arrays(converted.arrays, converted.rows)
-        results = self.columns.build(predictions, True)
-        return pa.Table.from_batches([output_batch(kept, results, True, source, self.columns)])
+        return pa.Table.from_batches([self.scorer.score(ready, True)])
 
     def _reject(
-        self, data: pa.Table, sources: pa.ChunkedArray, rows: np.ndarray, problems: Sequence[Any]
+        self,
+        sources: pa.ChunkedArray,
+        data: pa.Table,
+        rows: np.ndarray,
+        problems: Sequence[RowProblem],
     ) -> None:
         """Bad rows of this batch into a rejects part of their own, grouped by file."""
         writer = RejectsWriter(storage.join(self.staging, f"rejects-{uuid.uuid4().hex}.jsonl"))

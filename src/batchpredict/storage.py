@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import structlog
 
 from batchpredict.config import is_uri as is_uri  # re-exported for the callers of storage
 from batchpredict.config import refuse_credentials
@@ -242,9 +243,8 @@ def _listing(filesystem: pafs.FileSystem, root: str, uri: str) -> list[str]:
         if "" in parts:
             # `in//x.csv`: a key S3 allows but pyarrow cannot open; one bad object must
             # not fail every listing of its prefix.
-            from batchpredict.observe import get_logger  # observe writes through storage
-
-            get_logger().warning(
+            # structlog directly: observe writes through storage.
+            structlog.get_logger("batchpredict").warning(
                 "object skipped: its key has an empty path segment ('//'), which pyarrow "
                 "cannot read; rename it",
                 object=_as_uri(uri, info.path),

@@ -18,7 +18,7 @@ import bisect
 import contextlib
 import dataclasses
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from batchpredict.errors import DataError
-from batchpredict.formats.base import KEPT_VALUE_CHARS, BadRecord, not_readable
+from batchpredict.formats.base import KEPT_VALUE_CHARS, BadRecord, ReadOptions, not_readable
 from batchpredict.formats.csv_records import straddles
 from batchpredict.formats.text_values import (
     convert_lines,
@@ -35,8 +35,38 @@ from batchpredict.formats.text_values import (
     unconvertible_column,
 )
 
-if TYPE_CHECKING:
-    from batchpredict.formats.csv_io import CsvReader
+
+class CsvReading(Protocol):
+    """What a skipping read needs of the CSV reader (`csv_io.CsvReader`)."""
+
+    options: ReadOptions
+    #: The model's numeric columns and the types they are read as.
+    wanted: dict[str, pa.DataType]
+    null_values: list[str]
+    separator: str
+
+    def parse_options(self, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pacsv.ParseOptions:
+        """The dialect, with `on_invalid` as Arrow's invalid-row handler."""
+
+    def convert_options(self, column_types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+        """Arrow's conversion of the columns to `column_types`."""
+
+    def error_for(
+        self,
+        exc: BaseException,
+        bad_rows: list[pacsv.InvalidRow],
+        names: list[str],
+        row_shift: int = -1,
+    ) -> Exception:
+        """Our error for a failure of Arrow's reader."""
+
+    def invalid_row(self, number: int, row: pacsv.InvalidRow) -> BadRecord:
+        """The bad record for a row Arrow found malformed."""
+
+    def block_for_longest_row(
+        self, block_size: int, failure: BaseException, reopen: object | None
+    ) -> int:
+        """A block size that holds the longest row read so far, or the error."""
 
 
 class SkippingRead:
@@ -48,7 +78,7 @@ class SkippingRead:
 
     def __init__(
         self,
-        reader: CsvReader,
+        reader: CsvReading,
         column_types: dict[str, pa.DataType],
         report: Callable[[BadRecord], None],
         reopen: Callable[[], pa.NativeFile] | None,
