@@ -264,7 +264,10 @@ def start_moto_server(server_env: dict[str, str] | None = None) -> tuple[Any, di
     """Start moto's S3 server on a free port of 127.0.0.1; the process and the environment
     that points the SDKs at it (fake credentials)."""
     pytest.importorskip("moto")
-    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    # The server of the moto this interpreter runs, not whichever is first on PATH (another
+    # Python's moto may answer pyarrow's multipart uploads in a way it rejects).
+    beside = Path(sys.executable).with_name("moto_server")
+    server = str(beside) if beside.exists() else shutil.which("moto_server") or "moto_server"
     port = _free_port()
     proc = subprocess.Popen(
         [server, "-H", "127.0.0.1", "-p", str(port)],
