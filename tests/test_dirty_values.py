@@ -24,7 +24,7 @@ import pytest
 
 from batchpredict.config import RunConfig, parse_delimiter
 from batchpredict.errors import DataError, UsageError
-from batchpredict.formats import csv_io, json_io
+from batchpredict.formats import csv_io, json_io, json_model
 from batchpredict.formats.base import BadRecord, ReadOptions
 from batchpredict.formats.registry import reader_for
 from conftest import N_FEATURES, Completed, make_frame, reference_predictions
@@ -356,19 +356,19 @@ def block_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     "fast" (Arrow parsed it whole), "patched" (Arrow parsed it whole once the lines with
     a value written another way were patched) or "fallback" (decoded line by line)."""
     taken: list[str] = []
-    reader = json_io.JsonLinesReader
-    fast, fallback = reader._finish_model_columns, reader._parse_model_lines
+    columns = json_model.ModelColumns
+    fast, fallback = columns.finish, columns.parse_lines
 
-    def spy_fast(self: json_io.JsonLinesReader, *args: Any) -> Any:
+    def spy_fast(self: json_model.ModelColumns, *args: Any) -> Any:
         taken.append("patched" if len(args) > 6 and args[6] else "fast")
         return fast(self, *args)
 
-    def spy_fallback(self: json_io.JsonLinesReader, *args: Any) -> Any:
+    def spy_fallback(self: json_model.ModelColumns, *args: Any) -> Any:
         taken.append("fallback")
         return fallback(self, *args)
 
-    monkeypatch.setattr(reader, "_finish_model_columns", spy_fast)
-    monkeypatch.setattr(reader, "_parse_model_lines", spy_fallback)
+    monkeypatch.setattr(columns, "finish", spy_fast)
+    monkeypatch.setattr(columns, "parse_lines", spy_fallback)
     return taken
 
 
