@@ -242,10 +242,10 @@ def test_metrics_failed_write_leaves_the_old_file(
     run(path, at=100.0)
     old = path.read_text()
 
-    def fail(src: str, dst: str) -> None:
+    def fail(descriptor: int) -> None:  # the disk fills as the new file is flushed
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", fail)
+    monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(ReadWriteError, match="cannot write metrics"):
         run(path, at=200.0)
     assert path.read_text() == old

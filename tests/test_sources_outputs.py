@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,53 @@ def test_output_file_format_from_its_extension(tmp_path: Path) -> None:
     inputs = expand_inputs((str(touch(tmp_path / "a.csv")),), None)
     targets = plan_outputs(inputs, config(tmp_path, output_file=str(tmp_path / "o.jsonl")))
     assert targets[0].format == "jsonl"
+
+
+@pytest.fixture(params=["local", "memory"])
+def folder(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A folder to expand inputs in, on the local disk or in fsspec's in-memory store:
+    both go through the same listing and matching."""
+    if request.param == "local":
+
+        def write(name: str) -> None:
+            touch(tmp_path / name)
+
+        yield str(tmp_path), write
+        return
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    root = f"/sources-{uuid.uuid4().hex}"
+
+    def put(name: str) -> None:
+        memory.pipe(f"{root}/{name}", b"a\n1\n")
+
+    yield f"memory://{root}", put
+    memory.rm(root, recursive=True)
+
+
+def test_globs_match_within_a_name_and_across_folders_only_with_double_star(
+    folder: tuple[str, Callable[[str], None]],
+) -> None:
+    """A wildcard stays within one name, `**` crosses folders, a pattern ending in `/`
+    takes the files below the folders it matches, and `_`- or `.`-prefixed folders are
+    skipped by globs as by directories: alike on the local disk and in a store."""
+    root, put = folder
+    for name in ("a.csv", "day=1/b.csv", "day=2/deep/c.csv", "_tmp/d.csv", ".hidden/e.csv"):
+        put(name)
+
+    def found(pattern: str) -> list[str]:
+        return [item.relative_path for item in expand_inputs((f"{root}/{pattern}",), None)]
+
+    assert found("*.csv") == ["a.csv"]
+    assert found("*/*.csv") == ["day=1/b.csv"]
+    assert found("**/*.csv") == ["a.csv", "day=1/b.csv", "day=2/deep/c.csv"]
+    assert found("day=*/") == ["day=1/b.csv", "day=2/deep/c.csv"]
+    assert [i.relative_path for i in expand_inputs((root,), None)] == [
+        "a.csv",
+        "day=1/b.csv",
+        "day=2/deep/c.csv",
+    ]
+    with pytest.raises(InputMissingError, match="matched no input file"):
+        found("*/d.csv")

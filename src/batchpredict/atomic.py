@@ -1,11 +1,11 @@
-"""Temporary files beside their target, renamed into place when complete.
+"""Temporary files beside their target, moved into place when complete.
 
 Every file batchpredict writes — outputs, the rejects file, the manifest and `_SUCCESS` —
-goes through here: written under a hidden temporary name in the target's directory (so
-the rename cannot cross file systems), flushed to disk, then `os.replace`d. Temporary
-names carry the writer's process id, so the next run can remove those of a killed run.
-On object stores (`s3://...`) the temporary is a `_`-prefixed key beside the target,
-moved into place by the store (see `storage.publish`).
+goes through `StagedFile`: written under a temporary name in the target's folder (so the
+move cannot cross filesystems), then published (`storage.publish`: a rename, or on object
+stores a server-side move), so that a failed run never leaves a partial file under the
+final name. Creating the temporary is the one step that differs by filesystem, see
+`_local_temporary` and `_store_temporary`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -36,42 +35,32 @@ class StagedFile:
         self.path = path
         #: What the file is, for error messages ("metrics": "cannot write metrics: ...").
         self.what = f" {what}" if what else ""
+        self.target = storage.locate(path)
+        #: The local temporary's Python file (None on a store), synced before the move.
         self._raw: Any = None
-        if storage.is_uri(path):
-            storage.remove_stale_temporaries(path)
-            self.temp = storage.temporary_uri(path)
-            self.sink: pa.NativeFile = storage.open_output(self.temp)
-            return
-        try:
-            fd, self.temp = temp_beside(path)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot create output: {error_text(exc)}") from exc
-        self._raw = os.fdopen(fd, "wb")
-        if max_bytes is not None:  # (config refuses the limit for object stores)
-            self._raw = _BoundedFile(self._raw, max_bytes, path)
-        self.sink = pa.PythonFile(self._raw, mode="w")
+        if self.target.local:
+            self.temp, self._raw = _local_temporary(self.target, max_bytes)
+            self.sink: pa.NativeFile = pa.PythonFile(self._raw, mode="w")
+        else:  # (config refuses --max_output_bytes for stores)
+            self.temp, self.sink = _store_temporary(self.target)
 
     def commit(self) -> None:
-        """Close the sink (if the caller has not) and move the complete file into place."""
+        """Close the sink (if the caller has not), flush the bytes to disk and move the
+        complete file into place."""
         try:
             if not self.sink.closed:
-                self.sink.close()
-            if self._raw is None:
-                storage.publish(self.temp, self.path)
-                return
-            if not self._raw.closed:
-                self._raw.close()
-            # Synced through a fresh descriptor: closing the Arrow stream closed ours.
-            fd = os.open(self.temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            publish(self.temp, self.path)
+                self.sink.close()  # on a store, this completes the upload
+            if self._raw is not None:
+                _sync_local(self._raw, self.temp)
         except OSError as exc:
             self.abort()
-            reason = error_text(exc)
-            raise ReadWriteError(f"{self.path}: cannot write{self.what}: {reason}") from exc
+            why = storage.reason(self.target, exc)
+            raise ReadWriteError(f"{self.path}: cannot write{self.what}: {why}") from exc
+        try:
+            storage.publish(self.temp, self.path, self.what)
+        except ReadWriteError:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Close and delete the temporary file (best effort: used while already failing)."""
@@ -79,10 +68,49 @@ class StagedFile:
             with contextlib.suppress(Exception):
                 if stream is not None and not stream.closed:
                     stream.close()
-        if self._raw is None:
-            storage.remove(self.temp)
-        else:
-            Path(self.temp).unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            storage.delete(self.temp)
+
+
+def _local_temporary(target: storage.Location, max_bytes: int | None) -> tuple[str, Any]:
+    """A new local temporary for `target` and its Python file. Local only, and why:
+    `mkstemp` creates it with O_EXCL (never through a link or a file someone else planted
+    under the name) and mode 0600 (nobody reads a result before it is complete; the umask
+    applies when it is published), and its name carries our process id so that the next
+    run can remove a killed run's leftovers. pyarrow's local output streams do neither."""
+    try:
+        fd, temp = temp_beside(target.path)
+    except OSError as exc:
+        raise OutputError(f"{target.name}: cannot create output: {error_text(exc)}") from exc
+    raw: Any = os.fdopen(fd, "wb")
+    if max_bytes is not None:
+        raw = _BoundedFile(raw, max_bytes, target.name)
+    return temp, raw
+
+
+def _store_temporary(target: storage.Location) -> tuple[str, pa.NativeFile]:
+    """A new temporary object beside `target` and its upload stream; leftovers of killed
+    runs are told by age, since no process id says whether a writer elsewhere is alive."""
+    storage.remove_stale_temporaries(target.name)
+    temp = storage.temporary_name(target.name)
+    return temp, storage.open_output(temp)
+
+
+def _sync_local(raw: Any, temp: str) -> None:
+    """Give the finished local temporary the usual permissions and put its bytes on disk
+    before it is renamed (a store has the object whole once its upload completes)."""
+    if not raw.closed:
+        raw.close()
+    # mkstemp creates 0600; results get the mode the umask gives any new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    # Synced through a fresh descriptor: closing the Arrow stream closed ours.
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _BoundedFile:
@@ -158,12 +186,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
-
-
-def publish(temp: str, path: str) -> None:
-    """Give a finished temporary file the usual permissions and rename it into place."""
-    # mkstemp creates 0600; results get the mode the umask gives any new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    os.replace(temp, path)

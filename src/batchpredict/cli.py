@@ -402,6 +402,7 @@ def validate(**options: Any) -> None:
 def formats() -> None:
     """List the readers and writers and the extensions they claim."""
     from batchpredict.formats.registry import describe_formats
+    from batchpredict.storage import COMPRESSION_SUFFIXES
 
     click.echo(f"{'format':<10}{'read':<6}{'write':<7}extensions")
     for name, extensions, can_read, can_write in describe_formats():
@@ -409,7 +410,8 @@ def formats() -> None:
             f"{name:<10}{'yes' if can_read else 'no':<6}{'yes' if can_write else 'no':<7}"
             f"{' '.join(extensions)}"
         )
-    click.echo("compression by suffix: .gz .bz2 .zst (CSV, TSV, JSON lines)")
+    suffixes = " ".join(COMPRESSION_SUFFIXES)
+    click.echo(f"compression by suffix: {suffixes} (CSV, TSV, JSON lines)")
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -15,9 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchpredict.config import is_uri
 from batchpredict.errors import ModelError
-from batchpredict.model_files import resolve_local
 
 # Re-exported: callers describe a loaded model with them.
 from batchpredict.tensors import ResolvedModelPath as ResolvedModelPath
@@ -78,12 +76,10 @@ class LoadedModel:
 
 def resolve_model_path(path: str, version: int | None = None) -> ResolvedModelPath:
     """Find which kind of model `path` holds and, for a TF-Serving base dir, which version."""
-    if is_uri(path):
-        # Here rather than in the callers, so each Ray worker fills its own node's cache.
-        from batchpredict.model_cache import fetch
+    # Here rather than in the callers, so each Ray worker fills its own node's cache.
+    from batchpredict.model_cache import fetch
 
-        return fetch(path, version)
-    return resolve_local(path, version)
+    return fetch(path, version)
 
 
 # --------------------------------------------------------------------------- loading

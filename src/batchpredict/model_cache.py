@@ -90,18 +90,20 @@ def cache_root() -> Path:
 
 
 def fetch(uri: str, version: int | None = None) -> ResolvedModelPath:
-    """The model at `uri` in the local cache, downloaded first unless an entry for the same
-    objects (same keys, sizes and ETags) is already there; messages name `uri`.
+    """The model at `uri`: a local one (a path or `file://`) where it is, a store's from
+    the local cache, downloaded first unless an entry for the same objects (same keys,
+    sizes and ETags) is already there; messages name `uri`.
 
     A model that is missing or cannot be read is a `ModelError` (78) like any other model
     that cannot be used: a broken job, not an input that has not arrived yet (66)."""
     try:
-        filesystem, path = storage.resolve(uri)
+        location = storage.locate(uri)
     except InputMissingError as exc:
         raise ModelError(str(exc)) from exc
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        # file:// needs no copy: the local resolver reads it where it is.
-        return resolve_local(path, version)
+    if location.local:
+        # A local path or file:// needs no copy: the local resolver reads it where it is.
+        return resolve_local(location.path, version)
+    filesystem, path = location.filesystem, location.path
     uri, path = uri.rstrip("/"), path.rstrip("/")
     objects, kind, chosen, model_relative = _plan(filesystem, path, uri, version)
     root = cache_root()

@@ -258,7 +258,7 @@ def _commit(
     outputs = []
     for part in sorted(parts, key=lambda p: p["index"]):
         name = part["path"].rsplit("/", 1)[-1]
-        storage.move(part["path"], storage.join(output_dir, name))
+        storage.publish(part["path"], storage.join(output_dir, name))
         outputs.append({"output": name, "rows": part["rows"], "format": output_format})
     rejects_file = config.rejects_file or storage.join(output_dir, REJECTS)
     if config.on_error == "skip":

@@ -1,48 +1,44 @@
 """Turn `--input_file` values (files, globs, directories, `-`) into an ordered list of inputs.
 
-Each input remembers the root it was found under (the directory given, or a glob's fixed
-prefix) so that `--output_dir` can mirror its relative path and two `part-0.parquet` files
-from different partitions never collide.
+Local paths and URIs are expanded alike, through `storage`: a value names one file, a
+folder (every file below it), or a glob whose fixed prefix is the folder listed. Each
+input remembers its path below that folder so that `--output_dir` can mirror it and two
+`part-0.parquet` files from different partitions never collide.
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import structlog
 
 from batchpredict import storage
 from batchpredict.errors import InputMissingError, UsageError
 from batchpredict.formats.registry import READERS, format_for_path, reader_format
-from batchpredict.storage import is_uri
-
-STDIO = "-"
-_GLOB_CHARS = frozenset("*?[")
+from batchpredict.storage import GLOB_CHARS, STDIO
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input to read, with the format to read it as and the root its name is relative to."""
+    """One input to read, with the format to read it as and its path below the folder
+    (or glob prefix) it was found under."""
 
     path: str
     format: str
-    root: str
-
-    @property
-    def relative_path(self) -> str:
-        """The path below its root (`date=1/part-0.parquet`), used to name `--output_dir` files."""
-        if self.path == STDIO:
-            return "stdin"
-        if is_uri(self.path):
-            return self.path[len(self.root) :].lstrip("/")
-        return os.path.relpath(self.path, self.root)
+    #: The path below its folder (`date=1/part-0.parquet`), used to name `--output_dir`
+    #: files; "stdin" for `-`.
+    relative_path: str
 
 
 def expand_inputs(values: tuple[str, ...], input_format: str | None) -> list[InputFile]:
     """Expand every value in order; globs and directories are sorted by name, duplicates dropped.
 
-    Directories and globs skip hidden and `_`-prefixed files (`_SUCCESS`, temporary files)
+    Directories and globs skip hidden and `_`-prefixed names (`_SUCCESS`, temporary files)
     and batchpredict's own outputs (`*.predictions.*`, `*.rejects.jsonl`), so that a second
     run over the same folder does not score the first run's results.
     """
@@ -62,46 +58,116 @@ def expand_inputs(values: tuple[str, ...], input_format: str | None) -> list[Inp
 def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     if value == STDIO:
         assert input_format is not None  # RunConfig refuses stdin without --input_format
-        return [InputFile(STDIO, input_format, "")]
-    if is_uri(value):
-        found = [
-            (uri, root) for uri, root in storage.expand(value) if _is_data_file(uri, input_format)
-        ]
-        if not found:
-            raise InputMissingError(f"{value}: matched no input file of a known format")
-        return [_input_file(uri, input_format, root) for uri, root in found]
-    if _GLOB_CHARS & set(value):
-        root = _glob_root(value)
-        matches = sorted(
-            path
-            for path in glob.glob(value, recursive=True)
-            if Path(path).is_file()
-            and not _below_a_symlinked_folder(path, root)
-            and _is_data_file(path, input_format)
-        )
-        if not matches:
-            raise InputMissingError(f"{value}: pattern matched no input file")
-        return [_input_file(path, input_format, root) for path in matches]
-    path = Path(value)
-    if path.is_dir():
-        matches = sorted(
-            str(p)
-            for p in path.rglob("*")
-            if p.is_file()
-            and not _is_hidden(p.relative_to(path))
-            and _is_data_file(str(p), input_format)
-        )
-        if not matches:
-            raise InputMissingError(f"{value}: directory holds no input file of a known format")
-        return [_input_file(p, input_format, value) for p in matches]
-    if not path.exists():
-        raise InputMissingError(f"{value}: no such file")
-    if not os.access(value, os.R_OK):
+        return [InputFile(STDIO, input_format, "stdin")]
+    if GLOB_CHARS & set(value):
+        prefix, pattern = storage.split_glob(value)
+        folder = storage.locate(prefix or ".")
+        wanted = pattern.split("/")
+        depth = None if "**" in wanted or wanted[-1] == "" else len(wanted)
+        relatives = [r for r in _walk(folder, depth) if _matches(r.split("/"), wanted)]
+        return _found_below(value, prefix, relatives, input_format)
+    location = storage.locate(value)
+    kind = storage.kind(location)
+    if kind == pafs.FileType.Directory:
+        prefix = value.rstrip("/") + "/"
+        return _found_below(value, prefix, _walk(location), input_format)
+    if kind == pafs.FileType.NotFound:
+        raise InputMissingError(f"{value}: no such {location.noun}")
+    # Stores say so when the object is opened; locally it is cheap to tell now.
+    if location.local and not os.access(value, os.R_OK):
         raise InputMissingError(f"{value}: not readable (permission denied)")
-    return [_input_file(value, input_format, str(path.parent))]
+    return [_input_file(value, input_format, value.rsplit("/", 1)[-1])]
 
 
-def _input_file(path: str, input_format: str | None, root: str) -> InputFile:
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Whether a path below the glob's folder, split at `/`, matches the pattern's parts:
+    a wildcard matches within one name, `**` any number of folders, and a pattern ending
+    in `/` names folders, matching every file below them."""
+    if not pattern:
+        return not parts
+    first, rest = pattern[0], pattern[1:]
+    if first == "**":
+        return any(_matches(parts[start:], rest) for start in range(len(parts) + 1))
+    if first == "" and not rest:
+        return bool(parts)
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], first) and _matches(parts[1:], rest)
+
+
+def _found_below(
+    value: str, prefix: str, relatives: list[str], input_format: str | None
+) -> list[InputFile]:
+    """The inputs among the files `relatives` below the folder `prefix` names."""
+    found = [
+        _input_file(prefix + relative, input_format, relative)
+        for relative in relatives
+        if _is_data_file(relative, input_format)
+    ]
+    if not found:
+        raise InputMissingError(f"{value}: matched no input file of a known format")
+    return found
+
+
+def _walk(folder: storage.Location, depth: int | None = None) -> list[str]:
+    """The files below `folder` as paths relative to it (`/`-separated), sorted, at most
+    `depth` folders deep; hidden and `_`-prefixed names (`_SUCCESS`, temporaries, Spark's
+    `_temporary/`) and everything below them are skipped. A local folder that is not there
+    holds nothing; a store's missing bucket or prefix is an InputMissingError."""
+    found = _walk_local(folder.path, "", depth) if folder.local else _walk_store(folder)
+    return sorted(found)
+
+
+def _walk_local(folder: str, relative: str, depth: int | None) -> Iterator[str]:
+    """Local folders are walked here rather than listed by pyarrow, which follows
+    symlinked folders: on a shared machine a link can lead anywhere, and a link to a
+    parent would list files again. Links to files are followed, and so is `folder` itself
+    (a link named by the user). Unreadable sub-folders are skipped, as `glob` does."""
+    try:
+        with os.scandir(folder or ".") as entries:
+            listed = [
+                (entry.name, entry.is_dir(follow_symlinks=False), entry.is_file())
+                for entry in entries
+            ]
+    except OSError:
+        return
+    for name, is_folder, is_file in listed:
+        if name.startswith((".", "_")):
+            continue
+        if is_file:
+            yield relative + name
+        elif is_folder and (depth is None or depth > 1):
+            inner = None if depth is None else depth - 1
+            yield from _walk_local(os.path.join(folder, name), f"{relative}{name}/", inner)
+
+
+def _walk_store(folder: storage.Location) -> list[str]:
+    root = folder.path.rstrip("/")
+    try:
+        infos = folder.filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError as exc:
+        raise InputMissingError(f"{folder.name}: no such bucket or prefix") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise InputMissingError(f"{folder.name}: cannot list: {storage.clean(exc)}") from exc
+    found = []
+    for info in infos:
+        relative = info.path[len(root) :].removeprefix("/")
+        parts = relative.split("/")
+        if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in parts):
+            continue
+        if "" in parts:
+            # `in//x.csv`: a key S3 allows but pyarrow cannot open; one bad object must
+            # not fail every listing of its prefix.
+            # structlog directly: observe writes through storage.
+            structlog.get_logger("batchpredict").warning(
+                "object skipped: its key has an empty path segment ('//'), which pyarrow "
+                "cannot read; rename it",
+                object=storage.join(folder.name, relative),
+            )
+            continue
+        found.append(relative)
+    return found
+
+
+def _input_file(path: str, input_format: str | None, relative: str) -> InputFile:
     fmt = input_format or format_for_path(path)
     if fmt is None:
         raise UsageError(
@@ -110,38 +176,11 @@ def _input_file(path: str, input_format: str | None, root: str) -> InputFile:
         )
     if storage.size(path) == 0:
         raise InputMissingError(f"{path}: file is empty")
-    return InputFile(path, fmt, root)
-
-
-def _glob_root(pattern: str) -> str:
-    """The directory part of a glob before its first wildcard (`exports/*/a.pq` -> `exports`)."""
-    fixed: list[str] = []
-    for part in Path(pattern).parts[:-1]:
-        if _GLOB_CHARS & set(part):
-            break
-        fixed.append(part)
-    return str(Path(*fixed)) if fixed else "."
-
-
-def _below_a_symlinked_folder(path: str, root: str) -> bool:
-    """Whether a wildcard took `path` through a symlinked folder below `root`. Globs do
-    not follow them, as directories do not (`rglob`): on a shared machine a link can lead
-    anywhere, and a link to a parent would list files again. A symlinked file, and
-    links in the part of the pattern before its first wildcard, are followed."""
-    folder = Path(root)
-    for part in Path(os.path.relpath(path, root)).parts[:-1]:
-        folder = folder / part
-        if folder.is_symlink():
-            return True
-    return False
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith((".", "_")) for part in relative.parts)
+    return InputFile(path, fmt, relative)
 
 
 def _is_data_file(path: str, input_format: str | None) -> bool:
-    name = Path(path).name
+    name = path.rsplit("/", 1)[-1]
     if name.startswith((".", "_")) or ".predictions." in name or name.endswith(".rejects.jsonl"):
         return False
     return input_format is not None or format_for_path(path) is not None

@@ -1,24 +1,22 @@
-"""URIs (`s3://`, `gs://`, `abfs://`, `hdfs://`, `file://`) through pyarrow's filesystems,
-and through fsspec for schemes pyarrow has none for (`memory://`, `az://`, ...).
+"""Every location batchpredict reads or writes, local or remote, as a `Location`: the name
+as given, the pyarrow filesystem that holds it and the path inside that filesystem.
+
+A local path is pyarrow's `LocalFileSystem`; a URI (`s3://`, `gs://`, `abfs://`,
+`hdfs://`, `file://`) goes through pyarrow's filesystems, and through fsspec for schemes
+pyarrow has none for (`memory://`, `az://`, ...). Standard input and output (`-`,
+`STDIO`) are the one name that is not a location: callers test for it first.
 
 Credentials come only from where the cloud SDKs look (environment, their config files,
 instance roles), never from options; `AWS_ENDPOINT_URL`, or `s3_endpoint` for one run
-(`--s3_endpoint_url`), points S3 at a compatible store. Error messages name the URI and
-the store's reason, never a secret.
-
-Reading and planning code paths call `is_uri` and keep their own local-file code; the
-helpers at the end (`join`, `size`, `read_bytes`, `list_files`, `move`, `delete`,
-`delete_tree`, `make_dirs`) take either, for code that treats both alike (the Ray
-engine's staging folder).
+(`--s3_endpoint_url`), points S3 at a compatible store. Error messages name the location
+as given and the store's reason, never a secret.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import re
-import shutil
 import time
 import urllib.parse
 import uuid
@@ -28,14 +26,22 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import structlog
 
+from batchpredict.config import STDIO as STDIO  # re-exported: the one name for stdin/stdout
 from batchpredict.config import is_uri as is_uri  # re-exported for the callers of storage
 from batchpredict.config import refuse_credentials
-from batchpredict.errors import InputMissingError, OutputError, ReadWriteError, UsageError
+from batchpredict.errors import (
+    InputMissingError,
+    OutputError,
+    ReadWriteError,
+    UsageError,
+    error_text,
+)
 
-_GLOB_CHARS = frozenset("*?[")
-_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+#: The characters that make an `--input_file` value a glob pattern.
+GLOB_CHARS = frozenset("*?[")
+#: Compression suffixes recognised on inputs and outputs, mapped to Arrow codec names.
+COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 #: Age after which a temporary beside an output is taken for a killed run's leftover.
 STALE_TEMPORARY_SECONDS = 24 * 3600
 #: Bytes fetched per request from an object store when reading a stream.
@@ -52,12 +58,47 @@ _PREAMBLE = re.compile(r"^When [^:]*: ")
 _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
 
 
+@dataclass(frozen=True)
+class Location:
+    """A file or folder: `name` as the user gave it (for messages and for naming what is
+    beside it), the filesystem holding it, and its `path` in that filesystem."""
+
+    name: str
+    filesystem: pafs.FileSystem
+    path: str
+
+    @property
+    def local(self) -> bool:
+        """On this machine's disk (a path or `file://`): where batchpredict's own files get
+        the protections only a local filesystem offers (see atomic and sources)."""
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    @property
+    def noun(self) -> str:
+        """What one is called in messages: a file, or an object in a store."""
+        return "file" if self.local else "object"
+
+
+_LOCAL = pafs.LocalFileSystem()
+
+
+def locate(name: str) -> Location:
+    """Resolve `name` (a local path or a URI, not `-`) once to its filesystem and path:
+    `bucket/key` on S3 and GCS, `container/key` on Azure, `/key` on HDFS, the path itself
+    on the local disk."""
+    if name == STDIO:
+        raise ValueError("standard input/output is not a location")  # callers test first
+    if not is_uri(name):
+        return Location(name, _LOCAL, name)
+    refuse_credentials(name)
+    store = _store(name)
+    return Location(name, store.filesystem, store.path_of(name))
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of `uri` and the path inside it (`bucket/key` on S3 and GCS,
-    `container/key` on Azure, `/key` on HDFS)."""
-    refuse_credentials(uri)
-    store = _store(uri)
-    return store.filesystem, store.path_of(uri)
+    """The filesystem of `uri` and the path inside it (see `locate`)."""
+    location = locate(uri)
+    return location.filesystem, location.path
 
 
 @dataclass(frozen=True)
@@ -186,195 +227,157 @@ def _fsspec_filesystem(scheme: str, uri: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, str(path)
 
 
+def split_glob(value: str) -> tuple[str, str]:
+    """A glob's fixed folder, up to the `/` before its first wildcard ("" for none), and
+    the pattern below it: `exports/*/a.pq` -> (`exports/`, `*/a.pq`)."""
+    first = min((value.find(char) for char in GLOB_CHARS if char in value), default=len(value))
+    cut = value.rfind("/", 0, first) + 1
+    return value[:cut], value[cut:]
+
+
 def _without_glob(uri: str) -> str:
     """`uri` up to its first wildcard's folder (from_uri cannot parse wildcards)."""
-    if not _GLOB_CHARS & set(uri):
-        return uri
-    head = re.split(r"[*?\[]", uri, maxsplit=1)[0]
-    return head.rsplit("/", 1)[0] or head
+    fixed, pattern = split_glob(uri)
+    return fixed.rstrip("/") if GLOB_CHARS & set(pattern) else uri
 
 
-def _as_uri(template: str, path: str) -> str:
-    """The URI of a filesystem path found while listing under `template`."""
-    return _store(template).uri_of(path)
-
-
-def expand(value: str) -> list[tuple[str, str]]:
-    """Files named by `value` as (uri, root uri) pairs, sorted: one object, every object
-    under a prefix (a "directory"), or those matching a glob (`**` crosses folders)."""
-    filesystem, path = resolve(value)
-    if _GLOB_CHARS & set(path):
-        root = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0]
-        found = _listing(filesystem, root, value)
-        pattern = path.replace("**/", "*").replace("**", "*")
-        matches = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
-        return [(_as_uri(value, p), _as_uri(value, root)) for p in sorted(matches)]
-    info = _info(filesystem, path, value)
-    if info.type == pafs.FileType.File:
-        return [(value, _as_uri(value, path.rsplit("/", 1)[0]))]
-    if info.type == pafs.FileType.Directory:
-        return [
-            (_as_uri(value, p), _as_uri(value, path.rstrip("/")))
-            for p in sorted(_listing(filesystem, path, value))
-        ]
-    raise InputMissingError(f"{value}: no such object")
-
-
-def _info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
+def _info(location: Location) -> pafs.FileInfo:
     try:
-        return filesystem.get_file_info(path)
+        return location.filesystem.get_file_info(location.path)
     except (pa.ArrowException, OSError) as exc:
-        raise InputMissingError(f"{uri}: cannot read: {clean(exc)}") from exc
+        raise InputMissingError(f"{location.name}: cannot read: {clean(exc)}") from exc
 
 
-def _listing(filesystem: pafs.FileSystem, root: str, uri: str) -> list[str]:
-    """Every file below `root`, skipping hidden and `_`-prefixed names."""
+def kind(location: Location) -> pafs.FileType:
+    """What is at `location`: a file, a folder (a prefix holding objects), or nothing
+    (`NotFound`); `Unknown` for a local special file (a named pipe, a device)."""
+    return _info(location).type
+
+
+def compression_of(name: str) -> str | None:
+    """The Arrow codec named by the last suffix of `name` (`.gz`: gzip), or None."""
+    suffix = os.path.splitext(name.rsplit("/", 1)[-1])[1]
+    return COMPRESSION_SUFFIXES.get(suffix.lower())
+
+
+def open_stream(name: str) -> pa.NativeFile:
+    """`name` as a sequential stream, decompressed by its suffix (.gz, .bz2, .zst)."""
+    location = locate(name)
+    # Buffered on stores, where every unbuffered read is a request, and the readers also
+    # read a byte or a line at a time. Decompressed below, by our suffix table (pyarrow
+    # would detect it too, and decompress twice).
+    buffer = None if location.local else _READ_BUFFER
     try:
-        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-    except FileNotFoundError as exc:
-        raise InputMissingError(f"{uri}: no such bucket or prefix") from exc
+        stream = location.filesystem.open_input_stream(
+            location.path, compression=None, buffer_size=buffer
+        )
     except (pa.ArrowException, OSError) as exc:
-        raise InputMissingError(f"{uri}: cannot list: {clean(exc)}") from exc
-    found = []
-    for info in infos:
-        parts = info.path[len(root) :].removeprefix("/").split("/")
-        if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in parts):
-            continue
-        if "" in parts:
-            # `in//x.csv`: a key S3 allows but pyarrow cannot open; one bad object must
-            # not fail every listing of its prefix.
-            # structlog directly: observe writes through storage.
-            structlog.get_logger("batchpredict").warning(
-                "object skipped: its key has an empty path segment ('//'), which pyarrow "
-                "cannot read; rename it",
-                object=_as_uri(uri, info.path),
-            )
-            continue
-        found.append(info.path)
-    return found
-
-
-def open_stream(uri: str) -> pa.NativeFile:
-    """`uri` as a sequential stream, decompressed by its suffix (.gz, .bz2, .zst)."""
-    filesystem, path = resolve(uri)
-    suffix = "." + uri.rsplit(".", 1)[-1] if "." in uri else ""
-    try:
-        # Buffered: on object stores every unbuffered read is a request, and the readers
-        # also read a byte or a line at a time. Decompressed below, by our suffix table
-        # (pyarrow would detect it too, and decompress twice).
-        stream = filesystem.open_input_stream(path, compression=None, buffer_size=_READ_BUFFER)
-    except FileNotFoundError as exc:
-        raise InputMissingError(f"{uri}: no such object") from exc
-    except (pa.ArrowException, OSError) as exc:
-        raise _read_error(uri, exc) from exc
-    codec = _COMPRESSION.get(suffix)
+        raise _open_error(location, exc) from exc
+    codec = compression_of(name)
     return pa.CompressedInputStream(stream, codec) if codec else stream
 
 
-def open_file(uri: str) -> Any:
-    """`uri` for random access (Parquet reads its footer first)."""
-    filesystem, path = resolve(uri)
+def open_file(name: str) -> Any:
+    """`name` for random access (Parquet reads its footer first)."""
+    location = locate(name)
     try:
-        return filesystem.open_input_file(path)
-    except FileNotFoundError as exc:
-        raise InputMissingError(f"{uri}: no such object") from exc
+        return location.filesystem.open_input_file(location.path)
     except (pa.ArrowException, OSError) as exc:
-        raise _read_error(uri, exc) from exc
+        raise _open_error(location, exc) from exc
 
 
-def _read_error(uri: str, exc: BaseException) -> Exception:
-    """Refused or missing → the input is unreadable (66); anything else is I/O (74)."""
-    reason = clean(exc)
+def _open_error(location: Location, exc: BaseException) -> Exception:
+    """Missing or refused -> the input is unreadable (66); anything else is I/O (74)."""
+    if isinstance(exc, FileNotFoundError):
+        return InputMissingError(f"{location.name}: no such {location.noun}")
+    if location.local:
+        if isinstance(exc, (IsADirectoryError, PermissionError)):
+            return InputMissingError(f"{location.name}: cannot read: {error_text(exc)}")
+        return ReadWriteError(f"{location.name}: cannot open: {error_text(exc)}")
+    why = clean(exc)
     if _DENIED.search(str(exc)) or _NO_BUCKET.search(str(exc)):
-        return InputMissingError(f"{uri}: cannot read: {reason}")
-    return ReadWriteError(f"{uri}: cannot read: {reason}")
+        return InputMissingError(f"{location.name}: cannot read: {why}")
+    return ReadWriteError(f"{location.name}: cannot read: {why}")
 
 
-def fingerprint(uri: str) -> dict[str, Any]:
-    """What tells one version of an object from another: `size`, `mtime` (seconds since the
+def fingerprint(name: str) -> dict[str, Any]:
+    """What tells one version of a file from another: `size`, `mtime` (seconds since the
     epoch) and `etag`, as the store says (None for what it does not say, all None when
-    the object is not there). The ETag comes from the metadata of a stream opened on the
+    the file is not there). The ETag comes from the metadata of a stream opened on the
     object (a HEAD request on S3; GCS says `etag`), and tells apart two writes of the same
     size within the second that S3's modification times resolve."""
-    filesystem, path = resolve(uri)
-    info = _info(filesystem, path, uri)
+    location = locate(name)
+    info = _info(location)
     if info.type != pafs.FileType.File:
         return {"size": None, "mtime": None, "etag": None}
     try:
-        with filesystem.open_input_stream(path) as stream:
+        with location.filesystem.open_input_stream(location.path) as stream:
             metadata = stream.metadata() or {}
     except FileNotFoundError:
         return {"size": None, "mtime": None, "etag": None}  # removed since it was listed
     except (pa.ArrowException, OSError) as exc:
-        raise _read_error(uri, exc) from exc
+        raise _open_error(location, exc) from exc
     raw = metadata.get("ETag") or metadata.get("etag")
     etag = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
     mtime = info.mtime.timestamp() if info.mtime is not None else None
     return {"size": info.size, "mtime": mtime, "etag": etag}
 
 
-def temporary_uri(uri: str) -> str:
-    """Where an output is written before it is complete: beside it under a `_`-prefixed
-    unique name (hidden from batchpredict's globs, and from Spark's and Hive's). Beside it
-    rather than in a subfolder, because pyarrow leaves a marker object for a "folder"
-    emptied by a delete."""
-    folder, _, name = uri.rpartition("/")
-    return f"{folder}/_{name}.{uuid.uuid4().hex}.tmp"
+def temporary_name(name: str) -> str:
+    """Where an output in a store is written before it is complete: beside it under a
+    `_`-prefixed unique name (hidden from batchpredict's globs, and from Spark's and
+    Hive's). Beside it rather than in a subfolder, because pyarrow leaves a marker object
+    for a "folder" emptied by a delete."""
+    folder, _, base = name.rpartition("/")
+    return f"{folder}/_{base}.{uuid.uuid4().hex}.tmp"
 
 
-def remove_stale_temporaries(uri: str) -> None:
-    """Delete temporaries of `uri` older than STALE_TEMPORARY_SECONDS: left by runs that
-    were killed (SIGKILL, a lost node), since on a store no process id tells a dead writer
-    from one on another machine. Best effort: one listing of the target's folder."""
-    folder, _, name = uri.rpartition("/")
-    stale = re.compile(rf"_{re.escape(name)}\.[0-9a-f]{{32}}\.tmp")
+def remove_stale_temporaries(name: str) -> None:
+    """Delete store temporaries of `name` older than STALE_TEMPORARY_SECONDS: left by runs
+    that were killed (SIGKILL, a lost node), since on a store no process id tells a dead
+    writer from one on another machine. Best effort: one listing of the target's folder."""
+    folder, _, base = name.rpartition("/")
+    stale = re.compile(rf"_{re.escape(base)}\.[0-9a-f]{{32}}\.tmp")
     cutoff = time.time() - STALE_TEMPORARY_SECONDS
     with contextlib.suppress(Exception):
-        filesystem, inner = resolve(folder)
-        selector = pafs.FileSelector(inner.rstrip("/"), allow_not_found=True)
-        for info in filesystem.get_file_info(selector):
+        location = locate(folder)
+        selector = pafs.FileSelector(location.path.rstrip("/"), allow_not_found=True)
+        for info in location.filesystem.get_file_info(selector):
             if (
                 info.type == pafs.FileType.File
                 and stale.fullmatch(info.base_name)
                 and info.mtime is not None
                 and info.mtime.timestamp() < cutoff
             ):
-                filesystem.delete_file(info.path)
+                location.filesystem.delete_file(info.path)
 
 
-def open_output(uri: str) -> pa.NativeFile:
-    """A new object at `uri` to write to (uploaded in parts as it is written)."""
-    filesystem, path = resolve(uri)
+def open_output(name: str) -> pa.NativeFile:
+    """A new object at `name` to write to (uploaded in parts as it is written)."""
+    location = locate(name)
     try:
         # Compressed by the writer, which knows the target's suffix, not the temporary's.
-        return filesystem.open_output_stream(path, compression=None)
+        return location.filesystem.open_output_stream(location.path, compression=None)
     except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{uri}: cannot create output: {clean(exc)}") from exc
+        raise OutputError(f"{name}: cannot create output: {clean(exc)}") from exc
 
 
-def publish(temporary: str, final: str) -> None:
-    """Move a complete output into place: a rename where the store has one (HDFS, local),
-    a server-side copy and delete on object stores, where the final object appears whole
-    or not at all."""
-    filesystem, source = resolve(temporary)
-    target = resolve(final)[1]
+def publish(source: str, target: str, what: str = "") -> None:
+    """Move a complete file into place: a rename where the filesystem has one (local,
+    HDFS), a server-side copy and delete on object stores, where the final object appears
+    whole or not at all. `what` the file is (" manifest") goes into the error message."""
+    moved, final = locate(source), locate(target)
+    filesystem = moved.filesystem
     try:
         try:
-            filesystem.move(source, target)
+            filesystem.move(moved.path, final.path)
         except NotImplementedError:  # pyarrow's ArrowNotImplementedError is one too
             # Stores without a move (Azure blobs without a hierarchical namespace): a
             # server-side copy, also whole or nothing, then the temporary goes.
-            filesystem.copy_file(source, target)
-            filesystem.delete_file(source)
+            filesystem.copy_file(moved.path, final.path)
+            filesystem.delete_file(moved.path)
     except (pa.ArrowException, OSError) as exc:
-        raise ReadWriteError(f"{final}: cannot write: {clean(exc)}") from exc
-
-
-def remove(uri: str) -> None:
-    """Delete an object if it is there (best effort: used while already failing)."""
-    with contextlib.suppress(Exception):
-        filesystem, path = resolve(uri)
-        filesystem.delete_file(path)
+        raise ReadWriteError(f"{target}: cannot write{what}: {reason(final, exc)}") from exc
 
 
 def clean(exc: BaseException) -> str:
@@ -388,105 +391,95 @@ def clean(exc: BaseException) -> str:
     return f"access denied: {line}" if _DENIED.search(text) else line
 
 
-# -- local paths and URIs alike ------------------------------------------------------------
+def reason(location: Location, exc: BaseException) -> str:
+    """Why an operation on `location` failed, for a one-line message: the local error's
+    text, or the store's error cleaned (`clean`)."""
+    return error_text(exc) if location.local else clean(exc)
 
 
-def identity(path: str) -> str:
-    """What two names of the same file share: a local file's real path, a URI itself."""
-    return path if is_uri(path) else os.path.realpath(path)
+def identity(name: str) -> str:
+    """What two names of the same file share: a local file's real path, a URI itself.
+    (By name alone: telling them apart must not reach a store.)"""
+    return name if is_uri(name) else os.path.realpath(name)
 
 
 def join(base: str, *names: str) -> str:
-    """`base/name/...`, with `/` on URIs and the OS's separator on local paths."""
-    if is_uri(base):
-        return "/".join([base.rstrip("/"), *names])
-    return os.path.join(base, *names)
+    """`base/name/...`: `/` separates the parts of local paths and of URIs alike."""
+    return "/".join([base.rstrip("/"), *names])
 
 
-def size(path: str) -> int | None:
-    """A file's size in bytes; None when the store does not say or it is not a file."""
-    if not is_uri(path):
-        try:
-            return os.path.getsize(path)
-        except OSError:
+def size(name: str) -> int | None:
+    """A file's size in bytes; None when the store does not say, it is not a file or it
+    cannot be looked at."""
+    location = locate(name)
+    try:
+        info = _info(location)
+    except InputMissingError:
+        if location.local:  # as before: a local file that cannot be looked at has no size
             return None
-    filesystem, inner = resolve(path)
-    info = _info(filesystem, inner, path)
+        raise
     return info.size if info.type == pafs.FileType.File else None
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(name: str) -> bytes:
     """A whole (small) file: the staging folder's rejects parts, a manifest."""
-    if not is_uri(path):
-        with open(path, "rb") as handle:
-            return handle.read()
-    with open_stream(path) as stream:
-        return bytes(stream.read())
+    location = locate(name)
+    try:
+        with location.filesystem.open_input_stream(location.path, compression=None) as stream:
+            return bytes(stream.read())
+    except (pa.ArrowException, OSError) as exc:
+        raise _open_error(location, exc) from exc
 
 
 def list_files(folder: str) -> list[str]:
     """The files directly in `folder`, sorted (none when it does not exist)."""
-    if not is_uri(folder):
-        with contextlib.suppress(FileNotFoundError):
-            return sorted(entry.path for entry in os.scandir(folder) if entry.is_file())
-        return []
-    filesystem, inner = resolve(folder)
-    selector = pafs.FileSelector(inner.rstrip("/"), allow_not_found=True)
+    location = locate(folder)
+    selector = pafs.FileSelector(location.path.rstrip("/") or "/", allow_not_found=True)
     try:
-        infos = filesystem.get_file_info(selector)
+        infos = location.filesystem.get_file_info(selector)
     except (pa.ArrowException, OSError) as exc:
         raise ReadWriteError(f"{folder}: cannot list: {clean(exc)}") from exc
     return sorted(join(folder, info.base_name) for info in infos if info.type == pafs.FileType.File)
 
 
-def move(source: str, target: str) -> None:
-    """Rename a finished file into place (local: `os.replace`; stores: `publish`)."""
-    if is_uri(source):
-        publish(source, target)
-    else:
-        os.replace(source, target)
-
-
-def delete(path: str) -> None:
-    """Delete a file if it is there; a store refusing it is an output that cannot be
-    created (73): the files deleted are outputs (`_SUCCESS`, a folder's old parts)."""
-    if is_uri(path):
-        filesystem, inner = resolve(path)
-        try:
-            filesystem.delete_file(inner)
-        except FileNotFoundError:
-            pass
-        except (pa.ArrowException, OSError) as exc:
-            raise OutputError(f"{path}: cannot delete: {clean(exc)}") from exc
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def delete(name: str) -> None:
+    """Delete a file if it is there; a refusal is an output that cannot be created (73):
+    the files deleted are outputs (`_SUCCESS`, a folder's old parts) and temporaries."""
+    location = locate(name)
+    try:
+        location.filesystem.delete_file(location.path)
+    except FileNotFoundError:
+        pass
+    except (pa.ArrowException, OSError) as exc:
+        raise OutputError(f"{name}: cannot delete: {reason(location, exc)}") from exc
 
 
 def delete_tree(folder: str) -> None:
     """Delete a folder and everything in it, if it is there (best effort)."""
-    if not is_uri(folder):
-        shutil.rmtree(folder, ignore_errors=True)
-        return
     with contextlib.suppress(Exception):
-        filesystem, inner = resolve(folder)
-        filesystem.delete_dir(inner.rstrip("/"))
+        location = locate(folder)
+        location.filesystem.delete_dir(location.path.rstrip("/"))
 
 
 def delete_if_empty(folder: str) -> None:
     """Delete a folder that holds nothing (another run may still be using it otherwise)."""
-    if not is_uri(folder):
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
-        return
     with contextlib.suppress(Exception):
-        filesystem, inner = resolve(folder)
-        selector = pafs.FileSelector(inner.rstrip("/"), allow_not_found=True, recursive=True)
-        if not filesystem.get_file_info(selector):
-            filesystem.delete_dir(inner.rstrip("/"))
+        location = locate(folder)
+        if location.local:
+            # rmdir checks and deletes in one step, so a file another run adds meanwhile
+            # cannot be lost; stores have no such call (and no folders to leave behind).
+            os.rmdir(location.path)
+            return
+        selector = pafs.FileSelector(
+            location.path.rstrip("/"), allow_not_found=True, recursive=True
+        )
+        if not location.filesystem.get_file_info(selector):
+            location.filesystem.delete_dir(location.path.rstrip("/"))
 
 
 def make_dirs(folder: str) -> None:
-    """Create a local folder; object stores have none to create."""
-    if not is_uri(folder):
-        os.makedirs(folder, exist_ok=True)
+    """Create a folder (and its parents); object stores have none to create (pyarrow would
+    leave a marker object)."""
+    location = locate(folder)
+    if location.local:
+        location.filesystem.create_dir(location.path, recursive=True)

@@ -32,12 +32,9 @@ from batchpredict.errors import (
     UsageError,
     error_text,
 )
-from batchpredict.storage import is_uri
-
-#: Compression suffixes recognised on inputs and outputs, mapped to Arrow codec names.
-COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
-
-STDIO = "-"
+from batchpredict.storage import COMPRESSION_SUFFIXES as COMPRESSION_SUFFIXES
+from batchpredict.storage import STDIO as STDIO
+from batchpredict.storage import compression_of as compression_of
 
 #: Strings read as null in the numeric columns of text formats unless `--null_values` says
 #: otherwise: Arrow's CSV markers (empty, NA, N/A, n/a, NULL, null, NaN, nan, #N/A, ...).
@@ -46,11 +43,6 @@ DEFAULT_NULL_VALUES: tuple[str, ...] = tuple(pacsv.ConvertOptions().null_values)
 SHOWN_VALUE_CHARS = 40
 #: Characters of an offending value kept in its report (`BadRecord.value`).
 KEPT_VALUE_CHARS = 1000
-
-
-def compression_of(path: str) -> str | None:
-    """The Arrow codec name implied by a path's last suffix, or None."""
-    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
 
 
 def strip_compression(path: str) -> str:
@@ -268,18 +260,9 @@ class Reader:
 
     def open_binary(self) -> pa.NativeFile:
         """The input as an Arrow stream, decompressed by suffix; stdin for `-`."""
-        try:
-            if self.path == STDIO:
-                return pa.PythonFile(stdin_stream(), mode="r")
-            if is_uri(self.path):
-                return storage.open_stream(self.path)
-            return pa.input_stream(self.path, compression="detect")
-        except FileNotFoundError as exc:
-            raise InputMissingError(f"{self.path}: no such file") from exc
-        except (IsADirectoryError, PermissionError) as exc:
-            raise InputMissingError(f"{self.path}: cannot read: {error_text(exc)}") from exc
-        except OSError as exc:
-            raise ReadWriteError(f"{self.path}: cannot open: {error_text(exc)}") from exc
+        if self.path == STDIO:
+            return pa.PythonFile(stdin_stream(), mode="r")
+        return storage.open_stream(self.path)
 
     def total_rows(self) -> int | None:
         """Row count from metadata when the format has it cheaply (for progress), else None."""
