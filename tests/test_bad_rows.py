@@ -186,7 +186,7 @@ def test_python_api_reports_the_first_bad_row(mlp_model: Path) -> None:
 
 
 def test_rejects_keep_values_json_cannot_hold(tmp_path: Path) -> None:
-    from batchpredict.columns import RowProblem
+    from batchpredict.conversion import RowProblem
     from batchpredict.outputs import RejectsWriter
 
     writer = RejectsWriter(str(tmp_path / "r.jsonl"))

@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchpredict.columns import RowProblem, plan_mapping, to_model_arrays
+from batchpredict.columns import plan_mapping
+from batchpredict.conversion import RowProblem, to_model_arrays
 from batchpredict.errors import DataError
 from batchpredict.model import TensorInfo
 

@@ -32,7 +32,7 @@ from batchpredict.observe import (
     new_run_id,
     unbind_run_id,
 )
-from batchpredict.outputs import PredictionColumns
+from batchpredict.predictions import PredictionColumns
 from batchpredict.scoring import file_rows, load_scorer, prepare
 from batchpredict.summary import RunSummary
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from batchpredict.batching import rechunk
-from batchpredict.columns import ColumnMapping, to_model_arrays
+from batchpredict.columns import ColumnMapping
 from batchpredict.config import RunConfig
+from batchpredict.conversion import to_model_arrays
 from batchpredict.errors import DataError, InputMissingError
 from batchpredict.formats.base import BadRecord
 from batchpredict.formats.registry import read_options, reader_for

@@ -21,8 +21,9 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.batching import Prefetch, rechunk
-from batchpredict.columns import ColumnMapping, RowProblem, to_model_arrays
+from batchpredict.columns import ColumnMapping
 from batchpredict.config import RunConfig
+from batchpredict.conversion import RowProblem, to_model_arrays
 from batchpredict.errors import BatchPredictError, DataError, UsageError
 from batchpredict.formats.base import BadRecord, ReadOptions, Writer
 from batchpredict.formats.registry import check_delimiter, read_options, reader_for, writer_for

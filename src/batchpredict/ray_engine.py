@@ -30,8 +30,9 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.atomic import write_whole
-from batchpredict.columns import ColumnMapping, RowProblem, RunMapping
+from batchpredict.columns import ColumnMapping, RunMapping
 from batchpredict.config import RunConfig
+from batchpredict.conversion import RowProblem
 from batchpredict.errors import BatchPredictError, ConfigError
 from batchpredict.formats.registry import (
     check_delimiter,

@@ -20,21 +20,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchpredict.columns import (
-    ColumnMapping,
-    Converted,
-    RowProblem,
-    RunMapping,
-    plan_mapping,
-    to_model_arrays,
-)
+from batchpredict.columns import ColumnMapping, RunMapping, plan_mapping
 from batchpredict.config import STDIO, RunConfig
+from batchpredict.conversion import Converted, RowProblem, to_model_arrays
 from batchpredict.errors import DataError, InputMissingError
 from batchpredict.formats.base import BadRecord
 from batchpredict.formats.registry import read_options, reader_for
 from batchpredict.model import LoadedModel, load_model
 from batchpredict.observe import get_logger
-from batchpredict.outputs import PredictionColumns, output_batch
+from batchpredict.predictions import PredictionColumns, output_batch
 from batchpredict.predictor import Predictor
 from batchpredict.sources import InputFile
 from batchpredict.tensors import ModelTensors

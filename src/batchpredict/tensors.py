@@ -42,3 +42,8 @@ class ModelTensors(Protocol):
 
     @property
     def outputs(self) -> tuple[TensorInfo, ...]: ...
+
+
+def shape_text(shape: tuple[int | None, ...]) -> str:
+    """A tensor shape as messages show it: `[None, 8, 8, 1]`."""
+    return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"

@@ -1,4 +1,4 @@
-"""CSV and TSV through pyarrow's streaming CSV reader and its CSV writer.
+"""CSV and TSV read through pyarrow's streaming CSV reader (written: `csv_writer.py`).
 
 The reader samples the start of the input to size its blocks at about `chunk_size` rows,
 infers column types from the first block and then fixes them for the rest of the file, so
@@ -28,7 +28,6 @@ from batchpredict.formats.base import (
     PrefixedStream,
     Reader,
     ReadOptions,
-    Writer,
     model_column_types,
     not_readable,
     read_null_values,
@@ -496,42 +495,6 @@ def _next_batch(reader: pacsv.CSVStreamingReader) -> pa.RecordBatch | None:
 
 class TsvReader(CsvReader):
     """Reads tab-separated values with a header row."""
-
-    name = "tsv"
-    extensions = (".tsv", ".tab")
-    delimiter = "\t"
-
-
-class CsvWriter(Writer):
-    """Writes comma-separated values with a header row; nulls as empty fields."""
-
-    name = "csv"
-    extensions: ClassVar[tuple[str, ...]] = (".csv",)
-    supports_nested = False
-    delimiter: ClassVar[str] = ","
-
-    def _start(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
-        nested = [f.name for f in schema if pa.types.is_nested(f.type)]
-        if nested:
-            raise DataError(
-                f"{self.path}: {self.name.upper()} cannot hold list or struct columns {nested}"
-            )
-        try:
-            self._writer = pacsv.CSVWriter(
-                sink, schema, write_options=pacsv.WriteOptions(delimiter=self.delimiter)
-            )
-        except pa.ArrowException as exc:
-            raise DataError(f"{self.path}: cannot write {error_text(exc)}") from exc
-
-    def _write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
-
-    def _finish(self) -> None:
-        self._writer.close()
-
-
-class TsvWriter(CsvWriter):
-    """Writes tab-separated values with a header row; nulls as empty fields."""
 
     name = "tsv"
     extensions = (".tsv", ".tab")

@@ -21,7 +21,8 @@ from batchpredict.formats.base import (
     compression_of,
     strip_compression,
 )
-from batchpredict.formats.csv_io import CsvReader, CsvWriter, TsvReader, TsvWriter
+from batchpredict.formats.csv_io import CsvReader, TsvReader
+from batchpredict.formats.csv_writer import CsvWriter, TsvWriter
 from batchpredict.formats.json_io import JsonLinesReader, JsonLinesWriter
 from batchpredict.formats.parquet_io import ParquetReader, ParquetWriter
 
