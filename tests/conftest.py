@@ -121,7 +121,7 @@ def run_main() -> Callable[..., Completed]:
         stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
         # Logging set up by a library call in an earlier test (its stream a stale one)
         # must not catch this run's lines: the command configures its own.
-        observe._to_stderr = None
+        observe.reset_logging()
         try:
             for key in [k for k in os.environ if k.startswith("BATCHPREDICT_")]:
                 del os.environ[key]
@@ -141,7 +141,9 @@ def run_main() -> Callable[..., Completed]:
             for signum, handler in saved_handlers.items():
                 signal.signal(signum, handler)
             observe.unbind_run_id()
-            observe._to_stderr = None
+            # The command's logging wrote to this call's stderr, closed with it: a library
+            # call later in the session must find logging unconfigured, as in a new process.
+            observe.reset_logging()
         return Completed(code, out.getvalue().decode(), err.getvalue().decode())
 
     return run

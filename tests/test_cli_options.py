@@ -233,7 +233,7 @@ def process_state() -> Iterator[None]:
     for signum, handler in saved.items():
         signal.signal(signum, handler)
     observe.unbind_run_id()
-    observe._to_stderr = None
+    observe.reset_logging()
 
 
 @pytest.mark.usefixtures("process_state")

@@ -30,8 +30,7 @@ def _restore_logging() -> Iterator[None]:
     yield
     unbind_run_id()
     structlog.contextvars.clear_contextvars()
-    structlog.reset_defaults()
-    observe._to_stderr = None
+    observe.reset_logging()
 
 
 class FakeClock:

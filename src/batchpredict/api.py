@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import structlog
 
-from batchpredict import checks, observe, pipeline
+from batchpredict import checks, pipeline
 from batchpredict.checks import ValidationReport
 from batchpredict.columns import plan_mapping
 from batchpredict.config import RunConfig
@@ -30,6 +30,7 @@ from batchpredict.observe import (
     configure_logging,
     logging_configured,
     new_run_id,
+    reset_logging,
     unbind_run_id,
 )
 from batchpredict.predictions import PredictionColumns
@@ -108,8 +109,7 @@ def _logging(level: str) -> Iterator[None]:
     try:
         yield
     finally:
-        structlog.reset_defaults()
-        observe._to_stderr = None  # `logging_configured()` is False again, as before
+        reset_logging()
 
 
 class FramePredictor:

@@ -222,6 +222,13 @@ def get_logger() -> Any:
     return structlog.get_logger("batchpredict")
 
 
+def reset_logging() -> None:
+    """Undo `configure_logging`: structlog's defaults, and `logging_configured()` False."""
+    global _to_stderr
+    _to_stderr = None
+    structlog.reset_defaults()
+
+
 def logging_configured() -> bool:
     """Whether `configure_logging` ran (structlog's default would print to stdout)."""
     return _to_stderr is not None
