@@ -182,3 +182,20 @@ def test_without_ray_the_engine_exits_78_with_the_install_hint(
     )  # fmt: skip
     assert result.returncode == 78, result.stderr
     assert "pip install 'batchpredict[ray]'" in result.stderr
+
+
+def test_the_workers_get_the_runs_s3_endpoint_and_no_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--s3_endpoint_url` reaches Ray's workers through the run's runtime environment,
+    without this process's environment being changed for it."""
+    from batchpredict import ray_engine
+    from batchpredict.config import RunConfig
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-workers")
+    config = RunConfig(model="m", input_files=("a",), s3_endpoint_url="http://127.0.0.1:9")
+    assert ray_engine._runtime_env(config) == {
+        "env_vars": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    }
+    assert ray_engine._runtime_env(RunConfig(model="m", input_files=("a",))) is None

@@ -35,7 +35,7 @@ from batchpredict.cli_options import (
     refuse_secrets,
     run_config,
 )
-from batchpredict.config import ENGINE_CHOICES, RunConfig, check_s3_endpoint
+from batchpredict.config import ENGINE_CHOICES, check_s3_endpoint
 from batchpredict.errors import (
     DataError,
     ExitCode,
@@ -289,24 +289,8 @@ def predict(**options: Any) -> None:
 
     # The run takes the lock, finds the inputs and plans the outputs before it loads the
     # model: a run that cannot go ahead fails without waiting for TensorFlow.
-    with tensorflow_imported_quietly(config.log_level), _s3_endpoint(config):
+    with tensorflow_imported_quietly(config.log_level):
         pipeline.run(config, prepare=prepare_tensorflow)
-
-
-@contextlib.contextmanager
-def _s3_endpoint(config: RunConfig) -> Iterator[None]:
-    """`--s3_endpoint_url` for this run: for its own S3 clients, and for Ray's workers,
-    which the Ray engine points at the endpoint in this process's AWS_ENDPOINT_URL; it
-    is put there for the run only, until that engine reads it from the configuration."""
-    from batchpredict import storage
-
-    url = config.s3_endpoint_url
-    with contextlib.ExitStack() as scope:
-        scope.enter_context(storage.s3_endpoint(url))
-        if url is not None and config.engine == "ray":
-            scope.enter_context(_environ_restored())
-            os.environ["AWS_ENDPOINT_URL"] = url
-        yield
 
 
 @cli.command(epilog=EPILOG, formatter_settings=FORMATTER)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 # `inspect` and `validate`, beside `run`, for the command line.
+from batchpredict import storage
 from batchpredict.checks import ValidationReport as ValidationReport
 from batchpredict.checks import inspect as inspect
 from batchpredict.checks import inspect_model as inspect_model
@@ -37,7 +38,7 @@ def run(config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None
     """
     state = RunState(prepare)
     try:
-        with hold_lock(config.lock_file):
+        with storage.s3_endpoint(config.s3_endpoint_url), hold_lock(config.lock_file):
             if config.engine == "ray":
                 from batchpredict import ray_engine
 

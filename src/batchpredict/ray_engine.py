@@ -167,7 +167,7 @@ def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.CRITICAL,
-            runtime_env=_runtime_env(),
+            runtime_env=_runtime_env(config),
         )
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -190,11 +190,12 @@ def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
     return gpus, concurrency
 
 
-def _runtime_env() -> dict[str, Any] | None:
-    """What the workers need from this process's environment beyond the cluster's own: the
-    S3-compatible endpoint (not a secret). Credentials are not sent: on a cluster, workers
-    use their nodes' own (instance roles, config files), as the SDKs do everywhere."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+def _runtime_env(config: RunConfig) -> dict[str, Any] | None:
+    """What the workers need from this run beyond the cluster's own: the S3-compatible
+    endpoint (`--s3_endpoint_url`, else this process's AWS_ENDPOINT_URL; not a secret).
+    Credentials are not sent: on a cluster, workers use their nodes' own (instance roles,
+    config files), as the SDKs do everywhere."""
+    endpoint = config.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     return {"env_vars": {"AWS_ENDPOINT_URL": endpoint}} if endpoint else None
 
 
