@@ -123,7 +123,10 @@ def test_exit_codes(
 ) -> None:
     write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = run_cli("predict", "--model", str(mlp_model), "--keep_columns", "id,segment", *argv)
+    # No GPU is visible on any machine, a GPU runner included: "--device gpu" must fail.
+    hidden = {"CUDA_VISIBLE_DEVICES": ""}
+    argv = ["--model", str(mlp_model), "--keep_columns", "id,segment", *argv]
+    result = run_cli("predict", *argv, env=hidden)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
