@@ -52,7 +52,8 @@ from batchpredict.summary import Counts, RunState, RunSummary
 #: Pieces (converted chunks, or whole small inputs) and ends of outputs waiting for the
 #: model; the reading thread works on one more.
 PREFETCH_EVENTS = 2
-#: Finished output chunks waiting for the writer thread; bounds memory.
+#: Scored chunks (each a group of output batches) waiting for the writer thread; bounds
+#: memory.
 WRITE_QUEUE_CHUNKS = 2
 
 
@@ -286,9 +287,10 @@ def _predict_outputs(
             group.append(event)
             rows += event.ready.rows if isinstance(event, Piece) else 0
             if rows >= chunk_rows:
-                score(group, writing)
-                group, rows = [], 0
-        score(group, writing)
+                full, group, rows = group, [], 0  # scored once, even if scoring fails
+                score(full, writing)
+        last, group = group, []
+        score(last, writing)
         writing.close()
     except BaseException:
         events.close()  # stops the reading thread

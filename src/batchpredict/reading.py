@@ -34,7 +34,7 @@ from batchpredict.summary import Counts
 
 #: Inputs read ahead at once.
 READERS = 2
-#: Outputs whose inputs are all local files of at most this many bytes are read ahead.
+#: Outputs whose inputs are local files of at most this many bytes in all are read ahead.
 SMALL_INPUT_BYTES = 4 << 20
 #: Outputs read ahead of the one whose pieces are handed on, at most.
 READ_AHEAD = 8
@@ -128,19 +128,20 @@ class Reading:
         return self.rejects.get(rejects_path(output.target, self.config)) if self.rejects else None
 
     def _small(self, output: PendingOutput) -> bool:
-        """Whether to read `output` ahead: its inputs are small local files, and the
-        column mapping is decided (stdin, the one exception, decides it as it is read)."""
+        """Whether to read `output` ahead: its inputs are local files of at most
+        `SMALL_INPUT_BYTES` together (it is held whole), and the column mapping is
+        decided (stdin, the one exception, decides it as it is read)."""
         if self.run_columns.mapping is None:
             return False
+        total = 0
         for source in output.target.inputs:
             if source.path == STDIO or is_uri(source.path):
                 return False
             try:
-                if os.path.getsize(source.path) > SMALL_INPUT_BYTES:
-                    return False
+                total += os.path.getsize(source.path)
             except OSError:
                 return False  # the reader says what is wrong with it, in its turn
-        return True
+        return total <= SMALL_INPUT_BYTES
 
     def _read_whole(self, output: PendingOutput, held: HeldRejects | None) -> list[Ready]:
         return list(self.chunks(output.target.inputs, output.counts, held))
