@@ -43,8 +43,9 @@ class PendingOutput:
 
 #: Outputs being committed at once: their syncs overlap.
 COMMIT_THREADS = 4
-#: Commits started and not yet reported, at most; the writer waits for the oldest beyond.
-COMMIT_WINDOW = 16
+#: Commits started and not yet reported, at most; the writer waits for the oldest beyond
+#: (each may hold a small output's batches: this bounds memory).
+COMMIT_WINDOW = 2 * COMMIT_THREADS
 
 #: A batch to append to an output, or (None) the order to commit it.
 Action = tuple[PendingOutput, pa.RecordBatch | None]
