@@ -136,6 +136,24 @@ def test_an_input_over_the_error_rate_fails_after_the_ones_before_it_are_committ
     assert not (out / "_SUCCESS").exists() and not (out / JOURNAL).exists()
 
 
+def test_an_output_that_cannot_be_written_leaves_no_temporary_file(
+    tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    inputs = tmp_path / "in"
+    paths = write_parts(inputs, 5, 10)
+    conftest.write_with_library(make_frame(300, seed=3), paths[3], "csv")  # too large
+    out = tmp_path / "out"
+    result = predict(run_main, inputs, out, mlp_model, "--max_output_bytes", "4000")
+    assert result.returncode == 74, result.stderr
+    assert "--max_output_bytes" in result.stderr
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    done = {f"part-0{i}/d.csv" for i in range(3)}
+    # part-04 was committed beside part-03 and may be in place, but is not recorded.
+    assert left - {"part-04/d.csv"} == {"_manifest.json", *done}
+    recorded = json.loads((out / "_manifest.json").read_text())["outputs"]
+    assert {e["output"] for e in recorded} == done
+
+
 @pytest.fixture
 def killed_run(
     tmp_path: Path, mlp_model: Path, run_main: RunMain, monkeypatch: pytest.MonkeyPatch

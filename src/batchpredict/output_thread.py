@@ -148,8 +148,12 @@ class OutputThread:
             self._committed(output)
 
     def _write_whole(self, output: PendingOutput, batches: list[pa.RecordBatch]) -> None:
-        for batch in batches:
-            self._write(output, batch)
+        try:
+            for batch in batches:
+                self._write(output, batch)
+        except BaseException:
+            output.writer.abort()  # no temporary file may stay behind
+            raise
         output.writer.commit()
 
     def _write(self, output: PendingOutput, batch: pa.RecordBatch) -> None:
