@@ -22,7 +22,6 @@ from batchpredict import manifest as manifest_module
 from batchpredict.manifest import (
     REASON_MODEL,
     REASON_OLD_RECORD,
-    WRITE_INTERVAL_SECONDS,
     content_sha256,
 )
 from conftest import (
@@ -317,11 +316,9 @@ def test_a_removed_or_rewritten_output_is_redone(
     }
 
 
-def test_the_manifest_is_written_once_at_first_and_at_the_end_and_on_failure(
+def test_the_manifest_is_written_once_at_the_end_and_once_on_failure(
     tmp_path: Path, mlp_model: Path, run_main: RunMain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert WRITE_INTERVAL_SECONDS <= 30  # a killed run redoes at most this much work
-    monkeypatch.setattr(manifest_module, "WRITE_INTERVAL_SECONDS", 3600.0)
     writes: list[int] = []
     real_write = manifest_module.write_whole
 
@@ -337,7 +334,8 @@ def test_the_manifest_is_written_once_at_first_and_at_the_end_and_on_failure(
         write_with_library(make_frame(20, seed=day), exports / f"day={day}" / "p.csv", "csv")
     out = tmp_path / "scored"
     predict(run_main, mlp_model, exports, out)
-    assert writes == [1, 8]  # the first output, then the end; not once per output
+    assert writes == [8]  # once, at the end; not once per output
+    assert not (out / "_manifest.journal").exists()
 
     # A failing run records what it finished before failing, for the next --skip_existing.
     writes.clear()
@@ -345,9 +343,10 @@ def test_the_manifest_is_written_once_at_first_and_at_the_end_and_on_failure(
     bad.write_text("id,f0,f1,f2,f3,segment\n" + "1,x,2,3,4,a\n" * 20)
     failed = predict(run_main, mlp_model, exports, out, "--skip_existing", code=65)
     assert "day=6/p.csv" in failed.stderr
-    assert writes == [8, 8]  # at the first skip, then on failure
+    assert writes == [8]  # on failure: 5 skipped, 3 kept from the previous run
     assert len(read_manifest(out)["outputs"]) == 8
     assert not (out / "_SUCCESS").exists()
+    assert not (out / "_manifest.journal").exists()
     bad.write_text("id,f0,f1,f2,f3,segment\n" + "1,1,2,3,4,a\n" * 20)
     fixed = predict(run_main, mlp_model, exports, out, "--skip_existing")
     assert decisions(fixed) == {

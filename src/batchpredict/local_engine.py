@@ -1,18 +1,17 @@
 """The local engine: read -> score -> write, overlapped on threads of this process.
 
-Three stages overlap: a reading thread reads and prepares the next chunks for the model
-(`scoring.prepare`) while the model scores the current one (`Scorer.score`), and a
-writer thread encodes and writes finished chunks. Each output is committed (renamed into
-place) only after all its rows were written; any failure aborts it, leaving the previous
-output untouched.
+Three stages overlap, each on one thread for the whole run: a reading thread reads and
+prepares the next chunks for the model while the model scores the current ones, and a
+writer thread (`output_thread`) encodes finished chunks and commits outputs. Rows of
+consecutive small inputs are scored together and split back per output. Each output is
+committed (renamed into place) only after all its rows were written; any failure aborts
+it, leaving the previous output untouched.
 """
 
 from __future__ import annotations
 
 import functools
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +19,15 @@ import numpy as np
 import pyarrow as pa
 
 from batchpredict import storage
-from batchpredict.batching import Prefetch, rechunk
-from batchpredict.columns import ColumnMapping
+from batchpredict.batching import Prefetch
 from batchpredict.config import RunConfig
-from batchpredict.conversion import RowProblem, to_model_arrays
 from batchpredict.errors import BatchPredictError, DataError, UsageError
-from batchpredict.formats.base import BadRecord, ReadOptions, Writer
-from batchpredict.formats.registry import check_delimiter, read_options, reader_for, writer_for
+from batchpredict.formats.base import ReadOptions
+from batchpredict.formats.registry import check_delimiter, reader_for, writer_for
 from batchpredict.manifest import Manifest, identify_model, input_identity, prediction_options
 from batchpredict.model import LoadedModel
 from batchpredict.observe import Progress, get_logger
+from batchpredict.output_thread import Action, OutputThread, PendingOutput
 from batchpredict.outputs import (
     SUCCESS_MARKER,
     OutputTarget,
@@ -37,24 +35,25 @@ from batchpredict.outputs import (
     plan_outputs,
     rejects_path,
 )
+from batchpredict.predictions import output_batch
 from batchpredict.predictor import Predictor, chunk_rows_for, devices_for
+from batchpredict.reading import End, Event, Piece, Reading
 from batchpredict.scoring import (
-    FileRows,
     Ready,
-    RejectSink,
     RunColumns,
     Scorer,
     check_error_rate,
     plan_run_mapping,
     scorer_for,
-    sift,
 )
 from batchpredict.sources import InputFile, expand_inputs
 from batchpredict.summary import Counts, RunState, RunSummary
 
-#: Converted chunks waiting for the model; the reading thread works on one more.
-PREFETCH_CHUNKS = 2
-#: Finished output chunks waiting for the writer thread; bounds memory.
+#: Pieces (converted chunks, or whole small inputs) and ends of outputs waiting for the
+#: model; the reading thread works on one more.
+PREFETCH_EVENTS = 2
+#: Scored chunks (each a group of output batches) waiting for the writer thread; bounds
+#: memory.
 WRITE_QUEUE_CHUNKS = 2
 
 
@@ -159,9 +158,11 @@ def _predict_targets(
     progress: Progress,
     totals: Counts,
 ) -> list[str]:
-    """Predict every target in turn (or skip it with `--skip_existing`), recording each in
-    the manifest, which is finished with `_SUCCESS`; returns the inputs skipped."""
+    """Predict every target (or skip it with `--skip_existing`), recording each in the
+    manifest as it is committed, which is finished with `_SUCCESS`; returns the inputs
+    skipped."""
     skipped: list[str] = []
+    outputs: list[PendingOutput] = []
     for target in targets:
         # Taken before reading: a file that changes during the run is redone next time.
         identities = [input_identity(i) for i in target.inputs] if manifest is not None else []
@@ -172,11 +173,17 @@ def _predict_targets(
         ):
             skipped.extend(i.path for i in target.inputs)
             continue
-        sink = rejects.get(rejects_path(target, config)) if rejects else None
-        counts = _predict_target(target, run, config, sink, progress)
-        totals.add(counts)
+        writer = writer_for(target.path, target.format, config.max_output_bytes)
+        outputs.append(PendingOutput(target, writer, identities))
+
+    def committed(output: PendingOutput) -> None:
+        totals.add(output.counts)
         if manifest is not None:
-            manifest.record(target, identities, counts.written, counts.rejected)
+            counts = output.counts
+            manifest.record(output.target, output.inputs, counts.written, counts.rejected)
+
+    if outputs:
+        _predict_outputs(outputs, run, config, rejects, progress, committed)
     if manifest is not None:
         manifest.finish()
     return skipped
@@ -242,110 +249,135 @@ def _choose_batch_size(predictor: Predictor, chunk: Ready, chunk_size: int) -> N
     )
 
 
-def _predict_target(
-    target: OutputTarget,
+def _predict_outputs(
+    outputs: list[PendingOutput],
     run: _Started,
     config: RunConfig,
-    rejects: RejectsWriter | None,
+    rejects: dict[str, RejectsWriter],
     progress: Progress,
-) -> Counts:
-    """Stream every input of one target through the model into its writer, then commit.
+    committed: Callable[[PendingOutput], None],
+) -> None:
+    """Stream the inputs of every output through the model into its writer, in order, on
+    one reading thread and one writer thread for the whole run.
 
-    The output is committed only if its share of rejected rows is within
-    `--max_error_rate`; otherwise it is aborted and the run fails with a data error.
+    Rows of consecutive small inputs share a model call: pieces are gathered until they
+    hold a chunk of rows, scored together and split back per output. Each output is
+    committed only once all its rows are written and its share of rejected rows is
+    within `--max_error_rate`; a failure aborts the output under way, and the outputs
+    read to the end before it are still committed.
     """
-    writer = writer_for(target.path, target.format, config.max_output_bytes)
-    nested = writer.supports_nested
-    counts = Counts()
-    sink = _BackgroundWriter(writer)
     predictor = run.scorer.predictor
     chunk_rows = chunk_rows_for(config.chunk_size, predictor.batch_size, run.scorer.model)
     choosing = predictor.batch_size is None
-    chunks = Prefetch(
-        functools.partial(_chunks, target.inputs, run.mapping, chunk_rows, config, counts, rejects),
-        depth=PREFETCH_CHUNKS,
+    events = Prefetch(
+        functools.partial(Reading(run.mapping, chunk_rows, config, rejects).events, outputs),
+        depth=PREFETCH_EVENTS,
         hold_after_first=choosing,  # reading would skew the timing
     )
+    writing = OutputThread(committed, WRITE_QUEUE_CHUNKS)
+    score = functools.partial(_score, run=run, config=config, rejects=rejects, progress=progress)
+    group: list[Event] = []
+    rows = 0
     try:
-        for chunk in chunks:
-            if choosing:
-                _choose_batch_size(predictor, chunk, config.chunk_size)
-                chunks.release()
+        for event in events:
+            if choosing and isinstance(event, Piece):
+                _choose_batch_size(predictor, event.ready, config.chunk_size)
                 choosing = False
-            sink.put(run.scorer.score(chunk, nested))
-            progress.update(chunk.rows)
-        sink.close()
-        check_error_rate(
-            counts.rejected,
-            counts.read,
-            config.max_error_rate,
-            of=f" for {target.path}",
-            consequence="the output was not written"
-            + (f"; the bad rows are in {rejects.path}" if rejects else ""),
-        )
-        writer.commit()
+            events.release()  # held after its first event, a piece or not
+            group.append(event)
+            rows += event.ready.rows if isinstance(event, Piece) else 0
+            if rows >= chunk_rows:
+                full, group, rows = group, [], 0  # scored once, even if scoring fails
+                score(full, writing)
+        last, group = group, []
+        score(last, writing)
+        writing.close()
     except BaseException:
-        chunks.close()  # stops the reading thread
-        sink.abandon()
-        writer.abort()
+        events.close()  # stops the reading thread
+        _commit_finished(group, score, writing)
+        writing.stop()
         raise
-    counts.written = writer.rows_written
-    return counts
 
 
-def _chunks(
-    inputs: tuple[InputFile, ...],
-    run_columns: RunColumns,
-    chunk_rows: int,
+def _commit_finished(group: list[Event], score: Callable[..., None], writing: OutputThread) -> None:
+    """While failing: score and commit the outputs of `group` read to their end."""
+    ends = [i for i, event in enumerate(group) if isinstance(event, End)]
+    if not ends:
+        return
+    try:
+        score(group[: ends[-1] + 1], writing, check=False)
+    except Exception as exc:  # noqa: BLE001 - the failure being raised says more
+        get_logger().warning("outputs read before the failure not committed", error=str(exc))
+
+
+def _score(
+    group: list[Event],
+    writing: OutputThread,
+    *,
+    run: _Started,
     config: RunConfig,
-    counts: Counts,
-    rejects: RejectsWriter | None,
-) -> Iterator[Ready]:
-    """Read, map and convert the inputs chunk by chunk, ready for the model.
-
-    Bad rows stop the run (`--on_error fail`) or go to the rejects file and are left out.
-    Runs on the prefetch thread, which re-raises its exceptions in order.
-    """
-    for source in inputs:
-        rows = FileRows(source.path, None if rejects is None else _keep_record(rejects, counts))
-        numbers = functools.partial(run_columns.read_types, source=source.path)
-        options = read_options(config, None if rejects is None else rows.on_bad_record, numbers)
-        reader = reader_for(source.path, source.format, options)
-        reject = None if rejects is None else _reject_rows(source.path, rejects, counts)
-        mapping: ColumnMapping | None = None
-        for table in rechunk(reader.iter_batches(), chunk_rows):
-            if mapping is None:
-                mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
-            converted = to_model_arrays(table, mapping, source.path, config.fill_value)
-            counts.read += table.num_rows
-            numbers_in_file = rows.next(table.num_rows)
-            ready = sift(
-                table, mapping, converted, numbers_in_file, source=source.path, reject=reject
+    rejects: dict[str, RejectsWriter],
+    progress: Progress,
+    check: bool = True,
+) -> None:
+    """Score the pieces of `group` and queue their batches, and the commits of the outputs
+    that ended in it, for the writer thread, in order."""
+    pieces = [event for event in group if isinstance(event, Piece)]
+    batches = iter(_score_pieces(run.scorer, pieces))
+    actions: list[Action] = []
+    try:
+        for event in group:
+            if isinstance(event, Piece):
+                actions.append((event.output, next(batches)))
+                progress.update(event.ready.rows)
+                continue
+            sink = rejects.get(rejects_path(event.output.target, config)) if rejects else None
+            counts = event.output.counts
+            check_error_rate(
+                counts.rejected,
+                counts.read,
+                config.max_error_rate,
+                of=f" for {event.output.target.path}",
+                consequence="the output was not written"
+                + (f"; the bad rows are in {sink.path}" if sink else ""),
             )
-            if ready.rows:
-                yield ready
-        rows.check_not_empty()
+            actions.append((event.output, None))
+    except BaseException:
+        writing.put(actions, check=False)  # the outputs before still commit
+        raise
+    writing.put(actions, check=check)
 
 
-def _keep_record(rejects: RejectsWriter, counts: Counts) -> Callable[[str, BadRecord], None]:
-    """Keeps a record the reader could not parse in the rejects file, counted as read."""
+def _score_pieces(scorer: Scorer, pieces: list[Piece]) -> list[pa.RecordBatch]:
+    """One output batch per piece, from one model call over all of them when they stack."""
+    if len(pieces) < 2 or not _stackable([p.ready for p in pieces]):
+        return [scorer.score(p.ready, p.output.writer.supports_nested) for p in pieces]
+    first = pieces[0].ready.arrays
+    arrays = {name: np.concatenate([p.ready.arrays[name] for p in pieces]) for name in first}
+    predictions = scorer.predictor.predict_arrays(arrays, sum(p.ready.rows for p in pieces))
+    batches = []
+    start = 0
+    for piece in pieces:
+        stop = start + piece.ready.rows
+        nested = piece.output.writer.supports_nested
+        columns = scorer.columns.build({k: v[start:stop] for k, v in predictions.items()}, nested)
+        kept, source = piece.ready.kept, piece.ready.source
+        batches.append(output_batch(kept, columns, nested, source, scorer.columns))
+        start = stop
+    return batches
 
-    def keep(source: str, record: BadRecord) -> None:
-        rejects.add_record(source, record)
-        counts.read += 1
-        counts.rejected += 1
 
-    return keep
-
-
-def _reject_rows(source: str, rejects: RejectsWriter, counts: Counts) -> RejectSink:
-    """Keeps a chunk's bad rows in the rejects file, counted."""
-
-    def reject(table: pa.Table, rows: np.ndarray, problems: Sequence[RowProblem]) -> None:
-        rejects.add(source, rows, table, problems)
-        counts.rejected += len(problems)
-
-    return reject
+def _stackable(readies: list[Ready]) -> bool:
+    """Whether the model arrays of `readies` can be concatenated row-wise."""
+    first = readies[0].arrays
+    return all(
+        ready.arrays.keys() == first.keys()
+        and all(
+            a.dtype == first[n].dtype and a.shape[1:] == first[n].shape[1:]
+            for n, a in ready.arrays.items()
+        )
+        for ready in readies[1:]
+    )
 
 
 def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:
@@ -361,74 +393,3 @@ def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:
             return None
         total += rows
     return total
-
-
-class _BackgroundWriter:
-    """Runs a writer on its own thread so that encoding overlaps prediction."""
-
-    _DONE = object()
-
-    def __init__(self, writer: Writer) -> None:
-        self._writer = writer
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
-        self._error: BaseException | None = None
-        self._schema: pa.Schema | None = None
-        self._thread = threading.Thread(target=self._loop, name="batchpredict-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, batch: pa.RecordBatch) -> None:
-        """Queue a batch; re-raise the writer's failure as soon as it is known."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put(batch)
-
-    def close(self) -> None:
-        """Wait until everything queued is written; re-raise the writer's failure."""
-        self._queue.put(self._DONE)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abandon(self) -> None:
-        """Stop the thread without writing what is still queued."""
-        self._error = self._error or RuntimeError("abandoned")
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._queue.put(self._DONE)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if self._error is not None:
-                continue  # drain after a failure so the producer never blocks
-            try:
-                self._write(item)
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
-                self._error = exc
-
-    def _write(self, batch: pa.RecordBatch) -> None:
-        if self._schema is None:
-            self._schema = batch.schema
-            self._writer.open(batch.schema)
-        elif not batch.schema.equals(self._schema):
-            batch = _conform(batch, self._schema)
-        self._writer.write(batch)
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """Cast a later input's batch to the first input's output schema, or explain why not."""
-    if batch.schema.names != schema.names:
-        raise DataError(
-            f"inputs written to one output have different columns: {', '.join(schema.names)} "
-            f"vs {', '.join(batch.schema.names)}; use --output_dir for one output per input"
-        )
-    try:
-        return batch.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"inputs written to one output have different column types: {exc}") from exc

@@ -5,11 +5,10 @@ of its files, its version and signature), with the same prediction options, from
 inputs (canonical path, size, modification time; ETag on object stores), and the output
 is still the file that was recorded. Anything else is redone, and the log says why.
 
-The manifest is rewritten at most every `WRITE_INTERVAL_SECONDS` while outputs complete,
-and always when the run ends, fails or is interrupted: rewriting it after every output
-cost O(n²) bytes (and on object stores an upload, a copy and a delete each time). Only a
-run killed outright (SIGKILL, a lost machine) loses the records of the outputs it
-committed in its last interval, and a rerun with `--skip_existing` redoes those.
+The manifest is written once, when the run ends, fails or is interrupted; while the run
+goes, each committed output is appended to its journal (`journal.py`), which the next
+run folds in if this one was killed outright. Rewriting the manifest after every output
+cost O(n²) bytes (and on object stores an upload, a copy and a delete each time).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from batchpredict import storage
 from batchpredict.atomic import write_whole
 from batchpredict.config import RunConfig
 from batchpredict.errors import InputMissingError, ReadWriteError
+from batchpredict.journal import Journal
 from batchpredict.model import LoadedModel
 from batchpredict.observe import get_logger
 from batchpredict.outputs import MANIFEST, SUCCESS_MARKER, OutputTarget
@@ -34,8 +34,6 @@ from batchpredict.storage import is_uri
 
 #: Version 1 (no such key) had no model or options: its records are always redone.
 MANIFEST_VERSION = 2
-#: Longest a run goes without rewriting the manifest while outputs complete.
-WRITE_INTERVAL_SECONDS = 10.0
 #: Bytes read at a time while hashing a model (models can be gigabytes).
 _HASH_BLOCK = 1 << 20
 #: Hex digits of the id under which a manifest lists one set of (model, options).
@@ -275,9 +273,11 @@ class Manifest:
     """`_manifest.json` of an `--output_dir`: what this run made, and with what.
 
     The previous manifest's records stay in it until this run replaces them, so the
-    manifest of a run that was killed describes the folder as it is: this run's finished
-    outputs and the earlier run's untouched ones, each with the model and options that
-    made it. `finish` writes this run's records alone, then `_SUCCESS`.
+    manifest of a run that failed or was interrupted describes the folder as it is: this
+    run's finished outputs and the earlier run's untouched ones, each with the model and
+    options that made it. `finish` writes this run's records alone, then `_SUCCESS`.
+    Until then each output committed is appended to the journal, which a run killed
+    outright leaves for the next one to fold in.
     """
 
     def __init__(
@@ -287,18 +287,20 @@ class Manifest:
         model: ModelIdentity,
         options: dict[str, Any],
         resume: bool,
-        interval: float | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.path = storage.join(output_dir, MANIFEST)
         self.model = model
         self.options = options
         self.made_with = {"model": model.compared(), "options": options}
-        self._interval = WRITE_INTERVAL_SECONDS if interval is None else interval
-        self._previous = self._load(strict=resume)
+        self._settings_id = _settings_id(self.made_with)
+        self._journal = Journal(output_dir)
+        self._journaled_settings: set[str] = set()
         self._done: dict[str, dict[str, Any]] = {}
-        self._unwritten = 0
-        self._last_write: float | None = None
+        #: Outputs in the order they were considered: the order of the manifest's records.
+        self._order: dict[str, None] = {}
+        self._previous = self._load(strict=resume)
+        self._fold_journal(strict=resume)
 
     def _load(self, *, strict: bool) -> dict[str, dict[str, Any]] | None:
         """The previous manifest's records by output, None when there is none. An
@@ -314,6 +316,31 @@ class Manifest:
             get_logger().warning("previous manifest unreadable, replaced", manifest=self.path)
             return None
 
+    def _fold_journal(self, *, strict: bool) -> None:
+        """Take in the journal a killed run left: its records replace the previous ones,
+        and the manifest is rewritten with them before this run's journal starts."""
+        if not self._journal.files():
+            return
+        try:
+            lines = self._journal.read()
+        except (OSError, ReadWriteError) as exc:
+            if strict:
+                raise ReadWriteError(f"{self._journal.path}: cannot read: {exc}") from exc
+            get_logger().warning("manifest journal unreadable, ignored", journal=self._journal.path)
+            lines = []
+        table: dict[str, Any] = {}
+        records = dict(self._previous or {})
+        for line in lines:
+            if isinstance(line.get("output"), str):
+                settings_id = line.get("made_with")
+                made_with = table.get(settings_id) if isinstance(settings_id, str) else None
+                records[line["output"]] = {**line, "made_with": made_with}
+            elif isinstance(line.get("made_with"), dict):
+                table.update(line["made_with"])
+        self._previous = records
+        self._write(final=False)
+        self._journal.remove()
+
     def _key(self, target: OutputTarget) -> str:
         if is_uri(target.path):
             return target.path[len(self.output_dir) :].lstrip("/")
@@ -323,6 +350,7 @@ class Manifest:
         """Why `target` must be made again; None when a previous run's record shows it
         made by the same model, with the same options, from the same inputs, and the
         output is still the file recorded: the record is then carried into this run's."""
+        self._order.setdefault(self._key(target), None)
         if self._previous is None:
             return REASON_NO_MANIFEST
         record = self._previous.get(self._key(target))
@@ -353,44 +381,43 @@ class Manifest:
     def record(
         self, target: OutputTarget, inputs: list[dict[str, Any]], rows: int, rejected: int
     ) -> None:
-        """Add an output this run committed."""
-        self._add(
-            {
-                "output": self._key(target),
-                "format": target.format,
-                "rows": rows,
-                "rejected_rows": rejected,
-                "inputs": inputs,
-                **_output_identity(target.path),
-                "made_with": self.made_with,
-            }
-        )
+        """Add an output this run committed, and append it to the journal."""
+        record = {
+            "output": self._key(target),
+            "format": target.format,
+            "rows": rows,
+            "rejected_rows": rejected,
+            "inputs": inputs,
+            **_output_identity(target.path),
+        }
+        if self._settings_id not in self._journaled_settings:
+            self._journal.append({"made_with": {self._settings_id: self.made_with}})
+            self._journaled_settings.add(self._settings_id)
+        self._journal.append({**record, "made_with": self._settings_id})
+        self._add({**record, "made_with": self.made_with})
 
     def _add(self, record: dict[str, Any]) -> None:
-        """Take a record; rewrite the manifest if the last write is `interval` old."""
+        self._order.setdefault(record["output"], None)
         self._done[record["output"]] = record
-        self._unwritten += 1
-        now = time.monotonic()
-        if self._last_write is None or now - self._last_write >= self._interval:
-            self._write(final=False)
 
     def flush(self) -> None:
-        """Write the records not yet written (when a run fails or is interrupted)."""
-        if self._unwritten:
+        """When a run fails or is interrupted: write the manifest with the records of this
+        run and the previous run's others, and remove the journal."""
+        if self._done:
             self._write(final=False)
+        self._journal.remove()
 
     def finish(self) -> None:
         """Write this run's records, then mark the folder complete: `_SUCCESS`, last."""
         self._write(final=True)
+        self._journal.remove()
         write_whole(storage.join(self.output_dir, SUCCESS_MARKER), "")
 
     def _write(self, *, final: bool) -> None:
-        records = list(self._done.values())
+        records = [self._done[key] for key in self._order if key in self._done]
         if not final and self._previous:
             records += [r for key, r in self._previous.items() if key not in self._done]
         write_whole(self.path, json.dumps(self._document(records), indent=2) + "\n")
-        self._unwritten = 0
-        self._last_write = time.monotonic()
 
     def _document(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """The manifest: this run's model and options at the top; each output names the
