@@ -248,3 +248,32 @@ def test_records_the_reader_cannot_parse_are_rejected_with_their_row(
     assert rejects[1]["value"] == "oops"
     out = read_with_library(tmp_path / "d.predictions.csv", "csv")
     assert out["id"].tolist() == [i for i in range(1, 60_001) if i not in (10, 55_000)]
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_an_input_whose_every_row_is_rejected_gets_an_output_without_rows(
+    tmp_path: Path, mlp_model: Path, run_main: Callable[..., Any], kind: str
+) -> None:
+    """With --max_error_rate 1 a file of bad rows is accepted: its output is written, with
+    its columns and no rows, beside the outputs of the good files (not exit 70)."""
+    bad = tmp_path / "in" / f"bad.{kind}"
+    bad.parent.mkdir()
+    if kind == "csv":  # rejected by the reader: values that are no numbers
+        bad.write_text("id,f0,f1,f2,f3\n1,x,1,1,1\n2,y,2,2,2\n")
+    else:  # rejected by the conversion: nulls in a feature column
+        pq.write_table(
+            pa.table({"id": [1, 2], **{f: pa.array([None, None], pa.float64()) for f in FEATURES}}),
+            bad,
+        )
+    write_with_library(make_frame(5), tmp_path / "in" / f"good.{kind}", kind)
+    out = tmp_path / "out"
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(tmp_path / "in"),
+        "--output_dir", str(out), "--keep_columns", "id", "--features", ",".join(FEATURES),
+        "--on_error", "skip", "--max_error_rate", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    empty = read_with_library(out / f"bad.{kind}", kind)
+    assert len(empty) == 0 and list(empty.columns) == ["id", "prediction"]
+    assert len(read_with_library(out / f"good.{kind}", kind)) == 5
+    assert len((out / "_rejects.jsonl").read_text().splitlines()) == 2

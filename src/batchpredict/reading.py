@@ -25,7 +25,8 @@ from batchpredict.batching import rechunk
 from batchpredict.columns import ColumnMapping
 from batchpredict.config import STDIO, RunConfig, is_uri
 from batchpredict.conversion import RowProblem, to_model_arrays
-from batchpredict.formats.base import BadRecord
+from batchpredict.errors import DataError
+from batchpredict.formats.base import BadRecord, Reader
 from batchpredict.formats.registry import read_options, reader_for
 from batchpredict.output_thread import PendingOutput
 from batchpredict.outputs import RejectsWriter, rejects_path
@@ -178,6 +179,8 @@ class Reading:
             reader = reader_for(source.path, source.format, options)
             reject = None if rejects is None else _reject_rows(source.path, rejects, counts)
             mapping: ColumnMapping | None = None
+            empty: Ready | None = None  # a chunk whose every row was rejected
+            yielded = False
             for table in rechunk(reader.iter_batches(), self.chunk_rows):
                 if mapping is None:
                     mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
@@ -188,8 +191,37 @@ class Reading:
                     table, mapping, converted, numbers_in_file, source=source.path, reject=reject
                 )
                 if ready.rows:
+                    yielded = True
                     yield ready
+                elif empty is None:
+                    empty = ready
             rows.check_not_empty()
+            if not yielded:
+                # Every row rejected: the output is still written, with its columns and
+                # no rows (the reader dropped them all, or the model's conversion did).
+                yield empty or _no_rows(self, source, reader, run_columns, reject)
+
+
+def _no_rows(
+    self: Reading,
+    source: InputFile,
+    reader: Reader,
+    run_columns: RunColumns,
+    reject: RejectSink | None,
+) -> Ready:
+    """A ready chunk of no rows with the input's columns, for an input whose every record
+    the reader rejected; stdin cannot be read again for its columns."""
+    if source.path == STDIO:
+        raise DataError(f"{source.path}: every row was rejected; no output can be written")
+    schema = reader.schema()  # as read before the model's columns are parsed as numbers
+    if not reader.declares_types:
+        for name, kind in run_columns.read_types(schema, source.path).items():
+            schema = schema.set(schema.get_field_index(name), pa.field(name, kind))
+    table = schema.empty_table()
+    mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
+    converted = to_model_arrays(table, mapping, source.path, self.config.fill_value)
+    rows = np.zeros(0, dtype=np.int64)
+    return sift(table, mapping, converted, rows, source=source.path, reject=reject)
 
 
 def _keep_record(rejects: Rejects, counts: Counts) -> Callable[[str, BadRecord], None]:
