@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -165,17 +166,45 @@ def temp_beside(path: str) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=SUFFIX, dir=directory)
 
 
+#: Within `scanning_once`: each folder's temporary files, as found by its one scan.
+_scanned: dict[str, list[str]] | None = None
+
+
+@contextlib.contextmanager
+def scanning_once() -> Iterator[None]:
+    """Look for dead runs' leftovers once per folder while in force (a run writing
+    thousands of outputs to one folder would otherwise list it once per output)."""
+    global _scanned
+    saved, _scanned = _scanned, {}
+    try:
+        yield
+    finally:
+        _scanned = saved
+
+
 def remove_stale(directory: str, name: str) -> None:
     """Remove temporary files for `name` left by processes that no longer exist."""
     prefix = f".{name}."
+    for found in _temporaries(directory):
+        if not found.startswith(prefix):
+            continue
+        pid = found[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, found))
+
+
+def _temporaries(directory: str) -> list[str]:
+    """The names of the temporary files in `directory` (one scan per folder within
+    `scanning_once`; those made since by live runs are none of a dead run's)."""
+    if _scanned is not None and directory in _scanned:
+        return _scanned[directory]
+    names: list[str] = []
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            if not (entry.name.startswith(prefix) and entry.name.endswith(SUFFIX)):
-                continue
-            pid = entry.name[len(prefix) :].split(".", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+        names = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(SUFFIX)]
+    if _scanned is not None:
+        _scanned[directory] = names
+    return names
 
 
 def _alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 # `inspect` and `validate`, beside `run`, for the command line.
 from batchpredict import storage
+from batchpredict.atomic import scanning_once
 from batchpredict.checks import ValidationReport as ValidationReport
 from batchpredict.checks import inspect as inspect
 from batchpredict.checks import inspect_model as inspect_model
@@ -46,7 +47,8 @@ def run(config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None
             else:
                 from batchpredict import local_engine
 
-                summary = local_engine.run(config, state)
+                with scanning_once():  # thousands of outputs, one listing per folder
+                    summary = local_engine.run(config, state)
     except LockHeldError as exc:
         # This run did not run: it says so; the run holding the lock reports its own end.
         report_lock_held(config, str(exc), time.monotonic() - state.started)
