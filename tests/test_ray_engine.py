@@ -25,7 +25,9 @@ from conftest import (
 )
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+# One worker runs every test that starts or joins a local Ray (pytest -n 2 --dist loadgroup):
+# two local Rays on one machine would find each other through `--ray_address auto`.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 
