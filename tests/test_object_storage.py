@@ -238,7 +238,6 @@ def test_stores_pyarrow_cannot_reach_exit_66_naming_the_uri(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")  # with the other tests that start a local Ray
 def test_the_ray_engine_reads_and_writes_a_bucket(
     bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
