@@ -43,13 +43,12 @@ def rejects_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.slow
 def test_first_bad_row_stops_the_run_with_file_row_and_column(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = with_holes(make_frame(300), {205: ("f2", None)})
     source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--chunk_size", "64", "--batch_size", "16",
     )  # fmt: skip
@@ -59,15 +58,14 @@ def test_first_bad_row_stops_the_run_with_file_row_and_column(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "avro", "parquet"])
 def test_skip_writes_bad_rows_to_the_rejects_file_and_the_rest_out(
-    fmt: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    fmt: str, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = make_frame(400, seed=2)
     holes = {0: ("f0", None), 150: ("f3", None), 399: ("f1", None)}
     source = write_with_library(with_holes(frame, holes), tmp_path / f"d{EXTENSIONS[fmt]}", fmt)
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--on_error", "skip", "--chunk_size", "100",
         "--output_file", str(tmp_path / "out.parquet"),
@@ -89,15 +87,14 @@ def test_skip_writes_bad_rows_to_the_rejects_file_and_the_rest_out(
     assert (finished["rows_in"], finished["rows_out"], finished["rows_rejected"]) == (400, 397, 3)
 
 
-@pytest.mark.slow
 def test_too_many_bad_rows_commit_nothing_but_keep_the_rejects(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = with_holes(make_frame(100), dict.fromkeys(range(0, 100, 10), ("f0", None)))
     source = write_with_library(frame, tmp_path / "d.csv", "csv")
     out = tmp_path / "d.predictions.csv"
     out.write_text("yesterday's predictions\n")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--on_error", "skip", "--max_error_rate", "0.05",
         "--rejects_file", str(tmp_path / "bad.jsonl"),
@@ -112,14 +109,13 @@ def test_too_many_bad_rows_commit_nothing_but_keep_the_rejects(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "d.csv", "d.predictions.csv"]
 
 
-@pytest.mark.slow
 def test_fill_value_scores_rows_with_missing_features(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = make_frame(20)
     holed = with_holes(frame, {3: ("f1", None), 7: ("f2", None)})
     source = write_with_library(holed, tmp_path / "d.jsonl", "jsonl")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--fill_value", "0",
     )  # fmt: skip
@@ -216,9 +212,8 @@ def test_file_rows_skip_the_records_a_reader_dropped(bad: list[bool], first: int
     assert file_rows(first, len(good) - first, dropped).tolist() == good[first:]
 
 
-@pytest.mark.slow
 def test_records_the_reader_cannot_parse_are_rejected_with_their_row(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     """A CSV row with a field too many and a value that is not a number, under skip.
 
@@ -234,7 +229,7 @@ def test_records_the_reader_cannot_parse_are_rejected_with_their_row(
     cells[2] = "oops"  # data row 55000, column f1
     lines[55_000] = ",".join(cells)
     source.write_text("\n".join(lines) + "\n")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--on_error", "skip", "--max_error_rate", "0.1",
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Every command and option of the contract, through the installed command and its exit codes."""
+"""Every command and option of the contract and its exit codes, through the command in this
+process, and through the installed command for what only a real process shows."""
 
 from __future__ import annotations
 
@@ -53,20 +54,19 @@ def test_python_dash_m_is_the_same_cli() -> None:
     assert result.stdout.strip() == f"batchpredict, version {__version__}"
 
 
-def test_formats_lists_readers_writers_and_extensions(run_cli: RunCli) -> None:
-    result = run_cli("formats")
+def test_formats_lists_readers_writers_and_extensions(run_main: RunCli) -> None:
+    result = run_main("formats")
     assert result.returncode == 0
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert {"csv", "tsv", "jsonl", "avro", "parquet"} <= rows.keys()
     assert ".ndjson" in rows["jsonl"] and ".pq" in rows["parquet"]
 
 
-@pytest.mark.slow
 def test_inspect_prints_inputs_outputs_and_mapping(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     source = write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
-    result = run_cli(
+    result = run_main(
         "inspect", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment",
     )  # fmt: skip
@@ -76,18 +76,17 @@ def test_inspect_prints_inputs_outputs_and_mapping(
     assert "kept columns: id, segment" in result.stdout
 
 
-@pytest.mark.slow
 def test_validate_writes_nothing_and_reports_problems(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     source = write_with_library(make_frame(5), tmp_path / "d.parquet", "parquet")
-    ok = run_cli(
+    ok = run_main(
         "validate", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment",
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert f"ok: {source}" in ok.stdout
-    bad = run_cli(
+    bad = run_main(
         "validate", "--model", str(mlp_model), "--input_file", str(source),
         "--features", "f0,f1,missing,f3",
     )  # fmt: skip
@@ -97,7 +96,6 @@ def test_validate_writes_nothing_and_reports_problems(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -114,39 +112,53 @@ def test_validate_writes_nothing_and_reports_problems(
             "together",
         ),
         (["--input_file", "{tmp}/d.csv", "--no_such_option"], 2, "No such option"),
-        (["--input_file", "{tmp}/d.csv", "--device", "gpu"], 2, "no GPU is visible"),
         (["--input_file", "{tmp}/d.csv", "--output_format", "xml"], 2, "unknown format 'xml'"),
     ],
 )
 def test_exit_codes(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli, args: list[str], code: int, message: str
+    tmp_path: Path, mlp_model: Path, run_main: RunCli, args: list[str], code: int, message: str
 ) -> None:
     write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    # No GPU is visible on any machine, a GPU runner included: "--device gpu" must fail.
-    hidden = {"CUDA_VISIBLE_DEVICES": ""}
-    argv = ["--model", str(mlp_model), "--keep_columns", "id,segment", *argv]
-    result = run_cli("predict", *argv, env=hidden)
+    result = run_main("predict", "--model", str(mlp_model), "--keep_columns", "id,segment", *argv)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
 
 
-@pytest.mark.slow
-def test_model_that_cannot_load_exits_78(tmp_path: Path, run_cli: RunCli) -> None:
+def test_device_gpu_without_a_gpu_exits_2(
+    tmp_path: Path, mlp_model: Path, run_main: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every GPU hidden from TensorFlow, as on a machine without one (a GPU runner too)."""
+    import tensorflow as tf
+
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices", lambda kind=None: [] if kind == "GPU" else real(kind)
+    )
+    write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--keep_columns", "id,segment",
+        "--input_file", str(tmp_path / "d.csv"), "--device", "gpu",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--device gpu: no GPU is visible" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+
+
+def test_model_that_cannot_load_exits_78(tmp_path: Path, run_main: RunCli) -> None:
     write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
     (tmp_path / "m.keras").write_bytes(b"not a zip file")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(tmp_path / "m.keras"), "--input_file", str(tmp_path / "d.csv")
     )
     assert result.returncode == 78, result.stderr
     assert "m.keras" in result.stderr
 
 
-@pytest.mark.slow
 def test_every_option_from_the_environment(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = make_frame(40)
     write_with_library(frame, tmp_path / "d.csv", "csv")
@@ -159,7 +171,7 @@ def test_every_option_from_the_environment(
         "BATCHPREDICT_BATCH_SIZE": "7",
         "BATCHPREDICT_DEVICE": "cpu",
     }
-    result = run_cli("predict", env=env)
+    result = run_main("predict", env=env)
     assert result.returncode == 0, result.stderr
     out = pq.read_table(tmp_path / "out.parquet").to_pandas()
     assert list(out.columns) == ["id", "segment", "p"]
@@ -174,9 +186,9 @@ def test_every_option_from_the_environment(
     [("abc", "neither a number of rows nor 'auto'"), ("0", "is not at least 1")],
 )
 def test_batch_size_is_a_number_or_auto(
-    value: str, message: str, tmp_path: Path, run_cli: RunCli
+    value: str, message: str, tmp_path: Path, run_main: RunCli
 ) -> None:
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(tmp_path / "m.keras"), "--input_file", "x.csv",
         "--batch_size", value,
     )  # fmt: skip
@@ -184,15 +196,14 @@ def test_batch_size_is_a_number_or_auto(
     assert message in result.stderr and "--batch_size" in result.stderr
 
 
-@pytest.mark.slow
 def test_second_run_exits_75_while_the_lock_is_held(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     write_with_library(make_frame(5), tmp_path / "d.csv", "csv")
     lock = tmp_path / "job.lock"
     with lock.open("w") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = run_cli(
+        result = run_main(
             "predict", "--model", str(mlp_model), "--input_file", str(tmp_path / "d.csv"),
             "--keep_columns", "id,segment", "--lock_file", str(lock),
         )  # fmt: skip
@@ -220,14 +231,13 @@ def test_readme_quick_start_predicts_the_sample_data(tmp_path: Path, run_cli: Ru
     assert accuracy > 0.9
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "avro", "parquet"])
-def test_sample_data_formats_agree(fmt: str, tmp_path: Path, run_cli: RunCli) -> None:
+def test_sample_data_formats_agree(fmt: str, tmp_path: Path, run_main: RunCli) -> None:
     sample = ROOT / "sample_data"
     outputs = {}
     for source_fmt in ("csv", fmt):
         out = tmp_path / f"{source_fmt}.parquet"
-        result = run_cli(
+        result = run_main(
             "predict", "--model", str(sample / "breast_cancer_model.keras"),
             "--input_file", str(sample / f"breast_cancer.{source_fmt}"),
             "--keep_columns", "patient_id,diagnosis", "--output_file", str(out),
@@ -262,11 +272,10 @@ def test_cron_wrapper_passes_arguments_and_exit_code(tmp_path: Path, mlp_model: 
     assert json.loads(missing.stderr.splitlines()[-1])["exit_code"] == 66
 
 
-@pytest.mark.slow
-def test_python_api_matches_the_cli(tmp_path: Path, mlp_model: Path, run_cli: RunCli) -> None:
+def test_python_api_matches_the_cli(tmp_path: Path, mlp_model: Path, run_main: RunCli) -> None:
     frame = make_frame(300, seed=9)
     source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
-    cli = run_cli(
+    cli = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--output_file", str(tmp_path / "cli.parquet"), "--keep_columns", "id,segment",
     )  # fmt: skip
@@ -294,9 +303,8 @@ def test_python_api_matches_the_cli(tmp_path: Path, mlp_model: Path, run_cli: Ru
     np.testing.assert_allclose(framed["prediction"], expected["prediction"], rtol=1e-6)
 
 
-@pytest.mark.slow
 def test_config_file_supplies_defaults_and_the_command_line_wins(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = make_frame(30)
     write_with_library(frame, tmp_path / "d.csv", "csv")
@@ -309,11 +317,11 @@ def test_config_file_supplies_defaults_and_the_command_line_wins(
         'prediction_column = "from_config"\n'
         f'output_file = "{tmp_path / "out.parquet"}"\n'
     )
-    result = run_cli("predict", "--config", str(config), "--prediction_column", "p")
+    result = run_main("predict", "--config", str(config), "--prediction_column", "p")
     assert result.returncode == 0, result.stderr
     out = pq.read_table(tmp_path / "out.parquet").to_pandas()
     assert list(out.columns) == ["id", "segment", "p"]
     config.write_text(config.read_text() + "no_such_option = 1\n")
-    bad = run_cli("predict", "--config", str(config))
+    bad = run_main("predict", "--config", str(config))
     assert bad.returncode == 2
     assert "unknown option(s) for predict: no_such_option" in bad.stderr

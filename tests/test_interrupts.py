@@ -138,7 +138,7 @@ def test_signal_mid_run_removes_temporaries_and_keeps_previous_output(
 
 
 def test_sigkill_leaves_no_final_output_and_the_next_run_cleans_up(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     source = big_csv(tmp_path / "d.csv", rows=100_000)
     held = HeldInput(source)
@@ -156,7 +156,7 @@ def test_sigkill_leaves_no_final_output_and_the_next_run_cleans_up(
     held.release()
     assert not out.exists()
     assert leftovers(tmp_path), "a killed run leaves its temporary file (nothing can remove it)"
-    result = run_cli(*args, "--input_file", str(source))
+    result = run_main(*args, "--input_file", str(source))
     assert result.returncode == 0, result.stderr
     assert leftovers(tmp_path) == []
     assert sum(1 for _ in out.open()) == 100_001
@@ -217,7 +217,7 @@ def journaled(journal: Path) -> list[str]:
 
 
 def test_skip_existing_resumes_a_killed_run(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     exports = tmp_path / "exports"
     for day in range(1, 5):
@@ -245,7 +245,7 @@ def test_skip_existing_resumes_a_killed_run(
     assert not (out_dir / "_SUCCESS").exists()
     mtimes = {name: (out_dir / name).stat().st_mtime_ns for name in done_before}
 
-    result = run_cli(*args, "--skip_existing")
+    result = run_main(*args, "--skip_existing")
     assert result.returncode == 0, result.stderr
     skipped = [
         line["output"]

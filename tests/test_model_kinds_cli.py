@@ -1,4 +1,5 @@
-"""Every model kind through the installed command, compared with the model called directly."""
+"""Every model kind through the command (in this process), compared with the model called
+directly."""
 
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ def scaled_reference(model_path: Path, features: np.ndarray, scale: float = 1.0)
     return keras.ops.convert_to_numpy(model(features.astype(np.float32))).reshape(-1)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "version", "scale"),
     [("h5", None, 1.0), ("saved_model", None, 1.0), ("serving", None, 1.0), ("serving", 9, 3.0)],
@@ -59,12 +59,12 @@ def test_model_kinds_predict_like_the_model(
     scale: float,
     tmp_path: Path,
     mlp_variants: dict[str, Path],
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:
     frame = make_frame(333, seed=5)
     source = write_with_library(frame, tmp_path / "d.avro", "avro")
     args = ["--model_version", str(version)] if version is not None else []
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_variants[kind]), "--input_file", str(source),
         "--keep_columns", "id,segment", "--output_file", str(tmp_path / "o.parquet"),
         "--batch_size", "100", *args,
@@ -80,12 +80,11 @@ def test_model_kinds_predict_like_the_model(
         assert started["signature"] == "serving_default"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fmt", "ext"), [("parquet", ".parquet"), ("csv", ".csv"), ("jsonl", ".jsonl")]
 )
 def test_named_inputs_and_dict_outputs(
-    fmt: str, ext: str, tmp_path: Path, two_in_two_out_model: Path, run_cli: RunCli
+    fmt: str, ext: str, tmp_path: Path, two_in_two_out_model: Path, run_main: RunCli
 ) -> None:
     """Named inputs read same-named columns; each output is a column; width 3 is a list
     (or `embedding_0..2` in CSV)."""
@@ -96,7 +95,7 @@ def test_named_inputs_and_dict_outputs(
         {"key": [f"k{i}" for i in range(50)], "a": rng.normal(size=50), "b": rng.integers(0, 9, 50)}
     )
     source = write_with_library(frame, tmp_path / f"d{ext}", fmt)
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(two_in_two_out_model),
@@ -127,14 +126,13 @@ def test_named_inputs_and_dict_outputs(
     np.testing.assert_allclose(got, embedding, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.corpora
 @pytest.mark.parametrize(
     ("folder", "version"),
     [("saved_model_half_plus_two_cpu", 123), ("saved_model_half_plus_two_2_versions", 124)],
 )
 def test_tf_serving_half_plus_two(
-    folder: str, version: int, tmp_path: Path, run_cli: RunCli
+    folder: str, version: int, tmp_path: Path, run_main: RunCli
 ) -> None:
     model = corpora_path(
         "tf-serving", "tensorflow_serving", "servables", "tensorflow", "testdata", folder
@@ -143,7 +141,7 @@ def test_tf_serving_half_plus_two(
     pq.write_table(
         pa.table({"id": [1, 2, 3], "x": pa.array([1.0, 2.0, 5.0], pa.float32())}), source
     )
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(model),
@@ -203,7 +201,6 @@ def two_signature_model(models_dir: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signature", "expected"), [(None, [2.0, 4.0, 10.0]), ("plus_one", [2.0, 3.0, 6.0])]
 )
@@ -212,11 +209,11 @@ def test_signature_option(
     expected: list[float],
     tmp_path: Path,
     two_signature_model: Path,
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:
     pq.write_table(pa.table({"x": [1.0, 2.0, 5.0]}), tmp_path / "x.parquet")
     args = ["--signature", signature] if signature else []
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(two_signature_model),
@@ -231,12 +228,11 @@ def test_signature_option(
     )
 
 
-@pytest.mark.slow
 def test_unknown_signature_lists_the_available_ones(
-    tmp_path: Path, two_signature_model: Path, run_cli: RunCli
+    tmp_path: Path, two_signature_model: Path, run_main: RunCli
 ) -> None:
     pq.write_table(pa.table({"x": [1.0]}), tmp_path / "x.parquet")
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(two_signature_model),

@@ -110,15 +110,14 @@ def customer_data(rows: int = ROWS) -> dict[str, Any]:
     }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", LIST_FORMATS)
 def test_three_named_inputs_two_outputs_with_no_options(
-    fmt: str, tmp_path: Path, customer_model: Path, run_cli: RunCli
+    fmt: str, tmp_path: Path, customer_model: Path, run_main: RunCli
 ) -> None:
     """The issue's bar: only --model and --input_file; the key kept, one column per output."""
     data = customer_data()
     source = write_rows(data, tmp_path / f"export.{fmt}", fmt)
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(customer_model), "--input_file", str(source), "--batch_size", "16"
     )
     assert result.returncode == 0, result.stderr
@@ -156,17 +155,16 @@ def sequence_model(models_dir: Path) -> Path:
     return save(keras.Model(events, [risk, per_step]), models_dir, "sequence")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [*LIST_FORMATS, "csv-out"])
 def test_gru_time_distributed_list_outputs(
-    fmt: str, tmp_path: Path, sequence_model: Path, run_cli: RunCli
+    fmt: str, tmp_path: Path, sequence_model: Path, run_main: RunCli
 ) -> None:
     rng = np.random.default_rng(5)
     data = {"id": np.arange(ROWS), "events": rng.normal(size=(ROWS, 6, 3))}
     in_fmt = "parquet" if fmt == "csv-out" else fmt
     source = write_rows(data, tmp_path / f"seq.{in_fmt}", in_fmt)
     out_path = tmp_path / ("out.csv" if fmt == "csv-out" else f"out.{fmt}")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(sequence_model), "--input_file", str(source),
         "--output_file", str(out_path), "--batch_size", "8",
     )  # fmt: skip
@@ -204,12 +202,11 @@ def image_model(models_dir: Path) -> Path:
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fmt", "layout"), [("parquet", "flat"), ("avro", "nested"), ("jsonl", "flat")]
 )
 def test_conv2d_images_with_class_names(
-    fmt: str, layout: str, tmp_path: Path, image_model: Path, run_cli: RunCli
+    fmt: str, layout: str, tmp_path: Path, image_model: Path, run_main: RunCli
 ) -> None:
     rng = np.random.default_rng(8)
     images = rng.random(size=(ROWS, 8, 8, 1))
@@ -219,7 +216,7 @@ def test_conv2d_images_with_class_names(
     )
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n\nbird\n")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(image_model), "--input_file", str(source),
         "--output_file", str(tmp_path / "o.parquet"), "--class_names_file", str(labels),
     )  # fmt: skip
@@ -234,13 +231,12 @@ def test_conv2d_images_with_class_names(
     np.testing.assert_allclose(as_array(out.column("score")), expected.max(axis=1), rtol=1e-5)
 
 
-@pytest.mark.slow
 def test_image_with_wrong_pixel_count_is_a_data_error(
-    tmp_path: Path, image_model: Path, run_cli: RunCli
+    tmp_path: Path, image_model: Path, run_main: RunCli
 ) -> None:
     pixels = [[0.5] * 64, [0.5] * 64, [0.5] * 63]
     source = write_rows({"image": pixels}, tmp_path / "i.parquet", "parquet")
-    result = run_cli("predict", "--model", str(image_model), "--input_file", str(source))
+    result = run_main("predict", "--model", str(image_model), "--input_file", str(source))
     assert result.returncode == 65
     assert "row 3, column 'image': list of length 63" in result.stderr
     assert not (tmp_path / "i.predictions.parquet").exists()
@@ -262,10 +258,9 @@ def text_model(models_dir: Path) -> Path:
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_text_model_with_threshold_labels(
-    fmt: str, tmp_path: Path, text_model: Path, run_cli: RunCli
+    fmt: str, tmp_path: Path, text_model: Path, run_main: RunCli
 ) -> None:
     reviews = ["a good film", "bad plot", "very very good", "unknown words here"] * 5
     source = write_rows(
@@ -274,7 +269,7 @@ def test_text_model_with_threshold_labels(
     if fmt == "csv":
         read_output(source, "jsonl").to_pandas().to_csv(tmp_path / "r.csv", index=False)
         source = tmp_path / "r.csv"
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(text_model), "--input_file", str(source),
         "--output_file", str(tmp_path / "o.jsonl"), "--class_names", "negative,positive",
         "--threshold", "0.5",
@@ -296,12 +291,11 @@ def test_text_model_with_threshold_labels(
     )
 
 
-@pytest.mark.slow
 def test_text_column_cannot_feed_a_float_input(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     source = write_rows({"features": ["1,2,3,4"] * 3}, tmp_path / "t.jsonl", "jsonl")
-    result = run_cli("predict", "--model", str(mlp_model), "--input_file", str(source))
+    result = run_main("predict", "--model", str(mlp_model), "--input_file", str(source))
     assert result.returncode == 65
     assert "column 'features' has type string" in result.stderr
 
@@ -316,16 +310,15 @@ def embedding_model(models_dir: Path) -> Path:
     return save(keras.Model(item, keras.layers.Dense(1)(x)), models_dir, "embedding")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["avro", "parquet"])
 def test_integer_ids_feed_an_embedding(
-    fmt: str, tmp_path: Path, embedding_model: Path, run_cli: RunCli
+    fmt: str, tmp_path: Path, embedding_model: Path, run_main: RunCli
 ) -> None:
     ids = np.arange(ROWS) % 100
     source = write_rows(
         {"item_id": ids, "user": [f"u{i}" for i in range(ROWS)]}, tmp_path / f"e.{fmt}", fmt
     )
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(embedding_model),
@@ -343,19 +336,17 @@ def test_integer_ids_feed_an_embedding(
     )
 
 
-@pytest.mark.slow
 def test_float_ids_are_refused_for_an_integer_input(
-    tmp_path: Path, embedding_model: Path, run_cli: RunCli
+    tmp_path: Path, embedding_model: Path, run_main: RunCli
 ) -> None:
     source = write_rows({"item_id": [1.0, 2.5]}, tmp_path / "e.parquet", "parquet")
-    result = run_cli("predict", "--model", str(embedding_model), "--input_file", str(source))
+    result = run_main("predict", "--model", str(embedding_model), "--input_file", str(source))
     assert result.returncode == 65
     assert "column 'item_id' has type double; model input 'item_id' needs int32" in result.stderr
 
 
-@pytest.mark.slow
 def test_lambda_layer_needs_unsafe_model_load(
-    tmp_path: Path, models_dir: Path, run_cli: RunCli
+    tmp_path: Path, models_dir: Path, run_main: RunCli
 ) -> None:
     import keras
 
@@ -363,10 +354,10 @@ def test_lambda_layer_needs_unsafe_model_load(
     model = keras.Model(x, keras.layers.Lambda(lambda t: t * 2.0)(x))
     path = save(model, models_dir, "lambda")
     source = write_rows({"x": [[1.0, 2.0], [3.0, 4.0]]}, tmp_path / "l.parquet", "parquet")
-    refused = run_cli("predict", "--model", str(path), "--input_file", str(source))
+    refused = run_main("predict", "--model", str(path), "--input_file", str(source))
     assert refused.returncode == 78
     assert "--unsafe_model_load" in refused.stderr
-    allowed = run_cli(
+    allowed = run_main(
         "predict", "--model", str(path), "--input_file", str(source), "--unsafe_model_load"
     )
     assert allowed.returncode == 0, allowed.stderr
@@ -374,15 +365,14 @@ def test_lambda_layer_needs_unsafe_model_load(
     assert out.column("prediction").to_pylist() == [[2.0, 4.0], [6.0, 8.0]]
 
 
-@pytest.mark.slow
 def test_validate_lists_every_problem(
-    tmp_path: Path, customer_model: Path, run_cli: RunCli
+    tmp_path: Path, customer_model: Path, run_main: RunCli
 ) -> None:
     data = customer_data(4)
     data["history"] = np.ones((4, 4))  # one value short in every row
     data["clicks"] = np.ones((4, 3, 2))  # wrong outer length
     source = write_rows(data, tmp_path / "bad.parquet", "parquet")
-    result = run_cli("validate", "--model", str(customer_model), "--input_file", str(source))
+    result = run_main("validate", "--model", str(customer_model), "--input_file", str(source))
     assert result.returncode == 65
     problems = [line for line in result.stdout.splitlines() if line.startswith("problem:")]
     assert len(problems) == 2, result.stdout

@@ -30,13 +30,19 @@ from conftest import (
     write_with_library,
 )
 
-pytestmark = pytest.mark.slow
 RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 
 
+@pytest.fixture(autouse=True)
+def no_stores_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's runs start without filesystems, as a new process does: a run in this
+    process would otherwise reuse the one an earlier test made for another S3 server."""
+    monkeypatch.setattr(storage, "_STORES", {})
+
+
 def test_every_format_and_a_glob_from_a_bucket(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     frames = {}
@@ -45,7 +51,7 @@ def test_every_format_and_a_glob_from_a_bucket(
         local = write_with_library(frames[fmt], tmp_path / f"d{EXTENSIONS[fmt]}", fmt)
         client.upload_file(str(local), name, f"nightly/2026-11-0{day}{EXTENSIONS[fmt]}")
     client.put_object(Bucket=name, Key="nightly/_SUCCESS", Body=b"")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/nightly/2026-11-*",
         "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment", env=s3_env,
     )  # fmt: skip
@@ -64,11 +70,11 @@ def test_every_format_and_a_glob_from_a_bucket(
 )
 def test_missing_objects_and_buckets_exit_66_naming_the_uri(
     uri: str, bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path,
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:  # fmt: skip
     _, name = bucket
     uri = uri.format(bucket=name)
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", uri,
         "--output_dir", str(tmp_path / "out"), env=s3_env,
     )  # fmt: skip
@@ -77,6 +83,7 @@ def test_missing_objects_and_buckets_exit_66_naming_the_uri(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
@@ -107,7 +114,7 @@ def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
 
 
 def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     frame = make_frame(3000, seed=5)
@@ -115,7 +122,7 @@ def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
     local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
     client.upload_file(str(local), name, "in/d.parquet")
     client.put_object(Bucket=name, Key="out/d.parquet", Body=b"previous")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
         "--output_file", f"s3://{name}/out/d.parquet", "--keep_columns", "id,segment",
         "--chunk_size", "500", env=s3_env,
@@ -128,7 +135,7 @@ def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
 
 
 def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     frame = make_frame(400, seed=6)
@@ -143,7 +150,7 @@ def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
         "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment",
         "--on_error", "skip", "--max_error_rate", "0.01",
     )  # fmt: skip
-    first = run_cli(*args, env=s3_env)
+    first = run_main(*args, env=s3_env)
     assert first.returncode == 0, first.stderr
     assert s3_keys(client, name, "scored/") == [
         "scored/_SUCCESS", "scored/_manifest.json", "scored/_rejects.jsonl", "scored/d.csv",
@@ -157,7 +164,7 @@ def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
     )
     before = client.head_object(Bucket=name, Key="scored/d.csv")["ETag"]
 
-    again = run_cli(*args, "--skip_existing", env=s3_env)
+    again = run_main(*args, "--skip_existing", env=s3_env)
     assert again.returncode == 0, again.stderr
     skipped = [line for line in again.log_lines() if line["event"].endswith("skipped")]
     assert [line["output"] for line in skipped] == [f"s3://{name}/scored/d.csv"]
@@ -165,14 +172,14 @@ def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
 
 
 def test_s3_endpoint_url_option_and_compressed_objects(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     frame = make_frame(50, seed=7)
     local = write_with_library(frame, tmp_path / "d.csv", "csv")
     client.put_object(Bucket=name, Key="in/d.csv.gz", Body=gzip.compress(local.read_bytes()))
     env = {k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.csv.gz",
         "--output_file", f"s3://{name}/out/d.csv.gz", "--keep_columns", "id,segment",
         "--s3_endpoint_url", s3_env["AWS_ENDPOINT_URL"], env=env,
@@ -181,7 +188,7 @@ def test_s3_endpoint_url_option_and_compressed_objects(
     written = client.get_object(Bucket=name, Key="out/d.csv.gz")["Body"].read()
     (tmp_path / "out.csv").write_bytes(gzip.decompress(written))  # compressed exactly once
     assert read_with_library(tmp_path / "out.csv", "csv")["id"].tolist() == frame["id"].tolist()
-    bad = run_cli(
+    bad = run_main(
         "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.csv.gz",
         "--output_file", str(tmp_path / "out2.csv"), "--s3_endpoint_url", "127.0.0.1:1",
     )  # fmt: skip
@@ -201,14 +208,14 @@ def s3_refusing_env() -> Iterator[dict[str, str]]:
 @pytest.mark.parametrize("side", ["input", "output"])
 def test_refused_credentials_exit_66_reading_and_73_writing(
     side: str, s3_refusing_env: dict[str, str], tmp_path: Path, mlp_model: Path,
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:  # fmt: skip
     local = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
     if side == "input":
         where = ["--input_file", "s3://exports/d.csv", "--output_file", str(tmp_path / "o.csv")]
     else:
         where = ["--input_file", str(local), "--output_file", "s3://scores/d.csv"]
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), *where, "--keep_columns", "id,segment",
         env=s3_refusing_env,
     )  # fmt: skip
@@ -220,9 +227,9 @@ def test_refused_credentials_exit_66_reading_and_73_writing(
 
 
 def test_stores_pyarrow_cannot_reach_exit_66_naming_the_uri(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", "hdfs://namenode:8020/d.csv",
         "--output_file", str(tmp_path / "o.csv"),
     )  # fmt: skip
@@ -230,6 +237,7 @@ def test_stores_pyarrow_cannot_reach_exit_66_naming_the_uri(
     assert "hdfs://namenode:8020/d.csv: cannot open hdfs:// storage" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_ray_engine_reads_and_writes_a_bucket(
     bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
@@ -308,11 +316,11 @@ def test_stores_without_a_move_get_a_copy_then_a_delete() -> None:
 
 @pytest.mark.parametrize("command", ["predict", "inspect"])
 def test_credentials_in_a_uri_are_refused_and_not_echoed(
-    command: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    command: str, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     uri = "s3://AKIAEXAMPLE:s3cr3t@models/mlp.keras"
     args = ["--input_file", "s3://exports/d.csv", "--output_dir", str(tmp_path)]
-    result = run_cli(command, "--model", uri, *(args if command == "predict" else []))
+    result = run_main(command, "--model", uri, *(args if command == "predict" else []))
     assert result.returncode == 2, result.stderr
     assert "credentials in a URI are refused" in result.stderr
     assert "s3cr3t" not in result.stderr + result.stdout

@@ -1,5 +1,5 @@
 """`--model` as a URI: models in a bucket (moto's `moto_server` on the loopback interface),
-downloaded once into the local cache and used from there, through the installed command."""
+downloaded once into the local cache and used from there, through the command."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batchpredict import model_cache
+from batchpredict import model_cache, storage
 from batchpredict.errors import ModelError, ReadWriteError
 from conftest import (
     N_FEATURES,
@@ -25,7 +25,6 @@ from conftest import (
     write_with_library,
 )
 
-pytestmark = pytest.mark.slow
 RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 #: The fake credentials of the S3 servers here; they must never reach a message.
@@ -76,14 +75,14 @@ def events(result: Completed) -> list[str]:
 
 
 def predict(
-    run_cli: RunCli, model: str, tmp_path: Path, env: dict[str, str], *args: str
+    run_main: RunCli, model: str, tmp_path: Path, env: dict[str, str], *args: str
 ) -> tuple[Completed, Any, Any]:
     """Score a fixed local CSV with `model`; the result and the frame it scored."""
     frame = make_frame(200, seed=3)
     source = write_with_library(frame, tmp_path / "in.csv", "csv")
     out = tmp_path / "out.csv"
     out.unlink(missing_ok=True)
-    result = run_cli(
+    result = run_main(
         "predict", "--model", model, "--input_file", str(source), "--output_file", str(out),
         "--keep_columns", "id,segment", *args, env=env,
     )  # fmt: skip
@@ -104,6 +103,13 @@ def s3_here(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: P
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("BATCHPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def no_stores_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's runs start without filesystems, as a new process does: a run in this
+    process would otherwise reuse the one an earlier test made for another S3 server."""
+    monkeypatch.setattr(storage, "_STORES", {})
 
 
 # --------------------------------------------------------------------------- cache root
@@ -128,14 +134,14 @@ def test_cache_root_follows_the_environment(
 
 
 def test_keras_model_from_a_bucket_predicts_like_the_local_one_and_downloads_once(
-    bucket: Any, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    bucket: Any, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     client.upload_file(str(mlp_model), name, "models/mlp.keras")
     uri = f"s3://{name}/models/mlp.keras"
     cache = Path(cache_env["BATCHPREDICT_CACHE_DIR"])
 
-    first, out, frame = predict(run_cli, uri, tmp_path, cache_env)
+    first, out, frame = predict(run_main, uri, tmp_path, cache_env)
     assert first.returncode == 0, first.stderr
     expected = scaled_reference(mlp_model, frame[FEATURES].to_numpy())
     np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-6)
@@ -148,7 +154,7 @@ def test_keras_model_from_a_bucket_predicts_like_the_local_one_and_downloads_onc
     assert (started["model"], started["model_cache"]) == (uri, str(cached))
     before = (entry.stat().st_ino, cached.stat().st_ino, cached.stat().st_mtime_ns)
 
-    second, out_again, _ = predict(run_cli, uri, tmp_path, cache_env)
+    second, out_again, _ = predict(run_main, uri, tmp_path, cache_env)
     assert second.returncode == 0, second.stderr
     np.testing.assert_allclose(out_again["prediction"], expected, rtol=1e-5, atol=1e-6)
     assert "model cache hit" in events(second) and "model downloaded" not in events(second)
@@ -158,19 +164,19 @@ def test_keras_model_from_a_bucket_predicts_like_the_local_one_and_downloads_onc
 
 
 def test_a_replaced_model_object_is_downloaded_again(
-    bucket: Any, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    bucket: Any, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     uri = f"s3://{name}/models/mlp.keras"
     cache = Path(cache_env["BATCHPREDICT_CACHE_DIR"])
     client.upload_file(str(mlp_model), name, "models/mlp.keras")
-    first, _, _ = predict(run_cli, uri, tmp_path, cache_env)
+    first, _, _ = predict(run_main, uri, tmp_path, cache_env)
     assert first.returncode == 0, first.stderr
     [old_entry] = entries(cache)
 
     replacement = scaled_model(mlp_model, tmp_path / "retrained.keras", 2.0)
     client.upload_file(str(replacement), name, "models/mlp.keras")
-    second, out, frame = predict(run_cli, uri, tmp_path, cache_env)
+    second, out, frame = predict(run_main, uri, tmp_path, cache_env)
     assert second.returncode == 0, second.stderr
     assert "model downloaded" in events(second)
     expected = scaled_reference(mlp_model, frame[FEATURES].to_numpy(), 2.0)
@@ -207,13 +213,13 @@ def test_serving_base_in_a_bucket_downloads_only_the_chosen_version(
     tmp_path: Path,
     mlp_model: Path,
     serving_export: Path,
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:
     client, name = bucket
     upload_tree(client, name, serving_export, "exports/scorer")
     uri = f"s3://{name}/exports/scorer/"  # a trailing slash, as users copy prefixes
     args = ["--model_version", str(version)] if version is not None else []
-    result, out, frame = predict(run_cli, uri, tmp_path, cache_env, *args)
+    result, out, frame = predict(run_main, uri, tmp_path, cache_env, *args)
     assert result.returncode == 0, result.stderr
     expected = scaled_reference(mlp_model, frame[FEATURES].to_numpy(), scale)
     np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-6)
@@ -233,12 +239,12 @@ def test_serving_base_in_a_bucket_downloads_only_the_chosen_version(
 
 
 def test_a_missing_version_in_a_bucket_exits_78_listing_the_versions(
-    bucket: Any, cache_env: dict[str, str], tmp_path: Path, serving_export: Path, run_cli: RunCli
+    bucket: Any, cache_env: dict[str, str], tmp_path: Path, serving_export: Path, run_main: RunCli
 ) -> None:
     client, name = bucket
     upload_tree(client, name, serving_export, "exports/scorer")
     uri = f"s3://{name}/exports/scorer"
-    result, _, _ = predict(run_cli, uri, tmp_path, cache_env, "--model_version", "7")
+    result, _, _ = predict(run_main, uri, tmp_path, cache_env, "--model_version", "7")
     assert result.returncode == 78, result.stderr
     assert f"{uri} has no version 7; available versions: 1, 2" in result.stderr
     assert "Traceback" not in result.stderr
@@ -259,11 +265,11 @@ def test_a_missing_version_in_a_bucket_exits_78_listing_the_versions(
 )
 def test_missing_models_exit_78_naming_the_uri(
     uri: str, expected: str, bucket: Any, cache_env: dict[str, str], tmp_path: Path,
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:  # fmt: skip
     _, name = bucket
     uri = uri.format(bucket=name)
-    result, _, _ = predict(run_cli, uri, tmp_path, cache_env)
+    result, _, _ = predict(run_main, uri, tmp_path, cache_env)
     assert result.returncode == 78, result.stderr
     assert expected.format(uri=uri.rstrip("/")) in result.stderr
     assert SECRET not in result.stderr
@@ -299,10 +305,10 @@ def locked_s3(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
 
 
 def test_a_model_the_credentials_may_not_read_exits_78_naming_the_uri(
-    locked_s3: tuple[dict[str, str], str], tmp_path: Path, run_cli: RunCli
+    locked_s3: tuple[dict[str, str], str], tmp_path: Path, run_main: RunCli
 ) -> None:
     env, uri = locked_s3
-    result, _, _ = predict(run_cli, uri, tmp_path, env)
+    result, _, _ = predict(run_main, uri, tmp_path, env)
     assert result.returncode == 78, result.stderr
     assert f"model path is unreadable: {uri}" in result.stderr
     assert "access denied" in result.stderr.lower()

@@ -1,4 +1,5 @@
-"""End to end through the installed `batchpredict` command, as a user runs it."""
+"""The predict command end to end: in this process through `cli.main`, and through the
+installed `batchpredict` command for what only a real process shows."""
 
 from __future__ import annotations
 
@@ -38,15 +39,14 @@ def assert_predictions(out: pd.DataFrame, frame: pd.DataFrame, model: Path) -> N
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_each_input_format_predicts_like_the_model(
-    fmt: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    fmt: str, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = make_frame(1000, seed=3)
     source = write_with_library(frame, tmp_path / f"data{EXTENSIONS[fmt]}", fmt)
     # 1000 rows, batch 64 and chunk 300: batches don't divide the rows, chunks cut batches.
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -66,18 +66,17 @@ def test_each_input_format_predicts_like_the_model(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, output.name])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("in_fmt", "out_fmt"),
     [("csv", "parquet"), ("parquet", "jsonl"), ("jsonl", "avro"), ("avro", "csv")],
 )
 def test_output_format_differs_from_input(
-    in_fmt: str, out_fmt: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    in_fmt: str, out_fmt: str, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     frame = make_frame(257, seed=4)
     source = write_with_library(frame, tmp_path / f"in{EXTENSIONS[in_fmt]}", in_fmt)
     output = tmp_path / "out" / f"scored{EXTENSIONS[out_fmt]}"
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -92,14 +91,13 @@ def test_output_format_differs_from_input(
     assert_predictions(read_with_library(output, out_fmt), frame, mlp_model)
 
 
-@pytest.mark.slow
 def test_default_features_are_numeric_columns_not_kept(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     """Without --features, the numeric columns except kept-only ones feed a [None, k] input."""
     frame = make_frame(10)
     source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
-    ok = run_cli(
+    ok = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -110,7 +108,7 @@ def test_default_features_are_numeric_columns_not_kept(
     )
     assert ok.returncode == 0, ok.stderr
     # Without --keep_columns the numeric id is a fifth candidate: the error lists them all.
-    bad = run_cli(
+    bad = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -124,13 +122,12 @@ def test_default_features_are_numeric_columns_not_kept(
     assert not (tmp_path / "x.parquet").exists()
 
 
-@pytest.mark.slow
-def test_features_option_orders_columns(tmp_path: Path, mlp_model: Path, run_cli: RunCli) -> None:
+def test_features_option_orders_columns(tmp_path: Path, mlp_model: Path, run_main: RunCli) -> None:
     frame = make_frame(50)
     renamed = frame.rename(columns={"f0": "z", "f1": "y", "f2": "x", "f3": "w"})
     source = write_with_library(renamed, tmp_path / "d.csv", "csv")
     out = tmp_path / "p.csv"
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -149,9 +146,8 @@ def test_features_option_orders_columns(tmp_path: Path, mlp_model: Path, run_cli
     np.testing.assert_allclose(got["p"], expected_for(frame, mlp_model), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_output_dir_mirrors_partitions_and_writes_marker_last(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     exports = tmp_path / "exports"
     frames = {}
@@ -160,7 +156,7 @@ def test_output_dir_mirrors_partitions_and_writes_marker_last(
         frames[day] = make_frame(100 + day, seed=day)
         write_with_library(frames[day], exports / f"date={day}" / "part-0.parquet", "parquet")
     out_dir = tmp_path / "scored"
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -190,15 +186,14 @@ def test_output_dir_mirrors_partitions_and_writes_marker_last(
     assert finished and finished[0]["rows_out"] == 203
 
 
-@pytest.mark.slow
 def test_one_output_for_several_inputs_keeps_order(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     parts = [make_frame(30, seed=s) for s in (7, 8)]
     write_with_library(parts[0], tmp_path / "a.jsonl", "jsonl")
     write_with_library(parts[1], tmp_path / "b.csv", "csv")
     out = tmp_path / "all.parquet"
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -219,9 +214,8 @@ def test_one_output_for_several_inputs_keeps_order(
     )
 
 
-@pytest.mark.slow
 def test_failed_run_leaves_previous_output_untouched(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     good = make_frame(200)
     source = tmp_path / "d.csv"
@@ -234,7 +228,7 @@ def test_failed_run_leaves_previous_output_untouched(
     cells[1] = "oops"
     text[150] = ",".join(cells)
     source.write_text("\n".join(text) + "\n")
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),
@@ -253,11 +247,10 @@ def test_failed_run_leaves_previous_output_untouched(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "d.predictions.csv"]
 
 
-@pytest.mark.slow
-def test_stdin_to_stdout(tmp_path: Path, mlp_model: Path, run_cli: RunCli) -> None:
+def test_stdin_to_stdout(tmp_path: Path, mlp_model: Path, run_main: RunCli) -> None:
     frame = make_frame(20)
     source = write_with_library(frame, tmp_path / "d.csv", "csv")
-    result = run_cli(
+    result = run_main(
         "predict",
         "--model",
         str(mlp_model),

@@ -31,10 +31,10 @@ FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One local Ray for the module, as CI runs it: two CPUs, no dashboard."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+def local_ray() -> Iterator[str]:
+    """One local Ray for the module, as CI runs it: two CPUs, no dashboard; its address."""
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield str(context.address_info["gcs_address"])
     ray.shutdown()
 
 
@@ -130,8 +130,9 @@ def test_ray_bad_row_fails_the_run_and_commits_nothing(tmp_path: Path, mlp_model
     assert (out / "part-00000.parquet").read_text() == "previous run"
 
 
-@pytest.mark.usefixtures("local_ray")
-def test_cli_joins_a_running_ray(tmp_path: Path, mlp_model: Path, run_cli: RunCli) -> None:
+def test_cli_joins_a_running_ray(
+    local_ray: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
     frame = make_frame(400, seed=8)
     source = write_with_library(frame, tmp_path / "d.jsonl", "jsonl")
     result = run_cli(
@@ -139,6 +140,9 @@ def test_cli_joins_a_running_ray(tmp_path: Path, mlp_model: Path, run_cli: RunCl
         "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment",
         "--engine", "ray", "--ray_address", "auto", "--output_format", "avro",
         "--ray_concurrency", "1", "--ray_gpus_per_worker", "0",
+        # `auto` takes the cluster RAY_ADDRESS names: this module's, not another Ray on the
+        # machine (another test worker's, another user's), which `auto` could join instead.
+        env={"RAY_ADDRESS": local_ray},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.log_lines()

@@ -22,7 +22,6 @@ import pytest
 from conftest import ROOT, Completed, batchpredict_command, make_frame, write_with_library
 
 RunCli = Callable[..., Completed]
-pytestmark = pytest.mark.slow
 
 
 def metrics(path: Path, job: str = "nightly") -> dict[str, float]:
@@ -37,9 +36,9 @@ def metrics(path: Path, job: str = "nightly") -> dict[str, float]:
     return values
 
 
-def test_json_log_lines_field_by_field(tmp_path: Path, mlp_model: Path, run_cli: RunCli) -> None:
+def test_json_log_lines_field_by_field(tmp_path: Path, mlp_model: Path, run_main: RunCli) -> None:
     source = write_with_library(make_frame(5000), tmp_path / "d.parquet", "parquet")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--chunk_size", "500", "--progress_every", "0.0001",
     )  # fmt: skip
@@ -69,7 +68,7 @@ def test_json_log_lines_field_by_field(tmp_path: Path, mlp_model: Path, run_cli:
 
 
 def test_log_file_has_no_carriage_returns_and_no_progress_when_asked(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     source = write_with_library(make_frame(3000), tmp_path / "d.csv", "csv")
     log = tmp_path / "run.log"
@@ -82,10 +81,10 @@ def test_log_file_has_no_carriage_returns_and_no_progress_when_asked(
         "--keep_columns",
         "id,segment",
     ]
-    first = run_cli(
+    first = run_main(
         *args, "--log_file", str(log), "--chunk_size", "300", "--progress_every", "0.0001"
     )
-    second = run_cli(*args, "--log_file", str(log), "--no_progress", "--chunk_size", "300")
+    second = run_main(*args, "--log_file", str(log), "--no_progress", "--chunk_size", "300")
     assert first.returncode == second.returncode == 0
     assert first.stderr == second.stderr == ""
     text = log.read_text()
@@ -100,6 +99,7 @@ def test_log_file_has_no_carriage_returns_and_no_progress_when_asked(
     ], "--no_progress run has no progress lines"
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal(tmp_path: Path, mlp_model: Path) -> None:
     source = write_with_library(make_frame(20_000), tmp_path / "d.parquet", "parquet")
     main, secondary = pty.openpty()
@@ -128,7 +128,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, mlp_model: Path) -> None:
 
 
 def test_metrics_file_on_success_then_failure(
-    tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
     source = write_with_library(make_frame(50), tmp_path / "d.csv", "csv")
     prom = tmp_path / "textfile" / "batchpredict.prom"
@@ -137,7 +137,7 @@ def test_metrics_file_on_success_then_failure(
         "predict", "--model", str(mlp_model), "--keep_columns", "id,segment",
         "--job_name", "nightly", "--metrics_file", str(prom), "--summary_file", str(summary),
     ]  # fmt: skip
-    ok = run_cli(*args, "--input_file", str(source))
+    ok = run_main(*args, "--input_file", str(source))
     assert ok.returncode == 0, ok.stderr
     first = metrics(prom)
     assert first["batchpredict_rows_total"] == first["batchpredict_last_run_rows"] == 50
@@ -148,7 +148,7 @@ def test_metrics_file_on_success_then_failure(
     )
     assert json.loads(summary.read_text())["status"] == "succeeded"
     time.sleep(0.01)
-    failed = run_cli(*args, "--input_file", str(tmp_path / "missing.csv"))
+    failed = run_main(*args, "--input_file", str(tmp_path / "missing.csv"))
     assert failed.returncode == 66
     second = metrics(prom)
     assert second["batchpredict_last_exit_code"] == 66
@@ -170,6 +170,7 @@ def test_metrics_file_on_success_then_failure(
     assert sorted(p.name for p in prom.parent.iterdir()) == ["batchpredict.prom"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_path", ["relative", "absolute"])
 def test_wrapper_under_cron_like_bare_environment(
     model_path: str, tmp_path: Path, mlp_model: Path
@@ -213,6 +214,7 @@ def cron_daemon() -> Iterator[Path]:
             daemon.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_a_real_cron_daemon_runs_the_crontab_example_line(
     tmp_path: Path, mlp_model: Path, cron_daemon: Path
 ) -> None:
@@ -273,10 +275,10 @@ def test_log_level_and_format(
     json_lines: bool,
     tmp_path: Path,
     mlp_model: Path,
-    run_cli: RunCli,
+    run_main: RunCli,
 ) -> None:
     source = write_with_library(make_frame(10), tmp_path / "d.csv", "csv")
-    result = run_cli(
+    result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),
         "--keep_columns", "id,segment", "--device", "cpu", "--gpu_memory_limit", "512", *args,
     )  # fmt: skip
