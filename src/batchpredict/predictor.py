@@ -269,6 +269,8 @@ class Predictor:
             self.choose_batch_size(arrays, rows)
         assert self.batch_size is not None
         size = self.batch_size
+        if rows == 0:  # an output without rows still needs its columns' types and shapes
+            return self._no_predictions(arrays, size)
         batches = fixed_batches(arrays, rows, size)
         if len(self.devices) == 1:
             results = [self._run_on(self.device, size, batch) for batch in batches]
@@ -289,6 +291,14 @@ class Predictor:
             )[:rows]
             for name in results[0]
         }
+
+    def _no_predictions(self, arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+        """Each output with no rows, from one batch of blank inputs (zeros, empty text)."""
+        batch = {
+            name: np.full((size, *array.shape[1:]), "" if array.dtype == object else 0, array.dtype)
+            for name, array in arrays.items()
+        }
+        return {name: value[:0] for name, value in self._run_on(self.device, size, batch).items()}
 
     def _run_on(
         self, device: str, size: int, batch: dict[str, np.ndarray]

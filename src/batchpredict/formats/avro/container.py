@@ -18,7 +18,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import cramjam
 import fastavro
@@ -83,7 +83,15 @@ def read_long(data: Iterator[int]) -> int:
     return (raw >> 1) ^ -(raw & 1)
 
 
-def _bytes_of(stream: BinaryIO) -> Iterator[int]:
+class _Readable(Protocol):
+    """What reading blocks needs of a stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+def _bytes_of(stream: _Readable) -> Iterator[int]:
     """The bytes of `stream`, one at a time, as they are asked for."""
     while byte := stream.read(1):
         yield byte[0]
@@ -177,12 +185,14 @@ def iter_blocks(stream: BinaryIO, header: Header, limit: int) -> Iterator[Block]
     after the last block (some writers end the file with a newline) is no block."""
     end = _size(stream)
     decompress = DECOMPRESS[header.codec]
+    tail = _Tail(stream)
     while True:
         offset = stream.tell()
+        tail.mark()
         try:
-            block = _read_block(stream, header.sync, decompress, limit, end)
+            block = _read_block(tail, header.sync, decompress, limit, end)
         except Exception as exc:
-            if _only_whitespace_after(stream, offset):
+            if tail.only_whitespace():
                 return
             raise CorruptBlock(offset, reason(exc)) from exc
         if block is None:
@@ -191,7 +201,7 @@ def iter_blocks(stream: BinaryIO, header: Header, limit: int) -> Iterator[Block]
 
 
 def _read_block(
-    stream: BinaryIO,
+    stream: _Readable,
     sync: bytes,
     decompress: Callable[[bytes, int], bytes],
     limit: int,
@@ -228,13 +238,32 @@ def _size(stream: BinaryIO) -> int | None:
     return end
 
 
-def _only_whitespace_after(stream: BinaryIO, position: int) -> bool:
-    """Whether fewer than 32 bytes, all whitespace, follow `position` (seekable only)."""
-    if not stream.seekable():
-        return False
-    stream.seek(position)
-    rest = stream.read(32)
-    return len(rest) < 32 and not rest.strip()
+class _Tail:
+    """`stream` read through, keeping the first bytes read since the last `mark`: what
+    tells a trailing newline from a broken block, on streams that cannot seek back too."""
+
+    _KEPT = 32
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._seen = b""
+
+    def mark(self) -> None:
+        self._seen = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if len(self._seen) <= self._KEPT:
+            self._seen += data[: self._KEPT + 1 - len(self._seen)]
+        return data
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def only_whitespace(self) -> bool:
+        """Whether fewer than 32 bytes, all whitespace, follow the mark to the end."""
+        rest = self._seen + self._stream.read(self._KEPT + 1)
+        return len(rest) < self._KEPT and not rest.strip()
 
 
 def reason(exc: BaseException) -> str:
