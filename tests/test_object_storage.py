@@ -34,13 +34,6 @@ RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 
 
-@pytest.fixture(autouse=True)
-def no_stores_yet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's runs start without filesystems, as a new process does: a run in this
-    process would otherwise reuse the one an earlier test made for another S3 server."""
-    monkeypatch.setattr(storage, "_STORES", {})
-
-
 def test_every_format_and_a_glob_from_a_bucket(
     bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
@@ -332,7 +325,6 @@ def test_a_killed_runs_temporaries_are_removed_once_stale(
     client, name = bucket
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(storage, "_STORES", {})  # none made for another endpoint
     leftover = f"out/_d.csv.{'a' * 32}.tmp"
     others = ["out/d.csv", f"out/_e.csv.{'b' * 32}.tmp", "out/_d.csv.notours.tmp"]
     for key in [leftover, *others]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batchpredict import model_cache, storage
+from batchpredict import model_cache
 from batchpredict.errors import ModelError, ReadWriteError
 from conftest import (
     N_FEATURES,
@@ -103,13 +103,6 @@ def s3_here(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: P
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("BATCHPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-@pytest.fixture(autouse=True)
-def no_stores_yet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's runs start without filesystems, as a new process does: a run in this
-    process would otherwise reuse the one an earlier test made for another S3 server."""
-    monkeypatch.setattr(storage, "_STORES", {})
 
 
 # --------------------------------------------------------------------------- cache root

@@ -416,14 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and turn every outcome into a documented exit code.
 
     Whatever the run put in the process environment (TensorFlow's log settings, set before
-    its import) is taken out again on return, so that a program calling `main` keeps its own.
+    its import) is taken out again on return, so that a program calling `main` keeps its own;
+    so is its logging set-up and run id (its streams may be gone once it returns).
     """
     args = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Past a file-size limit (ulimit -f) a write should fail with EFBIG, exit 74, and the
     # temporary file be removed, rather than the kernel killing the process mid-write.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    with _environ_restored():
+    with _environ_restored(), _logging_undone():
         try:
             _invoke(args)
         except click.exceptions.Exit as exc:  # --help, --version
@@ -433,6 +434,19 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException as exc:  # noqa: BLE001 - the one place a failure becomes a code
             return report_failure(as_ours(exc), args)
     return ExitCode.OK
+
+
+@contextlib.contextmanager
+def _logging_undone() -> Iterator[None]:
+    """Logging as unconfigured, and no run id, after the block (if it set them up:
+    `--help` imports no logging)."""
+    try:
+        yield
+    finally:
+        observe = sys.modules.get("batchpredict.observe")
+        if observe is not None:
+            observe.unbind_run_id()
+            observe.reset_logging()
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ as given and the store's reason, never a secret.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import time
@@ -124,9 +125,10 @@ class _Store:
         return path
 
 
-#: One filesystem per scheme, authority and S3 endpoint for the whole run: creating an S3
-#: one looks up the bucket's region, an HDFS one connects.
-_STORES: dict[tuple[str, str | None], _Store] = {}
+#: One filesystem per store (scheme and authority), S3 endpoint and SDK environment
+#: (`_environment_key`), reused while they stay the same: creating an S3 one looks up the
+#: bucket's region, an HDFS one connects.
+_STORES: dict[tuple[str, str | None, str], _Store] = {}
 #: Where `s3://` goes while `s3_endpoint` is in force (None: the AWS SDK's own settings).
 _s3_endpoint: str | None = None
 
@@ -144,12 +146,37 @@ def s3_endpoint(url: str | None) -> Iterator[None]:
         _s3_endpoint = saved
 
 
+#: What the stores' SDKs read from the environment: a filesystem made under other values
+#: (another endpoint, other credentials) is not the one to reuse.
+_SDK_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "STORAGE_EMULATOR_HOST",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+)
+
+
+def _environment_key() -> str:
+    """A digest of the SDKs' environment (secrets hashed, never kept as they are)."""
+    values = "\0".join(os.environ.get(name, "\1") for name in _SDK_VARIABLES)
+    return hashlib.sha256(values.encode()).hexdigest()
+
+
 def _store(uri: str) -> _Store:
     scheme, _, rest = uri.partition("://")
     authority = rest.split("/", 1)[0]
-    base = f"{scheme}://{authority}/"
     endpoint = _s3_endpoint if scheme.lower() == "s3" else None
-    if (base, endpoint) not in _STORES:
+    base = f"{scheme}://{authority}/"
+    key = (base, endpoint, _environment_key())
+    if key not in _STORES:
         sample = _without_glob(uri)
         filesystem, sample_path = _filesystem(scheme.lower(), sample, endpoint)
         # The sample's path is `prefix + what follows the authority`; learn the prefix.
@@ -159,8 +186,8 @@ def _store(uri: str) -> _Store:
             prefix = sample_path[: len(sample_path) - len(tail)]
         else:
             prefix = sample_path + "/"
-        _STORES[base, endpoint] = _Store(filesystem, base, prefix)
-    return _STORES[base, endpoint]
+        _STORES[key] = _Store(filesystem, base, prefix)
+    return _STORES[key]
 
 
 def _filesystem(
