@@ -199,29 +199,28 @@ class Reading:
             if not yielded:
                 # Every row rejected: the output is still written, with its columns and
                 # no rows (the reader dropped them all, or the model's conversion did).
-                yield empty or _no_rows(self, source, reader, run_columns, reject)
+                yield empty or self._no_rows(source, reader, run_columns, reject)
 
-
-def _no_rows(
-    self: Reading,
-    source: InputFile,
-    reader: Reader,
-    run_columns: RunColumns,
-    reject: RejectSink | None,
-) -> Ready:
-    """A ready chunk of no rows with the input's columns, for an input whose every record
-    the reader rejected; stdin cannot be read again for its columns."""
-    if source.path == STDIO:
-        raise DataError(f"{source.path}: every row was rejected; no output can be written")
-    schema = reader.schema()  # as read before the model's columns are parsed as numbers
-    if not reader.declares_types:
-        for name, kind in run_columns.read_types(schema, source.path).items():
-            schema = schema.set(schema.get_field_index(name), pa.field(name, kind))
-    table = schema.empty_table()
-    mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
-    converted = to_model_arrays(table, mapping, source.path, self.config.fill_value)
-    rows = np.zeros(0, dtype=np.int64)
-    return sift(table, mapping, converted, rows, source=source.path, reject=reject)
+    def _no_rows(
+        self,
+        source: InputFile,
+        reader: Reader,
+        run_columns: RunColumns,
+        reject: RejectSink | None,
+    ) -> Ready:
+        """A ready chunk of no rows with the input's columns, for an input whose every record
+        the reader rejected; stdin cannot be read again for its columns."""
+        if source.path == STDIO:
+            raise DataError(f"{source.path}: every row was rejected; no output can be written")
+        schema = reader.schema()  # as read before the model's columns are parsed as numbers
+        if not reader.declares_types:
+            for name, kind in run_columns.read_types(schema, source.path).items():
+                schema = schema.set(schema.get_field_index(name), pa.field(name, kind))
+        table = schema.empty_table()
+        mapping = run_columns.for_file(table.schema, source.path, reader.declares_types)
+        converted = to_model_arrays(table, mapping, source.path, self.config.fill_value)
+        rows = np.zeros(0, dtype=np.int64)
+        return sift(table, mapping, converted, rows, source=source.path, reject=reject)
 
 
 def _keep_record(rejects: Rejects, counts: Counts) -> Callable[[str, BadRecord], None]:
