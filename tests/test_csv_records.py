@@ -103,3 +103,39 @@ def test_a_quote_inside_an_unquoted_field_is_text() -> None:
     data = b"id,height\n1,5'11\"\n" + b"2,6'0\n" * 50
     out, records = bounded(data, 30, 64)
     assert out == data and not records
+
+
+def _ends_byte_by_byte(data: bytes, in_quotes: bool, last: int) -> list[int]:
+    """The definition the reader follows, one byte at a time (Arrow's parser states)."""
+    ends, index = [], 0
+    while index < len(data):
+        byte = data[index]
+        if in_quotes:
+            if byte == 0x22:
+                if data[index + 1 : index + 2] == b'"':
+                    index += 1
+                else:
+                    in_quotes = False
+        elif byte == 0x22 and last in (0x0A, 0x0D, 0x2C):
+            in_quotes = True
+        elif byte == 0x0A or (byte == 0x0D and data[index + 1 : index + 2] != b"\n"):
+            ends.append(index + 1)
+        last = byte
+        index += 1
+    return ends
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=60).map(lambda raw: bytes(b'a,"\n\r'[b % 5] for b in raw)),
+    st.booleans(),
+    st.sampled_from([0x0A, 0x2C, 0x61, 0x22]),
+)
+def test_record_ends_with_stray_quotes_follow_the_parser(
+    data: bytes, in_quotes: bool, last: int
+) -> None:
+    from batchpredict.formats.csv_records import _QuoteState, _record_ends
+
+    state = _QuoteState(in_quotes, last)
+    found = _record_ends(data, state, b",", every_end=True).tolist()
+    assert found == _ends_byte_by_byte(data, in_quotes, last)

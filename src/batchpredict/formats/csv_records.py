@@ -216,7 +216,10 @@ def _record_ends(data: bytes, state: _QuoteState, delimiter: bytes, every_end: b
     opening = quotes[(np.arange(len(quotes)) + state.in_quotes) % 2 == 0]
     before = np.where(opening > 0, view[np.maximum(opening - 1, 0)], state.last_byte)
     allowed = np.array([_LF, _CR, _QUOTE, delimiter[0]], dtype=np.uint8)
-    if not np.isin(before, allowed).all():
+    # A quote after a quote is the second of an escaped pair only within `data` (a read
+    # never ends in a quote but at the end of the input): else the exact walk decides.
+    carried_quote = len(opening) > 0 and opening[0] == 0 and state.last_byte == _QUOTE
+    if carried_quote or not np.isin(before, allowed).all():
         return _record_ends_exactly(data, state, delimiter[0])
     parity = (np.searchsorted(quotes, breaks) + state.in_quotes) % 2
     state.in_quotes = bool((len(quotes) + state.in_quotes) % 2)
@@ -249,23 +252,33 @@ def _breaks(view: np.ndarray) -> np.ndarray:
 
 
 def _record_ends_exactly(data: bytes, state: _QuoteState, delimiter: int) -> np.ndarray:
-    """`_record_ends` byte by byte, for quotes inside unquoted fields (read as text)."""
-    ends = []
-    in_quotes, last = state.in_quotes, state.last_byte
-    index, size = 0, len(data)
-    while index < size:
-        byte = data[index]
+    """`_record_ends` for quotes inside unquoted fields (read as text): the quotes are
+    walked one by one (not the bytes) to find the quoted spans, whose line ends end no
+    record."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    starters = (_LF, _CR, delimiter)
+    in_quotes, opened, escaped = state.in_quotes, 0, -1
+    starts: list[int] = []
+    stops: list[int] = []
+    for at in np.flatnonzero(view == _QUOTE).tolist():
+        if at == escaped:
+            continue
         if in_quotes:
-            if byte == _QUOTE:
-                if index + 1 < size and data[index + 1] == _QUOTE:
-                    index += 1  # an escaped quote
-                else:
-                    in_quotes = False
-        elif byte == _QUOTE and last in (_LF, _CR, delimiter):
-            in_quotes = True
-        elif byte == _LF or (byte == _CR and data[index + 1 : index + 2] != b"\n"):
-            ends.append(index + 1)
-        last = byte
-        index += 1
-    state.in_quotes, state.last_byte = in_quotes, last
-    return np.array(ends, dtype=np.int64)
+            if data[at + 1 : at + 2] == b'"':
+                escaped = at + 1  # two quotes inside a quoted field are one
+                continue
+            starts.append(opened)
+            stops.append(at)
+            in_quotes = False
+        elif (data[at - 1] if at else state.last_byte) in starters:
+            in_quotes, opened = True, at
+    if in_quotes:
+        starts.append(opened)
+        stops.append(len(data))
+    breaks = _breaks(view)
+    span = np.searchsorted(np.array(starts, dtype=np.int64), breaks, side="right") - 1
+    # (A trailing 0 stands for "no span" at index -1, which `span >= 0` leaves out.)
+    inside = (span >= 0) & (breaks < np.array([*stops, 0], dtype=np.int64)[span])
+    state.in_quotes, state.last_byte = in_quotes, data[-1]
+    ends: np.ndarray = breaks[~inside] + 1
+    return ends
