@@ -470,7 +470,12 @@ class CsvReader(Reader):
             row = int(row_number) + row_shift
             return DataError(f"{self.path}: row {row}, column {name!r}: {detail}")
         if "straddling" in text:
-            return DataError(f"{self.path}: a row is too long or has an unclosed quote: {text}")
+            # From a file such a row is read again with larger blocks; stdin is read once.
+            hint = "; stdin is read once: read the input from a file" if self.path == STDIO else ""
+            return DataError(
+                f"{self.path}: a row is longer than the reader's blocks or has an unclosed "
+                f"quote{hint}: {text}"
+            )
         if isinstance(exc, OSError):
             return ReadWriteError(f"{self.path}: cannot read: {text}")
         return DataError(f"{self.path}: {text}")
