@@ -543,3 +543,21 @@ def test_max_output_bytes_bounds_the_rejects_file(
         result.stderr
     )
     assert (sorted(out.iterdir()) if out.exists() else []) == []  # no temporary left either
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip"])
+def test_a_csv_row_longer_than_the_blocks_from_stdin_says_to_read_a_file(
+    mlp_model: Path, run_main: Callable[..., Completed], tmp_path: Path, mode: str
+) -> None:
+    """Stdin is read once: a quoted row longer than the reader's blocks (within the limit)
+    cannot be read again with larger blocks, and the error says what to do."""
+    rows = "".join(f'{n},1,2,3,4,"s, {n}"\n' for n in range(20_000))
+    text = "id,f0,f1,f2,f3,segment\n" + rows + '0,1,2,3,4,"' + "y" * (20 * MIB) + '"\n'
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", "-", "--input_format", "csv",
+        "--features", FEATURES, "--keep_columns", "id,segment", "--on_error", mode,
+        "--output_file", str(tmp_path / "out.csv"), input=text.encode(),
+    )  # fmt: skip
+    assert result.returncode == 65, result.stderr
+    assert "read the input from a file" in result.stderr
+    assert not (tmp_path / "out.csv").exists()
