@@ -135,6 +135,12 @@ def _bin_shares(column: dict[str, Any], sketch: Any, edges: list[float]) -> list
         return [c / total for c in counts] if total > 0 else None
     if sketch is None or sketch.is_empty():
         return None
+    return _sketch_shares(sketch, edges)
+
+
+def _sketch_shares(sketch: Any, edges: list[float]) -> list[float]:
+    """The shares of a (non-empty) sketch's values in the bins of `edges`, the first and
+    last bins open-ended."""
     below = [sketch.get_rank(edge, inclusive=False) for edge in edges[1:-1]]
     bounds = [0.0, *below, 1.0]
     return [max(0.0, b - a) for a, b in itertools.pairwise(bounds)]
@@ -423,15 +429,18 @@ class _Charts:
         self.count = 0
 
     def distribution(self, column: dict[str, Any], base: dict[str, Any] | None) -> str:
-        """This run's histogram as shares; with the baseline's column, both over the
-        baseline's bins (the outer ones open-ended, as PSI counts them)."""
+        """This run's histogram as shares; with the baseline's column, both as shares of
+        the same bins spanning both (from their sketches), so that neither is clipped."""
         if base is not None and base.get("kind") == "numeric":
-            edges = _floats(_dict(base.get("histogram")).get("edges"))
-            if edges is not None and len(edges) >= 2:
-                ours = _bin_shares(column, _sketch(column, "this run"), edges)
-                theirs = _bin_shares(base, _sketch(base, "the baseline"), edges)
-                if ours is not None and theirs is not None:
-                    return self._figure(edges, [("baseline", theirs), ("this run", ours)])
+            ours, theirs = _sketch(column, "this run"), _sketch(base, "the baseline")
+            edges = _spanning_edges(ours, theirs)
+            if edges is not None:
+                series = [
+                    ("baseline", _sketch_shares(theirs, edges)),
+                    ("this run", _sketch_shares(ours, edges)),
+                ]
+                caption = f"<figcaption>{_BOTH}</figcaption></figure>"
+                return self._figure(edges, series).replace("</figure>", caption)
         histogram = _dict(column.get("histogram"))
         edges, counts = _floats(histogram.get("edges")), _floats(histogram.get("counts"))
         if edges is None or counts is None or len(edges) != len(counts) + 1:
@@ -449,6 +458,7 @@ class _Charts:
             axes = figure.subplots()
             for (label, shares), style in zip(series, _STYLES, strict=False):
                 axes.stairs(shares, edges, label=label, **style)
+            axes.set_xlabel("value")
             axes.set_ylabel("share of rows")
             if len(series) > 1:
                 axes.legend()
@@ -456,6 +466,27 @@ class _Charts:
             metadata = dict.fromkeys(("Date", "Creator", "Format", "Type"))
             figure.savefig(buffer, format="svg", metadata=metadata)
         return _inline_svg(buffer.getvalue(), f"c{self.count}-")
+
+
+_BOTH = (
+    "Shares of rows in equal bins over both ranges, from each run's quantile sketch. PSI "
+    "(Drift) counts over the baseline's own bins."
+)
+#: Bins of the chart of a run against its baseline.
+_CHART_BINS = 30
+
+
+def _spanning_edges(ours: Any, theirs: Any) -> list[float] | None:
+    """Equal bins from the lowest to the highest value of both sketches (None without
+    both)."""
+    if ours is None or theirs is None or ours.is_empty() or theirs.is_empty():
+        return None
+    low = min(ours.get_min_value(), theirs.get_min_value())
+    high = max(ours.get_max_value(), theirs.get_max_value())
+    if high <= low:  # one value: a bin around it, as numpy does
+        low, high = low - 0.5, high + 0.5
+    step = (high - low) / _CHART_BINS
+    return [low + i * step for i in range(_CHART_BINS)] + [high]
 
 
 _STYLES = (
