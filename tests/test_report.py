@@ -407,6 +407,32 @@ def test_the_library_call_writes_the_same_page(
     assert callable(batchpredict.report)  # not shadowed by a module of the same name
 
 
+def test_stats_files_and_the_page_at_uris(
+    run_main: Callable[..., Any], pair: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/stats/day=2/_stats.json", json.dumps(pair[0]).encode())
+    memory.pipe("/stats/day=1/_stats.json", json.dumps(pair[1]).encode())
+    try:
+        result = run_main(
+            "report",
+            "memory://stats/day=2/_stats.json",
+            "--baseline",
+            "memory://stats/day=1/_stats.json",
+            "--output",
+            "memory://reports/day=2.html",
+        )
+        assert result.returncode == 0, result.stderr
+        page = memory.cat("/reports/day=2.html").decode("utf-8")
+        assert drift_rows(page)[0][1][0] == "x_far"
+        assert memory.find("/reports") == ["/reports/day=2.html"]
+    finally:
+        for folder in ("/stats", "/reports"):
+            if memory.exists(folder):
+                memory.rm(folder, recursive=True)
+
+
 @pytest.mark.parametrize("which", ["stats", "baseline"])
 def test_a_missing_stats_file_is_66(
     run_main: Callable[..., Any], tmp_path: Path, which: str, pair: Any
@@ -481,13 +507,17 @@ def test_without_matplotlib_the_report_is_78_and_says_how_to_install(
 
 
 @pytest.mark.slow
-def test_help_imports_neither_matplotlib_nor_tensorflow() -> None:
+def test_help_and_early_failures_import_neither_matplotlib_nor_tensorflow() -> None:
+    """--help imports neither; a report that fails at once (66) does not load TensorFlow."""
     code = (
         "import sys\n"
         "from batchpredict import cli\n"
         "for args in (['--help'], ['report', '--help']):\n"
         "    assert cli.main(args) == 0\n"
-        "print(sorted(m for m in ('matplotlib', 'tensorflow', 'datasketches') if m in sys.modules))"
+        "heavy = ('matplotlib', 'tensorflow', 'datasketches')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "assert cli.main(['report', '/nonexistent/s.json', '--output', '/nonexistent/r']) == 66\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
