@@ -457,6 +457,7 @@ def test_a_missing_stats_file_is_66(
         ('{"stats_version": 2}', "stats_version 2 is not 1"),
         ('{"kind": "run"}', "stats_version null is not 1"),
         (b"\xff\xfe", "not a stats file: not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not a stats file: not JSON"),
     ],
 )
 def test_a_file_that_is_not_a_stats_file_is_65(
@@ -486,7 +487,24 @@ def test_a_sketch_that_is_not_one_is_65(
         "report", str(stats_path), "--baseline", str(base_path), "--output", str(tmp_path / "r")
     )
     assert result.returncode == 65
-    assert "column 'x_same' of the baseline: sketch is not a KLL sketch" in result.stderr
+    assert (
+        f"{stats_path} against {base_path}: column 'x_same' of the baseline: sketch is not a "
+        "KLL sketch" in result.stderr
+    )
+
+
+def test_the_page_never_overwrites_a_stats_file(
+    run_main: Callable[..., Any], tmp_path: Path, pair: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    stats_path = write_json(tmp_path / "s.json", pair[0])
+    base_path = write_json(tmp_path / "b.json", pair[1])
+    for output in (stats_path, base_path):
+        result = run_main(
+            "report", str(stats_path), "--baseline", str(base_path), "--output", str(output)
+        )
+        assert result.returncode == 73
+        assert f"{output}: the report would overwrite the stats file it reads" in result.stderr
+        assert json.loads(output.read_text(encoding="utf-8"))["stats_version"] == 1
 
 
 def test_without_matplotlib_the_report_is_78_and_says_how_to_install(

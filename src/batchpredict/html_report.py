@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from batchpredict import atomic, storage
-from batchpredict.errors import ConfigError, DataError, error_text
+from batchpredict.errors import ConfigError, DataError, OutputError, error_text
 
 #: The stats file format this reads (the stats file's `stats_version`).
 STATS_VERSION = 1
@@ -40,12 +40,16 @@ def write_report(stats_path: str, output: str, baseline_path: str | None = None)
     """Write the HTML report of the stats file at `stats_path` (a path or URI) to `output`
     atomically; with `baseline_path`, against that stats file."""
     _matplotlib()  # before reading anything: 78 without the extra
+    for read in (stats_path, baseline_path):
+        if read is not None and storage.identity(read) == storage.identity(output):
+            raise OutputError(f"{output}: the report would overwrite the stats file it reads")
     stats = load_stats(stats_path)
     baseline = load_stats(baseline_path) if baseline_path is not None else None
     try:
         page = render_report(stats, baseline, baseline_name=baseline_path)
     except DataError as exc:
-        raise DataError(f"{stats_path}: {exc}") from exc
+        against = f" against {baseline_path}" if baseline_path is not None else ""
+        raise DataError(f"{stats_path}{against}: {exc}") from exc
     atomic.write_whole(output, page, "report")
 
 
@@ -55,7 +59,7 @@ def load_stats(path: str) -> dict[str, Any]:
     raw = storage.read_bytes(path)
     try:
         stats = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
         raise DataError(f"{path}: not a stats file: not JSON: {error_text(exc)}") from exc
     if not isinstance(stats, dict):
         raise DataError(f"{path}: not a stats file: not a JSON object")
