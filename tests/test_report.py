@@ -340,11 +340,15 @@ def test_the_run_drift_is_shown_when_it_was_against_that_baseline(
         render_report({**run, "drift": recorded}, baseline, baseline_name="base.json")
     )
     assert same == [("exceeded", ["x_same", "feature", "0.777", "0.1", "over the limit"])]
+    page = render_report({**run, "drift": recorded}, baseline, baseline_name="base.json")
+    assert "as the run measured it" in page and "Limit (psi): 0.5; 1 column(s) over it" in page
     other = drift_rows(
         render_report({**run, "drift": recorded}, baseline, baseline_name="old.json")
     )
     assert len(other) == 6 and "0.777" not in str(other)
     assert [cells[0] for _, cells in other][-1] == "x_same"
+    page = render_report({**run, "drift": recorded}, baseline, baseline_name="old.json")
+    assert "Against old.json, computed by the report" in page and "No limit applied" in page
 
 
 def test_hostile_names_and_values_are_escaped(data: dict[str, np.ndarray]) -> None:

@@ -221,7 +221,8 @@ def render_report(
     The drift shown is the stats file's own when it was measured against `baseline_name`
     (or when no baseline is given); otherwise it is computed here (`drift_between`)."""
     drift = _dict(stats.get("drift")) or None
-    if baseline is not None and (drift is None or drift.get("baseline") != baseline_name):
+    computed = baseline is not None and (drift is None or drift.get("baseline") != baseline_name)
+    if computed and baseline is not None:
         drift = drift_between(stats, baseline, name=baseline_name)
     charts = _Charts()
     body = [
@@ -229,7 +230,7 @@ def render_report(
         _rows_section(stats),
         _timing_section(stats),
         _predictions_section(stats, baseline, charts),
-        _drift_section(drift),
+        _drift_section(drift, computed),
         _features_section(stats, baseline),
     ]
     return _PAGE.format(title=_esc(_title(stats)), style=_STYLE, body="\n".join(body))
@@ -303,16 +304,21 @@ def _predictions_section(
     return "\n".join(parts)
 
 
-def _drift_section(drift: dict[str, Any] | None) -> str:
+def _drift_section(drift: dict[str, Any] | None, computed: bool) -> str:
     if drift is None:
         return "<h2>Drift</h2>\n<p>No baseline: this run was not compared with another.</p>"
     exceeded = {str(n) for n in _list(drift.get("exceeded"))}
     limit = drift.get("max_drift")
-    intro = f"Against {_esc(drift.get('baseline'))}; highest PSI first. " + (
+    source = (
+        "computed by the report from both stats files' sketches"
+        if computed
+        else "as the run measured it"
+    )
+    intro = f"Against {_esc(drift.get('baseline'))}, {source}; highest PSI first. " + (
         f"Limit ({_esc(drift.get('measure') or 'psi')}): {_fmt(limit)}; "
         f"{len(exceeded)} column(s) over it, marked."
         if limit is not None
-        else "No limit given (--max_drift)."
+        else "No limit applied (--max_drift)."
     )
     rows = []
     entries = [c for c in _list(drift.get("columns")) if isinstance(c, dict)]
