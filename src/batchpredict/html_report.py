@@ -7,7 +7,9 @@ Every string from a stats file (column names, values, paths) comes from user dat
 HTML-escaped, and none reaches matplotlib, which would read `$...$` as math.
 
 `drift_between` computes the stats file's DRIFT object from two stats files, for a report
-against a baseline the run was not compared with.
+against a baseline the run was not compared with; a run's drift uses the same measures.
+(The module is not named `report`: importing it would then replace the package's
+`batchpredict.report` function with the module.)
 """
 
 from __future__ import annotations
