@@ -1,8 +1,9 @@
 """batchpredict: run TensorFlow/Keras models over CSV, JSON lines, Avro and Parquet files.
 
-The library (see `batchpredict.api`): `predict(...)`, `inspect(...)` and `validate(...)`
-do what the commands of the same names do, and `load_predictor(path).predict_frame(df)`
-scores DataFrames for notebooks. They change nothing process-wide. Importing the package
+The library (see `batchpredict.api`): `predict(...)`, `inspect(...)`, `validate(...)` and
+`report(...)` do what the commands of the same names do, and
+`load_predictor(path).predict_frame(df)` scores DataFrames for notebooks. They change
+nothing process-wide. Importing the package
 does not import TensorFlow; the functions do, when called.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "inspect",
     "load_predictor",
     "predict",
+    "report",
     "validate",
 ]
 
@@ -48,6 +50,14 @@ def validate(model: str, input_file: Inputs, **options: Any) -> ValidationReport
     from batchpredict.api import validate as _validate
 
     return _validate(model, input_file, **options)
+
+
+def report(stats_file: str, output: str, baseline: str | None = None) -> None:
+    """Write the HTML report of a stats file (against a baseline's) like `batchpredict
+    report`; needs `pip install 'batchpredict[report]'`."""
+    from batchpredict.api import report as _report
+
+    _report(stats_file, output, baseline)
 
 
 def load_predictor(path: str, **options: Any) -> FramePredictor:

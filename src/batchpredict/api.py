@@ -1,5 +1,5 @@
-"""The library: `predict`, `inspect` and `validate` do what the commands of the same names
-do, and `load_predictor` scores pandas DataFrames in memory.
+"""The library: `predict`, `inspect`, `validate` and `report` do what the commands of the
+same names do, and `load_predictor` scores pandas DataFrames in memory.
 
 Options are `RunConfig` fields, named like the command-line options (`output_file=...`,
 `keep_columns=["id"]`, `on_error="skip"`); failures raise the `BatchPredictError` whose
@@ -81,6 +81,14 @@ def validate(model: str, input_file: Inputs, **options: Any) -> ValidationReport
     config = _config(model, input_file, options)
     with _logging(config.log_level):
         return checks.validate(config)
+
+
+def report(stats_file: str, output: str, baseline: str | None = None) -> None:
+    """Write the HTML report of the stats file `stats_file` to `output`, against the stats
+    file `baseline` when given, as `batchpredict report` does (needs the `report` extra)."""
+    from batchpredict.html_report import write_report
+
+    write_report(stats_file, output, baseline)
 
 
 def _config(model: str, input_file: Inputs, options: dict[str, Any]) -> RunConfig:

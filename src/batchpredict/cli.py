@@ -29,6 +29,7 @@ from batchpredict.cli_options import (
     LOGGING,
     MODEL_SECTION,
     READING,
+    S3_ENDPOINT_URL,
     BatchSizeType,
     FormatName,
     option,
@@ -374,6 +375,40 @@ def validate(**options: Any) -> None:
         click.echo(f"problem: {escape_controls(problem)}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
+
+
+@cli.command(epilog=EPILOG, formatter_settings=FORMATTER)
+@cloup.argument("stats_file", metavar="STATS_FILE")
+@cloup.option_group(
+    "Report",
+    option(
+        "output",
+        metavar="PATH",
+        required=True,
+        help="The HTML file to write (self-contained: it opens with no network).",
+    ),
+    option(
+        "baseline",
+        metavar="PATH",
+        default=None,
+        help="A stats file to compare with (the drift is computed when the run was not "
+        "compared with it).",
+    ),
+    S3_ENDPOINT_URL,
+)
+@cloup.option_group("Logging", *LOGGING)
+def report(**options: Any) -> None:
+    """Write an HTML report of a stats file: rows, timing, predictions, drift, features."""
+    from batchpredict import storage
+    from batchpredict.html_report import write_report
+    from batchpredict.observe import configure_logging, get_logger
+
+    refuse_secrets(options)
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    check_s3_endpoint(options["s3_endpoint_url"])
+    with storage.s3_endpoint(options["s3_endpoint_url"]):
+        write_report(options["stats_file"], options["output"], options["baseline"])
+    get_logger().info("report written", output=options["output"])
 
 
 @cli.command()
