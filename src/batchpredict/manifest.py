@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchpredict import __version__, storage
+from batchpredict import storage
 from batchpredict.atomic import write_whole
 from batchpredict.config import RunConfig
 from batchpredict.errors import InputMissingError, ReadWriteError
@@ -185,6 +185,7 @@ def _files_below(root: str) -> list[tuple[str, str]]:
 #: Distributions whose versions the manifest records, by the name it records them under;
 #: the first of the names given that is installed (TensorFlow ships under several).
 _DISTRIBUTIONS = {
+    "batchpredict": ("batchpredict",),
     "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly"),
     "keras": ("keras",),
     "pyarrow": ("pyarrow",),
@@ -197,7 +198,7 @@ def software_versions() -> dict[str, str | None]:
     """The versions of what makes the predictions: batchpredict, TensorFlow, Keras,
     pyarrow, numpy and Python (None for one not installed). Read from the installed
     packages' metadata, so that recording them imports none of them."""
-    found: dict[str, str | None] = {"batchpredict": __version__}
+    found: dict[str, str | None] = {}
     for name, distributions in _DISTRIBUTIONS.items():
         found[name] = None
         for distribution in distributions:
