@@ -4,6 +4,7 @@ manifest. Real outputs of in-process runs on inputs written by pandas and pyarro
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 import batchpredict
+from batchpredict.verification import OutputCheck, VerifyReport, failure_message
 from conftest import Completed, make_frame, write_with_library
 
 RunMain = Callable[..., Completed]
@@ -82,6 +84,40 @@ def test_a_fresh_folder_verifies(scored: Path, run_main: RunMain) -> None:
     ]
     report = batchpredict.verify(str(scored))
     assert report.ok and [c.rows for c in report.outputs] == [30, 41, 12]
+
+
+@pytest.mark.parametrize("name", ["d.tsv", "d.avro", "d.csv.gz"])
+def test_other_formats_and_compressed_outputs_verify(
+    name: str, tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    frame = make_frame(23, seed=3)
+    frame.loc[1, "segment"] = 'two\nlines, "quoted"'  # one row over two lines of text
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    fmt = name.split(".")[1]
+    plain = write_with_library(frame, tmp_path / f"d.{fmt}", fmt)
+    data = plain.read_bytes()
+    (inputs / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(inputs), "--output_dir",
+        str(tmp_path / "out"), "--keep_columns", "id,segment", "--no_progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert verify(run_main, tmp_path / "out", 0).stdout.startswith("verified 1 output(s)")
+    [check] = batchpredict.verify(str(tmp_path / "out" / name)).outputs
+    assert (check.output, check.rows, check.problem) == (name, 23, None)
+
+
+def test_the_error_names_ten_problems_and_counts_the_rest(tmp_path: Path) -> None:
+    checks = tuple(
+        OutputCheck(f"o{i}.csv", str(tmp_path / f"o{i}.csv"), None, None, "missing")
+        for i in range(12)
+    )
+    report = VerifyReport(str(tmp_path), "m", complete=True, single=False, outputs=checks)
+    message = failure_message(report)
+    assert message.startswith("o0.csv: missing; o1.csv: missing;")
+    assert "o9.csv: missing; and 2 more (listed on stdout)" in message
+    assert "o10.csv" not in message
 
 
 def test_a_truncated_output_fails_with_65_naming_it(scored: Path, run_main: RunMain) -> None:

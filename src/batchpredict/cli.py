@@ -403,7 +403,7 @@ def verify(path: str, **options: Any) -> None:
         click.echo(f"problem: {escape_controls(problem)}")
     click.echo(escape_controls(report.summary()))
     if not report.ok:
-        raise DataError("; ".join(report.problems))
+        raise DataError(verification.failure_message(report))
 
 
 @cli.command()

@@ -33,6 +33,8 @@ _BLOCK = 1 << 20
 #: Parent folders looked in for the manifest of an output file given alone (an output of
 #: a folder of inputs sits in subfolders mirroring them).
 _MAX_LEVELS_UP = 32
+#: Problems named in the one-line error; all are printed, one a line.
+_NAMED_PROBLEMS = 10
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,16 @@ class VerifyReport:
             )
         bad = sum(c.problem is not None for c in self.outputs)
         return f"{self.path}: {bad} of {checked} output(s) differ from {self.manifest}"
+
+
+def failure_message(report: VerifyReport) -> str:
+    """The one-line error of a failed verification: every problem, or the first
+    `_NAMED_PROBLEMS` and how many more (each is on its own line of the output too)."""
+    problems = report.problems
+    shown = "; ".join(problems[:_NAMED_PROBLEMS])
+    if len(problems) > _NAMED_PROBLEMS:
+        shown += f"; and {len(problems) - _NAMED_PROBLEMS} more (listed on stdout)"
+    return shown
 
 
 def verify(path: str) -> VerifyReport:
