@@ -260,7 +260,9 @@ def test_the_ray_engine_reads_and_writes_a_bucket(
     manifest = json.loads(
         client.get_object(Bucket=name, Key="scored/_manifest.json")["Body"].read()
     )
-    assert manifest["engine"] == "ray" and manifest["rows"] == 900
+    assert manifest["engine"] == "ray" and manifest["model"]["sha256"]
+    assert sum(output["rows"] for output in manifest["outputs"]) == 900
+    assert all(len(output["sha256"]) == 64 for output in manifest["outputs"])
 
 
 def test_fsspec_fills_in_for_schemes_pyarrow_lacks(tmp_path: Path, mlp_model: Path) -> None:

@@ -79,7 +79,11 @@ def test_ray_predictions_equal_the_local_engines(fmt: str, tmp_path: Path, mlp_m
     np.testing.assert_allclose(on_ray["prediction"], expected, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "ray" / "_SUCCESS").exists()
     manifest = json.loads((tmp_path / "ray" / "_manifest.json").read_text())
-    assert manifest["engine"] == "ray" and manifest["rows"] == 2500
+    assert manifest["engine"] == "ray" and manifest["model"]["sha256"]
+    assert sum(output["rows"] for output in manifest["outputs"]) == 2500
+    assert all(len(output["sha256"]) == 64 for output in manifest["outputs"])
+    assert manifest["made_with"] and manifest["versions"]["pyarrow"]
+    assert batchpredict.verify(str(tmp_path / "ray")).ok
     assert not (tmp_path / "ray" / "_temporary").exists()
 
 

@@ -140,7 +140,7 @@ def test_rerun_with_the_same_model_skips_everything_and_the_manifest_says_what_m
     assert (out / "_SUCCESS").exists()
 
     manifest = read_manifest(out)
-    assert manifest["manifest_version"] == 2
+    assert manifest["manifest_version"] == 3
     assert manifest["model"]["sha256"] == sha256_of(mlp_model)
     assert (manifest["model"]["version"], manifest["model"]["signature"]) == (None, None)
     assert manifest["model"]["path"] == str(mlp_model)
@@ -153,6 +153,7 @@ def test_rerun_with_the_same_model_skips_everything_and_the_manifest_says_what_m
     assert made_with == {
         "model": {"sha256": sha256_of(mlp_model), "version": None, "signature": None},
         "options": options,
+        "versions": manifest["versions"],
     }
     assert [entry["output"] for entry in manifest["outputs"]] == outputs()
     for entry, day in zip(manifest["outputs"], DAYS, strict=True):
@@ -294,7 +295,7 @@ def test_a_record_from_an_older_batchpredict_is_redone(
 
     again = predict(run_main, mlp_model, tmp_path / "exports", out, "--skip_existing")
     assert decisions(again) == dict.fromkeys(outputs(), REASON_OLD_RECORD)
-    assert read_manifest(out)["manifest_version"] == 2
+    assert read_manifest(out)["manifest_version"] == 3
 
 
 def test_a_removed_or_rewritten_output_is_redone(

@@ -1,10 +1,10 @@
 """batchpredict: run TensorFlow/Keras models over CSV, JSON lines, Avro and Parquet files.
 
-The library (see `batchpredict.api`): `predict(...)`, `inspect(...)`, `validate(...)` and
-`report(...)` do what the commands of the same names do, and
+The library (see `batchpredict.api`): `predict(...)`, `inspect(...)`, `validate(...)`,
+`report(...)` and `verify(path)` do what the commands of the same names do, and
 `load_predictor(path).predict_frame(df)` scores DataFrames for notebooks. They change
-nothing process-wide. Importing the package
-does not import TensorFlow; the functions do, when called.
+nothing process-wide. Importing the package does not import TensorFlow; the functions
+do, when called.
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ if TYPE_CHECKING:
     from batchpredict.api import FramePredictor, Inputs
     from batchpredict.checks import ValidationReport
     from batchpredict.summary import RunSummary
+    from batchpredict.verification import VerifyReport
 
 __all__ = [
     "FramePredictor",
     "RunSummary",
     "ValidationReport",
+    "VerifyReport",
     "__version__",
     "inspect",
     "load_predictor",
     "predict",
     "report",
     "validate",
+    "verify",
 ]
 
 
@@ -60,6 +63,14 @@ def report(stats_file: str, output: str, baseline: str | None = None) -> None:
     _report(stats_file, output, baseline)
 
 
+def verify(path: str) -> VerifyReport:
+    """Check an output folder (or one output file) against its manifest, as
+    `batchpredict verify` does; reads the outputs, writes nothing."""
+    from batchpredict.api import verify as _verify
+
+    return _verify(path)
+
+
 def load_predictor(path: str, **options: Any) -> FramePredictor:
     """Load a model once and predict pandas DataFrames with it."""
     from batchpredict.api import load_predictor as _load
@@ -76,6 +87,10 @@ def __getattr__(name: str) -> Any:
         from batchpredict.checks import ValidationReport
 
         return ValidationReport
+    if name == "VerifyReport":
+        from batchpredict.verification import VerifyReport
+
+        return VerifyReport
     if name == "FramePredictor":
         from batchpredict.api import FramePredictor
 

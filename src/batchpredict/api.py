@@ -1,5 +1,5 @@
-"""The library: `predict`, `inspect`, `validate` and `report` do what the commands of the
-same names do, and `load_predictor` scores pandas DataFrames in memory.
+"""The library: `predict`, `inspect`, `validate`, `report` and `verify` do what the
+commands of the same names do, and `load_predictor` scores pandas DataFrames in memory.
 
 Options are `RunConfig` fields, named like the command-line options (`output_file=...`,
 `keep_columns=["id"]`, `on_error="skip"`); failures raise the `BatchPredictError` whose
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import structlog
 
-from batchpredict import checks, pipeline
+from batchpredict import checks, pipeline, verification
 from batchpredict.checks import ValidationReport
 from batchpredict.columns import plan_mapping
 from batchpredict.config import RunConfig
@@ -36,6 +36,7 @@ from batchpredict.observe import (
 from batchpredict.predictions import PredictionColumns
 from batchpredict.scoring import file_rows, load_scorer, prepare
 from batchpredict.summary import RunSummary
+from batchpredict.verification import VerifyReport
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,6 +90,13 @@ def report(stats_file: str, output: str, baseline: str | None = None) -> None:
     from batchpredict.html_report import write_report
 
     write_report(stats_file, output, baseline)
+
+
+def verify(path: str) -> VerifyReport:
+    """Check an output folder's files (or one output file) against its manifest, as
+    `batchpredict verify` does; the report's `problems` are empty when all match. Raises
+    InputMissingError when there is no manifest, ReadWriteError when it is unreadable."""
+    return verification.verify(path)
 
 
 def _config(model: str, input_file: Inputs, options: dict[str, Any]) -> RunConfig:

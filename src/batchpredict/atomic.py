@@ -11,6 +11,7 @@ final name. Creating the temporary is the one step that differs by filesystem, s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from batchpredict import storage
 from batchpredict.errors import OutputError, ReadWriteError, error_text
+from batchpredict.storage import Content
 
 SUFFIX = ".tmp"
 
@@ -41,9 +43,18 @@ class StagedFile:
         self._raw: Any = None
         if self.target.local:
             self.temp, self._raw = _local_temporary(self.target, max_bytes)
-            self.sink: pa.NativeFile = pa.PythonFile(self._raw, mode="w")
+            self._hashed = _HashingFile(self._raw)
         else:  # (config refuses --max_output_bytes for stores)
-            self.temp, self.sink = _store_temporary(self.target)
+            self.temp, stream = _store_temporary(self.target)
+            self._hashed = _HashingFile(stream)
+        # Every byte passes through the hash on its way out: the manifest records the
+        # committed file's SHA-256 without reading it back.
+        self.sink: pa.NativeFile = pa.PythonFile(self._hashed, mode="w")
+
+    @property
+    def content(self) -> Content:
+        """The SHA-256 and size of the bytes written so far (all of them, once committed)."""
+        return Content(self._hashed.digest.hexdigest(), self._hashed.size)
 
     def commit(self) -> None:
         """Close the sink (if the caller has not), flush the bytes to disk and move the
@@ -112,6 +123,27 @@ def _sync_local(raw: Any, temp: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _HashingFile:
+    """A binary file that hashes what is written to it (after the write succeeded)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        """Write `data`, then add it to the hash (hashlib releases the GIL for blocks)."""
+        written = int(self._raw.write(data))
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (flush, close, closed, tell, writable, fileno) is the file's.
+        return getattr(self._raw, name)
 
 
 class _BoundedFile:

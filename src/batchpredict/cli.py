@@ -26,6 +26,9 @@ from batchpredict.cli_options import (
     BAD_DATA,
     EPILOG,
     FORMATTER,
+    LOG_FILE,
+    LOG_FORMAT,
+    LOG_LEVEL,
     LOGGING,
     MODEL_SECTION,
     READING,
@@ -409,6 +412,32 @@ def report(**options: Any) -> None:
     with storage.s3_endpoint(options["s3_endpoint_url"]):
         write_report(options["stats_file"], options["output"], options["baseline"])
     get_logger().info("report written", output=options["output"])
+
+
+@cli.command(epilog=EPILOG, formatter_settings=FORMATTER)
+@cloup.argument("path", metavar="PATH")
+@cloup.option_group("Storage", S3_ENDPOINT_URL)
+@cloup.option_group("Logging", LOG_LEVEL, LOG_FORMAT, LOG_FILE)
+def verify(path: str, **options: Any) -> None:
+    """Check an output folder (or one output file) against its _manifest.json.
+
+    Exits 0 when every output recorded is still the file recorded (size, SHA-256, rows);
+    65 naming each one missing, truncated or altered, and a folder without _SUCCESS; 66
+    when there is no manifest.
+    """
+    from batchpredict import storage, verification
+    from batchpredict.observe import configure_logging, escape_controls
+
+    refuse_secrets({"path": path, **options})
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    check_s3_endpoint(options["s3_endpoint_url"])
+    with storage.s3_endpoint(options["s3_endpoint_url"]):
+        report = verification.verify(path)
+    for problem in report.problems:
+        click.echo(f"problem: {escape_controls(problem)}")
+    click.echo(escape_controls(report.summary()))
+    if not report.ok:
+        raise DataError(verification.failure_message(report))
 
 
 @cli.command()

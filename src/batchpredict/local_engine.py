@@ -180,7 +180,9 @@ def _predict_targets(
         totals.add(output.counts)
         if manifest is not None:
             counts = output.counts
-            manifest.record(output.target, output.inputs, counts.written, counts.rejected)
+            manifest.record(
+                output.target, output.inputs, counts.written, counts.rejected, output.writer.content
+            )
 
     if outputs:
         _predict_outputs(outputs, run, config, rejects, progress, committed)

@@ -13,9 +13,12 @@ cost O(n²) bytes (and on object stores an upload, a copy and a delete each time
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,10 +33,11 @@ from batchpredict.model import LoadedModel
 from batchpredict.observe import get_logger
 from batchpredict.outputs import MANIFEST, SUCCESS_MARKER, OutputTarget
 from batchpredict.sources import InputFile
-from batchpredict.storage import is_uri
+from batchpredict.storage import Content, is_uri
 
 #: Version 1 (no such key) had no model or options: its records are always redone.
-MANIFEST_VERSION = 2
+#: Version 3 adds the software versions, the engine, and each output's SHA-256 and bytes.
+MANIFEST_VERSION = 3
 #: Bytes read at a time while hashing a model (models can be gigabytes).
 _HASH_BLOCK = 1 << 20
 #: Hex digits of the id under which a manifest lists one set of (model, options).
@@ -176,6 +180,37 @@ def _files_below(root: str) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+# --------------------------------------------------------------------------- the software
+
+#: Distributions whose versions the manifest records, by the name it records them under;
+#: the first of the names given that is installed (TensorFlow ships under several).
+_DISTRIBUTIONS = {
+    "batchpredict": ("batchpredict",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly"),
+    "keras": ("keras",),
+    "pyarrow": ("pyarrow",),
+    "numpy": ("numpy",),
+}
+
+
+@functools.cache
+def software_versions() -> dict[str, str | None]:
+    """The versions of what makes the predictions: batchpredict, TensorFlow, Keras,
+    pyarrow, numpy and Python (None for one not installed). Read from the installed
+    packages' metadata, so that recording them imports none of them."""
+    found: dict[str, str | None] = {}
+    for name, distributions in _DISTRIBUTIONS.items():
+        found[name] = None
+        for distribution in distributions:
+            try:
+                found[name] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    found["python"] = platform.python_version()
+    return found
+
+
 # --------------------------------------------------------------------------- the options
 
 
@@ -233,27 +268,13 @@ def input_identity(item: InputFile) -> dict[str, Any]:
     """What identifies an input's content: its canonical name (a local file's real path,
     so `data/a.csv` and `/abs/data/a.csv` match; a URI as given), size and modification
     time, and on object stores the ETag."""
-    if is_uri(item.path):
-        return {"path": item.path, **storage.fingerprint(item.path)}
-    stat = os.stat(item.path)
-    return {"path": storage.identity(item.path), "size": stat.st_size, "mtime": stat.st_mtime}
+    return {"path": storage.identity(item.path), **storage.fingerprint(item.path)}
 
 
 def _output_identity(path: str) -> dict[str, Any]:
     """An output file's size and modification time (and ETag on stores); all None when
     it is not there. A rewrite changes the modification time even at the same size."""
-    if is_uri(path):
-        found = storage.fingerprint(path)
-        return {
-            "output_size": found["size"],
-            "output_mtime": found["mtime"],
-            "output_etag": found["etag"],
-        }
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return {"output_size": None, "output_mtime": None}
-    return {"output_size": stat.st_size, "output_mtime": stat.st_mtime}
+    return {f"output_{key}": value for key, value in storage.fingerprint(path).items()}
 
 
 def _input_changes(recorded: Any, current: list[dict[str, Any]]) -> list[str]:
@@ -287,12 +308,17 @@ class Manifest:
         model: ModelIdentity,
         options: dict[str, Any],
         resume: bool,
+        engine: str = "local",
     ) -> None:
         self.output_dir = output_dir
         self.path = storage.join(output_dir, MANIFEST)
         self.model = model
         self.options = options
-        self.made_with = {"model": model.compared(), "options": options}
+        self.engine = engine
+        self.versions = software_versions()
+        # The versions are recorded with each output (one kept from an earlier run keeps
+        # the earlier run's), not compared: `--skip_existing` compares model and options.
+        self.made_with = {"model": model.compared(), "options": options, "versions": self.versions}
         self._settings_id = _settings_id(self.made_with)
         self._journal = Journal(output_dir)
         self._journaled_settings: set[str] = set()
@@ -379,15 +405,26 @@ class Manifest:
         return None
 
     def record(
-        self, target: OutputTarget, inputs: list[dict[str, Any]], rows: int, rejected: int
+        self,
+        target: OutputTarget,
+        inputs: list[dict[str, Any]],
+        rows: int,
+        rejected: int | None,
+        content: Content | None = None,
     ) -> None:
-        """Add an output this run committed, and append it to the journal."""
+        """Add an output this run committed, and append it to the journal. `content` is
+        the SHA-256 and size of the bytes the writer committed; without it the committed
+        file is read back to hash it."""
+        if content is None:
+            content = storage.content(target.path)
         record = {
             "output": self._key(target),
             "format": target.format,
             "rows": rows,
             "rejected_rows": rejected,
             "inputs": inputs,
+            "sha256": content.sha256,
+            "bytes": content.bytes,
             **_output_identity(target.path),
         }
         if self._settings_id not in self._journaled_settings:
@@ -435,6 +472,8 @@ class Manifest:
         return {
             "manifest_version": MANIFEST_VERSION,
             "written_at": time.time(),
+            "engine": self.engine,
+            "versions": self.versions,
             "model": self.model.record(),
             "options": self.options,
             "made_with": table,

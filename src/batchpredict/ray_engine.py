@@ -6,8 +6,9 @@
 Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
 first; only when the whole dataset has been written does the driver move the parts into
 place (after removing the previous run's parts), merge the rejects into one file, and write
-`_manifest.json` and `_SUCCESS`, last. A failed run removes its staging folder and leaves
-the previous outputs as they were.
+`_manifest.json` (the local engine's, see `manifest.Manifest`: one record per part) and
+`_SUCCESS`, last. A failed run removes its staging folder and leaves the previous outputs
+as they were.
 
 Ray is imported only here, and this module only when the engine is used.
 """
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import json
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,12 +42,19 @@ from batchpredict.formats.registry import (
     writer_for,
     writer_format,
 )
-from batchpredict.manifest import input_identity
+from batchpredict.manifest import (
+    Manifest,
+    ModelIdentity,
+    identify_model,
+    input_identity,
+    prediction_options,
+)
 from batchpredict.observe import get_logger
 from batchpredict.outputs import (
     MANIFEST,
     REJECTS,
     SUCCESS_MARKER,
+    OutputTarget,
     RejectsWriter,
 )
 from batchpredict.scoring import (
@@ -104,7 +111,14 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         column_mapping=mapping.as_dict(),
     )
     RunColumns(model, config, mapping).warn_if_guessed()
-    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping)
+    made = _Provenance(
+        model=identify_model(config.model, model),
+        options=prediction_options(config, mapping.as_dict()),
+        # Taken before reading, as the local engine does.
+        inputs=[input_identity(item) for item in inputs],
+    )
+    get_logger().info("model identified", model=config.model, sha256=made.model.sha256)
+    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping, made)
     totals = state.totals
     totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
     return state.summary(
@@ -120,8 +134,22 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     )
 
 
+@dataclass(frozen=True)
+class _Provenance:
+    """What the manifest records a run's parts as made with and from."""
+
+    model: ModelIdentity
+    options: dict[str, Any]
+    #: The identities of the run's inputs: each part may hold rows of any of them.
+    inputs: list[dict[str, Any]]
+
+
 def _run_dataset(
-    config: RunConfig, inputs: list[InputFile], run_id: str, mapping: RunMapping
+    config: RunConfig,
+    inputs: list[InputFile],
+    run_id: str,
+    mapping: RunMapping,
+    made: _Provenance,
 ) -> dict[str, Any]:
     """Read, score and write every input as one Ray dataset into a staging folder, then
     commit the parts; returns the run's counts and outputs."""
@@ -146,7 +174,7 @@ def _run_dataset(
         )
         sink = parts_datasink(staging, output_format)
         predicted.write_datasink(sink)
-        return _commit(config, inputs, staging, output_format, sink.parts)
+        return _commit(config, inputs, staging, output_format, sink.parts, made)
     except BaseException as exc:
         storage.delete_tree(staging)
         storage.delete_if_empty(storage.join(config.output_dir, STAGING))
@@ -235,6 +263,7 @@ def _commit(
     staging: str,
     output_format: str,
     parts: list[dict[str, Any]],
+    made: _Provenance,
 ) -> dict[str, Any]:
     """Check the reject rate, then move the parts into place, merge the rejects, and write
     the manifest and `_SUCCESS` last."""
@@ -253,38 +282,62 @@ def _commit(
     output_dir = config.output_dir
     for marker in (SUCCESS_MARKER, MANIFEST):
         storage.delete(storage.join(output_dir, marker))
-    extension = default_extension(output_format)
-    for old in storage.list_files(output_dir):
-        if fnmatch.fnmatch(old.rsplit("/", 1)[-1], f"part-*{extension}"):
-            storage.delete(old)
-    outputs = []
-    for part in sorted(parts, key=lambda p: p["index"]):
-        name = part["path"].rsplit("/", 1)[-1]
-        storage.publish(part["path"], storage.join(output_dir, name))
-        outputs.append({"output": name, "rows": part["rows"], "format": output_format})
+    manifest = Manifest(
+        output_dir, model=made.model, options=made.options, resume=False, engine="ray"
+    )
+    try:
+        outputs = _publish_parts(config, inputs, output_format, parts, made, manifest)
+    except BaseException:
+        _flush_quietly(manifest)
+        raise
     rejects_file = config.rejects_file or storage.join(output_dir, REJECTS)
     if config.on_error == "skip":
         write_whole(rejects_file, b"".join(storage.read_bytes(p) for p in rejects).decode())
     storage.delete_tree(staging)
     storage.delete_if_empty(storage.join(output_dir, STAGING))
-    manifest = {
-        "written_at": time.time(),
-        "engine": "ray",
-        "inputs": [input_identity(item) for item in inputs],
-        "outputs": outputs,
-        "rows": written,
-        "rejected_rows": rejected,
-    }
-    write_whole(storage.join(output_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    write_whole(storage.join(output_dir, SUCCESS_MARKER), "")
+    manifest.finish()
     return {
         "read": read,
         "written": written,
         "rejected": rejected,
-        "outputs": tuple(storage.join(output_dir, o["output"]) for o in outputs),
+        "outputs": outputs,
         "rejects_files": (rejects_file,) if config.on_error == "skip" else (),
         "inputs": tuple(item.path for item in inputs),
     }
+
+
+def _publish_parts(
+    config: RunConfig,
+    inputs: list[InputFile],
+    output_format: str,
+    parts: list[dict[str, Any]],
+    made: _Provenance,
+    manifest: Manifest,
+) -> tuple[str, ...]:
+    """Remove the previous run's parts, then move this run's into place, recording each
+    (its rejected rows are not told apart by part: the run's are in its rejects file)."""
+    assert config.output_dir is not None
+    extension = default_extension(output_format)
+    for old in storage.list_files(config.output_dir):
+        if fnmatch.fnmatch(old.rsplit("/", 1)[-1], f"part-*{extension}"):
+            storage.delete(old)
+    outputs = []
+    for part in sorted(parts, key=lambda p: p["index"]):
+        final = storage.join(config.output_dir, part["path"].rsplit("/", 1)[-1])
+        storage.publish(part["path"], final)
+        target = OutputTarget(final, output_format, tuple(inputs))
+        content = storage.Content(part["sha256"], part["bytes"])
+        manifest.record(target, made.inputs, part["rows"], None, content)
+        outputs.append(final)
+    return tuple(outputs)
+
+
+def _flush_quietly(manifest: Manifest) -> None:
+    """Record the parts moved before a failure; a failure to do so never hides it."""
+    try:
+        manifest.flush()
+    except BatchPredictError as exc:
+        get_logger().warning("could not write the manifest", error=str(exc))
 
 
 # -- read -------------------------------------------------------------------------------------
@@ -475,7 +528,14 @@ def _datasink_class() -> Any:
             except BaseException:
                 writer.abort()
                 raise
-            return {"index": ctx.task_idx, "path": path, "rows": writer.rows_written}
+            assert writer.content is not None  # committed
+            return {
+                "index": ctx.task_idx,
+                "path": path,
+                "rows": writer.rows_written,
+                "sha256": writer.content.sha256,
+                "bytes": writer.content.bytes,
+            }
 
         def on_write_complete(self, write_result: Any) -> None:
             returns = getattr(write_result, "write_returns", write_result)

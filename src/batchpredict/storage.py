@@ -47,6 +47,8 @@ COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".zst": "z
 STALE_TEMPORARY_SECONDS = 24 * 3600
 #: Bytes fetched per request from an object store when reading a stream.
 _READ_BUFFER = 8 << 20
+#: Bytes read at a time while hashing a file.
+_HASH_BLOCK = 1 << 20
 #: What stores say when the credentials may not do what was asked (S3, GCS, Azure, HDFS).
 _DENIED = re.compile(
     r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
@@ -332,8 +334,15 @@ def fingerprint(name: str) -> dict[str, Any]:
     epoch) and `etag`, as the store says (None for what it does not say, all None when
     the file is not there). The ETag comes from the metadata of a stream opened on the
     object (a HEAD request on S3; GCS says `etag`), and tells apart two writes of the same
-    size within the second that S3's modification times resolve."""
+    size within the second that S3's modification times resolve. A local file has no
+    ETag (the key is left out) and its modification time has the disk's resolution."""
     location = locate(name)
+    if location.local:
+        try:
+            stat = os.stat(location.path)
+        except FileNotFoundError:
+            return {"size": None, "mtime": None}
+        return {"size": stat.st_size, "mtime": stat.st_mtime}
     info = _info(location)
     if info.type != pafs.FileType.File:
         return {"size": None, "mtime": None, "etag": None}
@@ -348,6 +357,30 @@ def fingerprint(name: str) -> dict[str, Any]:
     etag = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
     mtime = info.mtime.timestamp() if info.mtime is not None else None
     return {"size": info.size, "mtime": mtime, "etag": etag}
+
+
+@dataclass(frozen=True)
+class Content:
+    """A file's SHA-256 (hex) and size in bytes, as the manifest records them."""
+
+    sha256: str
+    bytes: int
+
+
+def content(name: str) -> Content:
+    """The SHA-256 and size of the file `name`, read in blocks as stored (a `.gz` file's
+    compressed bytes)."""
+    location = locate(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with location.filesystem.open_input_stream(location.path, compression=None) as stream:
+            while block := stream.read(_HASH_BLOCK):
+                digest.update(block)
+                size += len(block)
+    except (pa.ArrowException, OSError) as exc:
+        raise _open_error(location, exc) from exc
+    return Content(digest.hexdigest(), size)
 
 
 def temporary_name(name: str) -> str:

@@ -322,6 +322,8 @@ class Writer:
         self.rows_written = 0
         #: `--max_output_bytes`: the file may not grow beyond this (None: no limit).
         self.max_output_bytes: int | None = None
+        #: The committed file's SHA-256 and size (None until committed, and for stdout).
+        self.content: storage.Content | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self, schema: pa.Schema) -> None:
@@ -364,6 +366,7 @@ class Writer:
             # Closing the Arrow stream also finishes any compression frame.
             self._sink.close()
             self._staged.commit()
+            self.content = self._staged.content
             self._staged = None
         except OSError as exc:
             self.abort()
