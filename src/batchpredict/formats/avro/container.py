@@ -1,8 +1,7 @@
 """Avro object container files: the header, then blocks (a record count, a byte size, the
-compressed records, the file's 16-byte sync marker), each read within bounds whatever the
-file claims: counts and sizes up to 2**31 - 1 (as Avro's Java reader), no size past the
-end of the file, and no block decompressed beyond `--max_record_bytes` (a bomb).
-"""
+records, compressed, and the sync marker), read within bounds whatever the file claims:
+counts and sizes up to 2**31 - 1 (as Avro's Java reader), no size past the end of the file,
+no block decompressed beyond `--max_record_bytes` (a bomb)."""
 
 from __future__ import annotations
 
@@ -58,8 +57,7 @@ class CorruptBlock(Exception):
 
 
 def read_long(read: Callable[[int], bytes], first: bytes = b"") -> int:
-    """One Avro `long` (a zig-zag varint of at most 10 bytes): `first`, then what `read`
-    gives."""
+    """One Avro `long` (a zig-zag varint of at most 10 bytes): `first`, then from `read`."""
     value = 0
     for shift in range(0, 70, 7):
         byte, first = first or read(1), b""
@@ -81,8 +79,7 @@ def encode_long(value: int) -> bytes:
 
 
 def _unsnappy(data: bytes, limit: int) -> bytes:
-    """A snappy block, its CRC-32 unchecked (as other readers do), once the length its
-    header declares is known to be within `limit`."""
+    """A snappy block (its CRC-32 unchecked, as other readers do) of a length within `limit`."""
     if len(data) < 4:
         raise ValueError("snappy block shorter than its checksum")
     if cramjam.snappy.decompress_raw_len(data[:-4]) > limit:
@@ -124,14 +121,6 @@ def read_header(stream: BinaryIO) -> Header:
         raise ValueError(f"codec {codec!r} is not supported (supported: {', '.join(DECOMPRESS)})")
     schema = fastavro.parse_schema(json.loads(header["meta"]["avro.schema"]))
     return Header(schema=schema, codec=codec, sync=header["sync"])
-
-
-def container_header(schema: Any, sync: bytes) -> bytes:
-    """The header of a container of `schema` (a JSON-able schema), codec null."""
-    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"null"}
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, _HEADER_SCHEMA, {"magic": MAGIC, "meta": meta, "sync": sync})
-    return out.getvalue()
 
 
 @dataclass(frozen=True)

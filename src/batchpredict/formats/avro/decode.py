@@ -1,15 +1,13 @@
-"""Decoding runs of container blocks into Arrow tables, by polars or by fastavro.
+"""Runs of container blocks decoded into Arrow tables: by polars (Rust, ~10x faster) when
+every field of the writer schema has a type it decodes as fastavro does (proven by
+tests/test_avro_equivalence.py), else by fastavro, record by record.
 
-polars (Rust, about ten times faster) decodes a file when every field of its writer schema
-has a type polars decodes as the Avro specification says, fastavro (record by record) any
-other; tests/test_avro_equivalence.py proves that both give the same tables for those types.
 polars is lenient where fastavro fails (it ignores bytes left over in a block, reads past
 one whose count is too large), so each block given to polars ends in a sentinel record of
-random values that must come out intact, the way a sync marker ends a block. When polars
-fails, or the sentinel or a value's range says the run is not what the file declares,
-fastavro decodes the run: it gives the error (with the record's number) or the values. What
-neither catches is a corrupt union branch index: polars reads any index other than the
-null's as the value's, where fastavro would refuse one out of range.
+random values that must come out intact, as a sync marker ends a block. When polars fails,
+or the sentinel or a value's range says the run is not what the file declares, fastavro
+decodes the run and gives the error (naming the record) or the values. Neither catches a
+corrupt union branch index: polars reads any but the null's as the value's.
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchpredict.errors import DataError, ReadWriteError, error_text
-from batchpredict.formats.avro.container import Block, Header, container_header, encode_long
-from batchpredict.formats.avro.container import reason as _reason
+from batchpredict.formats.avro.container import Block, Header, encode_long, reason
 from batchpredict.formats.avro.schema import is_null, is_record
 
 
@@ -53,7 +50,7 @@ class FastavroDecoder:
                 detail = "bad union or enum index" if isinstance(exc, IndexError) else ""
                 raise ReadWriteError(
                     f"{self.path}: corrupt Avro record {before + len(rows) + 1}: "
-                    f"{detail or _reason(exc)}"
+                    f"{detail or reason(exc)}"
                 ) from exc
             if left := len(block.data) - data.tell():
                 last = before + len(rows)
@@ -97,11 +94,9 @@ _WIDTHS = {"float": 4, "double": 8}
 
 @dataclass(frozen=True)
 class _Field:
-    """How polars is given one value of a field (`polars`, an Avro schema), and how its
-    result is taken back: `bounds`, the range of a value given as `long`; `boolean`, a
-    boolean given as `int` (a byte 0 or 1 reads as 0 or -1, any other byte as another value,
-    where polars would read every byte other than 1 as false); `width`, bytes of every value,
-    None when they vary."""
+    """How polars is given a field's values (`polars`, an Avro schema): `width`, the bytes of
+    each (None: they vary); `bounds`, the range of values given as `long`; `boolean`, as an
+    `int`: a byte 0 or 1 reads as 0 or -1, another as another value (not as false)."""
 
     polars: Any
     width: int | None = None
@@ -164,21 +159,20 @@ class PolarsDecoder:
 
         self._polars, self._fields, self._schema, self._slow = polars, fields, schema, slow
         self._sync = header.sync
-        avro = {
-            "type": "record",
-            "name": "r",
-            "fields": [{"name": f"f{i}", "type": f.polars} for i, f in enumerate(fields)],
-        }
-        self._header = container_header(avro, header.sync)
+        fields_schema = [{"name": f"f{i}", "type": f.polars} for i, f in enumerate(fields)]
+        avro = fastavro.parse_schema({"type": "record", "name": "r", "fields": fields_schema})
+        self._sentinel = {f"f{i}": _sentinel(field.polars) for i, field in enumerate(fields)}
+        out = io.BytesIO()
+        fastavro.writer(out, avro, [], sync_marker=header.sync)
+        self._header = out.getvalue()
+        fastavro.schemaless_writer(out, avro, self._sentinel)
+        # A varint read in the 0xff bytes after the sentinel fails (it would be longer than
+        # 10 bytes) instead of reading past the end of the block.
+        fixed = sum(field.width or 0 for field in fields)
+        self._tail = out.getvalue()[len(self._header) :] + b"\xff" * (fixed + 16)
         #: Fewer bytes than this many per record cannot be the block's records: polars is
         #: not given them (it would allocate what the count says, and read past the end).
         self._min_record_size = sum(field.width or 1 for field in fields)
-        self._sentinel = {f"f{i}": _sentinel(field.polars) for i, field in enumerate(fields)}
-        encoded = io.BytesIO()
-        fastavro.schemaless_writer(encoded, fastavro.parse_schema(avro), self._sentinel)
-        # A varint read in the 0xff bytes after the sentinel fails (it would be longer than
-        # 10 bytes) instead of reading past the end of the block.
-        self._tail = encoded.getvalue() + b"\xff" * (sum(f.width or 0 for f in fields) + 16)
 
     def decode(self, blocks: list[Block], before: int) -> pa.Table | None:
         """The records of `blocks`, the first of which is record `before` + 1."""
