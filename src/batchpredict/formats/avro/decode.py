@@ -136,9 +136,9 @@ def _polars_field(schema: Any, top: bool) -> _Field | None:
 
 def _sentinel(schema: Any) -> Any:
     """A value of `schema` (as given to polars) from random bits: some 31 to 64 of them."""
-    if isinstance(schema, (list, dict)):
-        if isinstance(schema, dict):
-            return [_sentinel(schema["items"])]
+    if isinstance(schema, dict):
+        return [_sentinel(schema["items"])]
+    if isinstance(schema, list):
         return _sentinel(next(branch for branch in schema if branch != "null"))
     bits = os.urandom(8)
     if schema in _WIDTHS:  # finite: NaN is not equal to itself
@@ -217,9 +217,8 @@ class PolarsDecoder:
 def _convert(array: pa.Array, field: _Field, kind: pa.DataType) -> pa.Array:
     """A column from polars as the Arrow type `kind`; ValueError out of the Avro range."""
     if field.bounds is not None:
-        values = array
-        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-            values = values.flatten()
+        nested = pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+        values = pc.list_flatten(array, recursive=True) if nested else array
         low, high = pc.min_max(values).values()
         if low.is_valid and (low.as_py() < field.bounds[0] or high.as_py() > field.bounds[1]):
             raise ValueError("a value out of the range of its Avro type")

@@ -91,10 +91,8 @@ def _arrow_type(schema: Any, path: str) -> pa.DataType:
         return pa.list_(_arrow_field("item", schema["items"], path))
     if kind == "map":
         return pa.map_(pa.string(), _arrow_field("value", schema["values"], path))
-    if kind == "enum":
-        return pa.string()
-    if kind == "fixed":
-        return pa.binary(int(schema["size"]))
+    if kind in ("enum", "fixed"):
+        return pa.string() if kind == "enum" else pa.binary(int(schema["size"]))
     return pa.struct([_arrow_field(f["name"], f["type"], path) for f in schema["fields"]])
 
 
