@@ -1,12 +1,11 @@
 """Avro object container files: the header, then blocks (a record count, a byte size, the
 records, compressed, and the sync marker), read within bounds whatever the file claims:
-counts and sizes up to 2**31 - 1 (as Avro's Java reader), no size past the end of the file,
-no block decompressed beyond `--max_record_bytes` (a bomb)."""
+counts and sizes up to 2**31 - 1 (as Avro's Java reader), no block decompressed beyond
+`--max_record_bytes` (a bomb)."""
 
 from __future__ import annotations
 
 import bz2
-import io
 import json
 import lzma
 import re
@@ -145,10 +144,6 @@ class _Blocks:
 
     def __init__(self, stream: BinaryIO, header: Header, limit: int) -> None:
         self.stream, self.header, self.limit, self.seen = stream, header, limit, b""
-        self.end = None
-        if stream.seekable():
-            here, self.end = stream.tell(), stream.seek(0, io.SEEK_END)
-            stream.seek(here)
 
     def __iter__(self) -> Iterator[Block]:
         while True:
@@ -176,8 +171,6 @@ class _Blocks:
         count, size = read_long(self._read, first), read_long(self._read)
         if not (0 <= count <= MAX_BLOCK and 0 <= size <= MAX_BLOCK):
             raise ValueError(f"block count {count} or size {size} out of range")
-        if self.end is not None and size + SYNC_SIZE > self.end - self.stream.tell():
-            raise EOFError(f"block of {size} bytes past the end of the file")
         if self.header.codec == "null" and size > self.limit:
             raise BlockTooLarge(self.limit)
         payload = self._read(size)

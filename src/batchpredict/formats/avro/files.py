@@ -29,7 +29,7 @@ from batchpredict.formats.avro.container import (
 )
 from batchpredict.formats.avro.decode import decoder_for
 from batchpredict.formats.avro.schema import arrow_schema, avro_schema
-from batchpredict.formats.base import STDIO, PrefixedStream, Reader, Writer
+from batchpredict.formats.base import PrefixedStream, Reader, Writer
 
 
 class AvroReader(Reader):
@@ -48,15 +48,7 @@ class AvroReader(Reader):
                 raise InputMissingError(f"{self.path}: empty input")
             if magic != MAGIC:
                 raise ReadWriteError(f"{self.path}: not an Avro container file (bad magic)")
-            source: Any
-            # Arrow calls a Python stream (stdin) seekable whatever the stream says.
-            if self.path != STDIO and stream.seekable():
-                stream.seek(0)
-                # Buffered: a block's header is read a byte at a time.
-                source = io.BufferedReader(stream, 1 << 16)
-            else:
-                source = PrefixedStream(magic, stream)
-            yield from self._records(source)
+            yield from self._records(PrefixedStream(magic, stream))
 
     def _records(self, source: Any) -> Iterator[pa.RecordBatch]:
         """Read the header, then the blocks, a run of about `chunk_size` records at a time
