@@ -62,11 +62,10 @@ class FastavroDecoder:
         return self._table(rows, before) if rows else None
 
     def _table(self, rows: list[Any], before: int) -> pa.Table:
+        if not is_record(self._avro):  # the values, in column "value"
+            rows = [{self._schema[0].name: row} for row in rows]
         try:
-            if is_record(self._avro):
-                array = pa.array(rows, type=pa.struct(self._schema))
-                return pa.Table.from_batches([pa.RecordBatch.from_struct_array(array)])
-            return pa.table([pa.array(rows, type=self._schema[0].type)], schema=self._schema)
+            return pa.Table.from_struct_array(pa.array(rows, type=pa.struct(self._schema)))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise DataError(
                 f"{self.path}: records {before + 1}-{before + len(rows)} do not fit the Arrow "

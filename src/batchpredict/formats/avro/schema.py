@@ -139,29 +139,21 @@ class _AvroTypes:
         if kind in _AVRO:
             return _AVRO[kind]
         if types.is_date(kind):
-            return {"type": "int", "logicalType": "date"}
+            return _logical("int", "date")
         if types.is_fixed_size_binary(kind):
             return {"type": "fixed", "name": self.unique(f"{name}_fixed"), "size": kind.byte_width}
         if types.is_timestamp(kind):
             unit = "millis" if kind.unit in ("s", "ms") else "micros"
-            return {"type": "long", "logicalType": f"{'' if kind.tz else 'local-'}timestamp-{unit}"}
+            return _logical("long", f"{'' if kind.tz else 'local-'}timestamp-{unit}")
         if types.is_time32(kind) or types.is_time64(kind):
             time32 = types.is_time32(kind)
-            return {
-                "type": "int" if time32 else "long",
-                "logicalType": "time-millis" if time32 else "time-micros",
-            }
+            return _logical("int", "time-millis") if time32 else _logical("long", "time-micros")
         if types.is_decimal(kind):
-            return {
-                "type": "bytes",
-                "logicalType": "decimal",
-                "precision": kind.precision,
-                "scale": kind.scale,
-            }
+            return _logical("bytes", "decimal") | {"precision": kind.precision, "scale": kind.scale}
         if types.is_dictionary(kind):
             return self.type(kind.value_type, name)
         if isinstance(kind, pa.UuidType):
-            return {"type": "string", "logicalType": "uuid"}
+            return _logical("string", "uuid")
         if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
             item = self.type(kind.value_type, f"{name}_item")
             nullable = kind.value_field.nullable and item != "null"
@@ -173,6 +165,10 @@ class _AvroTypes:
             fields = [self.field(kind.field(i)) for i in range(kind.num_fields)]
             return {"type": "record", "name": self.unique(name), "fields": fields}
         raise DataError(f"{self.path}: column {name!r}: Avro cannot hold Arrow type {kind}")
+
+
+def _logical(kind: str, logical: str) -> dict[str, Any]:
+    return {"type": kind, "logicalType": logical}
 
 
 def avro_schema(schema: pa.Schema, path: str = "<schema>") -> dict[str, Any]:
