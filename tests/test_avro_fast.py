@@ -375,6 +375,16 @@ def test_blocks_of_every_codec_go_to_polars_decompressed(
     assert_matches_fastavro(path, table, {"f", "vector"})
 
 
+def test_recursive_types_and_unions_of_several_types_are_refused(tmp_path: Path) -> None:
+    node = record([("next", ["null", "Node"])]) | {"name": "Node", "namespace": "ns"}
+    path = write(tmp_path / "node.avro", node, [{"next": {"next": None}}])
+    with pytest.raises(DataError, match=r"node.avro: recursive Avro type 'ns.Node' is not supp"):
+        batches(path, 10)
+    path = write(tmp_path / "union.avro", record([("v", ["null", "long", "string"])]), [{"v": 1}])
+    with pytest.raises(DataError, match=r"field 'v': Avro unions of several types are not supp"):
+        batches(path, 10)
+
+
 def test_top_level_non_record_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path / "longs.avro", "long", [1, 2, 3])
     calls = Calls(monkeypatch)
@@ -528,6 +538,26 @@ def test_block_counts_and_sizes_out_of_range_are_refused(
     assert str(exc.value) == (
         f"{'-' if stdin else path}: corrupt or truncated Avro block after record 0 "
         f"(byte {len(header)}): block count {count} or size {size} out of range"
+    )
+
+
+@pytest.mark.parametrize("codec", ALL_CODECS)
+def test_blocks_are_decompressed_to_at_most_max_record_bytes(tmp_path: Path, codec: str) -> None:
+    rows = [{"x": 0.0, "label": "a" * 100}] * 200  # 110 bytes each, in one block
+    path = write(tmp_path / "b.avro", TWO_FIELDS, rows, codec, sync_interval=10**6)
+    (block,) = blocks_of(path.read_bytes())
+
+    def read(limit: int) -> list[pa.RecordBatch]:
+        options = ReadOptions(chunk_size=1000, max_record_bytes=limit)
+        return list(AvroReader(str(path), options).iter_batches())
+
+    assert sum(batch.num_rows for batch in read(200 * 110)) == 200
+    with pytest.raises(ReadWriteError) as exc:
+        read(200 * 110 - 1)
+    assert str(exc.value) == (
+        f"{path}: corrupt or truncated Avro block after record 0 (byte {block.offset}): "
+        "block decompresses to more than --max_record_bytes (21999 bytes): corrupt, or too "
+        "large to read"
     )
 
 

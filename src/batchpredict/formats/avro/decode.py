@@ -1,18 +1,13 @@
-"""Decoding runs of container blocks into Arrow tables, by polars or by fastavro.
+"""Runs of container blocks decoded into Arrow tables: by polars (Rust, ~10x faster) when
+every field of the writer schema has a type it decodes as fastavro does (proven by
+tests/test_avro_equivalence.py), else by fastavro, record by record.
 
-The choice is made once per file, from the writer schema: polars (Rust, about ten times
-faster) when every field has a type it decodes as the Avro specification says, fastavro
-(record by record, in Python objects) otherwise. tests/test_avro_equivalence.py proves on
-the corpora and on generated schemas that both give the same tables for those types.
-
-Both read the blocks as this package framed and decompressed them. polars is lenient where
-fastavro fails (it ignores bytes left over in a block, reads past one whose count is too
-large), so each polars block ends in a sentinel record of random values that must come
-out intact, the way a sync marker ends a block. When polars fails, or that sentinel or a
-value's range says the run is not what the file declares, fastavro decodes the run: it
-gives the error (with the record's number) or the values the reader always gave. What
-neither catches is a corrupt union branch index: polars reads any index other than the
-null's as the value's, where fastavro would refuse one out of range.
+polars is lenient where fastavro fails (it ignores bytes left over in a block, reads past
+one whose count is too large), so each block given to polars ends in a sentinel record of
+random values that must come out intact, as a sync marker ends a block. When polars fails,
+or the sentinel or a value's range says the run is not what the file declares, fastavro
+decodes the run and gives the error (naming the record) or the values. Neither catches a
+corrupt union branch index: polars reads any but the null's as the value's.
 """
 
 from __future__ import annotations
@@ -31,8 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchpredict.errors import DataError, ReadWriteError, error_text
-from batchpredict.formats.avro.container import Block, Header, container_header, encode_long
-from batchpredict.formats.avro.container import reason as _reason
+from batchpredict.formats.avro.container import Block, Header, encode_long, reason
 from batchpredict.formats.avro.schema import is_null, is_record
 
 
@@ -40,10 +34,7 @@ class FastavroDecoder:
     """Decodes records one by one with fastavro, then converts them to Arrow."""
 
     def __init__(self, path: str, header: Header, schema: pa.Schema) -> None:
-        self.path = path
-        self._avro = header.schema
-        self._schema = schema
-        self._is_record = is_record(header.schema)
+        self.path, self._avro, self._schema = path, header.schema, schema
 
     def decode(self, blocks: list[Block], before: int) -> pa.Table | None:
         """The records of `blocks`, the first of which is record `before` + 1."""
@@ -59,10 +50,9 @@ class FastavroDecoder:
                 detail = "bad union or enum index" if isinstance(exc, IndexError) else ""
                 raise ReadWriteError(
                     f"{self.path}: corrupt Avro record {before + len(rows) + 1}: "
-                    f"{detail or _reason(exc)}"
+                    f"{detail or reason(exc)}"
                 ) from exc
-            left = len(block.data) - data.tell()
-            if left:
+            if left := len(block.data) - data.tell():
                 last = before + len(rows)
                 what = f"records {last - block.count + 1}-{last}" if block.count else "no records"
                 raise ReadWriteError(
@@ -72,11 +62,10 @@ class FastavroDecoder:
         return self._table(rows, before) if rows else None
 
     def _table(self, rows: list[Any], before: int) -> pa.Table:
+        if not is_record(self._avro):  # the values, in column "value"
+            rows = [{self._schema[0].name: row} for row in rows]
         try:
-            if self._is_record:
-                array = pa.array(rows, type=pa.struct(self._schema))
-                return pa.Table.from_batches([pa.RecordBatch.from_struct_array(array)])
-            return pa.table([pa.array(rows, type=self._schema[0].type)], schema=self._schema)
+            return pa.Table.from_struct_array(pa.array(rows, type=pa.struct(self._schema)))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise DataError(
                 f"{self.path}: records {before + 1}-{before + len(rows)} do not fit the Arrow "
@@ -85,17 +74,13 @@ class FastavroDecoder:
 
 
 # -- which fields polars decodes ---------------------------------------------------------
-_EPOCH = dt.datetime(1970, 1, 1)
-#: Microseconds and days fastavro turns into datetimes and dates (inside years 1 to 9999).
-_MICROS = (
-    (dt.datetime(1, 1, 2) - _EPOCH) // dt.timedelta(microseconds=1),
-    (dt.datetime(9999, 12, 30) - _EPOCH) // dt.timedelta(microseconds=1),
-)
-_DAYS = ((dt.date(1, 1, 2) - _EPOCH.date()).days, (dt.date(9999, 12, 30) - _EPOCH.date()).days)
-_MILLIS = (_MICROS[0] // 1000 + 1, _MICROS[1] // 1000)
-#: The range of values fastavro turns into the same Arrow value, by Avro type: given to
-#: polars as `long`, they are checked against it (an `int` holds 32 bits; polars would
-#: keep the low 32 of a longer varint).
+_EPOCH = dt.date(1970, 1, 1).toordinal()
+#: Days fastavro turns into dates (inside years 1 to 9999), and the range of values it
+#: turns into the same Arrow value, by Avro type: given to polars as `long`, they are
+#: checked against it (an `int` holds 32 bits; polars would keep the low 32 of a longer one).
+_DAYS = (dt.date(1, 1, 2).toordinal() - _EPOCH, dt.date(9999, 12, 30).toordinal() - _EPOCH)
+_MILLIS = (_DAYS[0] * 86_400_000 + 1, _DAYS[1] * 86_400_000)
+_MICROS = (_DAYS[0] * 86_400_000_000, _DAYS[1] * 86_400_000_000)
 _LONG_BOUNDS: dict[tuple[Any, Any], tuple[int, int]] = {
     ("int", None): (-(2**31), 2**31 - 1),
     ("long", "timestamp-millis"): _MILLIS,
@@ -108,101 +93,85 @@ _WIDTHS = {"float": 4, "double": 8}
 
 @dataclass(frozen=True)
 class _Field:
-    """How polars is given one value of a field, and how its result is taken back."""
+    """How polars is given a field's values (`polars`, an Avro schema): `width`, the bytes of
+    each (None: they vary); `bounds`, the range of values given as `long`; `boolean`, as an
+    `int`: a byte 0 or 1 reads as 0 or -1, another as another value (not as false)."""
 
-    polars: Any  # the Avro schema polars decodes
-    #: Bytes of every value, or None when they vary (a varint, a length, a union, ...).
+    polars: Any
     width: int | None = None
-    #: For values given as `long`: the range the Avro type allows.
     bounds: tuple[int, int] | None = None
-    #: A boolean, given as an `int`: a byte 0 or 1 reads as 0 or -1, any other byte as
-    #: another value (polars would read every byte other than 1 as false).
     boolean: bool = False
 
 
 def _polars_field(schema: Any, top: bool) -> _Field | None:
     """How polars decodes values of `schema` as fastavro does, or None when it cannot.
-
-    `top`: a record's field, not an array's item (Arrow casts only int32 to date32).
-    """
+    `top`: a record's field, not an array's item (Arrow casts only int32 to date32)."""
     if isinstance(schema, list):
         nulls = [is_null(branch) for branch in schema]
-        if len(schema) != 2 or nulls.count(True) != 1:
+        if len(schema) != 2 or sum(nulls) != 1:
             return None
-        inner = _polars_field(schema[1] if nulls[0] else schema[0], top)
-        if inner is None:
+        if (inner := _polars_field(schema[nulls.index(False)], top)) is None:
             return None
         union = ["null", inner.polars] if nulls[0] else [inner.polars, "null"]
         return _Field(union, bounds=inner.bounds, boolean=inner.boolean)
     kind, logical = (
-        (schema.get("type"), schema.get("logicalType"))
-        if isinstance(schema, dict)
-        else (schema, None)
+        (schema["type"], schema.get("logicalType")) if isinstance(schema, dict) else (schema, None)
     )
     if kind == "array":
-        items = _polars_field(schema.get("items"), top=False)
+        items = _polars_field(schema["items"], top=False)
         if items is None or items.boolean:
             return None
         return _Field({"type": "array", "items": items.polars}, bounds=items.bounds)
-    if kind == "long" and logical is None:
-        return _Field("long")
     if (kind, logical) in _LONG_BOUNDS:
         return _Field("long", bounds=_LONG_BOUNDS[kind, logical])
-    if kind == "int" and logical == "date" and top:
+    if (kind, logical) == ("int", "date") and top:
         return _Field("long", bounds=_DAYS)
-    if kind == "boolean" and logical is None and top:
+    if (kind, logical) == ("boolean", None) and top:
         return _Field("int", bounds=(-1, 0), boolean=True)
-    if kind in ("float", "double", "string", "bytes") and logical is None:
+    if kind in ("long", "float", "double", "string", "bytes") and logical is None:
         return _Field(kind, width=_WIDTHS.get(kind))
     return None  # enum, fixed, map, record, time-*, uuid, decimal, ...: fastavro's objects
 
 
 def _sentinel(schema: Any) -> Any:
     """A value of `schema` (as given to polars) from random bits: some 31 to 64 of them."""
-    if isinstance(schema, list):
-        return _sentinel(next(branch for branch in schema if branch != "null"))
     if isinstance(schema, dict):
         return [_sentinel(schema["items"])]
+    if isinstance(schema, list):
+        return _sentinel(next(branch for branch in schema if branch != "null"))
     bits = os.urandom(8)
-    if schema in ("float", "double"):  # finite: NaN is not equal to itself
+    if schema in _WIDTHS:  # finite: NaN is not equal to itself
         value = struct.unpack("<f" if schema == "float" else "<d", bits[: _WIDTHS[schema]])[0]
         return value if math.isfinite(value) else _sentinel(schema)
-    if schema == "string":
-        return bits.hex()
-    if schema == "bytes":
-        return bits
+    if schema in ("string", "bytes"):
+        return bits.hex() if schema == "string" else bits
     return int.from_bytes(bits[:4] if schema == "int" else bits, "little", signed=True)
 
 
 class PolarsDecoder:
-    """Decodes runs of blocks with polars, given codec null and the sentinel."""
+    """Decodes runs of blocks with polars, each block followed by the sentinel."""
 
     def __init__(
         self, fields: list[_Field], header: Header, schema: pa.Schema, slow: FastavroDecoder
     ) -> None:
         import polars  # imported when first needed: it takes a while
 
-        self._polars = polars
-        self._fields = fields
-        self._schema = schema
-        self._slow = slow
+        self._polars, self._fields, self._schema, self._slow = polars, fields, schema, slow
         self._sync = header.sync
-        polars_schema = {
-            "type": "record",
-            "name": "r",
-            "fields": [{"name": f"f{i}", "type": f.polars} for i, f in enumerate(fields)],
-        }
-        self._header = container_header(polars_schema, header.sync)
-        #: Fewer bytes than this many per record cannot be the block's records: polars is
-        #: not given them (it would allocate what the count says, and read past the end).
-        self._min_record_size = sum(field.width or 1 for field in fields)
+        fields_schema = [{"name": f"f{i}", "type": f.polars} for i, f in enumerate(fields)]
+        avro = fastavro.parse_schema({"type": "record", "name": "r", "fields": fields_schema})
         self._sentinel = {f"f{i}": _sentinel(field.polars) for i, field in enumerate(fields)}
-        encoded = io.BytesIO()
-        fastavro.schemaless_writer(encoded, fastavro.parse_schema(polars_schema), self._sentinel)
+        out = io.BytesIO()
+        fastavro.writer(out, avro, [], sync_marker=header.sync)
+        self._header = out.getvalue()
+        fastavro.schemaless_writer(out, avro, self._sentinel)
         # A varint read in the 0xff bytes after the sentinel fails (it would be longer than
         # 10 bytes) instead of reading past the end of the block.
         fixed = sum(field.width or 0 for field in fields)
-        self._tail = encoded.getvalue() + b"\xff" * (fixed + 16)
+        self._tail = out.getvalue()[len(self._header) :] + b"\xff" * (fixed + 16)
+        #: Fewer bytes than this many per record cannot be the block's records: polars is
+        #: not given them (it would allocate what the count says, and read past the end).
+        self._min_record_size = sum(field.width or 1 for field in fields)
 
     def decode(self, blocks: list[Block], before: int) -> pa.Table | None:
         """The records of `blocks`, the first of which is record `before` + 1."""
@@ -221,41 +190,25 @@ class PolarsDecoder:
         return pa.Table.from_arrays(columns, schema=self._schema) if table.num_rows else None
 
     def _decoded(self, blocks: list[Block]) -> pa.Table | None:
-        """polars' table of the records of `blocks`, or None when it cannot be taken."""
+        """polars' table of the records of `blocks` (without the sentinels), or None when
+        it cannot be taken, or a sentinel did not come out intact."""
         parts = [self._header]
         for block in blocks:
-            length = len(block.data)
-            if block.count * self._min_record_size > length:
+            if block.count * self._min_record_size > len(block.data):
                 return None
-            parts += [
-                encode_long(block.count + 1),
-                encode_long(length + len(self._tail)),
-                block.data,
-                self._tail,
-                self._sync,
-            ]
+            size = encode_long(len(block.data) + len(self._tail))
+            parts += [encode_long(block.count + 1), size, block.data, self._tail, self._sync]
         try:
             table = self._polars.read_avro(io.BytesIO(b"".join(parts))).to_arrow()
         except (Exception, self._polars.exceptions.PanicException):  # noqa: BLE001
             return None  # whatever polars raised, fastavro will say what is wrong
-        counts = [block.count for block in blocks]
-        if table.num_rows != sum(counts) + len(blocks):
+        ends = np.cumsum([block.count + 1 for block in blocks]) - 1
+        if table.num_rows != ends[-1] + 1:
             return None
-        return self._without_sentinels(table, counts)
-
-    def _without_sentinels(self, table: pa.Table, counts: list[int]) -> pa.Table | None:
-        """`table` without the sentinel after each block's records; None unless each is
-        intact (the block held exactly its records)."""
-        ends, total = [], 0
-        for count in counts:
-            total += count + 1
-            ends.append(total - 1)
-        positions = pa.array(ends)
-        for name, column in zip(table.column_names, table.columns, strict=True):
-            want = pa.array([self._sentinel[name]] * len(ends), type=column.type)
-            if not column.take(positions).equals(pa.chunked_array([want])):
-                return None
-        keep = np.ones(len(table), dtype=bool)
+        sentinels = pa.Table.from_pylist([self._sentinel] * len(ends), schema=table.schema)
+        if not table.take(ends).equals(sentinels):
+            return None
+        keep = np.ones(table.num_rows, dtype=bool)
         keep[ends] = False
         return table.filter(keep)
 
@@ -263,26 +216,22 @@ class PolarsDecoder:
 def _convert(array: pa.Array, field: _Field, kind: pa.DataType) -> pa.Array:
     """A column from polars as the Arrow type `kind`; ValueError out of the Avro range."""
     if field.bounds is not None:
-        values = array
-        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-            values = values.flatten()
+        nested = pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+        values = pc.list_flatten(array, recursive=True) if nested else array
         low, high = pc.min_max(values).values()
         if low.is_valid and (low.as_py() < field.bounds[0] or high.as_py() > field.bounds[1]):
             raise ValueError("a value out of the range of its Avro type")
     if field.boolean:
         return pc.not_equal(array, 0)
-    if pa.types.is_date32(kind):
-        return array.cast(pa.int32()).cast(kind)
-    return array.cast(kind)
+    return array.cast(pa.int32()).cast(kind) if pa.types.is_date32(kind) else array.cast(kind)
 
 
 def decoder_for(path: str, header: Header, schema: pa.Schema) -> FastavroDecoder | PolarsDecoder:
     """polars when every field of the writer schema allows it, else fastavro."""
     slow = FastavroDecoder(path, header, schema)
-    if not is_record(header.schema):
+    if not is_record(header.schema) or not header.schema["fields"]:
         return slow
     fields = [_polars_field(field["type"], top=True) for field in header.schema["fields"]]
-    known = [field for field in fields if field is not None]
-    if not known or len(known) != len(fields):
+    if None in fields:
         return slow
-    return PolarsDecoder(known, header, schema, slow)
+    return PolarsDecoder([f for f in fields if f is not None], header, schema, slow)

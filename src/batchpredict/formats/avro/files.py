@@ -20,6 +20,7 @@ from batchpredict.errors import DataError, InputMissingError, ReadWriteError, er
 from batchpredict.formats.avro.container import (
     MAGIC,
     SYNC_SIZE,
+    Block,
     CorruptBlock,
     encode_long,
     iter_blocks,
@@ -28,43 +29,7 @@ from batchpredict.formats.avro.container import (
 )
 from batchpredict.formats.avro.decode import decoder_for
 from batchpredict.formats.avro.schema import arrow_schema, avro_schema
-from batchpredict.formats.base import STDIO, PrefixedStream, Reader, Writer
-
-
-class _Batcher:
-    """Cuts the decoded tables into batches of exactly `chunk_size` rows, the last fewer."""
-
-    def __init__(self, chunk_size: int) -> None:
-        self.chunk_size = chunk_size
-        self.held = pa.table({})  # decoded rows not yet yielded
-        self.decoded = 0  # records decoded so far
-
-    @property
-    def wanted(self) -> int:
-        """Rows that would complete the next batch."""
-        return self.chunk_size - int(self.held.num_rows)
-
-    def add(self, table: pa.Table | None) -> Iterator[pa.RecordBatch]:
-        """Take `table`'s rows; yield every full batch."""
-        if table is None:
-            return
-        held = pa.concat_tables([self.held, table]) if self.held.num_rows else table
-        self.decoded += table.num_rows
-        taken = 0
-        while held.num_rows - taken >= self.chunk_size:
-            yield _one_batch(held.slice(taken, self.chunk_size))
-            taken += self.chunk_size
-        self.held = held.slice(taken)
-
-    def rest(self) -> Iterator[pa.RecordBatch]:
-        """The last, short batch, if any rows are left."""
-        if self.held.num_rows:
-            yield _one_batch(self.held)
-
-
-def _one_batch(table: pa.Table) -> pa.RecordBatch:
-    """A table of at least one row as one record batch."""
-    return table.combine_chunks().to_batches()[0]
+from batchpredict.formats.base import PrefixedStream, Reader, Writer
 
 
 class AvroReader(Reader):
@@ -83,26 +48,20 @@ class AvroReader(Reader):
                 raise InputMissingError(f"{self.path}: empty input")
             if magic != MAGIC:
                 raise ReadWriteError(f"{self.path}: not an Avro container file (bad magic)")
-            source: Any
-            # Arrow calls a Python stream (stdin) seekable whatever the stream says.
-            if self.path != STDIO and stream.seekable():
-                stream.seek(0)
-                # Buffered: a block's header is read a byte at a time.
-                source = io.BufferedReader(stream, 1 << 16)
-            else:
-                source = PrefixedStream(magic, stream)
-            yield from self._records(source)
+            yield from self._records(PrefixedStream(magic, stream))
 
     def _records(self, source: Any) -> Iterator[pa.RecordBatch]:
-        """Read the header, then the blocks, a run of about `chunk_size` records at a time."""
+        """Read the header, then the blocks, a run of about `chunk_size` records at a time
+        (decoded together), cut into batches of `chunk_size`, the last one fewer."""
         try:
             header = read_header(source)
         except Exception as exc:
             raise ReadWriteError(f"{self.path}: corrupt Avro header: {reason(exc)}") from exc
         decoder = decoder_for(self.path, header, arrow_schema(header.schema, self.path))
-        batcher = _Batcher(self.options.chunk_size)
+        size, held, decoded = self.options.chunk_size, pa.table({}), 0
         blocks = iter_blocks(source, header, self.options.max_record_bytes)
-        run, records, broken = [], 0, None
+        run: list[Block] = []
+        records, broken = 0, None
         while True:
             try:
                 block = next(blocks, None)
@@ -111,18 +70,29 @@ class AvroReader(Reader):
             if block is not None:
                 run.append(block)
                 records += block.count
-                if records < batcher.wanted:
+                if records < size - held.num_rows:
                     continue
-            yield from batcher.add(decoder.decode(run, batcher.decoded))
-            run, records = [], 0
+            table, run, records = decoder.decode(run, decoded), [], 0
+            if table is not None:
+                decoded += table.num_rows
+                held = pa.concat_tables([held, table]) if held.num_rows else table
+            while held.num_rows >= size:
+                yield _one_batch(held.slice(0, size))
+                held = held.slice(size)
             if block is None:
                 break
         if broken is not None:
             raise ReadWriteError(
-                f"{self.path}: corrupt or truncated Avro block after record {batcher.decoded} "
+                f"{self.path}: corrupt or truncated Avro block after record {decoded} "
                 f"(byte {broken.offset}): {broken}"
             ) from broken
-        yield from batcher.rest()
+        if held.num_rows:
+            yield _one_batch(held)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """A table of at least one row as one record batch."""
+    return table.combine_chunks().to_batches()[0]
 
 
 #: The Arrow types polars writes as `avro_schema` declares them, when nullable: a union
