@@ -29,6 +29,8 @@ from batchpredict.cli_options import (
     LOGGING,
     MODEL_SECTION,
     READING,
+    STATISTICS,
+    STATS_FILE,
     BatchSizeType,
     FormatName,
     option,
@@ -229,6 +231,7 @@ def cli() -> None:
         "no_progress", is_flag=True, default=False, help="No progress bar and no progress lines."
     ),
 )
+@cloup.option_group("Statistics and drift", *STATISTICS)
 @cloup.option_group(
     "Engines",
     option(
@@ -374,6 +377,37 @@ def validate(**options: Any) -> None:
         click.echo(f"problem: {escape_controls(problem)}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
+
+
+@cli.command(epilog=EPILOG, formatter_settings=FORMATTER)
+@cloup.option_group("Model", *MODEL_SECTION)
+@cloup.option_group(
+    "Inputs",
+    option(
+        "input_file",
+        metavar="PATH",
+        multiple=True,
+        required=True,
+        help="Reference data, such as the training set: file, glob, directory or URI; repeatable.",
+    ),
+    *READING,
+)
+@cloup.option_group("Bad data", *BAD_DATA)
+@cloup.option_group("Statistics", STATS_FILE)
+@cloup.option_group("Logging", *LOGGING)
+def profile(**options: Any) -> None:
+    """Write the statistics of reference data (features and predictions) to --stats_file,
+    a baseline for predict --baseline; no predictions are written."""
+    from batchpredict.observe import configure_logging, tensorflow_imported_quietly
+
+    refuse_secrets(options)
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    config = run_config(options)
+    from batchpredict import pipeline
+    from batchpredict.process import prepare_tensorflow
+
+    with tensorflow_imported_quietly(config.log_level):
+        pipeline.profile(config, prepare=prepare_tensorflow)
 
 
 @cli.command()

@@ -285,6 +285,29 @@ LOG_FILE = option(
     default=None,
     help="Append log lines to this file instead of stderr.",
 )
+STATS_FILE = option(
+    "stats_file",
+    metavar="PATH",
+    default=None,
+    help="Gather the run's statistics and write them here as JSON (path or URI; with "
+    "--output_dir also as its _stats.json).",
+)
+BASELINE = option(
+    "baseline",
+    metavar="PATH",
+    default=None,
+    help="An earlier run's stats file (or batchpredict profile's): gather statistics and "
+    "measure each column's drift (PSI, KS) against it.",
+)
+MAX_DRIFT = option(
+    "max_drift",
+    metavar="PSI",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --baseline: a column's PSI above this fails the run with exit 3 (outputs "
+    "written, no _SUCCESS).",
+)
+STATISTICS = (STATS_FILE, BASELINE, MAX_DRIFT)
 
 #: The sections every command shares, so that inspect and validate read as predict would.
 MODEL_SECTION = (MODEL, SIGNATURE, MODEL_VERSION, UNSAFE_MODEL_LOAD)
@@ -305,8 +328,9 @@ EPILOG = (
     "Options are spelled with underscores (--input_file); --input-file works too. Each can "
     "also be set by an environment variable, BATCHPREDICT_ and its name in capitals "
     "(BATCHPREDICT_OUTPUT_DIR), or by a --config file: the command line wins, then the "
-    "environment, then the file. Exit codes: 0 done, 2 usage, 65 bad data, 66 no input, "
-    "70 internal error, 73 cannot create output, 74 I/O error, 75 locked, 78 model or set-up, "
+    "environment, then the file. Exit codes: 0 done, 2 usage, 3 drift past --max_drift, "
+    "65 bad data, 66 no input, 70 internal error, 73 cannot create output, 74 I/O error, "
+    "75 locked, 78 model or set-up, "
     "130/143 interrupted, 141 stdout closed (README, Exit codes)."
 )
 FORMATTER = cloup.HelpFormatter.settings(max_width=100, col1_max_width=26)

@@ -82,8 +82,6 @@ class NumericStats:
         self.rejected = 0
         self.mean = 0.0
         self.m2 = 0.0  # sum of squared deviations from the mean
-        self.min = math.inf
-        self.max = -math.inf
         self.sketch = datasketches.kll_doubles_sketch(KLL_K)
 
     def add_values(self, values: np.ndarray) -> None:
@@ -91,14 +89,14 @@ class NumericStats:
         n = int(values.size)
         if n == 0:
             return
-        mean = float(values.mean())
-        m2 = float(np.square(values - mean).sum())
-        self._combine(n, mean, m2)
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
         # The binding takes a C-contiguous, writable float64 array whole (one call, no
         # Python loop); Arrow's zero-copy arrays are read-only.
-        self.sketch.update(np.require(values, np.float64, ["C", "W"]))
+        values = np.require(values, np.float64, ["C", "W"])
+        mean = float(values.mean())
+        deviations = values - mean
+        # einsum, not dot: BLAS threads fight the model's for the cores.
+        self._combine(n, mean, float(np.einsum("i,i->", deviations, deviations)))
+        self.sketch.update(values)  # it keeps the exact min and max too
 
     def add_column(self, column: pa.ChunkedArray, good: np.ndarray | None) -> None:
         """Add a column as read (all rows): nulls and NaNs of every row are counted, the
@@ -109,9 +107,11 @@ class NumericStats:
             column, good = pc.list_flatten(kept), None
         values = _floats(column)
         missing = np.isnan(values)
-        self.nulls += int(missing.sum())
-        keep = ~missing if good is None else (~missing & good)
-        self.add_values(values[keep])
+        nulls = int(np.count_nonzero(missing))
+        self.nulls += nulls
+        if nulls or good is not None:
+            values = values[~missing if good is None else (~missing & good)]
+        self.add_values(values)
 
     def _combine(self, n: int, mean: float, m2: float) -> None:
         total = self.count + n
@@ -125,9 +125,15 @@ class NumericStats:
         self.rejected += other.rejected
         if other.count:
             self._combine(other.count, other.mean, other.m2)
-            self.min = min(self.min, other.min)
-            self.max = max(self.max, other.max)
             self.sketch.merge(other.sketch)
+
+    @property
+    def min(self) -> float:
+        return math.inf if self.count == 0 else float(self.sketch.get_min_value())
+
+    @property
+    def max(self) -> float:
+        return -math.inf if self.count == 0 else float(self.sketch.get_max_value())
 
     def document(self) -> dict[str, Any]:
         """The column as the stats file has it."""
