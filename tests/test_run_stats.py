@@ -345,3 +345,29 @@ def test_stats_file_in_object_storage(
     assert result.returncode == 0, result.stderr
     body = client.get_object(Bucket=name, Key="stats/a.json")["Body"].read()
     assert json.loads(body)["rows"]["read"] == 500
+
+
+def test_the_library_profiles_and_raises_drift_error_after_committing(
+    mlp_model: Path, tmp_path: Path
+) -> None:
+    import batchpredict
+    from batchpredict.errors import DriftError, ExitCode
+
+    reference = write_with_library(make_frame(5000, seed=8), tmp_path / "ref.parquet", "parquet")
+    base = str(tmp_path / "base.json")
+    document = batchpredict.profile(str(mlp_model), str(reference), base, features=FEATURES)
+    assert document["kind"] == "profile" and _stats(Path(base))["rows"]["read"] == 5000
+    frame = make_frame(5000, seed=8)
+    frame["f3"] = frame["f3"] * 3
+    data = write_with_library(frame, _in(tmp_path) / "d.parquet", "parquet")
+    out = tmp_path / "out"
+    with pytest.raises(DriftError) as raised:
+        batchpredict.predict(
+            str(mlp_model), str(data), output_dir=str(out), features=FEATURES,
+            baseline=base, max_drift=0.25,
+        )  # fmt: skip
+    assert raised.value.exit_code == ExitCode.DRIFT == 3
+    summary = raised.value.summary
+    assert isinstance(summary, batchpredict.RunSummary)
+    assert summary.drifted[0] == "f3" and summary.rows_out == 5000  # f3 moved most
+    assert (out / "d.parquet").exists() and not (out / "_SUCCESS").exists()

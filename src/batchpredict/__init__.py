@@ -1,9 +1,10 @@
 """batchpredict: run TensorFlow/Keras models over CSV, JSON lines, Avro and Parquet files.
 
-The library (see `batchpredict.api`): `predict(...)`, `inspect(...)` and `validate(...)`
-do what the commands of the same names do, and `load_predictor(path).predict_frame(df)`
-scores DataFrames for notebooks. They change nothing process-wide. Importing the package
-does not import TensorFlow; the functions do, when called.
+The library (see `batchpredict.api`): `predict(...)`, `inspect(...)`, `validate(...)` and
+`profile(...)` do what the commands of the same names do, and
+`load_predictor(path).predict_frame(df)` scores DataFrames for notebooks. They change
+nothing process-wide. Importing the package does not import TensorFlow; the functions do,
+when called.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "inspect",
     "load_predictor",
     "predict",
+    "profile",
     "validate",
 ]
 
@@ -48,6 +50,14 @@ def validate(model: str, input_file: Inputs, **options: Any) -> ValidationReport
     from batchpredict.api import validate as _validate
 
     return _validate(model, input_file, **options)
+
+
+def profile(model: str, input_file: Inputs, stats_file: str, **options: Any) -> dict[str, Any]:
+    """Write the statistics of reference data to `stats_file`, as `batchpredict profile`
+    does (a baseline for `predict(..., baseline=...)`); returns the stats document."""
+    from batchpredict.api import profile as _profile
+
+    return _profile(model, input_file, stats_file, **options)
 
 
 def load_predictor(path: str, **options: Any) -> FramePredictor:

@@ -88,11 +88,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         progress.close()
         statistics = _finish_stats(stats, setup, manifest, inputs, state)
         if manifest is not None:
-            # Past --max_drift the outputs stand, but the folder is not marked complete.
-            if statistics is not None and _drifted(statistics):
-                manifest.flush()
-            else:
-                manifest.finish()
+            _finish_manifest(manifest, statistics)
     except BaseException as exc:
         progress.close()
         if manifest is not None:
@@ -143,8 +139,14 @@ def _finish_stats(
     )
 
 
-def _drifted(statistics: dict[str, Any]) -> bool:
-    return bool(statistics["drift"] and statistics["drift"]["exceeded"])
+def _finish_manifest(manifest: Manifest, statistics: dict[str, Any] | None) -> None:
+    """Write the manifest, then `_SUCCESS`; past `--max_drift` the outputs stand (the
+    manifest records them) but the folder is not marked complete."""
+    drift = None if statistics is None else statistics["drift"]
+    if drift and drift["exceeded"]:
+        manifest.flush()
+    else:
+        manifest.finish()
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,11 @@ class StringStats:
             column, good = pc.list_flatten(column), None
         self.nulls += column.null_count
         kept = column if good is None else column.filter(pa.array(good))
-        self.add_counts(pc.value_counts(pc.cast(kept, pa.string())))
+        try:
+            text = pc.cast(kept, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return  # bytes that are not UTF-8: their nulls are counted, values left out
+        self.add_counts(pc.value_counts(text))
 
     def add_counts(self, counted: pa.StructArray) -> None:
         """Add Arrow's `value_counts` of some values: each distinct value once."""
@@ -306,10 +310,12 @@ class Problem(Protocol):
     def column(self) -> str: ...
 
 
-def _is_stringlike(kind: pa.DataType) -> bool:
+def _is_numeric(kind: pa.DataType) -> bool:
+    """Numbers (or lists of them): what `NumericStats` takes; the rest is text to it."""
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         kind = kind.value_type
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+    number = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    return bool(number or pa.types.is_boolean(kind) or pa.types.is_decimal(kind))
 
 
 class RunStats:
@@ -330,7 +336,7 @@ class RunStats:
             column = table.column(name)
             stats = self.features.get(name)
             if stats is None:
-                stats = StringStats(name) if _is_stringlike(column.type) else NumericStats(name)
+                stats = NumericStats(name) if _is_numeric(column.type) else StringStats(name)
                 self.features[name] = stats
             stats.rejected += rejected.get(name, 0)
             stats.add_column(column, good)
