@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import datasketches
 import numpy as np
 
 from batchpredict.errors import UsageError
@@ -29,14 +28,21 @@ MEASURE = "psi"
 ROLES = (("features", "feature"), ("predictions", "prediction"))
 
 
+def sketches() -> Any:
+    """The datasketches module, imported (about 0.1 s) only by runs that use sketches."""
+    import datasketches
+
+    return datasketches
+
+
 def kll_from_text(text: str) -> Any:
     """A `kll_doubles_sketch` from its base64 form in a stats file."""
-    return datasketches.kll_doubles_sketch.deserialize(base64.b64decode(text))
+    return sketches().kll_doubles_sketch.deserialize(base64.b64decode(text))
 
 
 def frequent_from_text(text: str) -> Any:
     """A `frequent_strings_sketch` from its base64 form in a stats file."""
-    return datasketches.frequent_strings_sketch.deserialize(base64.b64decode(text))
+    return sketches().frequent_strings_sketch.deserialize(base64.b64decode(text))
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-import datasketches
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -82,7 +81,7 @@ class NumericStats:
         self.rejected = 0
         self.mean = 0.0
         self.m2 = 0.0  # sum of squared deviations from the mean
-        self.sketch = datasketches.kll_doubles_sketch(KLL_K)
+        self.sketch = drift.sketches().kll_doubles_sketch(KLL_K)
 
     def add_values(self, values: np.ndarray) -> None:
         """Add non-null float64 values (one dimension), vectorised: no loop per value."""
@@ -211,8 +210,8 @@ class StringStats:
         self.count = 0
         self.nulls = 0
         self.rejected = 0
-        self.distinct = datasketches.hll_sketch(HLL_LG_K)
-        self.frequent = datasketches.frequent_strings_sketch(FREQUENT_LG_MAX)
+        self.distinct = drift.sketches().hll_sketch(HLL_LG_K)
+        self.frequent = drift.sketches().frequent_strings_sketch(FREQUENT_LG_MAX)
 
     def add_column(self, column: pa.ChunkedArray, good: np.ndarray | None) -> None:
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
@@ -242,7 +241,7 @@ class StringStats:
         self.count += other.count
         self.nulls += other.nulls
         self.rejected += other.rejected
-        union = datasketches.hll_union(HLL_LG_K)
+        union = drift.sketches().hll_union(HLL_LG_K)
         union.update(self.distinct)
         union.update(other.distinct)
         self.distinct = union.get_result()
@@ -250,7 +249,7 @@ class StringStats:
 
     def top(self) -> list[dict[str, Any]]:
         items = self.frequent.get_frequent_items(
-            datasketches.frequent_items_error_type.NO_FALSE_NEGATIVES
+            drift.sketches().frequent_items_error_type.NO_FALSE_NEGATIVES
         )
         ranked = sorted(items, key=lambda item: (-item[1], item[0]))[:TOP_VALUES]
         return [{"value": value, "count": int(estimate)} for value, estimate, _, _ in ranked]
