@@ -371,3 +371,24 @@ def test_the_library_profiles_and_raises_drift_error_after_committing(
     assert isinstance(summary, batchpredict.RunSummary)
     assert summary.drifted[0] == "f3" and summary.rows_out == 5000  # f3 moved most
     assert (out / "d.parquet").exists() and not (out / "_SUCCESS").exists()
+
+
+def test_profile_takes_the_prediction_column_options_of_predict(
+    run_main: Callable[..., Any], mlp_model: Path, tmp_path: Path
+) -> None:
+    data = write_with_library(make_frame(3000, seed=9), _in(tmp_path) / "d.parquet", "parquet")
+    base = tmp_path / "base.json"
+    labels = ("--class_names", "no,yes", "--score_column", "p_label")
+    result = run_main(
+        "profile", "--model", str(mlp_model), "--input_file", str(data), "--features", FEATURES,
+        "--stats_file", str(base), *labels,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    names = [c["name"] for c in _stats(base)["predictions"]]
+    assert names == ["prediction", "label", "p_label"]
+    out = tmp_path / "out"
+    result = _predict_dir(run_main, mlp_model, data, out, "--baseline", str(base), *labels)
+    assert result.returncode == 0, result.stderr
+    drift = _stats(out / "_stats.json")["drift"]
+    label = next(c for c in drift["columns"] if c["name"] == "label")
+    assert label["psi"] == pytest.approx(0.0, abs=1e-9) and label["ks"] is None

@@ -28,6 +28,7 @@ from batchpredict.cli_options import (
     FORMATTER,
     LOGGING,
     MODEL_SECTION,
+    PREDICTION_COLUMNS,
     READING,
     STATISTICS,
     STATS_FILE,
@@ -125,58 +126,7 @@ def cli() -> None:
         "and commits nothing (default: no limit).",
     ),
 )
-@cloup.option_group(
-    "Prediction columns",
-    option(
-        "prediction_column",
-        metavar="NAME",
-        default="prediction",
-        show_default=True,
-        help="Name of the column for a single model output.",
-    ),
-    option(
-        "class_names",
-        metavar="NAMES",
-        default=None,
-        help="Comma-separated class names: adds label and score columns (argmax; for one sigmoid "
-        "output: negative,positive).",
-    ),
-    option(
-        "class_names_file",
-        metavar="PATH",
-        type=click.Path(exists=True, dir_okay=False),
-        default=None,
-        help="Class names, one per line (instead of --class_names).",
-    ),
-    option(
-        "threshold",
-        metavar="P",
-        type=click.FloatRange(0.0, 1.0),
-        default=None,
-        help="Cut-off for a single sigmoid output's label (default 0.5 with --class_names).",
-    ),
-    option(
-        "label_output",
-        metavar="NAME",
-        default=None,
-        help="With several outputs: the one to label, by its name as `inspect` shows it (default: "
-        "the one the class names fit).",
-    ),
-    option(
-        "label_column",
-        metavar="NAME",
-        default="label",
-        show_default=True,
-        help="Name of the label column.",
-    ),
-    option(
-        "score_column",
-        metavar="NAME",
-        default="score",
-        show_default=True,
-        help="Name of the score column (the label's probability).",
-    ),
-)
+@cloup.option_group("Prediction columns", *PREDICTION_COLUMNS)
 @cloup.option_group(
     "Bad data",
     *BAD_DATA,
@@ -392,6 +342,7 @@ def validate(**options: Any) -> None:
     ),
     *READING,
 )
+@cloup.option_group("Prediction columns", *PREDICTION_COLUMNS)
 @cloup.option_group("Bad data", *BAD_DATA)
 @cloup.option_group("Statistics", STATS_FILE)
 @cloup.option_group("Logging", *LOGGING)

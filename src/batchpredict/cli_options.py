@@ -285,6 +285,64 @@ LOG_FILE = option(
     default=None,
     help="Append log lines to this file instead of stderr.",
 )
+PREDICTION_COLUMN = option(
+    "prediction_column",
+    metavar="NAME",
+    default="prediction",
+    show_default=True,
+    help="Name of the column for a single model output.",
+)
+CLASS_NAMES = option(
+    "class_names",
+    metavar="NAMES",
+    default=None,
+    help="Comma-separated class names: adds label and score columns (argmax; for one sigmoid "
+    "output: negative,positive).",
+)
+CLASS_NAMES_FILE = option(
+    "class_names_file",
+    metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Class names, one per line (instead of --class_names).",
+)
+THRESHOLD = option(
+    "threshold",
+    metavar="P",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Cut-off for a single sigmoid output's label (default 0.5 with --class_names).",
+)
+LABEL_OUTPUT = option(
+    "label_output",
+    metavar="NAME",
+    default=None,
+    help="With several outputs: the one to label, by its name as `inspect` shows it (default: "
+    "the one the class names fit).",
+)
+LABEL_COLUMN = option(
+    "label_column",
+    metavar="NAME",
+    default="label",
+    show_default=True,
+    help="Name of the label column.",
+)
+SCORE_COLUMN = option(
+    "score_column",
+    metavar="NAME",
+    default="score",
+    show_default=True,
+    help="Name of the score column (the label's probability).",
+)
+PREDICTION_COLUMNS = (
+    PREDICTION_COLUMN,
+    CLASS_NAMES,
+    CLASS_NAMES_FILE,
+    THRESHOLD,
+    LABEL_OUTPUT,
+    LABEL_COLUMN,
+    SCORE_COLUMN,
+)
 STATS_FILE = option(
     "stats_file",
     metavar="PATH",
