@@ -19,7 +19,7 @@
 # given, `--lock_file "$BATCHPREDICT_LOCK_FILE"` is added so overlapping runs exit 75.
 #
 # All other arguments go to `batchpredict predict` unchanged, and batchpredict is exec'ed,
-# so its exit status (0, 65, 66, 73, 74, 75, 78, ...) is this script's exit status.
+# so its exit status (0, 3, 65, 66, 73, 74, 75, 78, ...) is this script's exit status.
 
 # `sh predict.sh` would fail obscurely at `set -o pipefail`; this test is POSIX on purpose.
 # shellcheck disable=SC2292

@@ -54,7 +54,8 @@ def _every_option(tmp_path: Path) -> list[str]:
         "--log_level", "warning", "--lock_file", "run.lock", "--metrics_file", "m.prom",
         "--job_name", "j", "--summary_file", "s.json", "--progress_every", "5",
         "--no_progress", "--ray_address", "auto", "--ray_concurrency", "2",
-        "--ray_gpus_per_worker", "0.5", "--preserve_order",
+        "--ray_gpus_per_worker", "0.5", "--preserve_order", "--stats_file", "st.json",
+        "--baseline", "base.json", "--max_drift", "0.25",
     ]  # fmt: skip
 
 
@@ -100,9 +101,15 @@ EXPECTED = {
     "ray_concurrency": 2,
     "ray_gpus_per_worker": 0.5,
     "preserve_order": True,
+    "stats_file": "st.json",
+    "baseline": "base.json",
+    "max_drift": 0.25,
 }
 #: Fields the command line above leaves at their defaults, each checked on its own below.
-AT_DEFAULT = {"output_file": "--output_file and --output_dir exclude each other", "engine": "ray"}
+AT_DEFAULT = {
+    "output_file": "--output_file and --output_dir exclude each other",
+    "engine": "ray",
+}
 
 
 def test_every_field_is_made_from_an_option_or_named_as_made_otherwise() -> None:

@@ -1,10 +1,10 @@
 """batchpredict: run TensorFlow/Keras models over CSV, JSON lines, Avro and Parquet files.
 
 The library (see `batchpredict.api`): `predict(...)`, `inspect(...)`, `validate(...)`,
-`report(...)` and `verify(path)` do what the commands of the same names do, and
-`load_predictor(path).predict_frame(df)` scores DataFrames for notebooks. They change
-nothing process-wide. Importing the package does not import TensorFlow; the functions
-do, when called.
+`profile(...)`, `report(...)` and `verify(path)` do what the commands of the same names
+do, and `load_predictor(path).predict_frame(df)` scores DataFrames for notebooks. They
+change nothing process-wide. Importing the package does not import TensorFlow; the
+functions do, when called.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "inspect",
     "load_predictor",
     "predict",
+    "profile",
     "report",
     "validate",
     "verify",
@@ -69,6 +70,14 @@ def verify(path: str) -> VerifyReport:
     from batchpredict.api import verify as _verify
 
     return _verify(path)
+
+
+def profile(model: str, input_file: Inputs, stats_file: str, **options: Any) -> dict[str, Any]:
+    """Write the statistics of reference data to `stats_file`, as `batchpredict profile`
+    does (a baseline for `predict(..., baseline=...)`); returns the stats document."""
+    from batchpredict.api import profile as _profile
+
+    return _profile(model, input_file, stats_file, **options)
 
 
 def load_predictor(path: str, **options: Any) -> FramePredictor:

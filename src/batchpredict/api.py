@@ -1,13 +1,16 @@
-"""The library: `predict`, `inspect`, `validate`, `report` and `verify` do what the
-commands of the same names do, and `load_predictor` scores pandas DataFrames in memory.
+"""The library: `predict`, `inspect`, `validate`, `profile`, `report` and `verify` do
+what the commands of the same names do, and `load_predictor` scores pandas DataFrames in
+memory.
 
 Options are `RunConfig` fields, named like the command-line options (`output_file=...`,
 `keep_columns=["id"]`, `on_error="skip"`); failures raise the `BatchPredictError` whose
-`exit_code` the command would exit with. A library call changes nothing process-wide:
-TensorFlow's start-up is not silenced (no file descriptor redirection, no warning
-filters) and `device` picks among the devices TensorFlow sees without hiding any; a
-program wanting the command line's set-up calls `process.prepare_tensorflow(config)`.
-Log lines go through structlog, to stderr unless the program configured it.
+`exit_code` the command would exit with (`predict(..., baseline=..., max_drift=...)`
+raises `DriftError`, 3, after committing its outputs; its `summary` is the run's). A
+library call changes nothing process-wide: TensorFlow's start-up is not silenced (no file
+descriptor redirection, no warning filters) and `device` picks among the devices
+TensorFlow sees without hiding any; a program wanting the command line's set-up calls
+`process.prepare_tensorflow(config)`. Log lines go through structlog, to stderr unless
+the program configured it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,19 @@ def predict(model: str, input_file: Inputs, **options: Any) -> RunSummary:
         bind_run_id(new_run_id())
         try:
             return pipeline.run(config)
+        finally:
+            unbind_run_id()
+
+
+def profile(model: str, input_file: Inputs, stats_file: str, **options: Any) -> dict[str, Any]:
+    """Read and score the inputs as `predict` would and write their statistics to
+    `stats_file`, as `batchpredict profile` does; no predictions are written. Returns the
+    stats document (README "Statistics and drift")."""
+    config = _config(model, input_file, {**options, "stats_file": stats_file})
+    with _logging(config.log_level):
+        bind_run_id(new_run_id())
+        try:
+            return pipeline.profile(config)
         finally:
             unbind_run_id()
 

@@ -31,8 +31,11 @@ from batchpredict.cli_options import (
     LOG_LEVEL,
     LOGGING,
     MODEL_SECTION,
+    PREDICTION_COLUMNS,
     READING,
     S3_ENDPOINT_URL,
+    STATISTICS,
+    STATS_FILE,
     BatchSizeType,
     FormatName,
     option,
@@ -127,58 +130,7 @@ def cli() -> None:
         "and commits nothing (default: no limit).",
     ),
 )
-@cloup.option_group(
-    "Prediction columns",
-    option(
-        "prediction_column",
-        metavar="NAME",
-        default="prediction",
-        show_default=True,
-        help="Name of the column for a single model output.",
-    ),
-    option(
-        "class_names",
-        metavar="NAMES",
-        default=None,
-        help="Comma-separated class names: adds label and score columns (argmax; for one sigmoid "
-        "output: negative,positive).",
-    ),
-    option(
-        "class_names_file",
-        metavar="PATH",
-        type=click.Path(exists=True, dir_okay=False),
-        default=None,
-        help="Class names, one per line (instead of --class_names).",
-    ),
-    option(
-        "threshold",
-        metavar="P",
-        type=click.FloatRange(0.0, 1.0),
-        default=None,
-        help="Cut-off for a single sigmoid output's label (default 0.5 with --class_names).",
-    ),
-    option(
-        "label_output",
-        metavar="NAME",
-        default=None,
-        help="With several outputs: the one to label, by its name as `inspect` shows it (default: "
-        "the one the class names fit).",
-    ),
-    option(
-        "label_column",
-        metavar="NAME",
-        default="label",
-        show_default=True,
-        help="Name of the label column.",
-    ),
-    option(
-        "score_column",
-        metavar="NAME",
-        default="score",
-        show_default=True,
-        help="Name of the score column (the label's probability).",
-    ),
-)
+@cloup.option_group("Prediction columns", *PREDICTION_COLUMNS)
 @cloup.option_group(
     "Bad data",
     *BAD_DATA,
@@ -233,6 +185,7 @@ def cli() -> None:
         "no_progress", is_flag=True, default=False, help="No progress bar and no progress lines."
     ),
 )
+@cloup.option_group("Statistics and drift", *STATISTICS)
 @cloup.option_group(
     "Engines",
     option(
@@ -378,6 +331,38 @@ def validate(**options: Any) -> None:
         click.echo(f"problem: {escape_controls(problem)}")
     if report.problems:
         raise DataError(f"{len(report.problems)} problem(s) found; see the lines above")
+
+
+@cli.command(epilog=EPILOG, formatter_settings=FORMATTER)
+@cloup.option_group("Model", *MODEL_SECTION)
+@cloup.option_group(
+    "Inputs",
+    option(
+        "input_file",
+        metavar="PATH",
+        multiple=True,
+        required=True,
+        help="Reference data, such as the training set: file, glob, directory or URI; repeatable.",
+    ),
+    *READING,
+)
+@cloup.option_group("Prediction columns", *PREDICTION_COLUMNS)
+@cloup.option_group("Bad data", *BAD_DATA)
+@cloup.option_group("Statistics", STATS_FILE)
+@cloup.option_group("Logging", *LOGGING)
+def profile(**options: Any) -> None:
+    """Write the statistics of reference data (features and predictions) to --stats_file,
+    a baseline for predict --baseline; no predictions are written."""
+    from batchpredict.observe import configure_logging, tensorflow_imported_quietly
+
+    refuse_secrets(options)
+    configure_logging(options["log_level"], options["log_format"], options["log_file"])
+    config = run_config(options)
+    from batchpredict import pipeline
+    from batchpredict.process import prepare_tensorflow
+
+    with tensorflow_imported_quietly(config.log_level):
+        pipeline.profile(config, prepare=prepare_tensorflow)
 
 
 @cli.command(epilog=EPILOG, formatter_settings=FORMATTER)

@@ -285,6 +285,87 @@ LOG_FILE = option(
     default=None,
     help="Append log lines to this file instead of stderr.",
 )
+PREDICTION_COLUMN = option(
+    "prediction_column",
+    metavar="NAME",
+    default="prediction",
+    show_default=True,
+    help="Name of the column for a single model output.",
+)
+CLASS_NAMES = option(
+    "class_names",
+    metavar="NAMES",
+    default=None,
+    help="Comma-separated class names: adds label and score columns (argmax; for one sigmoid "
+    "output: negative,positive).",
+)
+CLASS_NAMES_FILE = option(
+    "class_names_file",
+    metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Class names, one per line (instead of --class_names).",
+)
+THRESHOLD = option(
+    "threshold",
+    metavar="P",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Cut-off for a single sigmoid output's label (default 0.5 with --class_names).",
+)
+LABEL_OUTPUT = option(
+    "label_output",
+    metavar="NAME",
+    default=None,
+    help="With several outputs: the one to label, by its name as `inspect` shows it (default: "
+    "the one the class names fit).",
+)
+LABEL_COLUMN = option(
+    "label_column",
+    metavar="NAME",
+    default="label",
+    show_default=True,
+    help="Name of the label column.",
+)
+SCORE_COLUMN = option(
+    "score_column",
+    metavar="NAME",
+    default="score",
+    show_default=True,
+    help="Name of the score column (the label's probability).",
+)
+PREDICTION_COLUMNS = (
+    PREDICTION_COLUMN,
+    CLASS_NAMES,
+    CLASS_NAMES_FILE,
+    THRESHOLD,
+    LABEL_OUTPUT,
+    LABEL_COLUMN,
+    SCORE_COLUMN,
+)
+STATS_FILE = option(
+    "stats_file",
+    metavar="PATH",
+    default=None,
+    help="Gather the run's statistics and write them here as JSON (path or URI; with "
+    "--output_dir also as its _stats.json).",
+)
+BASELINE = option(
+    "baseline",
+    metavar="PATH",
+    default=None,
+    help="An earlier run's stats file (or batchpredict profile's): gather statistics and "
+    "measure each column's drift (PSI, KS) against it.",
+)
+MAX_DRIFT = option(
+    "max_drift",
+    metavar="PSI",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --baseline: a column's PSI above this fails the run with exit 3 (outputs "
+    "written, no _SUCCESS).",
+)
+STATISTICS = (STATS_FILE, BASELINE, MAX_DRIFT)
 
 #: The sections every command shares, so that inspect and validate read as predict would.
 MODEL_SECTION = (MODEL, SIGNATURE, MODEL_VERSION, UNSAFE_MODEL_LOAD)
@@ -305,8 +386,9 @@ EPILOG = (
     "Options are spelled with underscores (--input_file); --input-file works too. Each can "
     "also be set by an environment variable, BATCHPREDICT_ and its name in capitals "
     "(BATCHPREDICT_OUTPUT_DIR), or by a --config file: the command line wins, then the "
-    "environment, then the file. Exit codes: 0 done, 2 usage, 65 bad data, 66 no input, "
-    "70 internal error, 73 cannot create output, 74 I/O error, 75 locked, 78 model or set-up, "
+    "environment, then the file. Exit codes: 0 done, 2 usage, 3 drift past --max_drift, "
+    "65 bad data, 66 no input, 70 internal error, 73 cannot create output, 74 I/O error, "
+    "75 locked, 78 model or set-up, "
     "130/143 interrupted, 141 stdout closed (README, Exit codes)."
 )
 FORMATTER = cloup.HelpFormatter.settings(max_width=100, col1_max_width=26)

@@ -125,9 +125,23 @@ class RunConfig:
     #: The S3-compatible store `s3://` URIs go to (None: where the AWS SDK's own settings,
     #: `AWS_ENDPOINT_URL` included, point).
     s3_endpoint_url: str | None = None
+    #: Write the run's statistics here as JSON (README "Statistics and drift").
+    stats_file: str | None = None
+    #: An earlier run's (or `batchpredict profile`'s) stats file to measure drift against.
+    baseline: str | None = None
+    #: A column whose PSI against the baseline is above this fails the run: outputs are
+    #: written, `_SUCCESS` is not, exit 3.
+    max_drift: float | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @property
+    def collects_stats(self) -> bool:
+        """Whether the run gathers statistics: only when asked (`--stats_file`,
+        `--baseline`), since they cost up to 40% of a wide input's run time (README
+        "Statistics and drift")."""
+        return self.engine == "local" and (self.stats_file is not None or self.baseline is not None)
 
 
 def parse_delimiter(text: str | None) -> str | None:
@@ -169,6 +183,32 @@ def validate(config: RunConfig) -> None:
     _validate_reading(config)
     _validate_bad_rows(config)
     _validate_label_options(config)
+    _validate_stats(config)
+
+
+def _validate_stats(config: RunConfig) -> None:
+    """Statistics options that fit together: a drift limit needs a baseline, and the local
+    engine collects them (Ray's workers do not send theirs back)."""
+    asked = [
+        f"--{name}"
+        for name in ("stats_file", "baseline", "max_drift")
+        if getattr(config, name) is not None
+    ]
+    if config.max_drift is not None:
+        if not (math.isfinite(config.max_drift) and config.max_drift >= 0):
+            raise UsageError(f"--max_drift must be a number of at least 0, got {config.max_drift}")
+        if config.baseline is None:
+            raise UsageError(
+                "--max_drift needs --baseline (the stats file drift is measured against)"
+            )
+    if asked and config.engine != "local":
+        raise UsageError(
+            f"{', '.join(asked)}: statistics are collected by the local engine only; drop "
+            "--engine ray, or the statistics options"
+        )
+    for name in ("stats_file", "baseline"):
+        if getattr(config, name) == STDIO:
+            raise UsageError(f"--{name} must be a path or URI, not '-'")
 
 
 def _validate_locations(config: RunConfig) -> None:
@@ -176,7 +216,14 @@ def _validate_locations(config: RunConfig) -> None:
     if not config.input_files:
         raise UsageError("no --input_file given")
     locations = (config.model, *config.input_files, config.output_file, config.output_dir)
-    others = (config.rejects_file, config.summary_file, config.lock_file, config.metrics_file)
+    others = (
+        config.rejects_file,
+        config.summary_file,
+        config.lock_file,
+        config.metrics_file,
+        config.stats_file,
+        config.baseline,
+    )
     for value in (*locations, *others):
         if value is not None:
             refuse_credentials(value)

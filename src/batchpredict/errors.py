@@ -16,6 +16,9 @@ class ExitCode(enum.IntEnum):
 
     OK = 0
     USAGE = 2
+    #: Every output written and committed, but a column drifted past `--max_drift` from
+    #: the baseline: `_SUCCESS` is withheld.
+    DRIFT = 3
     DATA = 65
     NO_INPUT = 66
     INTERNAL = 70
@@ -88,6 +91,17 @@ class ConfigError(BatchPredictError):
     """Something the run needs is not installed or not set up (an optional extra)."""
 
     exit_code = ExitCode.MODEL  # 78, EX_CONFIG
+
+
+class DriftError(BatchPredictError):
+    """The run finished and committed its outputs, but its data drifted from the baseline
+    past `--max_drift`; `summary` is the run's summary (`RunSummary`)."""
+
+    exit_code = ExitCode.DRIFT
+
+    def __init__(self, message: str, summary: object = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class Terminated(BaseException):

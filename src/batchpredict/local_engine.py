@@ -11,6 +11,7 @@ it, leaving the previous output untouched.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from batchpredict.outputs import (
 from batchpredict.predictions import output_batch
 from batchpredict.predictor import Predictor, chunk_rows_for, devices_for
 from batchpredict.reading import End, Event, Piece, Reading
+from batchpredict.run_stats import StatsRun, compact
 from batchpredict.scoring import (
     Ready,
     RunColumns,
@@ -70,8 +72,9 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         if config.on_error == "skip"
         else {}
     )
+    stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
-    setup = _start(config, inputs)
+    setup = _start(config, inputs, stats)
     manifest = _open_manifest(config, setup.scorer.model, setup.mapping.as_dict())
     progress = Progress(
         _known_total_rows(inputs, config.chunk_size),
@@ -83,6 +86,9 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
             targets, setup, config, manifest, rejects, progress, state.totals
         )
         progress.close()
+        statistics = _finish_stats(stats, setup, manifest, inputs, state)
+        if manifest is not None:
+            _finish_manifest(manifest, statistics)
     except BaseException as exc:
         progress.close()
         if manifest is not None:
@@ -107,7 +113,40 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         device=setup.device,
         batches_per_device=dict(setup.scorer.predictor.batches_per_device),
         column_mapping=setup.mapping.as_dict(),
+        statistics=None if statistics is None else compact(statistics),
+        drift=None if statistics is None else statistics["drift"],
     )
+
+
+def _finish_stats(
+    stats: StatsRun | None,
+    setup: _Started,
+    manifest: Manifest | None,
+    inputs: list[InputFile],
+    state: RunState,
+) -> dict[str, Any] | None:
+    """Write the run's statistics (before `_SUCCESS`); None when none were gathered."""
+    if stats is None:
+        return None
+    mapping = setup.mapping.mapping
+    return stats.finish(
+        model=setup.model_name,
+        sha256=None if manifest is None else manifest.model.sha256,
+        inputs=[i.path for i in inputs],
+        counts=state.totals,
+        seconds=time.monotonic() - state.started,
+        features=() if mapping is None else mapping.read_columns,
+    )
+
+
+def _finish_manifest(manifest: Manifest, statistics: dict[str, Any] | None) -> None:
+    """Write the manifest, then `_SUCCESS`; past `--max_drift` the outputs stand (the
+    manifest records them) but the folder is not marked complete."""
+    drift = None if statistics is None else statistics["drift"]
+    if drift and drift["exceeded"]:
+        manifest.flush()
+    else:
+        manifest.finish()
 
 
 @dataclass(frozen=True)
@@ -121,10 +160,10 @@ class _Started:
     model_name: str
 
 
-def _start(config: RunConfig, inputs: list[InputFile]) -> _Started:
+def _start(config: RunConfig, inputs: list[InputFile], stats: StatsRun | None) -> _Started:
     """Load the model on its devices, plan the column mapping, and log `run started`."""
     devices = devices_for(config.device)
-    scorer = scorer_for(config, devices.devices)
+    scorer = scorer_for(config, devices.devices, None if stats is None else stats.collector)
     model, columns = scorer.model, scorer.columns
     if config.keep_columns is not None:  # the rest are known once the data is
         clashes = [c for c in config.keep_columns if c in columns.column_names]
@@ -146,6 +185,8 @@ def _start(config: RunConfig, inputs: list[InputFile]) -> _Started:
         **({"label_output": columns.label_output} if columns.labelled else {}),
     )
     mapping.warn_if_guessed()
+    if stats is not None and mapping.mapping is not None:
+        stats.check_features(mapping.mapping.read_columns)
     return _Started(scorer, mapping, devices.device, where["model"])
 
 
@@ -159,8 +200,7 @@ def _predict_targets(
     totals: Counts,
 ) -> list[str]:
     """Predict every target (or skip it with `--skip_existing`), recording each in the
-    manifest as it is committed, which is finished with `_SUCCESS`; returns the inputs
-    skipped."""
+    manifest as it is committed; returns the inputs skipped."""
     skipped: list[str] = []
     outputs: list[PendingOutput] = []
     for target in targets:
@@ -186,8 +226,6 @@ def _predict_targets(
 
     if outputs:
         _predict_outputs(outputs, run, config, rejects, progress, committed)
-    if manifest is not None:
-        manifest.finish()
     return skipped
 
 
@@ -362,7 +400,9 @@ def _score_pieces(scorer: Scorer, pieces: list[Piece]) -> list[pa.RecordBatch]:
     for piece in pieces:
         stop = start + piece.ready.rows
         nested = piece.output.writer.supports_nested
-        columns = scorer.columns.build({k: v[start:stop] for k, v in predictions.items()}, nested)
+        share = {k: v[start:stop] for k, v in predictions.items()}
+        columns = scorer.columns.build(share, nested)
+        scorer.observe(piece.ready, share, columns)
         kept, source = piece.ready.kept, piece.ready.source
         batches.append(output_batch(kept, columns, nested, source, scorer.columns))
         start = stop

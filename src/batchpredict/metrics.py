@@ -19,7 +19,8 @@ import math
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from batchpredict.atomic import write_whole
 from batchpredict.errors import OutputError, ReadWriteError, error_text
@@ -43,6 +44,10 @@ GAUGES: dict[str, str] = {
     "batchpredict_last_exit_code": "Exit status of the last run of the job (0: success).",
 }
 
+#: Drift of the last run's columns against its `--baseline`, labelled by column and measure.
+DRIFT = "batchpredict_drift"
+DRIFT_HELP = "Drift of a column against the baseline in the last run of the job (psi, ks)."
+
 #: Far more than a job's file holds (under 2 KiB): a larger one is not ours.
 _MAX_METRICS_BYTES = 1 << 20
 
@@ -59,6 +64,7 @@ def write_metrics(
     rows: int,
     rejected_rows: int,
     exit_code: int,
+    drift: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write the job's metrics file `path` in Prometheus text format, atomically.
 
@@ -68,7 +74,8 @@ def write_metrics(
     previous run wrote (the last success is left out if the job never succeeded). A file
     holding anything else is refused (see `check_metrics_file`). Runs of one job that
     finish together take turns under an flock on the directory. Raises `OutputError` or
-    `ReadWriteError` if it cannot write.
+    `ReadWriteError` if it cannot write. `drift` (the `columns` of a stats file's DRIFT)
+    becomes `batchpredict_drift{column="x1",measure="psi"}` gauges.
     """
     directory = os.path.dirname(path) or "."
     try:
@@ -91,10 +98,15 @@ def write_metrics(
             "batchpredict_rejected_rows": previous.get("batchpredict_rejected_rows", 0.0)
             + rejected_rows,
         }
-        write_whole(path, _exposition(job, gauges, counters), "metrics")
+        write_whole(path, _exposition(job, gauges, counters, drift), "metrics")
 
 
-def _exposition(job: str, gauges: dict[str, float | None], counters: dict[str, float]) -> str:
+def _exposition(
+    job: str,
+    gauges: dict[str, float | None],
+    counters: dict[str, float],
+    drift: Sequence[dict[str, Any]] = (),
+) -> str:
     """The job's samples in the Prometheus text format, as `prometheus_client` writes it."""
     # Imported here: only runs with --metrics_file pay for it, never `--help`.
     from prometheus_client import CollectorRegistry, generate_latest
@@ -108,6 +120,8 @@ def _exposition(job: str, gauges: dict[str, float | None], counters: dict[str, f
             gauge = GaugeMetricFamily(name, help_text, labels=["job"])
             gauge.add_metric([job], value)
             families.append(gauge)
+    if drift:
+        families.append(_drift_family(job, drift, GaugeMetricFamily))
     for name, help_text in COUNTERS.items():
         counter = CounterMetricFamily(name, help_text, labels=["job"])
         counter.add_metric([job], counters[name])
@@ -121,6 +135,17 @@ def _exposition(job: str, gauges: dict[str, float | None], counters: dict[str, f
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobMetrics())
     return generate_latest(registry).decode("utf-8")
+
+
+def _drift_family(job: str, drift: Sequence[dict[str, Any]], family: Any) -> Any:
+    """One gauge per column and measure (psi, ks) that could be measured."""
+    gauge = family(DRIFT, DRIFT_HELP, labels=["job", "column", "measure"])
+    for column in drift:
+        for measure in ("psi", "ks"):
+            value = column.get(measure)
+            if value is not None:
+                gauge.add_metric([job, str(column["name"]), measure], float(value))
+    return gauge
 
 
 def check_metrics_file(path: str, job: str) -> dict[str, float]:
@@ -149,7 +174,10 @@ def check_metrics_file(path: str, job: str) -> dict[str, float]:
         if not family.name.startswith("batchpredict_"):
             raise OutputError(f"{path}: {_REFUSING}: it holds {family.name}, not batchpredict's")
         for sample in family.samples:
-            if sample.labels != {"job": job}:
+            labels = dict(sample.labels)
+            if family.name == DRIFT:  # one series per column and measure
+                labels = {k: v for k, v in labels.items() if k not in ("column", "measure")}
+            if labels != {"job": job}:
                 raise OutputError(
                     f"{path}: {_REFUSING}: it holds {sample.name}{{{_shown(sample.labels)}}}, "
                     f"not job={job!r}'s; give each job its own file (or remove this one if "

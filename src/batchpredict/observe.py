@@ -422,6 +422,7 @@ def report_run(
             rows=int(summary["rows_in"]),
             rejected_rows=int(summary["rows_rejected"]),
             exit_code=exit_code,
+            drift=(summary.get("drift") or {}).get("columns", ()),
         )
     if config.summary_file is not None:
         write_summary(config.summary_file, {"status": status, "exit_code": exit_code, **summary})

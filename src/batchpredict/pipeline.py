@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 # `inspect` and `validate`, beside `run`, for the command line.
 from batchpredict import storage
@@ -19,7 +20,7 @@ from batchpredict.checks import inspect as inspect
 from batchpredict.checks import inspect_model as inspect_model
 from batchpredict.checks import validate as validate
 from batchpredict.config import RunConfig
-from batchpredict.errors import BatchPredictError, LockHeldError, exit_code_for
+from batchpredict.errors import BatchPredictError, DriftError, LockHeldError, exit_code_for
 from batchpredict.locking import hold_lock
 from batchpredict.observe import get_logger, report_lock_held, report_run
 from batchpredict.summary import Counts, RunState
@@ -56,9 +57,35 @@ def run(config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None
     except BaseException as exc:
         _report_failure(config, exc, time.monotonic() - state.started, state.totals)
         raise
-    get_logger().info("run finished", **summary.as_dict())
+    logged = {k: v for k, v in summary.as_dict().items() if k not in ("statistics", "drift")}
+    get_logger().info("run finished", **logged)
+    if summary.drifted:
+        # The outputs stand; the run says it is not complete: no _SUCCESS, exit 3.
+        error = DriftError(
+            f"drift past --max_drift {config.max_drift} in {', '.join(summary.drifted)} "
+            f"against --baseline {config.baseline}; outputs written, not marked complete",
+            summary,
+        )
+        report_run(
+            config,
+            {**summary.as_dict(), "error": str(error)},
+            status="drifted",
+            exit_code=int(error.exit_code),
+            seconds=summary.seconds,
+        )
+        raise error
     report_run(config, summary.as_dict(), status="succeeded", exit_code=0, seconds=summary.seconds)
     return summary
+
+
+def profile(
+    config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None
+) -> dict[str, Any]:
+    """`batchpredict profile`: the statistics of the inputs, written to `--stats_file`
+    (`profiling.profile`); returns the stats document."""
+    from batchpredict import profiling
+
+    return profiling.profile(config, prepare=prepare)
 
 
 def _report_failure(config: RunConfig, exc: BaseException, seconds: float, totals: Counts) -> None:

@@ -13,6 +13,7 @@ a rejects sink; `check_error_rate` refuses a share of rejected rows over
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from batchpredict.model import LoadedModel, load_model
 from batchpredict.observe import get_logger
 from batchpredict.predictions import PredictionColumns, output_batch
 from batchpredict.predictor import Predictor
+from batchpredict.run_stats import RunStats
 from batchpredict.sources import InputFile
 from batchpredict.tensors import ModelTensors
 
@@ -202,6 +204,11 @@ class Ready:
     kept: pa.Table
     arrays: dict[str, np.ndarray]
     rows: int
+    #: The chunk as read, its model columns only (every row, rejected ones too), which rows
+    #: were kept (None: all) and why the others were not: what run statistics observe.
+    read: pa.Table | None = None
+    good: np.ndarray | None = None
+    problems: tuple[RowProblem, ...] = ()
 
 
 def prepare(
@@ -245,7 +252,16 @@ def sift(
         assert converted.good is not None
         kept = kept.filter(pa.array(converted.good))
     first_source = source if isinstance(source, str) else source(0)
-    return Ready(first_source, kept, converted.arrays, converted.rows)
+    read = table.select(list(mapping.read_columns))  # no copy
+    return Ready(
+        first_source,
+        kept,
+        converted.arrays,
+        converted.rows,
+        read,
+        converted.good,
+        converted.problems,
+    )
 
 
 @dataclass(frozen=True)
@@ -255,13 +271,36 @@ class Scorer:
     model: LoadedModel
     predictor: Predictor
     columns: PredictionColumns
+    #: Where the statistics of what is scored go (None: none are gathered).
+    stats: RunStats | None = None
 
     def score(self, ready: Ready, nested: bool) -> pa.RecordBatch:
         """The kept columns of `ready` followed by its prediction columns (lists when
         `nested`, else split into `name_i` columns)."""
         predictions = self.predictor.predict_arrays(ready.arrays, ready.rows)
         results = self.columns.build(predictions, nested)
+        self.observe(ready, predictions, results)
         return output_batch(ready.kept, results, nested, ready.source, self.columns)
+
+    def observe(
+        self,
+        ready: Ready,
+        predictions: dict[str, np.ndarray],
+        results: Sequence[tuple[str, pa.Array]],
+    ) -> None:
+        """Add a scored chunk to the statistics: its model columns as read, its predictions
+        and (`results`, its output columns) its labels and their scores."""
+        if self.stats is None:
+            return
+        if ready.read is not None:
+            self.stats.observe_read(ready.read, ready.good, ready.problems)
+        columns = self.columns
+        labels = (
+            [(n, a) for n, a in results if n in (columns.label_column, columns.score_column)]
+            if columns.labelled
+            else []
+        )
+        self.stats.observe_predictions(predictions, columns.names, labels)
 
 
 def load_model_of(config: RunConfig) -> LoadedModel:
@@ -290,9 +329,12 @@ def load_scorer(
     return Scorer(loaded, Predictor(loaded, batch_size, devices), columns(loaded))
 
 
-def scorer_for(config: RunConfig, devices: Sequence[str] = ("/CPU:0",)) -> Scorer:
-    """The scorer of a `predict` run: its model, batch size and prediction columns."""
-    return load_scorer(
+def scorer_for(
+    config: RunConfig, devices: Sequence[str] = ("/CPU:0",), stats: RunStats | None = None
+) -> Scorer:
+    """The scorer of a `predict` run: its model, batch size and prediction columns, and
+    where the statistics of what it scores go."""
+    scorer = load_scorer(
         config.model,
         columns=lambda model: PredictionColumns.from_config(model, config),
         batch_size=config.batch_size,
@@ -301,3 +343,4 @@ def scorer_for(config: RunConfig, devices: Sequence[str] = ("/CPU:0",)) -> Score
         unsafe=config.unsafe_model_load,
         devices=devices,
     )
+    return scorer if stats is None else dataclasses.replace(scorer, stats=stats)

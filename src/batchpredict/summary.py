@@ -31,6 +31,11 @@ class RunSummary:
     batches_per_device: dict[str, int] = field(default_factory=dict)
     #: Which columns fed which model input (`RunMapping.as_dict`).
     column_mapping: dict[str, Any] | None = None
+    #: The run's statistics without sketches and histograms (`run_stats.compact`); None
+    #: when none were gathered (without `--stats_file` or `--baseline`).
+    statistics: dict[str, Any] | None = None
+    #: Drift against `--baseline` (the stats file's DRIFT object), or None.
+    drift: dict[str, Any] | None = None
     rows_per_second: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +45,11 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-ready values."""
         return asdict(self)
+
+    @property
+    def drifted(self) -> list[str]:
+        """The columns that drifted past `--max_drift` (none without it)."""
+        return list(self.drift["exceeded"]) if self.drift else []
 
 
 @dataclass
