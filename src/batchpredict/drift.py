@@ -13,11 +13,13 @@ two CDFs, evaluated with both KLL sketches at the union of both columns' percent
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 from typing import Any
 
 import numpy as np
 
-from batchpredict.errors import UsageError
+from batchpredict.errors import DataError, UsageError, error_text
 
 #: Each bin's share is floored here, so that an empty bin does not make PSI infinite.
 SHARE_FLOOR = 1e-4
@@ -35,14 +37,34 @@ def sketches() -> Any:
     return datasketches
 
 
-def kll_from_text(text: str) -> Any:
-    """A `kll_doubles_sketch` from its base64 form in a stats file."""
-    return sketches().kll_doubles_sketch.deserialize(base64.b64decode(text))
+def kll_from_text(text: str, where: str = "a column") -> Any:
+    """A `kll_doubles_sketch` from its base64 form in a stats file; DataError (65) saying
+    `where` it was (`column 'x' of the baseline`) when it is not one."""
+    return _decoded(sketches().kll_doubles_sketch, text, where, "a KLL sketch")
 
 
-def frequent_from_text(text: str) -> Any:
+def frequent_from_text(text: str, where: str = "a column") -> Any:
     """A `frequent_strings_sketch` from its base64 form in a stats file."""
-    return sketches().frequent_strings_sketch.deserialize(base64.b64decode(text))
+    return _decoded(sketches().frequent_strings_sketch, text, where, "a frequent-items sketch")
+
+
+def where_column(name: Any, owner: str | None = None) -> str:
+    """`column 'x'` (`of the baseline`), the name shortened: it comes from user data."""
+    return f"column {str(name)[:60]!r}" + (f" of {owner}" if owner else "")
+
+
+def _decoded(kind: Any, text: str, where: str, what: str) -> Any:
+    try:
+        return kind.deserialize(base64.b64decode(text, validate=True))
+    except (TypeError, ValueError, RuntimeError, binascii.Error) as exc:
+        raise DataError(f"{where}: sketch is not {what}: {error_text(exc)}") from exc
+
+
+def bin_shares(sketch: Any, edges: list[float]) -> list[float]:
+    """The shares of a sketch's values in the bins of `edges`, the first and last bins
+    open-ended (each bin holds its left edge)."""
+    splits = np.unique(np.asarray(edges[1:-1], dtype=np.float64)).tolist()
+    return [float(share) for share in sketch.get_pmf(splits)] if splits else [1.0]
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -70,26 +92,38 @@ def check_columns(baseline: dict[str, Any], run: dict[str, Any], where: str) -> 
 
 
 def compare(
-    baseline: dict[str, Any], run: dict[str, Any], *, where: str, max_drift: float | None
+    baseline: dict[str, Any],
+    run: dict[str, Any],
+    *,
+    where: str | None,
+    max_drift: float | None,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """The DRIFT object of the stats file: PSI and KS of every feature and prediction of
-    `run` against `baseline`, highest PSI first."""
-    check_columns(baseline, run, where)
+    `run` against `baseline`, highest PSI first (unknown last). `strict` (a run's
+    `--baseline`): a column the baseline lacks, or has of another kind, is a UsageError;
+    otherwise (a report against any stats file) its PSI and KS are None."""
+    if strict:
+        check_columns(baseline, run, str(where))
     measured = []
     for key, role in ROLES:
-        base = {c["name"]: c for c in baseline[key]}
-        for column in run[key]:
-            reference = base[column["name"]]
-            if reference.get("kind") != column.get("kind"):
-                raise UsageError(
-                    f"--baseline {where}: column {column['name']!r} is {reference.get('kind')} "
-                    f"there and {column.get('kind')} in this run"
-                )
-            psi_value, ks_value = measure(reference, column)
+        base = {c.get("name"): c for c in baseline.get(key, [])}
+        for column in run.get(key, []):
+            reference = base.get(column.get("name"))
+            if reference is None or reference.get("kind") != column.get("kind"):
+                if strict:
+                    raise UsageError(
+                        f"--baseline {where}: column {column['name']!r} is "
+                        f"{(reference or {}).get('kind')} there and {column.get('kind')} in "
+                        "this run"
+                    )
+                psi_value, ks_value = None, None
+            else:
+                psi_value, ks_value = measure(reference, column)
             measured.append(
                 {"name": column["name"], "role": role, "psi": psi_value, "ks": ks_value}
             )
-    measured.sort(key=lambda c: -1.0 if c["psi"] is None else -c["psi"])
+    measured.sort(key=lambda c: math.inf if c["psi"] is None else -c["psi"])
     exceeded = [
         c["name"]
         for c in measured
@@ -109,23 +143,24 @@ def measure(reference: dict[str, Any], column: dict[str, Any]) -> tuple[float | 
     if not reference.get("count") or not column.get("count"):
         return None, None
     if column["kind"] == "numeric":
-        base_sketch, run_sketch = (
-            kll_from_text(reference["sketch"]),
-            kll_from_text(column["sketch"]),
+        if not reference.get("sketch") or not column.get("sketch"):
+            return None, None
+        base_sketch = kll_from_text(
+            reference["sketch"], where_column(column["name"], "the baseline")
         )
+        run_sketch = kll_from_text(column["sketch"], where_column(column["name"]))
         return _numeric_psi(reference, base_sketch, run_sketch), _ks(base_sketch, run_sketch)
     return _categorical_psi(reference, column), None
 
 
 def _numeric_psi(reference: dict[str, Any], base_sketch: Any, run_sketch: Any) -> float | None:
     """PSI over the baseline's bins: its interior edges split both sketches' PMFs."""
-    histogram = reference.get("histogram")
-    if not histogram:
+    edges = (reference.get("histogram") or {}).get("edges")
+    if not edges or len(edges) < 2:
         return None
-    splits = np.unique(np.asarray(histogram["edges"][1:-1], dtype=np.float64)).tolist()
-    if not splits:
-        return 0.0
-    return psi(base_sketch.get_pmf(splits), run_sketch.get_pmf(splits))
+    return psi(
+        np.asarray(bin_shares(base_sketch, edges)), np.asarray(bin_shares(run_sketch, edges))
+    )
 
 
 def _ks(base_sketch: Any, run_sketch: Any) -> float:
@@ -147,7 +182,7 @@ def _categorical_psi(reference: dict[str, Any], column: dict[str, Any]) -> float
     categories = list(base_counts)
     p = [base_counts[c] / reference["count"] for c in categories]
     if column["kind"] == "string" and column.get("frequent_sketch"):
-        sketch = frequent_from_text(column["frequent_sketch"])
+        sketch = frequent_from_text(column["frequent_sketch"], where_column(column["name"]))
         q = [sketch.get_estimate(c) / column["count"] for c in categories]
     else:
         q = [run_counts.get(c, 0) / column["count"] for c in categories]

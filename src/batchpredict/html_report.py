@@ -6,34 +6,27 @@ files). matplotlib is the `report` extra, imported only here, when a report is m
 Every string from a stats file (column names, values, paths) comes from user data and is
 HTML-escaped, and none reaches matplotlib, which would read `$...$` as math.
 
-`drift_between` computes the stats file's DRIFT object from two stats files, for a report
-against a baseline the run was not compared with; a run's drift uses the same measures.
+`drift_between` measures the drift of two stats files (with `drift.compare`, as a run
+does), for a report against a baseline the run was not compared with.
 (The module is not named `report`: importing it would then replace the package's
 `batchpredict.report` function with the module.)
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import html
 import importlib
 import io
-import itertools
 import json
 import math
 import re
 from typing import Any
 
-from batchpredict import atomic, storage
+from batchpredict import atomic, drift, storage
 from batchpredict.errors import ConfigError, DataError, OutputError, error_text
 
 #: The stats file format this reads (the stats file's `stats_version`).
 STATS_VERSION = 1
-#: Each bin's or category's share is floored at this before PSI's logarithm.
-SHARE_FLOOR = 1e-4
-#: The ranks at which both sketches' quantiles are taken as the points KS looks at.
-KS_RANKS = tuple(i / 100 for i in range(101))
 _INSTALL = "pip install 'batchpredict[report]'"
 _MISSING = "—"
 
@@ -84,132 +77,18 @@ def drift_between(
     name: str | None = None,
     max_drift: float | None = None,
 ) -> dict[str, Any]:
-    """The DRIFT object (stats file format) of `stats` against `baseline`: PSI and KS of
-    every feature and prediction, highest PSI first (unknown last); `exceeded` are those
-    whose PSI is above `max_drift`. A column the baseline lacks, or has of another kind,
-    has null PSI and KS."""
-    rows: list[tuple[float | None, dict[str, Any]]] = []
-    for role, key in (("feature", "features"), ("prediction", "predictions")):
-        theirs = {c.get("name"): c for c in _columns(baseline, key)}
-        for column in _columns(stats, key):
-            psi, ks = _column_drift(column, theirs.get(column.get("name")))
-            rows.append((psi, {"name": column.get("name"), "role": role, "psi": psi, "ks": ks}))
-    rows.sort(key=lambda row: -row[0] if row[0] is not None else math.inf)
-    columns = [entry for _, entry in rows]
-    exceeded = [
-        entry["name"]
-        for psi, entry in rows
-        if max_drift is not None and psi is not None and psi > max_drift
-    ]
-    return {
-        "baseline": name,
-        "max_drift": max_drift,
-        "measure": "psi",
-        "columns": columns,
-        "exceeded": exceeded,
-    }
-
-
-def _column_drift(
-    column: dict[str, Any], base: dict[str, Any] | None
-) -> tuple[float | None, float | None]:
-    """(PSI, KS) of one column against the baseline's column of the same name."""
-    if base is None or base.get("kind") != column.get("kind"):
-        return None, None
-    if column.get("kind") == "numeric":
-        edges = _floats(_dict(base.get("histogram")).get("edges"))
-        if edges is None or len(edges) < 2:
-            return None, None
-        ours, theirs = _sketch(column, "this run"), _sketch(base, "the baseline")
-        p = _bin_shares(base, theirs, edges)
-        q = _bin_shares(column, ours, edges)
-        psi = _psi(p, q) if p is not None and q is not None else None
-        ks = _ks(ours, theirs) if ours is not None and theirs is not None else None
-        return psi, ks
-    p, q = _category_shares(column, base)
-    return (_psi(p, q) if p and q else None), None
-
-
-def _bin_shares(column: dict[str, Any], sketch: Any, edges: list[float]) -> list[float] | None:
-    """The share of the column's values in each bin of `edges`, the first and last bins
-    open-ended: exact from its histogram when it has these very edges (the baseline's
-    own), else from its sketch (within the sketch's rank error)."""
-    histogram = _dict(column.get("histogram"))
-    counts = _floats(histogram.get("counts"))
-    if _floats(histogram.get("edges")) == edges and counts and len(counts) == len(edges) - 1:
-        total = sum(counts)
-        return [c / total for c in counts] if total > 0 else None
-    if sketch is None or sketch.is_empty():
-        return None
-    return _sketch_shares(sketch, edges)
-
-
-def _sketch_shares(sketch: Any, edges: list[float]) -> list[float]:
-    """The shares of a (non-empty) sketch's values in the bins of `edges`, the first and
-    last bins open-ended."""
-    below = [sketch.get_rank(edge, inclusive=False) for edge in edges[1:-1]]
-    bounds = [0.0, *below, 1.0]
-    return [max(0.0, b - a) for a, b in itertools.pairwise(bounds)]
-
-
-def _category_shares(
-    column: dict[str, Any], base: dict[str, Any]
-) -> tuple[list[float], list[float]]:
-    """Shares of the baseline's categories plus "other", baseline and this run: a string
-    column's top values, a label column's labels (all of them, both runs')."""
-    if column.get("kind") == "label":
-        ours, theirs = _label_counts(column), _label_counts(base)
-        names = list(dict.fromkeys([*theirs, *ours]))
-        total_ours, total_theirs = sum(ours.values()), sum(theirs.values())
-    else:
-        ours, theirs = _top_counts(column), _top_counts(base)
-        names = list(theirs)
-        total_ours = _number(column.get("count")) or sum(ours.values())
-        total_theirs = _number(base.get("count")) or sum(theirs.values())
-    if total_ours <= 0 or total_theirs <= 0:
-        return [], []
-    p = [theirs.get(n, 0.0) / total_theirs for n in names]
-    q = [ours.get(n, 0.0) / total_ours for n in names]
-    return [*p, max(0.0, 1 - sum(p))], [*q, max(0.0, 1 - sum(q))]
-
-
-def _psi(p: list[float], q: list[float]) -> float:
-    """sum((p - q) ln(p / q)), each share floored at SHARE_FLOOR (p: the baseline)."""
-    total = 0.0
-    for a, b in zip(p, q, strict=True):
-        a, b = max(a, SHARE_FLOOR), max(b, SHARE_FLOOR)
-        total += (a - b) * math.log(a / b)
-    return total
-
-
-def _ks(ours: Any, theirs: Any) -> float | None:
-    """The largest difference of the two CDFs at both sketches' quantiles (KS_RANKS)."""
-    if ours.is_empty() or theirs.is_empty():
-        return None
-    points = sorted({*ours.get_quantiles(KS_RANKS), *theirs.get_quantiles(KS_RANKS)})
-    return max(
-        float(abs(ours.get_rank(x, inclusive=True) - theirs.get_rank(x, inclusive=True)))
-        for x in points
-    )
+    """The DRIFT object of `stats` against `baseline`, measured as a run measures it
+    (`drift.compare`); a column the baseline lacks, or has of another kind, has null PSI
+    and KS rather than failing the report."""
+    return drift.compare(baseline, stats, where=name, max_drift=max_drift, strict=False)
 
 
 def _sketch(column: dict[str, Any], owner: str) -> Any:
     """The column's KLL sketch, None when it has none; 65 when it is not one."""
     encoded = column.get("sketch")
-    if encoded is None:
+    if not isinstance(encoded, str):
         return None
-    try:
-        module = importlib.import_module("datasketches")
-    except ImportError as exc:
-        raise ConfigError(f"drift needs datasketches: {_INSTALL}") from exc
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-        return module.kll_doubles_sketch.deserialize(raw)
-    except (TypeError, ValueError, RuntimeError, binascii.Error) as exc:
-        column_name = _shorten(str(column.get("name")))
-        raise DataError(
-            f"column {column_name!r} of {owner}: sketch is not a KLL sketch: {error_text(exc)}"
-        ) from exc
+    return drift.kll_from_text(encoded, drift.where_column(column.get("name"), owner))
 
 
 # --- the page --------------------------------------------------------------------------
@@ -448,8 +327,8 @@ class _Charts:
             edges = _spanning_edges(ours, theirs)
             if edges is not None:
                 series = [
-                    ("baseline", _sketch_shares(theirs, edges)),
-                    ("this run", _sketch_shares(ours, edges)),
+                    ("baseline", drift.bin_shares(theirs, edges)),
+                    ("this run", drift.bin_shares(ours, edges)),
                 ]
                 caption = f"<figcaption>{_BOTH}</figcaption></figure>"
                 return self._figure(edges, series).replace("</figure>", caption)
