@@ -39,7 +39,7 @@ def base(run_main: Callable[..., Any], mlp_model: Path, tmp_path: Path) -> Path:
     base = tmp_path / "base.json"
     result = run_main(
         "profile", "--model", str(mlp_model), "--input_file", str(reference),
-        "--features", FEATURES, "--stats_file", str(base),
+        "--features", FEATURES, "--stats_file", str(base), "--no_progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return base

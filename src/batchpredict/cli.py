@@ -32,6 +32,7 @@ from batchpredict.cli_options import (
     LOGGING,
     MODEL_SECTION,
     PREDICTION_COLUMNS,
+    PROGRESS,
     READING,
     S3_ENDPOINT_URL,
     STATISTICS,
@@ -173,17 +174,7 @@ def cli() -> None:
         default=None,
         help="Write the run summary here as JSON (also on failure).",
     ),
-    option(
-        "progress_every",
-        metavar="SECONDS",
-        type=click.FloatRange(min=0, min_open=True),
-        default=30.0,
-        show_default=True,
-        help="Seconds between progress log lines when not on a terminal.",
-    ),
-    option(
-        "no_progress", is_flag=True, default=False, help="No progress bar and no progress lines."
-    ),
+    *PROGRESS,
 )
 @cloup.option_group("Statistics and drift", *STATISTICS)
 @cloup.option_group(
@@ -349,7 +340,7 @@ def validate(**options: Any) -> None:
 @cloup.option_group("Prediction columns", *PREDICTION_COLUMNS)
 @cloup.option_group("Bad data", *BAD_DATA)
 @cloup.option_group("Statistics", STATS_FILE)
-@cloup.option_group("Logging", *LOGGING)
+@cloup.option_group("Logging", *LOGGING, *PROGRESS)
 def profile(**options: Any) -> None:
     """Write the statistics of reference data (features and predictions) to --stats_file,
     a baseline for predict --baseline; no predictions are written."""

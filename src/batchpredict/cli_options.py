@@ -367,6 +367,20 @@ MAX_DRIFT = option(
 )
 STATISTICS = (STATS_FILE, BASELINE, MAX_DRIFT)
 
+PROGRESS = (
+    option(
+        "progress_every",
+        metavar="SECONDS",
+        type=click.FloatRange(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds between progress log lines when not on a terminal.",
+    ),
+    option(
+        "no_progress", is_flag=True, default=False, help="No progress bar and no progress lines."
+    ),
+)
+
 #: The sections every command shares, so that inspect and validate read as predict would.
 MODEL_SECTION = (MODEL, SIGNATURE, MODEL_VERSION, UNSAFE_MODEL_LOAD)
 READING = (

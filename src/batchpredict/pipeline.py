@@ -62,7 +62,7 @@ def run(config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None
     if summary.drifted:
         # The outputs stand; the run says it is not complete: no _SUCCESS, exit 3.
         error = DriftError(
-            f"drift past --max_drift {config.max_drift} in {', '.join(summary.drifted)} "
+            f"drift past --max_drift {config.max_drift} in {_first(summary.drifted)} "
             f"against --baseline {config.baseline}; outputs written, not marked complete",
             summary,
         )
@@ -102,3 +102,10 @@ def _report_failure(config: RunConfig, exc: BaseException, seconds: float, total
         report_run(config, summary, status="failed", exit_code=code, seconds=seconds)
     except BatchPredictError as report_error:
         get_logger().warning("could not write metrics or summary", error=str(report_error))
+
+
+def _first(names: tuple[str, ...] | list[str], shown: int = 5) -> str:
+    """`a, b, c` of the first `shown` names, and how many more (the error stays one line
+    a person reads; the stats file lists them all)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
