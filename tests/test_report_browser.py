@@ -327,6 +327,7 @@ def test_the_report_of_a_real_run_renders_offline_with_its_charts(
         check_charts(rendered, stats)
         check_drift_table(rendered, stats)
         check_sparklines(rendered, stats)
+        check_fits(rendered)
     assert_not_blank(Image.open(shot).convert("L"), f"the screenshot {shot}")
 
 
@@ -373,6 +374,19 @@ def check_sparklines(rendered: Rendered, stats: dict[str, Any]) -> None:
         "[...document.querySelectorAll('svg.spark')].map(s => s.getBoundingClientRect().width)"
     )
     assert len(sizes) == len(columns) and all(width > 0 for width in sizes), sizes
+
+
+def check_fits(rendered: Rendered) -> None:
+    """The page fits the window, wide or narrow: it never scrolls sideways (a table wider
+    than the window scrolls in its own box)."""
+    overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    for width in (1280, 700):
+        metrics = {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+        rendered.devtools.send(
+            "Emulation.setDeviceMetricsOverride", metrics, session=rendered.session
+        )
+        extra = rendered.evaluate(overflow)
+        assert extra <= 0, f"the page is {extra} px wider than a {width} px window"
 
 
 def assert_not_blank(image: Image.Image, what: str) -> None:
