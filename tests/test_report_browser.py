@@ -109,12 +109,14 @@ class DevTools:
         self._buffer = b""
         self._next_id = 0
 
-    def send(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, *, session: str | None = None
+    ) -> Any:
         """Run one protocol command (in `session` when given) and return its result."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if kw.get("session"):
-            message["sessionId"] = kw["session"]
+        if session is not None:
+            message["sessionId"] = session
         os.write(self._commands, json.dumps(message).encode() + b"\0")
         reply = self._receive(lambda m: m.get("id") == self._next_id, method)
         if "error" in reply:
