@@ -260,7 +260,7 @@ def _numeric_summary(columns: list[dict[str, Any]]) -> str:
         cells = "".join(f"<td class='num'>{_fmt(v)}</td>" for v in values)
         spark = _sparkline(_floats(_dict(column.get("histogram")).get("counts")) or [])
         rows.append(f"<tr><td>{_esc(column.get('name'))}</td>{cells}<td>{spark}</td></tr>")
-    return f"<table class='grid'><tr>{head}</tr>{''.join(rows)}</table>"
+    return _scrolling(f"<table class='grid'><tr>{head}</tr>{''.join(rows)}</table>")
 
 
 def _counts_table(what: str, ours: dict[str, float], theirs: dict[str, float] | None) -> str:
@@ -281,7 +281,13 @@ def _counts_table(what: str, ours: dict[str, float], theirs: dict[str, float] | 
         rows.append(row + "</tr>")
     if not rows:
         return "<p>No values.</p>"
-    return f"<table class='grid'>{head}{''.join(rows)}</table>"
+    return _scrolling(f"<table class='grid'>{head}{''.join(rows)}</table>")
+
+
+def _scrolling(table: str) -> str:
+    """A table that may be wider than the window (the numeric summary has 14 columns; a
+    value is user data of any length) scrolls in its own box, not the page."""
+    return f"<div class='scroll'>{table}</div>"
 
 
 def _sparkline(counts: list[float], width: int = 120, height: int = 28) -> str:
@@ -463,9 +469,12 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 
 h1 { font-size: 1.4em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { padding: 0.2em 0.7em; text-align: left; vertical-align: top; }
+div.scroll { overflow-x: auto; }
+table.grid { font-size: 0.92em; }
 table.grid th { border-bottom: 1px solid #999; }
 table.grid td { border-bottom: 1px solid #eee; }
 table.facts th { font-weight: 600; padding-right: 2em; }
+table.facts td { overflow-wrap: anywhere; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.exceeded td { background: #fde2e1; font-weight: 600; }
 svg.spark rect { fill: #1f77b4; }
