@@ -3,6 +3,7 @@ checked against NumPy over the same data; drift against a baseline trips --max_d
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,8 @@ def test_stats_file_matches_numpy_within_the_sketch_rank_error(
     assert result.returncode == 0, result.stderr
     document = _stats(stats_file)
     assert document["stats_version"] == 1 and document["kind"] == "run"
+    digest = hashlib.sha256(mlp_model.read_bytes()).hexdigest()
+    assert document["model"] == {"path": str(mlp_model), "sha256": digest}
     assert document["rows"] == {"read": 20_000, "written": 20_000, "rejected": 0}
     assert [c["name"] for c in document["features"]] == FEATURES.split(",")
     predictions = read_with_library(out, "parquet")["prediction"].to_numpy()
@@ -192,6 +195,7 @@ def test_profile_writes_a_baseline_and_writes_no_predictions(
     _profile(run_main, mlp_model, data, base)
     document = _stats(base)
     assert document["kind"] == "profile" and document["drift"] is None
+    assert document["model"]["sha256"] == hashlib.sha256(mlp_model.read_bytes()).hexdigest()
     assert document["rows"]["read"] == 20_000
     assert _column(document, "f2")["mean"] == pytest.approx(frame["f2"].mean())
     assert _column(document, "prediction")["count"] == 20_000

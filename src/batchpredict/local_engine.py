@@ -131,7 +131,11 @@ def _finish_stats(
     mapping = setup.mapping.mapping
     return stats.finish(
         model=setup.model_name,
-        sha256=None if manifest is None else manifest.model.sha256,
+        sha256=(
+            identify_model(setup.model_name, setup.scorer.model).sha256
+            if manifest is None
+            else manifest.model.sha256
+        ),
         inputs=[i.path for i in inputs],
         counts=state.totals,
         seconds=time.monotonic() - state.started,

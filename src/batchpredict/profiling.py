@@ -20,6 +20,7 @@ from batchpredict.config import RunConfig
 from batchpredict.errors import UsageError
 from batchpredict.formats.base import BadRecord
 from batchpredict.formats.registry import check_delimiter
+from batchpredict.manifest import identify_model
 from batchpredict.observe import Progress, get_logger
 from batchpredict.predictor import chunk_rows_for, devices_for
 from batchpredict.reading import Reading
@@ -74,7 +75,7 @@ def profile(
         read_columns = () if mapping.mapping is None else mapping.mapping.read_columns
         document = stats.finish(
             model=config.model,
-            sha256=None,
+            sha256=identify_model(config.model, scorer.model).sha256,
             inputs=[i.path for i in inputs],
             counts=counts,
             seconds=time.monotonic() - started,
