@@ -227,8 +227,8 @@ def test_outputs_encoded_together_are_byte_for_byte_as_written_one_by_one(
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.append_column("probs", pa.array([[0.25, 0.75]] * 6, pa.list_(pa.float32())))
-    batches = [table.slice(0, 2).to_batches()[0], table.slice(2, 0).to_batches()[0]]
-    batches += [table.slice(2, 3).to_batches()[0], table.slice(5, 1).to_batches()[0]]
+    batch = table.combine_chunks().to_batches()[0]
+    batches = [batch.slice(0, 2), batch.slice(2, 0), batch.slice(2, 3), batch.slice(5, 1)]
     encoded = encode_together(batches)
     assert encoded is not None
     for i, (batch, text) in enumerate(zip(batches, encoded, strict=True)):
