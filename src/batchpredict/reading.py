@@ -217,11 +217,14 @@ class Reading:
         """The pieces of each output, in order, until one fails (its error ends the list);
         small JSON lines files from one parse when `read_group` can (see the module)."""
         tables = self._group_tables(outputs) if len(outputs) > 1 else None
+        together = {} if tables is None else self._converted_together(outputs, tables)
         results: list[_Result] = []
         for index, output in enumerate(outputs):
             try:
                 table = None if tables is None else tables[index]
-                if table is not None:
+                if index in together:
+                    readies = [together[index]]
+                elif table is not None:
                     readies = list(self._whole_table(output, table, held[index]))
                 else:
                     readies = list(self.chunks(output.target.inputs, output.counts, held[index]))
@@ -253,6 +256,39 @@ class Reading:
             return None
         found = iter(tables)
         return [None if f is None else next(found) for f in files]
+
+    def _converted_together(
+        self, outputs: list[PendingOutput], tables: list[pa.Table | None]
+    ) -> dict[int, Ready]:
+        """The one chunk of each output whose table was read (`_group_tables`), from one
+        conversion of them all (by index); none when a row or column of any is bad, which
+        `_whole_table` then reports as reading the file alone would."""
+        chosen = [
+            (i, t) for i, t in enumerate(tables) if t is not None and t.num_rows <= self.chunk_rows
+        ]
+        if len(chosen) < 2:
+            return {}
+        table = pa.concat_tables([t for _, t in chosen])
+        path = outputs[chosen[0][0]].target.inputs[0].path
+        try:
+            mapping = self.run_columns.for_file(table.schema, path, declared_types=False)
+            converted = to_model_arrays(table, mapping, path, self.config.fill_value)
+        except DataError:
+            return {}
+        if converted.problems:
+            return {}
+        kept = table.select(list(mapping.kept))
+        found: dict[int, Ready] = {}
+        start = 0
+        for index, part in chosen:
+            rows = part.num_rows
+            stop = start + rows
+            arrays = {name: values[start:stop] for name, values in converted.arrays.items()}
+            source = outputs[index].target.inputs[0].path
+            found[index] = Ready(source, kept.slice(start, rows), arrays, rows)
+            outputs[index].counts.read += rows
+            start = stop
+        return found
 
     def _read_options(
         self, path: str, on_bad_record: Callable[[BadRecord], None] | None = None
