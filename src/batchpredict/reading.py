@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -203,7 +204,7 @@ class Reading:
         if len(output.target.inputs) != 1 or size >= GROUP_BYTES:
             return False
         source = output.target.inputs[0]
-        if compression_of(source.path):
+        if compression_of(source.path) or not os.path.isfile(source.path):
             return False
         try:
             reader = reader_for(source.path, source.format, ReadOptions())
@@ -216,8 +217,13 @@ class Reading:
     ) -> list[_Result]:
         """The pieces of each output, in order, until one fails (its error ends the list);
         small JSON lines files from one parse when `read_group` can (see the module)."""
-        tables = self._group_tables(outputs) if len(outputs) > 1 else None
-        together = {} if tables is None else self._converted_together(outputs, tables)
+        tables: list[pa.Table | None] | None = None
+        together: dict[int, Ready] = {}
+        try:
+            tables = self._group_tables(outputs) if len(outputs) > 1 else None
+            together = {} if tables is None else self._converted_together(outputs, tables)
+        except Exception:  # noqa: BLE001 - read alone, each file reports its own errors
+            tables, together = None, {}
         results: list[_Result] = []
         for index, output in enumerate(outputs):
             try:
@@ -243,11 +249,12 @@ class Reading:
             path = output.target.inputs[0].path
             try:
                 with open(path, "rb") as stream:
-                    data = stream.read(SMALL_INPUT_BYTES + 1)
+                    # Only a regular file can be read again, alone, if need be.
+                    regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+                    data = stream.read(SMALL_INPUT_BYTES + 1) if regular else None
             except OSError:
-                files.append(None)  # its reader says what is wrong, in its turn
-                continue
-            files.append(small_file(path, data, self._read_options(path)))
+                data = None  # its reader says what is wrong, in its turn
+            files.append(None if data is None else small_file(path, data, self._read_options(path)))
         plain = [f for f in files if f is not None]
         if len(plain) < 2:
             return None
