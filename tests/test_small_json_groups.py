@@ -214,6 +214,17 @@ def test_plain_small_files_read_together_give_each_output_its_rows_and_predictio
     assert (out / "_SUCCESS").exists() and (out / "_rejects.jsonl").read_text() == ""
 
 
+def test_auto_batch_size_is_timed_on_a_chunk_of_several_small_inputs(
+    tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    write_parts(tmp_path / "in", 30, 40)
+    result = predict(run_main, tmp_path / "in", tmp_path / "out", mlp_model, "--chunk_size", "1024")
+    assert result.returncode == 0, result.stderr
+    [chosen] = [line for line in result.log_lines() if line["event"] == "batch size chosen"]
+    # Sizes above one input's 40 rows were timed: 1,024 rows of 26 inputs.
+    assert set(chosen["rows_per_second"]) == {"256", "1024"}
+
+
 def test_outputs_encoded_together_are_byte_for_byte_as_written_one_by_one(
     tmp_path: Path,
 ) -> None:
