@@ -42,8 +42,9 @@ class PendingOutput:
     schema: pa.Schema | None = None
 
 
-#: Outputs being committed at once: their syncs overlap.
-COMMIT_THREADS = 4
+#: Outputs being committed at once: their syncs overlap (a dump of small files synced
+#: 2,000 outputs ~1.5x as fast with 16 as with 4; a waiting sync costs no CPU).
+COMMIT_THREADS = 16
 #: Commits started and not yet reported, at most; the writer waits for the oldest beyond
 #: (each may hold a small output's batches: this bounds memory).
 COMMIT_WINDOW = 2 * COMMIT_THREADS
