@@ -225,6 +225,23 @@ def test_auto_batch_size_is_timed_on_a_chunk_of_several_small_inputs(
     assert set(chosen["rows_per_second"]) == {"256", "1024"}
 
 
+def test_an_output_encoded_with_others_that_cannot_be_written_leaves_no_temporary_file(
+    tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    paths = write_parts(tmp_path / "in", 6, 10)
+    conftest.write_with_library(make_frame(300, seed=3), paths[3], "jsonl")  # too large
+    out = tmp_path / "out"
+    result = predict(run_main, tmp_path / "in", out, mlp_model, "--max_output_bytes", "4000")
+    assert result.returncode == 74, result.stderr
+    assert "--max_output_bytes" in result.stderr
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    done = {f"part-0{i}.jsonl" for i in range(3)}
+    # Outputs after part-03 were committed beside it and may be in place, but unrecorded.
+    assert left - {"part-04.jsonl", "part-05.jsonl"} == {"_manifest.json", *done}
+    recorded = json.loads((out / "_manifest.json").read_text())["outputs"]
+    assert {e["output"] for e in recorded} == done
+
+
 def test_outputs_encoded_together_are_byte_for_byte_as_written_one_by_one(
     tmp_path: Path,
 ) -> None:
