@@ -7,12 +7,15 @@ peak RSS and their ratio. See benchmarks/README.md.
 Both runs are `batchpredict predict --model M --input_file IN --output_dir OUT
 --keep_columns id --no_progress`, IN being a glob over the small files or the one file;
 they alternate, round after round, so that drift of a shared machine hits them alike.
+CPU seconds (user + system, of the process once reaped) are reported beside wall seconds:
+on a machine shared with other work they move less than wall time does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -104,8 +107,12 @@ def run_case(case: str, source: str, model: Path, out: Path, log: Path) -> dict[
     shutil.rmtree(target, ignore_errors=True)
     command = [bench.BATCHPREDICT, "predict", "--model", str(model), "--input_file", source]
     command += ["--output_dir", str(target), "--keep_columns", "id", "--no_progress"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = bench.measure(command, log)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run, once reaped
     result.pop("stdout", None)
+    used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    result["cpu_seconds"] = round(used, 3)
     return result
 
 
@@ -118,6 +125,7 @@ def summarize(runs: list[dict[str, Any]], rows: int) -> dict[str, Any]:
     return {
         "status": "ok",
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in runs), 3),
         "rows_per_second": round(rows / seconds),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "runs": runs,
@@ -130,21 +138,26 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['files']:,} {report['format']} files × {report['rows_per_file']:,} rows "
         f"against one file of {report['rows']:,} rows, median of {report['repeat']} rounds",
         "",
-        "| case | seconds | rows/s | peak RSS MiB |",
-        "| --- | ---: | ---: | ---: |",
+        "| case | seconds | CPU seconds | rows/s | peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for case in CASES:
         found = report["cases"][case]
         if found["status"] != "ok":
-            lines.append(f"| {case} | {found['status'].replace('|', '/')} | | |")
+            lines.append(f"| {case} | {found['status'].replace('|', '/')} | | | |")
             continue
         lines.append(
-            f"| {case} | {found['seconds']:.2f} | {found['rows_per_second']:,} | "
-            f"{found['peak_rss_mib']:,.0f} |"
+            f"| {case} | {found['seconds']:.2f} | {found['cpu_seconds']:.2f} | "
+            f"{found['rows_per_second']:,} | {found['peak_rss_mib']:,.0f} |"
         )
-    ratio = report["ratio"]
-    lines += ["", f"many ÷ one = {'—' if ratio is None else f'{ratio:.2f}×'}", ""]
+    ratio, cpu = report["ratio"], report["cpu_ratio"]
+    lines += ["", f"many ÷ one = {'—' if ratio is None else f'{ratio:.2f}×'}"]
+    lines += [f"(CPU seconds: {'—' if cpu is None else f'{cpu:.2f}×'})", ""]
     return "\n".join(lines)
+
+
+def _ratio(cases: dict[str, dict[str, Any]], key: str) -> float:
+    return round(cases["many"][key] / cases["one"][key], 2)
 
 
 def main() -> None:
@@ -173,7 +186,8 @@ def main() -> None:
         "machine": bench.machine(),
         "versions": bench.versions(),
         "cases": cases,
-        "ratio": round(cases["many"]["seconds"] / cases["one"]["seconds"], 2) if ok else None,
+        "ratio": _ratio(cases, "seconds") if ok else None,
+        "cpu_ratio": _ratio(cases, "cpu_seconds") if ok else None,
     }
     (args.out / "small_files.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "small_files.md").write_text(markdown(report))

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,9 +115,7 @@ def _sync_local(raw: Any, temp: str) -> None:
     if not raw.closed:
         raw.close()
     # mkstemp creates 0600; results get the mode the umask gives any new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
+    os.chmod(temp, 0o666 & ~_umask())
     # Synced through a fresh descriptor: closing the Arrow stream closed ours.
     fd = os.open(temp, os.O_RDONLY)
     try:
@@ -144,6 +143,18 @@ class _HashingFile:
     def __getattr__(self, name: str) -> Any:
         # Everything else (flush, close, closed, tell, writable, fileno) is the file's.
         return getattr(self._raw, name)
+
+
+#: Held while the umask is read: reading it sets it, and outputs commit on several threads.
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it: two threads at once could leave it 0)."""
+    with _UMASK_LOCK:
+        umask = os.umask(0)
+        os.umask(umask)
+    return umask
 
 
 class _BoundedFile:

@@ -119,7 +119,7 @@ def _check_scalar(
         problems.add(_where(column.is_null()), name, "value is null")
     if pa.types.is_floating(column.type) and not fills:
         problems.add(_where(pc.is_nan(column)), name, "value is NaN")
-    _check_int_range(column, name, tensor, np.arange(len(column)), problems)
+    _check_int_range(column, name, tensor, None, problems)
 
 
 def _check_list(
@@ -167,17 +167,20 @@ def _first_length(lengths: np.ndarray, owner: np.ndarray, problems: _Problems) -
 
 def _where(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Indices where a boolean Arrow array is true (nulls count as false)."""
-    return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+    if mask.null_count:  # else not filled: a compute call costs more than a small chunk
+        mask = pc.fill_null(mask, False)
+    return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
 
 
 def _check_int_range(
     values: pa.Array | pa.ChunkedArray,
     name: str,
     tensor: TensorInfo,
-    owner: np.ndarray,
+    owner: np.ndarray | None,
     problems: _Problems,
 ) -> None:
-    """Integers must fit the input's integer dtype: an int64 id never wraps into int32."""
+    """Integers must fit the input's integer dtype: an int64 id never wraps into int32.
+    `owner` is the row of each value (None: the value's own index)."""
     if not (pa.types.is_integer(values.type) and tensor.dtype.startswith(("int", "uint"))):
         return
     limits = np.iinfo(tensor.dtype)
@@ -188,7 +191,7 @@ def _check_int_range(
     data = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero((data < limits.min) | (data > limits.max))
     problems.add(
-        owner[bad],
+        bad if owner is None else owner[bad],
         name,
         lambda i: f"value {data[bad[i]]} does not fit model input {tensor.name!r} ({tensor.dtype})",
     )

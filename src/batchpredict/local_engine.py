@@ -324,16 +324,20 @@ def _predict_outputs(
     rows = 0
     try:
         for event in events:
-            if choosing and isinstance(event, Piece):
-                _choose_batch_size(predictor, event.ready, config.chunk_size)
-                choosing = False
-            events.release()  # held after its first event, a piece or not
             group.append(event)
             rows += event.ready.rows if isinstance(event, Piece) else 0
+            if choosing and rows >= chunk_rows:
+                # On the first chunk of rows, several small inputs' pieces together: on
+                # one small input's rows, sizes above its rows could not be timed.
+                _choose_batch_size(predictor, _first_chunk(group), config.chunk_size)
+                choosing = False
+            events.release()  # held after its first event, a piece or not
             if rows >= chunk_rows:
                 full, group, rows = group, [], 0  # scored once, even if scoring fails
                 score(full, writing)
         last, group = group, []
+        if choosing and any(isinstance(event, Piece) for event in last):
+            _choose_batch_size(predictor, _first_chunk(last), config.chunk_size)
         score(last, writing)
         writing.close()
     except BaseException:
@@ -341,6 +345,17 @@ def _predict_outputs(
         _commit_finished(group, score, writing)
         writing.stop()
         raise
+
+
+def _first_chunk(group: list[Event]) -> Ready:
+    """The pieces of `group` as one chunk to time batch sizes on (the largest piece when
+    their arrays do not stack)."""
+    readies = [event.ready for event in group if isinstance(event, Piece)]
+    if len(readies) == 1 or not _stackable(readies):
+        return max(readies, key=lambda ready: ready.rows)
+    arrays = {name: np.concatenate([r.arrays[name] for r in readies]) for name in readies[0].arrays}
+    rows = sum(ready.rows for ready in readies)
+    return Ready(readies[0].source, readies[0].kept, arrays, rows)
 
 
 def _commit_finished(group: list[Event], score: Callable[..., None], writing: OutputThread) -> None:

@@ -16,7 +16,7 @@ import functools
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from batchpredict.errors import DataError
 from batchpredict.formats.base import Writer
+from batchpredict.formats.json_writer import JsonLinesWriter, encode_together
 from batchpredict.outputs import OutputTarget
 from batchpredict.summary import Counts
 
@@ -41,8 +42,9 @@ class PendingOutput:
     schema: pa.Schema | None = None
 
 
-#: Outputs being committed at once: their syncs overlap.
-COMMIT_THREADS = 4
+#: Outputs being committed at once: their syncs overlap (a dump of small files synced
+#: 2,000 outputs ~1.5x as fast with 16 as with 4; a waiting sync costs no CPU).
+COMMIT_THREADS = 16
 #: Commits started and not yet reported, at most; the writer waits for the oldest beyond
 #: (each may hold a small output's batches: this bounds memory).
 COMMIT_WINDOW = 2 * COMMIT_THREADS
@@ -111,24 +113,24 @@ class OutputThread:
             self._error = self._error or exc
 
     def _act_all(self, actions: list[Action]) -> None:
-        start = 0
-        while start < len(actions):
-            output = actions[start][0]
-            stop = start
-            while stop < len(actions) and actions[stop][0] is output:
-                stop += 1
-            if output.schema is None and actions[stop - 1][1] is None:
-                # The whole of a small output at once: encoded and committed on a commit
-                # thread, beside the others (encoders release the GIL).
-                batches = [batch for _, batch in actions[start : stop - 1] if batch is not None]
-                self._commit(output, functools.partial(self._write_whole, output, batches))
-            else:
-                for _, batch in actions[start:stop]:
-                    if batch is None:
-                        self._commit(output, output.writer.commit)
-                    else:
-                        self._write(output, batch)
-            start = stop
+        runs = list(_runs(actions))
+        # Small JSON lines outputs given whole: encoded together, once (see `_encoded`).
+        encoded = _encoded([(o, batches) for o, batches, commit in runs if commit])
+        for output, batches, commit in runs:
+            if output.schema is None and commit and batches:
+                # The whole of a small output at once: written and committed on a commit
+                # thread, beside the others (encoders release the GIL, syncs overlap).
+                lines = encoded.get(id(output))
+                if lines is not None:
+                    write = functools.partial(self._write_lines, output, batches[0].schema, lines)
+                else:
+                    write = functools.partial(self._write_whole, output, batches)
+                self._commit(output, write)
+                continue
+            for batch in batches:
+                self._write(output, batch)
+            if commit:
+                self._commit(output, output.writer.commit)
 
     def _commit(self, output: PendingOutput, commit: Callable[[], None]) -> None:
         self._open[id(output)] = output
@@ -156,6 +158,21 @@ class OutputThread:
             raise
         output.writer.commit()
 
+    def _write_lines(
+        self, output: PendingOutput, schema: pa.Schema, lines: tuple[bytes, int]
+    ) -> None:
+        """`_write_whole` of an output whose rows are encoded already (`_encoded`)."""
+        writer = output.writer
+        assert isinstance(writer, JsonLinesWriter)
+        output.schema = schema
+        try:
+            writer.open(schema)
+            writer.write_lines(*lines)
+        except BaseException:
+            writer.abort()  # no temporary file may stay behind
+            raise
+        writer.commit()
+
     def _write(self, output: PendingOutput, batch: pa.RecordBatch) -> None:
         if output.schema is None:
             output.schema = batch.schema
@@ -177,3 +194,41 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DataError(f"inputs written to one output have different column types: {exc}") from exc
+
+
+def _runs(actions: list[Action]) -> Iterator[tuple[PendingOutput, list[pa.RecordBatch], bool]]:
+    """The actions by output, in order: its batches, and whether it is then committed."""
+    start = 0
+    while start < len(actions):
+        output = actions[start][0]
+        stop = start
+        while stop < len(actions) and actions[stop][0] is output:
+            stop += 1
+        batches = [batch for _, batch in actions[start:stop] if batch is not None]
+        yield output, batches, actions[stop - 1][1] is None
+        start = stop
+
+
+def _encoded(
+    wholes: list[tuple[PendingOutput, list[pa.RecordBatch]]],
+) -> dict[int, tuple[bytes, int]]:
+    """The JSON lines and rows of each new JSON lines output in `wholes` (outputs given
+    whole), by `id`, from one encoding of them all when they share one schema (none else):
+    one polars call in place of one per output."""
+    chosen = [
+        (output, batches)
+        for output, batches in wholes
+        if output.schema is None and batches and isinstance(output.writer, JsonLinesWriter)
+    ]
+    if len(chosen) < 2:
+        return {}
+    flat = [batch for _, batches in chosen for batch in batches]
+    texts = encode_together(flat)
+    if texts is None:
+        return {}
+    found: dict[int, tuple[bytes, int]] = {}
+    pieces = iter(texts)
+    for output, batches in chosen:
+        lines = b"".join(next(pieces) for _ in batches)
+        found[id(output)] = (lines, sum(batch.num_rows for batch in batches))
+    return found

@@ -18,14 +18,20 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
 
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
-from batchpredict.formats.base import BadRecord, PrefixedStream, Reader, ReadOptions
+from batchpredict.formats.base import (
+    BadRecord,
+    PrefixedStream,
+    Reader,
+    ReadOptions,
+    model_column_types,
+)
 from batchpredict.formats.json_array import ArrayRead
 from batchpredict.formats.json_model import ModelColumns
 from batchpredict.formats.json_skipping import first_bad_line_error, skip_bad_lines
@@ -181,6 +187,7 @@ class JsonLinesReader(Reader):
         offset: int,
         schema: pa.Schema | None,
         schema_lines: int,
+        first: tuple[pa.Schema | None, pa.Table | None] | None = None,
     ) -> _Parsed:
         """One block of lines, `data[FRAME:cut]` (the first on `line`, at byte `offset`,
         after `record` records) as a table with `schema`, inferred if None (else taken from
@@ -188,7 +195,8 @@ class JsonLinesReader(Reader):
         with `on_bad_record` the bad lines left out (without, the first raises DataError).
 
         With `ReadOptions.column_types`, the first block also decides the model's numeric
-        columns (`ModelColumns`), whose values are then parsed one by one.
+        columns (`ModelColumns`), whose values are then parsed one by one; `first` is
+        `first_block_schema` of the block when already known.
         """
         self._check_utf8(data, cut, line, offset)
         skipping = self.options.on_bad_record is not None
@@ -197,7 +205,7 @@ class JsonLinesReader(Reader):
             raise DataError(f"{self.path}: line {line + deep[0]}: {TOO_DEEP}")
         parsed: pa.Table | None = None  # the block, when inferring the schema parsed it
         if schema is None and self.options.column_types is not None:
-            found, inferred = first_block_schema(data, cut, deep)
+            found, inferred = first or first_block_schema(data, cut, deep)
             if found is not None:
                 self._model = ModelColumns(self.path, self.options, found)
                 schema = self._model.schema
@@ -220,6 +228,30 @@ class JsonLinesReader(Reader):
         if skipping:
             return skip_bad_lines(lines, deep, record, parse, schema, schema_lines)
         raise first_bad_line_error(self.path, lines, line, parse, schema, schema_lines)
+
+    def parse_group(
+        self, data: bytes, alone: Callable[[pa.Table, dict[str, pa.DataType]], bool]
+    ) -> pa.Table | None:
+        """`data` (`FRAME_TEXT` then whole lines, the contents of several small files) read
+        as this file's one block is, when `alone(inferred, model_types)` accepts the block
+        as Arrow infers it (each file would infer the same types); else None. Raises what
+        reading the block as one file would (`json_group` then reads file by file)."""
+        cut = len(data)
+        self._check_utf8(data, cut, 1, 0)
+        if too_deep(data, first_only=True, start=FRAME, end=cut):
+            return None  # before Arrow sees it: deep nesting crashes its parser
+        infer = functools.partial(parse_json_lines, options=pajson.ParseOptions(), fixed=False)
+        try:
+            inferred, _ = infer(memoryview(data), framed=True)
+        except pa.ArrowException:
+            return None
+        if not inferred.num_columns:
+            return None
+        if not alone(inferred, model_column_types(self.options, inferred.schema, self.path)):
+            return None
+        first = (inferred.schema, inferred)
+        table, _, bad = self._parse_lines(data, cut, 1, 0, 0, None, 0, first)
+        return None if bad else table
 
     def _check_utf8(self, data: bytes, cut: int, line: int, offset: int) -> None:
         """DataError if the block `data[FRAME:cut]` (the first on `line`, at byte

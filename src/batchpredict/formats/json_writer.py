@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -87,6 +90,31 @@ def _json_default(value: Any) -> Any:
     return str(value)  # UUID and other scalar-like objects
 
 
+def encode_together(batches: Sequence[pa.RecordBatch]) -> list[bytes] | None:
+    """The JSON lines of each batch exactly as `JsonLinesWriter` writes them, from one
+    encoding of them all (polars' fixed cost per call is most of a small output's); None
+    unless they share one schema that polars writes (`_polars_plain`)."""
+    if not batches:
+        return None
+    schema = batches[0].schema
+    if not all(_polars_plain(field.type) for field in schema):
+        return None
+    if not all(batch.schema.equals(schema) for batch in batches[1:]):
+        return None
+    import polars as pl
+
+    frame = pl.from_arrow(pa.Table.from_batches(batches, schema))
+    assert isinstance(frame, pl.DataFrame)
+    text = frame.write_ndjson().encode()
+    # One line per row (line ends inside strings are escaped): cut after each batch's last.
+    ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n")) + 1
+    if len(ends) != frame.height:
+        return None
+    last_rows = np.cumsum([batch.num_rows for batch in batches])
+    cuts = [0, *(int(ends[row - 1]) if row else 0 for row in last_rows)]
+    return [text[start:stop] for start, stop in itertools.pairwise(cuts)]
+
+
 class JsonLinesWriter(Writer):
     """Writes one JSON object per line; NaN and infinities become null (valid JSON)."""
 
@@ -121,6 +149,14 @@ class JsonLinesWriter(Writer):
         except ValueError as exc:  # NaN inside a map, which _json_floats leaves alone
             raise DataError(f"{self.path}: cannot write as JSON: {error_text(exc)}") from exc
         self._out.write((text + "\n").encode())
+
+    def write_lines(self, lines: bytes, rows: int) -> None:
+        """Append `rows` rows already encoded as JSON lines (by `encode_together`)."""
+        try:
+            self._out.write(lines)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        self.rows_written += rows
 
     def _finish(self) -> None:
         pass
