@@ -39,6 +39,7 @@ from batchpredict.cli_options import (
     STATS_FILE,
     BatchSizeType,
     FormatName,
+    input_files,
     option,
     refuse_secrets,
     run_config,
@@ -90,13 +91,8 @@ def cli() -> None:
 )
 @cloup.option_group(
     "Inputs",
-    option(
-        "input_file",
-        metavar="PATH",
-        multiple=True,
-        required=True,
-        help="File, glob, directory or URI (s3://bucket/day=*/*.parquet); repeatable; '-' reads "
-        "stdin.",
+    input_files(
+        "File, glob, directory or URI (s3://bucket/day=*/*.parquet); repeatable; '-' reads stdin."
     ),
     *READING,
 )
@@ -245,13 +241,10 @@ def predict(**options: Any) -> None:
 @cloup.option_group("Model", *MODEL_SECTION)
 @cloup.option_group(
     "Inputs",
-    option(
-        "input_file",
-        metavar="PATH",
-        multiple=True,
-        default=(),
-        help="Also show the column mapping predict would use for these inputs (files, globs, "
+    input_files(
+        "Also show the column mapping predict would use for these inputs (files, globs, "
         "directories or URIs; repeatable).",
+        required=False,
     ),
     *READING,
 )
@@ -290,13 +283,7 @@ def inspect(**options: Any) -> None:
 @cloup.option_group("Model", *MODEL_SECTION)
 @cloup.option_group(
     "Inputs",
-    option(
-        "input_file",
-        metavar="PATH",
-        multiple=True,
-        required=True,
-        help="File, glob, directory or URI (s3://bucket/day=*/*.parquet); repeatable.",
-    ),
+    input_files("File, glob, directory or URI (s3://bucket/day=*/*.parquet); repeatable."),
     *READING,
 )
 @cloup.option_group("Bad data", *BAD_DATA)
@@ -328,12 +315,8 @@ def validate(**options: Any) -> None:
 @cloup.option_group("Model", *MODEL_SECTION)
 @cloup.option_group(
     "Inputs",
-    option(
-        "input_file",
-        metavar="PATH",
-        multiple=True,
-        required=True,
-        help="Reference data, such as the training set: file, glob, directory or URI; repeatable.",
+    input_files(
+        "Reference data, such as the training set: file, glob, directory or URI; repeatable."
     ),
     *READING,
 )

@@ -146,6 +146,18 @@ def _option_names(ctx: click.Context) -> set[str]:
 
 
 # Each option is defined once below; the commands group them into the sections of --help.
+def input_files(help_text: str, *, required: bool = True) -> Callable[[F], F]:
+    """`--input_file`, repeatable, as each command describes it."""
+    return option(
+        "input_file",
+        metavar="PATH",
+        multiple=True,
+        required=required,
+        default=None if required else (),
+        help=help_text,
+    )
+
+
 CONFIG = option(
     "config",
     metavar="PATH",
