@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from typing import Any
 
 import numpy as np
 
+from batchpredict import storage
 from batchpredict.errors import DataError, UsageError, error_text
 
 #: Each bin's share is floored here, so that an empty bin does not make PSI infinite.
@@ -28,6 +30,33 @@ KS_RANKS = np.linspace(0.0, 1.0, 101).tolist()
 #: What `--max_drift` is compared with.
 MEASURE = "psi"
 ROLES = (("features", "feature"), ("predictions", "prediction"))
+
+
+#: The stats file format this reads and writes (README "Statistics and drift").
+STATS_VERSION = 1
+
+
+def load_stats(path: str, option: str = "") -> dict[str, Any]:
+    """The stats file at `path` (given as `option`, if by one): 66 when it cannot be read,
+    65 when it is not a stats file of this version."""
+    where = f"{option} {path}".strip()
+    try:
+        document = json.loads(storage.read_bytes(path))
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise DataError(f"{where}: not a stats file: not JSON: {error_text(exc)}") from exc
+    if not isinstance(document, dict):
+        raise DataError(f"{where}: not a stats file: not a JSON object")
+    version = document.get("stats_version")
+    if version != STATS_VERSION or isinstance(version, bool):
+        raise DataError(
+            f"{where}: not a stats file: stats_version {json.dumps(version)[:40]} is not "
+            f"{STATS_VERSION}, the version this reads; make one with batchpredict profile or "
+            "--stats_file"
+        )
+    for key in ("features", "predictions"):
+        if not isinstance(document.get(key), list):
+            raise DataError(f"{where}: not a stats file: no {key} list")
+    return document
 
 
 def sketches() -> Any:

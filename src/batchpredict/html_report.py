@@ -17,16 +17,13 @@ from __future__ import annotations
 import html
 import importlib
 import io
-import json
 import math
 import re
 from typing import Any
 
 from batchpredict import atomic, drift, storage
-from batchpredict.errors import ConfigError, DataError, OutputError, error_text
+from batchpredict.errors import ConfigError, DataError, OutputError
 
-#: The stats file format this reads (the stats file's `stats_version`).
-STATS_VERSION = 1
 _INSTALL = "pip install 'batchpredict[report]'"
 _MISSING = "—"
 
@@ -49,22 +46,8 @@ def write_report(stats_path: str, output: str, baseline_path: str | None = None)
 
 
 def load_stats(path: str) -> dict[str, Any]:
-    """The stats file at `path`: 66 when it is not there, 65 when it is not a stats file
-    of the version this reads."""
-    raw = storage.read_bytes(path)
-    try:
-        stats = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
-        raise DataError(f"{path}: not a stats file: not JSON: {error_text(exc)}") from exc
-    if not isinstance(stats, dict):
-        raise DataError(f"{path}: not a stats file: not a JSON object")
-    version = stats.get("stats_version")
-    if version != STATS_VERSION or isinstance(version, bool):
-        shown = _shorten(json.dumps(version))
-        raise DataError(
-            f"{path}: stats_version {shown} is not {STATS_VERSION}, the version this reads"
-        )
-    return stats
+    """The stats file at `path` (see `drift.load_stats`)."""
+    return drift.load_stats(path)
 
 
 # --- drift -----------------------------------------------------------------------------

@@ -36,11 +36,10 @@ import pyarrow.compute as pc
 from batchpredict import drift, storage
 from batchpredict.atomic import write_whole
 from batchpredict.config import RunConfig
-from batchpredict.errors import DataError
 from batchpredict.observe import get_logger
 from batchpredict.summary import Counts
 
-STATS_VERSION = 1
+STATS_VERSION = drift.STATS_VERSION
 #: The stats file an `--output_dir` gets, beside `_manifest.json`.
 STATS_NAME = "_stats.json"
 #: KLL's accuracy parameter: normalized rank error about 0.35%, about 20 KB a column (at
@@ -489,23 +488,8 @@ def _log_drift(measured: dict[str, Any]) -> None:
 
 
 def load_baseline(path: str) -> dict[str, Any]:
-    """A stats file given as `--baseline`: 66 if it cannot be read, 65 if it is no stats
-    file of this version."""
-    data = storage.read_bytes(path)
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"--baseline {path}: not a stats file (not JSON: {exc})") from exc
-    if not isinstance(document, dict) or document.get("stats_version") != STATS_VERSION:
-        version = document.get("stats_version") if isinstance(document, dict) else None
-        raise DataError(
-            f"--baseline {path}: not a stats file of version {STATS_VERSION} "
-            f"(stats_version {version!r}); make one with batchpredict profile or --stats_file"
-        )
-    for key in ("features", "predictions"):
-        if not isinstance(document.get(key), list):
-            raise DataError(f"--baseline {path}: not a stats file (no {key} list)")
-    return document
+    """A stats file given as `--baseline` (see `drift.load_stats`)."""
+    return drift.load_stats(path, "--baseline")
 
 
 #: What the run summary leaves out of each column: the sketches and the histogram.
