@@ -29,6 +29,8 @@ from batchpredict.formats.registry import WRITERS, default_extension, format_for
 from batchpredict.sources import InputFile
 
 SUCCESS_MARKER = "_SUCCESS"
+#: `--output_format delta`: the whole `--output_dir` is one table.
+DELTA = "delta"
 MANIFEST = "_manifest.json"
 REJECTS = "_rejects.jsonl"
 
@@ -45,7 +47,11 @@ class OutputTarget:
 def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputTarget]:
     """Decide every output path and format; refuse collisions and outputs that are inputs."""
     output_format = writer_format(config.output_format) if config.output_format else None
-    if config.output_file is not None:
+    if output_format == DELTA and config.output_dir is not None:
+        # One table for the whole run, committed in one transaction (README "Delta Lake
+        # tables"); RunConfig refuses delta without --output_dir.
+        targets = [OutputTarget(config.output_dir, DELTA, tuple(inputs))]
+    elif config.output_file is not None:
         fmt = (
             output_format
             or (None if config.output_file == STDIO else format_for_path(config.output_file))

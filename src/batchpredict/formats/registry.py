@@ -23,14 +23,17 @@ from batchpredict.formats.base import (
 )
 from batchpredict.formats.csv_io import CsvReader, TsvReader
 from batchpredict.formats.csv_writer import CsvWriter, TsvWriter
+from batchpredict.formats.delta_io import DeltaReader, DeltaWriter
 from batchpredict.formats.json_io import JsonLinesReader, JsonLinesWriter
 from batchpredict.formats.parquet_io import ParquetReader, ParquetWriter
 
 READERS: dict[str, type[Reader]] = {
-    cls.name: cls for cls in (CsvReader, TsvReader, JsonLinesReader, AvroReader, ParquetReader)
+    cls.name: cls
+    for cls in (CsvReader, TsvReader, JsonLinesReader, AvroReader, ParquetReader, DeltaReader)
 }
 WRITERS: dict[str, type[Writer]] = {
-    cls.name: cls for cls in (CsvWriter, TsvWriter, JsonLinesWriter, AvroWriter, ParquetWriter)
+    cls.name: cls
+    for cls in (CsvWriter, TsvWriter, JsonLinesWriter, AvroWriter, ParquetWriter, DeltaWriter)
 }
 #: Other names users reach for; each maps to a registered name.
 ALIASES: dict[str, str] = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet", "tab": "tsv"}
@@ -78,6 +81,7 @@ def read_options(
         delimiter=config.delimiter,
         reject_nulls=config.fill_value is None,
         max_record_bytes=config.max_record_bytes,
+        table_version=config.input_version,
     )
 
 
@@ -135,6 +139,14 @@ def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) ->
             raise UsageError(f"{path}: --delimiter is for CSV input, and this is {format_name}")
 
 
+def check_input_version(version: int | None, inputs: Iterable[tuple[str, str]]) -> None:
+    """`--input_version` is for Delta tables: a UsageError unless an input is one."""
+    if version is not None and not any(fmt == DeltaReader.name for _, fmt in inputs):
+        raise UsageError(
+            f"--input_version {version} is for Delta table inputs, and none of the inputs is one"
+        )
+
+
 def format_for_path(path: str) -> str | None:
     """The format implied by a path's extension (after any .gz/.bz2/.zst), or None."""
     if path == STDIO:
@@ -174,14 +186,22 @@ def reader_for(path: str, format_name: str | None, options: ReadOptions) -> Read
     return cls(path, options)
 
 
-def writer_for(path: str, format_name: str | None, max_output_bytes: int | None = None) -> Writer:
+def writer_for(
+    path: str,
+    format_name: str | None,
+    max_output_bytes: int | None = None,
+    output_mode: str | None = None,
+) -> Writer:
     """A writer for `path`, by `format_name` if given, else by extension, whose file may
-    not grow beyond `max_output_bytes` (None: no limit)."""
+    not grow beyond `max_output_bytes` (None: no limit); `output_mode` is how a Delta
+    table is written (None: overwrite)."""
     name = _canonical(_format_of(path, format_name, "--output_format"), WRITERS)
     cls = WRITERS[name]
     _check_compression(path, name, cls.accepts_compression_suffix)
     writer = cls(path)
     writer.max_output_bytes = max_output_bytes
+    if isinstance(writer, DeltaWriter) and output_mode is not None:
+        writer.mode = output_mode
     return writer
 
 
