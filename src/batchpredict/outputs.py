@@ -55,13 +55,13 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
         fmt = (
             output_format
             or (None if config.output_file == STDIO else format_for_path(config.output_file))
-            or inputs[0].format
+            or _written_as(inputs[0])
         )
         targets = [OutputTarget(config.output_file, fmt, tuple(inputs))]
     else:
         targets = []
         for item in inputs:
-            fmt = output_format or item.format
+            fmt = output_format or _written_as(item)
             if config.output_dir is not None:
                 name = _renamed(item.relative_path, item.format, fmt)
                 path = storage.join(config.output_dir, name)
@@ -75,6 +75,12 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
             [OutputTarget(rejects_path(t, config), "jsonl", t.inputs) for t in targets], inputs
         )
     return targets
+
+
+def _written_as(item: InputFile) -> str:
+    """An input's output format when `--output_format` is not given: its own, except that a
+    Delta table's predictions are a Parquet file (a table is written only when asked)."""
+    return "parquet" if item.format == DELTA else item.format
 
 
 def rejects_path(target: OutputTarget, config: RunConfig) -> str:

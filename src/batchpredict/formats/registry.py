@@ -23,7 +23,7 @@ from batchpredict.formats.base import (
 )
 from batchpredict.formats.csv_io import CsvReader, TsvReader
 from batchpredict.formats.csv_writer import CsvWriter, TsvWriter
-from batchpredict.formats.delta_io import DeltaReader, DeltaWriter
+from batchpredict.formats.delta_io import DeltaReader, DeltaWriter, import_deltalake
 from batchpredict.formats.json_io import JsonLinesReader, JsonLinesWriter
 from batchpredict.formats.parquet_io import ParquetReader, ParquetWriter
 
@@ -108,8 +108,9 @@ def _check_output_format(config: RunConfig) -> None:
     file holding CSV), and a compression suffix on a format that compresses internally."""
     path = config.output_file
     if path is None or path == STDIO:
-        if config.output_format is not None:
-            writer_format(config.output_format)  # an unknown name is refused here
+        # An unknown name is refused here, and so is delta without its extra.
+        if config.output_format is not None and writer_format(config.output_format) == "delta":
+            import_deltalake()
         return
     by_extension = format_for_path(path)
     chosen = writer_format(config.output_format) if config.output_format else by_extension
@@ -140,8 +141,11 @@ def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) ->
 
 
 def check_input_version(version: int | None, inputs: Iterable[tuple[str, str]]) -> None:
-    """`--input_version` is for Delta tables: a UsageError unless an input is one."""
-    if version is not None and not any(fmt == DeltaReader.name for _, fmt in inputs):
+    """`--input_version` is for Delta tables: a UsageError unless an input is one. With a
+    table among the inputs, a missing `delta` extra is reported now, before the model loads."""
+    if any(fmt == DeltaReader.name for _, fmt in inputs):
+        import_deltalake()
+    elif version is not None:
         raise UsageError(
             f"--input_version {version} is for Delta table inputs, and none of the inputs is one"
         )
