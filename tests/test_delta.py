@@ -169,6 +169,15 @@ def test_writes_a_table_overwritten_then_appended_one_version_per_run(
     modes = [entry["operationParameters"]["mode"] for entry in table.history()]
     assert modes == ["Overwrite", "Append", "Overwrite"]  # newest first
 
+    # verify: the manifest's record is the log entry of the version this run committed.
+    verified = run_main("verify", str(out))
+    assert verified.returncode == 0, verified.stderr
+    assert f"{len(first)} rows" in verified.stdout
+    deltalake.write_deltalake(str(out), table.to_pyarrow_table().slice(0, 1), mode="append")
+    verified = run_main("verify", str(out))
+    assert verified.returncode == 65, verified.stderr
+    assert "altered" in verified.stdout
+
 
 def test_a_failed_run_commits_nothing(
     tmp_path: Path, mlp_model: Path, run_main: RunMain, monkeypatch: pytest.MonkeyPatch

@@ -696,7 +696,7 @@ def test_registry_lookups_and_errors() -> None:
     assert ".csv" in str(exc.value)
     with pytest.raises(UsageError, match="--input_format"):
         reader_for("-", None, ReadOptions())
-    with pytest.raises(UsageError, match="csv, jsonl") as exc:
+    with pytest.raises(UsageError, match="csv, delta, jsonl") as exc:
         reader_for("x.csv", "excel", ReadOptions())
     with pytest.raises(UsageError, match=r"\.gz"):
         reader_for("x.parquet.gz", None, ReadOptions())

@@ -14,6 +14,7 @@ with a configuration error (78) that says how to install it.
 from __future__ import annotations
 
 import hashlib
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -280,8 +281,32 @@ class DeltaWriter(Writer):
     def _commit_content(self) -> storage.Content:
         """The SHA-256 and size of the log entry this run committed (what the manifest
         records of a table: it names the version and every file in it)."""
-        lib = import_deltalake()
-        table = lib.DeltaTable(self.path, storage_options=storage_options(self.path))
-        entry = storage.join(self.path, DELTA_LOG, f"{table.version():020d}.json")
-        data = storage.read_bytes(entry)
+        data = storage.read_bytes(current_commit(self.path))
         return storage.Content(hashlib.sha256(data).hexdigest(), len(data))
+
+
+def current_commit(table: str) -> str:
+    """The log entry (`_delta_log/<version>.json`) of the table's current version: what a
+    manifest records of a Delta output, and what `verify` checks."""
+    lib = import_deltalake()
+    try:
+        version = lib.DeltaTable(table, storage_options=storage_options(table)).version()
+    except lib.exceptions.TableNotFoundError as exc:
+        raise InputMissingError(f"{table}: no Delta table: {error_text(exc)}") from exc
+    except lib.exceptions.DeltaError as exc:
+        raise ReadWriteError(f"{table}: cannot read the Delta table: {error_text(exc)}") from exc
+    return storage.join(table, DELTA_LOG, f"{version:020d}.json")
+
+
+def committed_rows(entry: str) -> int:
+    """The rows a log entry added: the sum of its files' `numRecords` statistics."""
+    rows = 0
+    for line in storage.read_bytes(entry).splitlines():
+        added = json.loads(line).get("add")
+        if added is None:
+            continue
+        stats = json.loads(added.get("stats") or "{}")
+        if "numRecords" not in stats:
+            raise ReadWriteError(f"{entry}: a file added has no row count in its statistics")
+        rows += int(stats["numRecords"])
+    return rows
