@@ -134,6 +134,11 @@ def test_a_missing_version_or_a_version_without_a_table_is_refused(
     assert result.returncode == 2, result.stderr
     assert "--input_version 0 is for Delta table inputs" in result.stderr
     assert not out.exists()
+    # A table's folder does not tell whether its log gained a version: no resuming.
+    result = predict(run_main, mlp_model, "--input_file", str(table), *KEEP,
+                     "--output_dir", str(tmp_path / "o"), "--skip_existing")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{table}: --skip_existing cannot tell whether a Delta table changed" in result.stderr
 
 
 def test_writes_a_table_overwritten_then_appended_one_version_per_run(

@@ -26,7 +26,7 @@ from batchpredict.errors import BatchPredictError, DataError, UsageError
 from batchpredict.formats.base import ReadOptions
 from batchpredict.formats.registry import (
     check_delimiter,
-    check_input_version,
+    check_delta_inputs,
     read_options,
     reader_for,
     writer_for,
@@ -69,7 +69,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     """Predict every input into its output, counting into `state` as it goes."""
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
-    check_input_version(config.input_version, ((i.path, i.format) for i in inputs))
+    check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
     rejects = (
         {

@@ -36,7 +36,7 @@ from batchpredict.conversion import RowProblem
 from batchpredict.errors import BatchPredictError, ConfigError, UsageError
 from batchpredict.formats.registry import (
     check_delimiter,
-    check_input_version,
+    check_delta_inputs,
     default_extension,
     read_options,
     reader_for,
@@ -99,7 +99,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     for item in inputs:
         if item.format == "delta":  # Ray's blocks are files; a table is read whole
             raise UsageError(f"{item.path}: Delta tables are read by the local engine only")
-    check_input_version(config.input_version, ((i.path, i.format) for i in inputs))
+    check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     state.before_model(config)
     # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
     model = load_model_of(config)

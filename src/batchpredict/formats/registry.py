@@ -140,14 +140,23 @@ def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) ->
             raise UsageError(f"{path}: --delimiter is for CSV input, and this is {format_name}")
 
 
-def check_input_version(version: int | None, inputs: Iterable[tuple[str, str]]) -> None:
-    """`--input_version` is for Delta tables: a UsageError unless an input is one. With a
-    table among the inputs, a missing `delta` extra is reported now, before the model loads."""
-    if any(fmt == DeltaReader.name for _, fmt in inputs):
+def check_delta_inputs(config: RunConfig, inputs: Iterable[tuple[str, str]]) -> None:
+    """With a Delta table among the (path, format) inputs: a missing `delta` extra is
+    reported now, before the model loads, and `--skip_existing` is refused (a table's
+    folder does not tell when its log gained a version). Without one, `--input_version`
+    is refused: it is for tables."""
+    tables = [path for path, fmt in inputs if fmt == DeltaReader.name]
+    if tables:
         import_deltalake()
-    elif version is not None:
+        if config.skip_existing:
+            raise UsageError(
+                f"{tables[0]}: --skip_existing cannot tell whether a Delta table changed "
+                "since it was scored; drop it for table inputs"
+            )
+    elif config.input_version is not None:
         raise UsageError(
-            f"--input_version {version} is for Delta table inputs, and none of the inputs is one"
+            f"--input_version {config.input_version} is for Delta table inputs, and none of "
+            "the inputs is one"
         )
 
 
