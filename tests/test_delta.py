@@ -102,6 +102,26 @@ def test_a_listing_reaching_into_a_table_is_refused(
     assert not (tmp_path / "out.parquet").exists()
 
 
+@pytest.mark.parametrize("where", ["file", "partition", "partition_glob"])
+def test_a_file_or_partition_inside_a_table_is_refused(
+    where: str, tmp_path: Path, mlp_model: Path, run_main: RunMain
+) -> None:
+    table = tmp_path / "customers"
+    write_table(str(table), make_frame(40, seed=1), partition_by=["segment"])
+    write_table(str(table), make_frame(20, seed=2), mode="overwrite", partition_by=["segment"])
+    partition = table / "segment=a"
+    assert len(list(partition.glob("*.parquet"))) == 2  # one of them stale
+    value = {
+        "file": str(next(partition.glob("*.parquet"))),
+        "partition": str(partition),
+        "partition_glob": f"{partition}/*.parquet",
+    }[where]
+    result = predict(run_main, mlp_model, "--input_file", value,
+                     "--output_file", str(tmp_path / "out.parquet"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{table}: is a Delta table" in result.stderr
+
+
 def test_input_version_reads_an_older_snapshot(
     overwritten: tuple[Path, pd.DataFrame, pd.DataFrame],
     tmp_path: Path,

@@ -19,7 +19,7 @@ import structlog
 
 from batchpredict import storage
 from batchpredict.errors import InputMissingError, UsageError
-from batchpredict.formats.delta_io import DELTA_LOG, DeltaReader, is_delta_table
+from batchpredict.formats.delta_io import DELTA_LOG, DeltaReader, is_delta_table, table_above
 from batchpredict.formats.registry import READERS, format_for_path, reader_format
 from batchpredict.storage import GLOB_CHARS, STDIO
 
@@ -60,6 +60,9 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     if value == STDIO:
         assert input_format is not None  # RunConfig refuses stdin without --input_format
         return [InputFile(STDIO, input_format, "stdin")]
+    table = table_above(storage.split_glob(value)[0] if GLOB_CHARS & set(value) else value)
+    if table is not None:
+        raise _table_inside(table)
     if GLOB_CHARS & set(value):
         prefix, pattern = storage.split_glob(value)
         folder = storage.locate(prefix or ".")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ import pyarrow.fs as pafs
 
 from batchpredict import storage
 from batchpredict.errors import (
+    BatchPredictError,
     ConfigError,
     InputMissingError,
     OutputError,
@@ -77,9 +79,35 @@ def storage_options(uri: str) -> dict[str, str] | None:
 
 
 def is_delta_table(name: str) -> bool:
-    """Whether the folder (or URI prefix) `name` holds a Delta transaction log."""
-    location = storage.locate(storage.join(name, DELTA_LOG))
-    return bool(storage.kind(location) == pafs.FileType.Directory)
+    """Whether the folder (or URI prefix) `name` holds a Delta transaction log; False when
+    that cannot be looked at."""
+    log = storage.join(name, DELTA_LOG)
+    if not storage.is_uri(log):
+        return os.path.isdir(log)
+    try:
+        return bool(storage.kind(storage.locate(log)) == pafs.FileType.Directory)
+    except BatchPredictError:
+        return False
+
+
+def table_above(name: str) -> str | None:
+    """The nearest folder above the file or folder `name` that is a Delta table (a file
+    or partition of it), or None: local folders up to the root, URIs up to the bucket."""
+    if storage.is_uri(name):
+        scheme, _, rest = name.partition("://")
+        authority, *parts = rest.rstrip("/").split("/")
+        base = f"{scheme}://{authority}"
+        above = [storage.join(base, *parts[:end]) for end in range(len(parts) - 1, -1, -1)]
+    else:
+        path, above = os.path.abspath(name), []
+        while os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+            above.append(path)
+    for folder in above:
+        if is_delta_table(folder):
+            named = storage.is_uri(folder) or os.path.isabs(name)
+            return folder if named else os.path.relpath(folder)
+    return None
 
 
 class DeltaReader(Reader):
