@@ -233,6 +233,39 @@ def test_a_failed_run_commits_nothing(
     assert sorted(p.name for p in (out / "_delta_log").glob("*.json")) == [f"{0:020d}.json"]
 
 
+def test_an_interrupted_run_commits_nothing(
+    overwritten: tuple[Path, pd.DataFrame, pd.DataFrame],
+    tmp_path: Path,
+    mlp_model: Path,
+    run_main: RunMain,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchpredict import local_engine
+
+    out = tmp_path / "scores"
+    write_table(str(out), pd.DataFrame({"id": [0], "segment": ["z"], "prediction": [0.5]}))
+    score, calls = local_engine._score, []
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C while the third chunk is scored
+            raise KeyboardInterrupt
+        score(*args, **kwargs)
+
+    monkeypatch.setattr(local_engine, "_score", interrupted)
+    handed: list[int] = []
+    write = DeltaWriter.write
+    monkeypatch.setattr(DeltaWriter, "write", lambda w, b: (handed.append(b.num_rows), write(w, b)))
+    result = predict(run_main, mlp_model, "--input_file", str(overwritten[0]), *KEEP,
+                     "--output_dir", str(out), "--output_format", "delta",
+                     "--chunk_size", "8", "--batch_size", "8")  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    assert sum(handed) > 0
+    table = deltalake.DeltaTable(str(out))
+    assert table.version() == 0
+    assert table.to_pandas()["id"].tolist() == [0]
+
+
 def test_appending_predictions_that_do_not_fit_the_table_is_refused(
     tmp_path: Path, mlp_model: Path, run_main: RunMain
 ) -> None:
@@ -245,6 +278,11 @@ def test_appending_predictions_that_do_not_fit_the_table_is_refused(
     assert result.returncode == 73, result.stderr
     assert "do not fit the Delta table's schema" in result.stderr
     assert deltalake.DeltaTable(str(out)).version() == 0
+    # An overwrite replaces the columns with the predictions'.
+    result = predict(run_main, mlp_model, "--input_file", str(data), *KEEP,
+                     "--output_dir", str(out), "--output_format", "delta")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert list(rows_of(out).columns) == ["id", "segment", "prediction"]
 
 
 def test_a_folder_of_other_files_is_not_made_a_table(

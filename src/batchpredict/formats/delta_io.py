@@ -229,6 +229,9 @@ class DeltaWriter(Writer):
                     self.path,
                     reader,
                     mode=self.mode,
+                    # An overwrite replaces the columns too (a new model's outputs); an
+                    # append must fit the table's.
+                    schema_mode="overwrite" if self.mode == "overwrite" else None,
                     storage_options=storage_options(self.path),
                 )
             except BaseException as exc:  # noqa: BLE001 - re-raised by write or commit
