@@ -55,7 +55,7 @@ def _every_option(tmp_path: Path) -> list[str]:
         "--job_name", "j", "--summary_file", "s.json", "--progress_every", "5",
         "--no_progress", "--ray_address", "auto", "--ray_concurrency", "2",
         "--ray_gpus_per_worker", "0.5", "--preserve_order", "--stats_file", "st.json",
-        "--baseline", "base.json", "--max_drift", "0.25",
+        "--baseline", "base.json", "--max_drift", "0.25", "--input_version", "2",
     ]  # fmt: skip
 
 
@@ -104,11 +104,13 @@ EXPECTED = {
     "stats_file": "st.json",
     "baseline": "base.json",
     "max_drift": 0.25,
+    "input_version": 2,
 }
 #: Fields the command line above leaves at their defaults, each checked on its own below.
 AT_DEFAULT = {
     "output_file": "--output_file and --output_dir exclude each other",
     "engine": "ray",
+    "output_mode": "--output_mode is for --output_format delta, which --skip_existing excludes",
 }
 
 
@@ -142,6 +144,9 @@ def test_the_fields_left_at_default_above_come_from_their_options_too() -> None:
         _options(PREDICT, [*args, "--output_dir", "d", "--engine", "ray"])
     )
     assert config.engine == "ray"
+    delta = ["--output_dir", "d", "--output_format", "delta", "--output_mode", "append"]
+    config = cli_options.run_config(_options(PREDICT, [*args, *delta]))
+    assert config.output_mode == "append"
 
 
 def test_inspect_and_validate_build_the_config_from_the_options_they_have() -> None:

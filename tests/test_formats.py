@@ -688,14 +688,15 @@ def test_format_for_path(path: str, expected: str | None) -> None:
 
 
 def test_registry_lookups_and_errors() -> None:
-    assert set(READERS) == set(WRITERS) == set(FORMATS)
+    # Delta tables are folders, tested in test_delta.py.
+    assert set(READERS) == set(WRITERS) == {*FORMATS, "delta"}
     assert type(reader_for("x.data", "JSON", ReadOptions())).name == "jsonl"
     with pytest.raises(UsageError, match="--input_format") as exc:
         reader_for("x.data", None, ReadOptions())
     assert ".csv" in str(exc.value)
     with pytest.raises(UsageError, match="--input_format"):
         reader_for("-", None, ReadOptions())
-    with pytest.raises(UsageError, match="csv, jsonl") as exc:
+    with pytest.raises(UsageError, match="csv, delta, jsonl") as exc:
         reader_for("x.csv", "excel", ReadOptions())
     with pytest.raises(UsageError, match=r"\.gz"):
         reader_for("x.parquet.gz", None, ReadOptions())
@@ -706,7 +707,7 @@ def test_registry_lookups_and_errors() -> None:
     assert default_extension("parquet") == ".parquet"
     assert default_extension("tsv") == ".tsv"
     assert ("csv", (".csv",), True, True) in describe_formats()
-    assert [row[0] for row in describe_formats()] == sorted(FORMATS)
+    assert [row[0] for row in describe_formats()] == sorted({*FORMATS, "delta"})
 
 
 # -- properties ------------------------------------------------------------------------------

@@ -26,11 +26,13 @@ from batchpredict.cli_options import (
     BAD_DATA,
     EPILOG,
     FORMATTER,
+    INPUT_VERSION,
     LOG_FILE,
     LOG_FORMAT,
     LOG_LEVEL,
     LOGGING,
     MODEL_SECTION,
+    OUTPUT_MODE,
     PREDICTION_COLUMNS,
     PROGRESS,
     READING,
@@ -92,9 +94,11 @@ def cli() -> None:
 @cloup.option_group(
     "Inputs",
     input_files(
-        "File, glob, directory or URI (s3://bucket/day=*/*.parquet); repeatable; '-' reads stdin."
+        "File, glob, directory, Delta table folder or URI (s3://bucket/day=*/*.parquet); "
+        "repeatable; '-' reads stdin."
     ),
     *READING,
+    INPUT_VERSION,
 )
 @cloup.option_group(
     "Outputs",
@@ -111,6 +115,7 @@ def cli() -> None:
         help="One output per input, at its path relative to its directory or glob root.",
     ),
     option("output_format", type=FormatName(), default=None, help="Default: the input's format."),
+    OUTPUT_MODE,
     option(
         "skip_existing",
         is_flag=True,
@@ -409,7 +414,7 @@ def formats() -> None:
     for name, extensions, can_read, can_write in describe_formats():
         click.echo(
             f"{name:<10}{'yes' if can_read else 'no':<6}{'yes' if can_write else 'no':<7}"
-            f"{' '.join(extensions)}"
+            f"{' '.join(extensions) or '(a folder holding _delta_log/)'}"
         )
     suffixes = " ".join(COMPRESSION_SUFFIXES)
     click.echo(f"compression by suffix: {suffixes} (CSV, TSV, JSON lines)")

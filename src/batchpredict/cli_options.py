@@ -25,6 +25,7 @@ from batchpredict.config import (
     DEFAULT_MAX_RECORD_BYTES,
     FORMAT_NAMES,
     ON_ERROR_CHOICES,
+    OUTPUT_MODE_CHOICES,
     RunConfig,
     parse_delimiter,
     refuse_credentials,
@@ -395,6 +396,22 @@ PROGRESS = (
 
 #: The sections every command shares, so that inspect and validate read as predict would.
 MODEL_SECTION = (MODEL, SIGNATURE, MODEL_VERSION, UNSAFE_MODEL_LOAD)
+# Delta Lake tables (README "Delta Lake tables").
+INPUT_VERSION = option(
+    "input_version",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Read Delta table inputs at this version (default: the current snapshot).",
+)
+OUTPUT_MODE = option(
+    "output_mode",
+    type=click.Choice(OUTPUT_MODE_CHOICES),
+    default=None,
+    help="With --output_format delta: replace the table's rows (overwrite, the default) or "
+    "add to them (append), in one transaction.",
+)
+
 READING = (
     INPUT_FORMAT,
     FEATURES,

@@ -16,7 +16,9 @@ ON_ERROR_CHOICES = ("fail", "skip")
 ENGINE_CHOICES = ("local", "ray")
 #: The registered reader and writer names (formats.registry checks that they agree), listed
 #: as `--input_format` and `--output_format` choices without importing the formats.
-FORMAT_NAMES = ("csv", "tsv", "jsonl", "avro", "parquet")
+FORMAT_NAMES = ("csv", "tsv", "jsonl", "avro", "parquet", "delta")
+#: `--output_mode` of `--output_format delta`.
+OUTPUT_MODE_CHOICES = ("overwrite", "append")
 DEFAULT_MAX_ERROR_RATE = 0.01
 #: Spellings of a tab for `--delimiter`, besides the character itself.
 TAB_NAMES = ("\\t", "tab")
@@ -133,6 +135,12 @@ class RunConfig:
     #: written, `_SUCCESS` is not, exit 3.
     max_drift: float | None = None
 
+    # -- Delta Lake tables (README "Delta Lake tables") -----------------------------------
+    #: `--input_version`: the version Delta table inputs are read at (None: the current one).
+    input_version: int | None = None
+    #: `--output_mode` of `--output_format delta`: overwrite (None) or append.
+    output_mode: str | None = None
+
     def __post_init__(self) -> None:
         validate(self)
 
@@ -184,6 +192,37 @@ def validate(config: RunConfig) -> None:
     _validate_bad_rows(config)
     _validate_label_options(config)
     _validate_stats(config)
+    _validate_delta(config)
+
+
+def _validate_delta(config: RunConfig) -> None:
+    """`--output_format delta` writes one table, the `--output_dir`, in one transaction:
+    options that assume one file per input do not apply; `--output_mode` is its own."""
+    delta = (config.output_format or "").strip().lower() == "delta"
+    if config.output_mode is not None:
+        if config.output_mode not in OUTPUT_MODE_CHOICES:
+            raise UsageError(
+                f"--output_mode must be overwrite or append, got {config.output_mode!r}"
+            )
+        if not delta:
+            raise UsageError("--output_mode is for --output_format delta")
+    if config.input_version is not None and config.input_version < 0:
+        raise UsageError(f"--input_version must be at least 0, got {config.input_version}")
+    if not delta:
+        return
+    if config.output_dir is None:
+        raise UsageError(
+            "--output_format delta writes a table folder: give it as --output_dir (not "
+            "--output_file)"
+        )
+    refused = {
+        "--engine ray": config.engine != "local",
+        "--skip_existing": config.skip_existing,
+        "--max_output_bytes": config.max_output_bytes is not None,
+    }
+    for name, given in refused.items():
+        if given:
+            raise UsageError(f"{name} cannot be used with --output_format delta")
 
 
 def _validate_stats(config: RunConfig) -> None:

@@ -24,7 +24,13 @@ from batchpredict.batching import Prefetch
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, DataError, UsageError
 from batchpredict.formats.base import ReadOptions
-from batchpredict.formats.registry import check_delimiter, reader_for, writer_for
+from batchpredict.formats.registry import (
+    check_delimiter,
+    check_delta_inputs,
+    read_options,
+    reader_for,
+    writer_for,
+)
 from batchpredict.manifest import Manifest, identify_model, input_identity, prediction_options
 from batchpredict.model import LoadedModel
 from batchpredict.observe import Progress, get_logger
@@ -63,6 +69,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     """Predict every input into its output, counting into `state` as it goes."""
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
+    check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
     rejects = (
         {
@@ -77,7 +84,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     setup = _start(config, inputs, stats)
     manifest = _open_manifest(config, setup.scorer.model, setup.mapping.as_dict())
     progress = Progress(
-        _known_total_rows(inputs, config.chunk_size),
+        _known_total_rows(inputs, read_options(config)),
         enabled=config.progress,
         every_seconds=config.progress_every,
     )
@@ -217,7 +224,7 @@ def _predict_targets(
         ):
             skipped.extend(i.path for i in target.inputs)
             continue
-        writer = writer_for(target.path, target.format, config.max_output_bytes)
+        writer = writer_for(target.path, target.format, config.max_output_bytes, config.output_mode)
         outputs.append(PendingOutput(target, writer, identities))
 
     def committed(output: PendingOutput) -> None:
@@ -441,15 +448,13 @@ def _stackable(readies: list[Ready]) -> bool:
     )
 
 
-def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:
+def _known_total_rows(inputs: list[InputFile], options: ReadOptions) -> int | None:
     """All inputs' rows when every format records it (Parquet), for progress and ETA."""
     total = 0
     for source in inputs:
         if source.path == "-":
             return None
-        rows = reader_for(
-            source.path, source.format, ReadOptions(chunk_size=chunk_size)
-        ).total_rows()
+        rows = reader_for(source.path, source.format, options).total_rows()
         if rows is None:
             return None
         total += rows

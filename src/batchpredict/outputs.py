@@ -29,6 +29,8 @@ from batchpredict.formats.registry import WRITERS, default_extension, format_for
 from batchpredict.sources import InputFile
 
 SUCCESS_MARKER = "_SUCCESS"
+#: `--output_format delta`: the whole `--output_dir` is one table.
+DELTA = "delta"
 MANIFEST = "_manifest.json"
 REJECTS = "_rejects.jsonl"
 
@@ -45,17 +47,21 @@ class OutputTarget:
 def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputTarget]:
     """Decide every output path and format; refuse collisions and outputs that are inputs."""
     output_format = writer_format(config.output_format) if config.output_format else None
-    if config.output_file is not None:
+    if output_format == DELTA and config.output_dir is not None:
+        # One table for the whole run, committed in one transaction (README "Delta Lake
+        # tables"); RunConfig refuses delta without --output_dir.
+        targets = [OutputTarget(config.output_dir, DELTA, tuple(inputs))]
+    elif config.output_file is not None:
         fmt = (
             output_format
             or (None if config.output_file == STDIO else format_for_path(config.output_file))
-            or inputs[0].format
+            or _written_as(inputs[0])
         )
         targets = [OutputTarget(config.output_file, fmt, tuple(inputs))]
     else:
         targets = []
         for item in inputs:
-            fmt = output_format or item.format
+            fmt = output_format or _written_as(item)
             if config.output_dir is not None:
                 name = _renamed(item.relative_path, item.format, fmt)
                 path = storage.join(config.output_dir, name)
@@ -69,6 +75,12 @@ def plan_outputs(inputs: Sequence[InputFile], config: RunConfig) -> list[OutputT
             [OutputTarget(rejects_path(t, config), "jsonl", t.inputs) for t in targets], inputs
         )
     return targets
+
+
+def _written_as(item: InputFile) -> str:
+    """An input's output format when `--output_format` is not given: its own, except that a
+    Delta table's predictions are a Parquet file (a table is written only when asked)."""
+    return "parquet" if item.format == DELTA else item.format
 
 
 def rejects_path(target: OutputTarget, config: RunConfig) -> str:

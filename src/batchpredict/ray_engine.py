@@ -33,9 +33,10 @@ from batchpredict.atomic import write_whole
 from batchpredict.columns import ColumnMapping, RunMapping
 from batchpredict.config import RunConfig
 from batchpredict.conversion import RowProblem
-from batchpredict.errors import BatchPredictError, ConfigError
+from batchpredict.errors import BatchPredictError, ConfigError, UsageError
 from batchpredict.formats.registry import (
     check_delimiter,
+    check_delta_inputs,
     default_extension,
     read_options,
     reader_for,
@@ -95,6 +96,10 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     import_ray()  # without Ray, say how to install it before loading anything
     inputs = expand_inputs(config.input_files, config.input_format)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
+    for item in inputs:
+        if item.format == "delta":  # Ray's blocks are files; a table is read whole
+            raise UsageError(f"{item.path}: Delta tables are read by the local engine only")
+    check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     state.before_model(config)
     # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
     model = load_model_of(config)

@@ -190,7 +190,8 @@ class Reading:
             return None
         total = 0
         for source in output.target.inputs:
-            if source.path == STDIO or is_uri(source.path):
+            # A Delta table is a folder of any size: always streamed.
+            if source.path == STDIO or is_uri(source.path) or source.format == "delta":
                 return None
             try:
                 total += os.path.getsize(source.path)

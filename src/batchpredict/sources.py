@@ -19,6 +19,7 @@ import structlog
 
 from batchpredict import storage
 from batchpredict.errors import InputMissingError, UsageError
+from batchpredict.formats.delta_io import DELTA_LOG, DeltaReader, is_delta_table, table_above
 from batchpredict.formats.registry import READERS, format_for_path, reader_format
 from batchpredict.storage import GLOB_CHARS, STDIO
 
@@ -59,6 +60,9 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     if value == STDIO:
         assert input_format is not None  # RunConfig refuses stdin without --input_format
         return [InputFile(STDIO, input_format, "stdin")]
+    table = table_above(storage.split_glob(value)[0] if GLOB_CHARS & set(value) else value)
+    if table is not None:
+        raise _table_inside(table)
     if GLOB_CHARS & set(value):
         prefix, pattern = storage.split_glob(value)
         folder = storage.locate(prefix or ".")
@@ -69,6 +73,8 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     location = storage.locate(value)
     kind = storage.kind(location)
     if kind == pafs.FileType.Directory:
+        if input_format == DeltaReader.name or is_delta_table(value):
+            return [_delta_table(value, input_format)]
         prefix = value.rstrip("/") + "/"
         return _found_below(value, prefix, _walk(location), input_format)
     if kind == pafs.FileType.NotFound:
@@ -77,6 +83,27 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     if location.local and not os.access(value, os.R_OK):
         raise InputMissingError(f"{value}: not readable (permission denied)")
     return [_input_file(value, input_format, value.rsplit("/", 1)[-1])]
+
+
+def _delta_table(value: str, input_format: str | None) -> InputFile:
+    """A folder holding `_delta_log/` is one input, a Delta table, read at one version:
+    never its Parquet files, which include those that overwrites replaced."""
+    if input_format not in (None, DeltaReader.name):
+        raise UsageError(
+            f"{value}: is a Delta table, not {input_format}; drop --input_format (or pass "
+            "--input_format delta)"
+        )
+    if not is_delta_table(value):
+        raise InputMissingError(f"{value}: no Delta table here (no {DELTA_LOG}/ folder)")
+    return InputFile(value, DeltaReader.name, value.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _table_inside(table: str) -> UsageError:
+    """A folder or glob reaching into a Delta table: its files may be stale, never scored."""
+    return UsageError(
+        f"{table}: is a Delta table, whose Parquet files include stale ones; name its folder "
+        "as an --input_file of its own, not a folder or glob above or inside it"
+    )
 
 
 def _matches(parts: list[str], pattern: list[str]) -> bool:
@@ -130,6 +157,8 @@ def _walk_local(folder: str, relative: str, depth: int | None) -> Iterator[str]:
     except OSError:
         return
     for name, is_folder, is_file in listed:
+        if name == DELTA_LOG and is_folder:
+            raise _table_inside(folder.rstrip("/") or folder)
         if name.startswith((".", "_")):
             continue
         if is_file:
@@ -151,6 +180,8 @@ def _walk_store(folder: storage.Location) -> list[str]:
     for info in infos:
         relative = info.path[len(root) :].removeprefix("/")
         parts = relative.split("/")
+        if DELTA_LOG in parts[:-1]:
+            raise _table_inside(storage.join(folder.name, *parts[: parts.index(DELTA_LOG)]))
         if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in parts):
             continue
         if "" in parts:

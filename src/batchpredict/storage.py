@@ -148,6 +148,12 @@ def s3_endpoint(url: str | None) -> Iterator[None]:
         _s3_endpoint = saved
 
 
+def current_s3_endpoint() -> str | None:
+    """Where `s3://` goes in this run (`--s3_endpoint_url`), else `AWS_ENDPOINT_URL`, else
+    None (the SDK's own settings): for libraries with their own S3 client (delta-rs)."""
+    return _s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 #: What the stores' SDKs read from the environment: a filesystem made under other values
 #: (another endpoint, other credentials) is not the one to reuse.
 _SDK_VARIABLES = (

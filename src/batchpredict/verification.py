@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 from batchpredict import storage
 from batchpredict.errors import DataError, InputMissingError, ReadWriteError, error_text
 from batchpredict.formats.base import ReadOptions
+from batchpredict.formats.delta_io import committed_rows, current_commit
 from batchpredict.formats.registry import reader_for
 from batchpredict.outputs import MANIFEST, SUCCESS_MARKER
 
@@ -189,6 +190,15 @@ def _check(folder: str, record: dict[str, Any]) -> OutputCheck:
 
     if not isinstance(recorded_sha, str) or not isinstance(recorded_bytes, int):
         return result("no checksum recorded (written by an older batchpredict): cannot verify")
+    if record.get("format") == "delta":
+        # A table: the manifest recorded the log entry of the version the run committed,
+        # which must still be the current one.
+        try:
+            path = current_commit(path)
+        except (InputMissingError, ReadWriteError) as exc:
+            return result(f"unreadable: {error_text(exc)}")
+        if storage.content(path).sha256 != recorded_sha:
+            return result("altered: the Delta table's current version is not the one recorded")
     size = storage.fingerprint(path)["size"]
     if size is None:
         return result("missing")
@@ -219,6 +229,8 @@ def count_rows(path: str, format_name: str) -> int:
         return _csv_rows(path, "\t" if format_name == "tsv" else ",")
     if format_name == "jsonl":
         return _lines(path)
+    if format_name == "delta":  # `path` is the log entry of the version (see `_check`)
+        return committed_rows(path)
     reader = reader_for(path, format_name, ReadOptions())
     total = reader.total_rows()
     if total is not None:

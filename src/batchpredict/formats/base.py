@@ -229,6 +229,8 @@ class ReadOptions:
     #: Avro block that decompresses to more is a corrupt file. (A CSV row is bounded by
     #: the reader's block, smaller.)
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    #: Delta tables: the version to read (`--input_version`; None: the current one).
+    table_version: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:

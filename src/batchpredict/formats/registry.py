@@ -23,14 +23,17 @@ from batchpredict.formats.base import (
 )
 from batchpredict.formats.csv_io import CsvReader, TsvReader
 from batchpredict.formats.csv_writer import CsvWriter, TsvWriter
+from batchpredict.formats.delta_io import DeltaReader, DeltaWriter, import_deltalake
 from batchpredict.formats.json_io import JsonLinesReader, JsonLinesWriter
 from batchpredict.formats.parquet_io import ParquetReader, ParquetWriter
 
 READERS: dict[str, type[Reader]] = {
-    cls.name: cls for cls in (CsvReader, TsvReader, JsonLinesReader, AvroReader, ParquetReader)
+    cls.name: cls
+    for cls in (CsvReader, TsvReader, JsonLinesReader, AvroReader, ParquetReader, DeltaReader)
 }
 WRITERS: dict[str, type[Writer]] = {
-    cls.name: cls for cls in (CsvWriter, TsvWriter, JsonLinesWriter, AvroWriter, ParquetWriter)
+    cls.name: cls
+    for cls in (CsvWriter, TsvWriter, JsonLinesWriter, AvroWriter, ParquetWriter, DeltaWriter)
 }
 #: Other names users reach for; each maps to a registered name.
 ALIASES: dict[str, str] = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet", "tab": "tsv"}
@@ -78,6 +81,7 @@ def read_options(
         delimiter=config.delimiter,
         reject_nulls=config.fill_value is None,
         max_record_bytes=config.max_record_bytes,
+        table_version=config.input_version,
     )
 
 
@@ -104,8 +108,9 @@ def _check_output_format(config: RunConfig) -> None:
     file holding CSV), and a compression suffix on a format that compresses internally."""
     path = config.output_file
     if path is None or path == STDIO:
-        if config.output_format is not None:
-            writer_format(config.output_format)  # an unknown name is refused here
+        # An unknown name is refused here, and so is delta without its extra.
+        if config.output_format is not None and writer_format(config.output_format) == "delta":
+            import_deltalake()
         return
     by_extension = format_for_path(path)
     chosen = writer_format(config.output_format) if config.output_format else by_extension
@@ -133,6 +138,26 @@ def check_delimiter(delimiter: str | None, inputs: Iterable[tuple[str, str]]) ->
     for path, format_name in inputs:
         if format_name != CsvReader.name:
             raise UsageError(f"{path}: --delimiter is for CSV input, and this is {format_name}")
+
+
+def check_delta_inputs(config: RunConfig, inputs: Iterable[tuple[str, str]]) -> None:
+    """With a Delta table among the (path, format) inputs: a missing `delta` extra is
+    reported now, before the model loads, and `--skip_existing` is refused (a table's
+    folder does not tell when its log gained a version). Without one, `--input_version`
+    is refused: it is for tables."""
+    tables = [path for path, fmt in inputs if fmt == DeltaReader.name]
+    if tables:
+        import_deltalake()
+        if config.skip_existing:
+            raise UsageError(
+                f"{tables[0]}: --skip_existing cannot tell whether a Delta table changed "
+                "since it was scored; drop it for table inputs"
+            )
+    elif config.input_version is not None:
+        raise UsageError(
+            f"--input_version {config.input_version} is for Delta table inputs, and none of "
+            "the inputs is one"
+        )
 
 
 def format_for_path(path: str) -> str | None:
@@ -174,14 +199,22 @@ def reader_for(path: str, format_name: str | None, options: ReadOptions) -> Read
     return cls(path, options)
 
 
-def writer_for(path: str, format_name: str | None, max_output_bytes: int | None = None) -> Writer:
+def writer_for(
+    path: str,
+    format_name: str | None,
+    max_output_bytes: int | None = None,
+    output_mode: str | None = None,
+) -> Writer:
     """A writer for `path`, by `format_name` if given, else by extension, whose file may
-    not grow beyond `max_output_bytes` (None: no limit)."""
+    not grow beyond `max_output_bytes` (None: no limit); `output_mode` is how a Delta
+    table is written (None: overwrite)."""
     name = _canonical(_format_of(path, format_name, "--output_format"), WRITERS)
     cls = WRITERS[name]
     _check_compression(path, name, cls.accepts_compression_suffix)
     writer = cls(path)
     writer.max_output_bytes = max_output_bytes
+    if isinstance(writer, DeltaWriter) and output_mode is not None:
+        writer.mode = output_mode
     return writer
 
 
