@@ -148,6 +148,12 @@ def s3_endpoint(url: str | None) -> Iterator[None]:
         _s3_endpoint = saved
 
 
+def current_s3_endpoint() -> str | None:
+    """The S3 endpoint in force (`s3_endpoint`), for a call made with another SDK (boto3's
+    conditional put); None: the SDK's own settings, `AWS_ENDPOINT_URL` included."""
+    return _s3_endpoint
+
+
 #: What the stores' SDKs read from the environment: a filesystem made under other values
 #: (another endpoint, other credentials) is not the one to reuse.
 _SDK_VARIABLES = (
