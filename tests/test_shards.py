@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,7 +30,8 @@ COMMON = ("--features", "f0,f1,f2,f3", "--keep_columns", "id", "--no_progress")
 
 
 def listing(count: int) -> list[InputFile]:
-    return [InputFile(f"/d/part-{k}.parquet", "parquet", f"part-{k}.parquet") for k in range(count)]
+    """Whole files (CSV: never split), not read by the plan."""
+    return [InputFile(f"/d/part-{k}.csv", "csv", f"part-{k}.csv") for k in range(count)]
 
 
 def write_inputs(folder: Path, rows: int = ROWS, files: int = FILES) -> set[int]:
@@ -99,6 +101,58 @@ def test_every_input_goes_to_exactly_one_shard(count: int) -> None:
     assert max(map(len, taken)) - min(map(len, taken)) <= 1
     # Deterministic: the same listing gives every shard the same plan.
     assert taken == [shards.take(listing(FILES), shards.Shard(i, count)) for i in range(count)]
+
+
+def write_row_groups(path: Path, rows: int, group_rows: int, first_id: int) -> set[int]:
+    frame = make_frame(rows, seed=first_id)
+    frame["id"] += first_id
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=group_rows
+    )
+    return set(frame["id"].tolist())
+
+
+@pytest.mark.parametrize(("files", "count"), [(1, 3), (1, 5), (2, 3), (2, 5), (1, 9)])
+def test_fewer_files_than_shards_split_parquet_row_groups(
+    tmp_path: Path, files: int, count: int
+) -> None:
+    """Every row group goes to exactly one shard, in contiguous ranges; a range's rows
+    are read with their file row numbers."""
+    listed = []
+    for k in range(files):
+        path = tmp_path / f"part-{k}.parquet"
+        write_row_groups(path, 60, 10, 1000 * k)  # 6 row groups
+        listed.append(InputFile(str(path), "parquet", path.name))
+    listed.append(InputFile(str(tmp_path / "x.csv"), "csv", "x.csv"))  # stays whole
+    taken = [shards.take(listed, shards.Shard(i, count)) for i in range(count)]
+    groups: list[tuple[str, int]] = []
+    for share in taken:
+        for item in share:
+            if item.format == "csv":
+                groups.append((item.path, -1))
+                continue
+            part = item.row_groups
+            if part is None:  # not split: the whole file
+                groups += [(item.path, g) for g in range(6)]
+                continue
+            assert item.relative_path.endswith(f".rowgroups-{part.first}-{part.last}.parquet")
+            assert part.rows_before == 10 * part.first
+            groups += [(item.path, g) for g in range(part.first, part.last + 1)]
+    expected = [(i.path, g) for i in listed if i.format == "parquet" for g in range(6)]
+    assert sorted(groups) == sorted([*expected, (str(tmp_path / "x.csv"), -1)])
+    assert sum(1 for share in taken if share) == min(count, len(expected) + 1)
+
+
+def test_a_row_group_range_is_read_alone(tmp_path: Path) -> None:
+    from batchpredict.formats.base import ReadOptions, RowGroups
+    from batchpredict.formats.parquet_io import ParquetReader
+
+    path = tmp_path / "p.parquet"
+    ids = sorted(write_row_groups(path, 60, 10, 0))
+    reader = ParquetReader(str(path), ReadOptions(row_groups=RowGroups(2, 3, 20)))
+    assert reader.total_rows() == 20
+    read = [i for b in reader.iter_batches() for i in b.column("id").to_pylist()]
+    assert read == ids[20:40]
 
 
 def test_the_listing_digest_changes_with_the_inputs_and_the_shard_count() -> None:
@@ -253,6 +307,24 @@ def test_a_shard_rerun_with_skip_existing_changes_nothing_else(
     assert marked([result]) == 1  # the rerun removed the marker, and put it back
     merged = json.loads((out / "_manifest.json").read_text())["outputs"]
     assert sorted(merged, key=str) == sorted(merged_before, key=str)
+
+
+def test_shards_over_one_parquet_file_split_its_row_groups(
+    run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    ids = write_row_groups(tmp_path / "in" / "big.parquet", 90, 10, 0)  # 9 row groups
+    out = tmp_path / "out"
+    for index in range(3):
+        result = run_main(*shard_args(mlp_model, tmp_path / "in", out, index))
+        assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.glob("*.parquet"))
+    assert names == [f"big.rowgroups-{a}-{b}.parquet" for a, b in ((0, 2), (3, 5), (6, 8))]
+    frames = [pd.read_parquet(out / name) for name in names]
+    assert sorted(pd.concat(frames)["id"].tolist()) == sorted(ids)
+    assert (out / "_SUCCESS").exists()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert sorted(o["output"] for o in manifest["outputs"]) == names
 
 
 def test_parts_of_another_plan_do_not_mark_the_folder(

@@ -445,9 +445,8 @@ def _known_total_rows(inputs: list[InputFile], chunk_size: int) -> int | None:
     for source in inputs:
         if source.path == "-":
             return None
-        rows = reader_for(
-            source.path, source.format, ReadOptions(chunk_size=chunk_size)
-        ).total_rows()
+        options = ReadOptions(chunk_size=chunk_size, row_groups=source.row_groups)
+        rows = reader_for(source.path, source.format, options).total_rows()
         if rows is None:
             return None
         total += rows

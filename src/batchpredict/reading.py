@@ -10,6 +10,7 @@ Large inputs, stdin and objects in stores are streamed chunk by chunk, as always
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections import deque
@@ -176,6 +177,9 @@ class Reading:
             rows = FileRows(source.path, keep)
             numbers = functools.partial(run_columns.read_types, source=source.path)
             options = read_options(config, None if keep is None else rows.on_bad_record, numbers)
+            if source.row_groups is not None:  # a shard's part of a Parquet file
+                options = dataclasses.replace(options, row_groups=source.row_groups)
+                rows.read = source.row_groups.rows_before
             reader = reader_for(source.path, source.format, options)
             reject = None if rejects is None else _reject_rows(source.path, rejects, counts)
             mapping: ColumnMapping | None = None

@@ -17,6 +17,7 @@ the same plan (a digest of the listing, N and the settings id), it merges them i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,6 +28,8 @@ from typing import Any
 from batchpredict import storage
 from batchpredict.atomic import write_whole
 from batchpredict.errors import InputMissingError, ReadWriteError, UsageError
+from batchpredict.formats.base import RowGroups
+from batchpredict.formats.parquet_io import ParquetReader
 from batchpredict.observe import get_logger
 from batchpredict.sources import InputFile
 
@@ -109,7 +112,8 @@ def of(shard_index: int | None, shard_count: int | None) -> Shard | None:
 
 def take(listing: Sequence[InputFile], shard: Shard) -> list[InputFile]:
     """This shard's inputs of the job's `listing` (every shard's is the same), logged."""
-    taken = [item for position, item in enumerate(listing) if shard.takes(position)]
+    units = split_row_groups(listing, shard.count) if len(listing) < shard.count else listing
+    taken = [item for position, item in enumerate(units) if shard.takes(position)]
     get_logger().info(
         "shard planned",
         shard=shard.name,
@@ -117,8 +121,66 @@ def take(listing: Sequence[InputFile], shard: Shard) -> list[InputFile]:
         shard_count=shard.count,
         listed=len(listing),
         inputs=[item.path for item in taken],
+        **(
+            {"parts": [item.relative_path for item in taken]}
+            if any(item.row_groups for item in taken)
+            else {}
+        ),
     )
     return taken
+
+
+def split_row_groups(listing: Sequence[InputFile], count: int) -> list[InputFile]:
+    """With fewer files than shards: the shards other formats leave are shared among the
+    Parquet files, each split into up to that many ranges of whole row groups (as even in
+    rows as the groups allow), so that every shard has work. Other formats, and files of
+    one row group, stay whole. A range is an input of its own, named
+    `<name>.rowgroups-<first>-<last>.<ext>` (0-based, inclusive), which names its output."""
+    parquet = sum(item.format == "parquet" for item in listing)
+    wanted = -(-(count - (len(listing) - parquet)) // max(parquet, 1))
+    units: list[InputFile] = []
+    for item in listing:
+        if item.format != "parquet":
+            units.append(item)
+            continue
+        sizes = ParquetReader.row_group_rows(item.path)
+        ranges = _even_ranges(sizes, min(wanted, len(sizes)))
+        if len(ranges) < 2:
+            units.append(item)
+            continue
+        for first, last in ranges:
+            part = RowGroups(first, last, sum(sizes[:first]))
+            name = _range_name(item.relative_path, first, last)
+            units.append(dataclasses.replace(item, relative_path=name, row_groups=part))
+    return units
+
+
+def _even_ranges(sizes: list[int], parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous, non-empty ranges of the groups `sizes`, cut where the running
+    row count passes each k/parts of the total."""
+    if parts < 2:
+        return [(0, len(sizes) - 1)]
+    total = max(sum(sizes), 1)
+    ranges: list[tuple[int, int]] = []
+    first, running = 0, 0
+    for group, rows in enumerate(sizes):
+        running += rows
+        left_groups = len(sizes) - group - 1
+        left_parts = parts - len(ranges) - 1
+        cut = running * parts >= total * (len(ranges) + 1) or left_groups == left_parts
+        if cut and left_parts > 0:
+            ranges.append((first, group))
+            first = group + 1
+    ranges.append((first, len(sizes) - 1))
+    return ranges
+
+
+def _range_name(relative: str, first: int, last: int) -> str:
+    folder, _, name = relative.rpartition("/")
+    stem, dot, extension = name.rpartition(".")
+    stem, extension = (stem, f".{extension}") if dot else (name, "")
+    ranged = f"{stem}.rowgroups-{first}-{last}{extension}"
+    return f"{folder}/{ranged}" if folder else ranged
 
 
 def listing_digest(listing: Sequence[InputFile], shard: Shard) -> str:
