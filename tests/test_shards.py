@@ -283,6 +283,8 @@ def test_three_shards_score_every_row_once_and_the_last_marks_the_folder(
         f"part-{k}.parquet" for k in range(FILES)
     ]
     assert manifest["shards"]["count"] == 3
+    verified = run_main("verify", str(out))
+    assert verified.returncode == 0, verified.stderr
     planned = [line for line in results[1].log_lines() if line["event"] == "shard planned"]
     assert planned[0]["shard_index"] == 0
     assert planned[0]["inputs"] == [str(tmp_path / "in" / f"part-{k}.parquet") for k in (0, 3)]
@@ -325,6 +327,20 @@ def test_shards_over_one_parquet_file_split_its_row_groups(
     assert (out / "_SUCCESS").exists()
     manifest = json.loads((out / "_manifest.json").read_text())
     assert sorted(o["output"] for o in manifest["outputs"]) == names
+
+
+def test_a_shard_with_nothing_to_do_still_writes_its_part(
+    run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
+) -> None:
+    """One CSV file (never split) over three shards: two have no input."""
+    (tmp_path / "in").mkdir()
+    write_with_library(make_frame(30), tmp_path / "in" / "only.csv", "csv")
+    out = tmp_path / "out"
+    results = [run_main(*shard_args(mlp_model, tmp_path / "in", out, i)) for i in (1, 2, 0)]
+    assert [r.returncode for r in results] == [0, 0, 0], results[0].stderr
+    assert marked(results) == 1
+    assert sorted(pd.read_csv(out / "only.csv")["id"]) == list(range(1, 31))
+    assert json.loads((out / "_manifest.shard-1-of-3.json").read_text())["outputs"] == []
 
 
 def test_parts_of_another_plan_do_not_mark_the_folder(
