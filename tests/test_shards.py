@@ -343,6 +343,32 @@ def test_a_shard_with_nothing_to_do_still_writes_its_part(
     assert json.loads((out / "_manifest.shard-1-of-3.json").read_text())["outputs"] == []
 
 
+def test_a_failed_shard_does_not_let_the_others_mark_the_folder(
+    run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
+) -> None:
+    """Shard 2 fails on its second input (a feature column missing) after committing its
+    first; its part records that one and says the shard did not finish, so the others,
+    finishing after it, do not mark the folder; rerun once the input is fixed, it does."""
+    ids = write_inputs(tmp_path / "in")
+    broken = make_frame(ROWS, seed=5).drop(columns=["f3"])
+    write_with_library(broken, tmp_path / "in" / "part-5.parquet", "parquet")
+    out = tmp_path / "out"
+    failed = run_main(*shard_args(mlp_model, tmp_path / "in", out, 2))
+    assert failed.returncode == 65, failed.stderr
+    part = json.loads((out / "_manifest.shard-2-of-3.json").read_text())
+    assert part["shard"]["complete"] is False
+    assert [o["output"] for o in part["outputs"]] == ["part-2.parquet"]
+    results = [run_main(*shard_args(mlp_model, tmp_path / "in", out, i)) for i in (0, 1)]
+    assert [r.returncode for r in results] == [0, 0]
+    assert not (out / "_SUCCESS").exists()
+    assert marked(results) == 0
+    write_inputs(tmp_path / "in")  # fixed
+    rerun = run_main(*shard_args(mlp_model, tmp_path / "in", out, 2), "--skip_existing")
+    assert rerun.returncode == 0, rerun.stderr
+    assert marked([rerun]) == 1
+    assert output_ids(out) == sorted(ids)
+
+
 def test_parts_of_another_plan_do_not_mark_the_folder(
     run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
 ) -> None:

@@ -337,6 +337,8 @@ class Manifest:
             self._load(storage.join(output_dir, MANIFEST), strict=resume) if shard else None
         )
         self._fold_journal(strict=resume)
+        if shard is not None and self._previous is not None:
+            self._write(final=False)  # running again: its part is not complete until it ends
 
     def _load(self, path: str, *, strict: bool) -> dict[str, dict[str, Any]] | None:
         """The previous manifest's records by output, None when there is none. An
@@ -469,9 +471,10 @@ class Manifest:
         records = [self._done[key] for key in self._order if key in self._done]
         if not final and self._previous:
             records += [r for key, r in self._previous.items() if key not in self._done]
-        write_whole(self.path, json.dumps(self._document(records), indent=2) + "\n")
+        document = self._document(records, final=final)
+        write_whole(self.path, json.dumps(document, indent=2) + "\n")
 
-    def _document(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def _document(self, records: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
         """The manifest: this run's model and options at the top; each output names the
         (model, options) it was made with by an id into `made_with`."""
         table: dict[str, Any] = {}
@@ -493,11 +496,19 @@ class Manifest:
             "options": self.options,
             "made_with": table,
             "outputs": outputs,
-            **(
-                {"shard": {"index": self.shard.index, "count": self.shard.count, "plan": self.plan}}
-                if self.shard
-                else {}
-            ),
+            **({"shard": self._shard_record(final)} if self.shard else {}),
+        }
+
+    def _shard_record(self, final: bool) -> dict[str, Any]:
+        """A part's `shard`: `complete` only when the shard finished; a part written by a
+        shard that failed or is being rerun (`flush`, a journal folded in) must not let
+        another shard mark the folder complete."""
+        assert self.shard is not None
+        return {
+            "index": self.shard.index,
+            "count": self.shard.count,
+            "plan": self.plan,
+            "complete": final,
         }
 
 

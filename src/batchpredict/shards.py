@@ -9,10 +9,12 @@ shard all of one day's.
 
 Each shard writes its own outputs and, at its end, its manifest part
 `_manifest.shard-<I>-of-<N>.json` (the `_manifest.json` document with its own outputs and
-a `shard` object naming the plan). It then lists the parts: when all N are there and name
-the same plan (a digest of the listing, N and the settings id), it merges them into
-`_manifest.json` and creates `_SUCCESS` if it is absent, atomically where the store can
-(a local `O_EXCL` create, an S3 `If-None-Match: *` put), so exactly one shard writes it.
+a `shard` object naming the plan, `complete` once the shard finished: a shard that failed
+or is running again leaves its part incomplete). It then lists the parts: when all N are
+there, finished, and name the same plan (a digest of the listing, N and the settings
+id), it merges them into `_manifest.json` and creates `_SUCCESS` if it is absent,
+atomically where the store can (a local `O_EXCL` create, an S3 `If-None-Match: *` put),
+so exactly one shard writes it.
 """
 
 from __future__ import annotations
@@ -238,7 +240,8 @@ def complete(output_dir: str, shard: Shard, plan: str, merged_name: str, marker:
 
 
 def _read_parts(output_dir: str, shard: Shard) -> dict[int, dict[str, Any]]:
-    """The readable manifest parts of this shard count, by index."""
+    """The parts of this shard count that their shards finished, by index (a shard that
+    failed, or is being rerun, leaves its part marked incomplete)."""
     found: dict[int, dict[str, Any]] = {}
     for index in range(shard.count):
         path = storage.join(output_dir, part_name(Shard(index, shard.count)))
@@ -249,7 +252,8 @@ def _read_parts(output_dir: str, shard: Shard) -> dict[int, dict[str, Any]]:
         except (OSError, ReadWriteError, ValueError) as exc:
             get_logger().warning("manifest part unreadable", part=path, error=str(exc))
             continue
-        if isinstance(document, dict) and isinstance(document.get("outputs"), list):
+        finished = isinstance(document, dict) and document.get("shard", {}).get("complete")
+        if finished and isinstance(document.get("outputs"), list):
             found[index] = document
     return found
 
