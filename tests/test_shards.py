@@ -393,9 +393,12 @@ def test_the_marker_is_created_once_locally(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real processes
 
 
-def start_shard(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_shard(
+    args: list[str], log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
     env["BATCHPREDICT_LOG_FORMAT"] = "json"
+    env.update(extra_env or {})
     with log.open("wb") as handle:
         return subprocess.Popen(
             [*batchpredict_command(), *args], stdout=handle, stderr=handle, env=env
@@ -477,6 +480,33 @@ def test_concurrent_shards_mark_the_folder_exactly_once(tmp_path: Path, mlp_mode
 def s3_etags(client: Any, bucket: str, prefix: str) -> dict[str, tuple[str, Any]]:
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed if not o["Key"].endswith("/")}
+
+
+@pytest.mark.slow
+def test_concurrent_shards_on_s3_mark_the_folder_exactly_once(
+    tmp_path: Path, mlp_model: Path, s3_env: dict[str, str], bucket: Any
+) -> None:
+    """Three processes at once against the S3 server: every row once, `_SUCCESS` created
+    by one of them (a conditional put)."""
+    client, name = bucket
+    ids = write_inputs(tmp_path / "in")
+    for path in sorted((tmp_path / "in").iterdir()):
+        client.upload_file(str(path), name, f"in/{path.name}")
+    inputs, out = f"s3://{name}/in/", f"s3://{name}/out"
+    procs = [
+        start_shard(shard_args(mlp_model, inputs, out, i), tmp_path / f"{i}.log", s3_env)
+        for i in range(3)
+    ]
+    for index, proc in enumerate(procs):
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"{index}.log").read_text()
+    assert marked([log_of(tmp_path / f"{i}.log") for i in range(3)]) == 1
+    got = []
+    for k in range(FILES):
+        body = client.get_object(Bucket=name, Key=f"out/part-{k}.parquet")["Body"].read()
+        (tmp_path / f"o{k}.parquet").write_bytes(body)
+        got += pq.read_table(tmp_path / f"o{k}.parquet").column("id").to_pylist()
+    assert sorted(got) == sorted(ids)
+    assert "out/_SUCCESS" in s3_etags(client, name, "out/")
 
 
 def test_shards_on_s3(
