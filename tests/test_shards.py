@@ -329,6 +329,60 @@ def test_shards_over_one_parquet_file_split_its_row_groups(
     assert sorted(o["output"] for o in manifest["outputs"]) == names
 
 
+def test_a_bad_row_in_a_row_group_range_is_named_by_its_row_in_the_file(
+    run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    frame = make_frame(60, seed=3)
+    frame.loc[34, "f0"] = None  # file row 35, in row group 3 (0-based), shard 1's range
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, tmp_path / "in" / "p.parquet", row_group_size=10)
+    out = tmp_path / "out"
+    result = run_main(
+        *shard_args(mlp_model, tmp_path / "in", out, 1), "--on_error", "skip",
+        "--max_error_rate", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (out / "p.rowgroups-2-3.parquet").exists()
+    rejected = [json.loads(line) for line in (out / "_rejects.shard-1-of-3.jsonl").open()]
+    assert [r["row"] for r in rejected] == [35]
+    assert sorted(pd.read_parquet(out / "p.rowgroups-2-3.parquet")["id"]) == [
+        i for i in range(21, 41) if i != 35
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "count_args", "expected"),
+    [
+        ({"JOB_COMPLETION_INDEX": "1"}, ["--shard_count", "3"], (1, 3)),
+        ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3"}, [], (2, 3)),
+        ({"AWS_BATCH_JOB_ARRAY_INDEX": "0"}, ["--shard_count", "3"], (0, 3)),
+    ],
+)
+def test_auto_takes_the_shard_from_the_scheduler(
+    run_main: Callable[..., Completed],
+    tmp_path: Path,
+    mlp_model: Path,
+    env: dict[str, str],
+    count_args: list[str],
+    expected: tuple[int, int],
+) -> None:
+    write_inputs(tmp_path / "in")
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(tmp_path / "in"),
+        "--output_dir", str(tmp_path / "out"), "--shard_index", "auto", *count_args, *COMMON,
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    planned = next(line for line in result.log_lines() if line["event"] == "shard planned")
+    assert (planned["shard_index"], planned["shard_count"]) == expected
+    index, count = expected
+    assert (tmp_path / "out" / f"_manifest.shard-{index}-of-{count}.json").exists()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == [
+        f"part-{k}.parquet" for k in range(FILES) if k % count == index
+    ]
+
+
 def test_a_shard_with_nothing_to_do_still_writes_its_part(
     run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
 ) -> None:
