@@ -383,6 +383,27 @@ def test_auto_takes_the_shard_from_the_scheduler(
     ]
 
 
+def test_the_library_takes_shards_too(
+    tmp_path: Path, mlp_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batchpredict
+
+    write_inputs(tmp_path / "in")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    summary = batchpredict.predict(
+        str(mlp_model), str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+        features="f0,f1,f2,f3", keep_columns="id", progress=False,
+        shard_index="auto", shard_count=3,
+    )  # fmt: skip
+    assert summary.shard == {"index": 2, "count": 3}
+    assert [Path(p).name for p in summary.outputs] == ["part-2.parquet", "part-5.parquet"]
+    with pytest.raises(UsageError, match="--shard_index must be from 0 to 2"):
+        batchpredict.predict(
+            str(mlp_model), str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+            shard_index=3, shard_count=3,
+        )  # fmt: skip
+
+
 def test_a_shard_with_nothing_to_do_still_writes_its_part(
     run_main: Callable[..., Completed], tmp_path: Path, mlp_model: Path
 ) -> None:

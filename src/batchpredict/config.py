@@ -200,6 +200,8 @@ def _validate_shards(config: RunConfig) -> None:
         return
     if index is None or count is None:
         raise UsageError("--shard_index and --shard_count go together")
+    if not isinstance(index, int) or not isinstance(count, int):
+        raise UsageError(f"--shard_index and --shard_count must be numbers, got {index!r}")
     if count < 1 or not 0 <= index < count:
         raise UsageError(f"--shard_index must be from 0 to {count - 1} (--shard_count {count})")
     if config.output_dir is None:
