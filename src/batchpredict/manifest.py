@@ -299,6 +299,9 @@ class Manifest:
     options that made it. `finish` writes this run's records alone, then `_SUCCESS`.
     Until then each output committed is appended to the journal, which a run killed
     outright leaves for the next one to fold in.
+
+    A shard (`shards.py`) keeps its own part, `_manifest.shard-I-of-N.json`, and journal;
+    `--skip_existing` looks an output up in its part, then in the merged `_manifest.json`.
     """
 
     def __init__(
