@@ -111,6 +111,8 @@ AT_DEFAULT = {
     "output_file": "--output_file and --output_dir exclude each other",
     "engine": "ray",
     "output_mode": "--output_mode is for --output_format delta, which --skip_existing excludes",
+    "shard_index": "shards refuse --stats_file and --rejects_file",
+    "shard_count": "shards refuse --stats_file and --rejects_file",
 }
 
 
@@ -147,6 +149,9 @@ def test_the_fields_left_at_default_above_come_from_their_options_too() -> None:
     delta = ["--output_dir", "d", "--output_format", "delta", "--output_mode", "append"]
     config = cli_options.run_config(_options(PREDICT, [*args, *delta]))
     assert config.output_mode == "append"
+    shard = ["--output_dir", "d", "--shard_index", "1", "--shard_count", "3"]
+    config = cli_options.run_config(_options(PREDICT, [*args, *shard]))
+    assert (config.shard_index, config.shard_count) == (1, 3)
 
 
 def test_inspect_and_validate_build_the_config_from_the_options_they_have() -> None:

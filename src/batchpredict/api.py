@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import structlog
 
-from batchpredict import checks, pipeline, verification
+from batchpredict import checks, pipeline, shards, verification
 from batchpredict.checks import ValidationReport
 from batchpredict.columns import plan_mapping
 from batchpredict.config import RunConfig
@@ -124,6 +125,10 @@ def _config(model: str, input_file: Inputs, options: dict[str, Any]) -> RunConfi
             options[name] = tuple(options[name].split(","))
         elif options.get(name) is not None:
             options[name] = tuple(options[name])
+    if isinstance(options.get("shard_index"), str):  # "auto", as on the command line
+        shard = shards.resolve(options["shard_index"], options.get("shard_count"), os.environ)
+        assert shard is not None  # an index was given
+        options["shard_index"], options["shard_count"] = shard.index, shard.count
     config = RunConfig(model=model, input_files=files, **options)
     preflight(config)
     return config

@@ -37,6 +37,7 @@ from batchpredict.cli_options import (
     PROGRESS,
     READING,
     S3_ENDPOINT_URL,
+    SHARDS,
     STATISTICS,
     STATS_FILE,
     BatchSizeType,
@@ -216,6 +217,7 @@ def cli() -> None:
     ),
     help="The --ray_* options and --preserve_order are for --engine ray.",
 )
+@cloup.option_group("Shards (array jobs)", *SHARDS)
 def predict(**options: Any) -> None:
     """Predict every row of the inputs and write the predictions atomically."""
     from batchpredict.metrics import check_metrics_file

@@ -379,6 +379,23 @@ MAX_DRIFT = option(
     "written, no _SUCCESS).",
 )
 STATISTICS = (STATS_FILE, BASELINE, MAX_DRIFT)
+SHARDS = (
+    option(
+        "shard_index",
+        metavar="I|auto",
+        default=None,
+        help="Be shard I (from 0) of --shard_count: take every Nth input, write a manifest "
+        "part; the last shard to finish writes _SUCCESS. auto: from JOB_COMPLETION_INDEX, "
+        "SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX.",
+    ),
+    option(
+        "shard_count",
+        metavar="N",
+        type=click.IntRange(min=1),
+        default=None,
+        help="How many shards the job has (auto: SLURM_ARRAY_TASK_COUNT if not given).",
+    ),
+)
 
 PROGRESS = (
     option(
@@ -473,6 +490,8 @@ CONVERTED_FIELDS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {
     "class_names": (("class_names", "class_names_file"), _class_names),
     "delimiter": (("delimiter",), parse_delimiter),
     "progress": (("no_progress",), operator.not_),
+    "shard_index": (("shard_index", "shard_count"), lambda i, n: _shard(i, n)[0]),
+    "shard_count": (("shard_index", "shard_count"), lambda i, n: _shard(i, n)[1]),
 }
 #: Options that are no `RunConfig` field: they set up the command line itself (the log
 #: lines' destination and look, the defaults file) or feed a converted field.
@@ -493,6 +512,14 @@ def run_config(options: dict[str, Any]) -> RunConfig:
 
     preflight(config)
     return config
+
+
+def _shard(index: str | None, count: int | None) -> tuple[int | None, int | None]:
+    """`--shard_index` (a number, or auto: the scheduler's variables) and `--shard_count`."""
+    from batchpredict.shards import resolve  # storage, pyarrow: not needed for --help
+
+    shard = resolve(index, count, os.environ)
+    return (None, None) if shard is None else (shard.index, shard.count)
 
 
 def _as_given(value: Any) -> Any:

@@ -134,6 +134,11 @@ class RunConfig:
     #: A column whose PSI against the baseline is above this fails the run: outputs are
     #: written, `_SUCCESS` is not, exit 3.
     max_drift: float | None = None
+    #: This process's shard of the job, from 0 (README "Shards"); None: not sharded.
+    #: `--shard_index auto` is resolved from the scheduler's variables before it gets here.
+    shard_index: int | None = None
+    #: How many shards the job has (with `shard_index`).
+    shard_count: int | None = None
 
     # -- Delta Lake tables (README "Delta Lake tables") -----------------------------------
     #: `--input_version`: the version Delta table inputs are read at (None: the current one).
@@ -193,6 +198,7 @@ def validate(config: RunConfig) -> None:
     _validate_label_options(config)
     _validate_stats(config)
     _validate_delta(config)
+    _validate_shards(config)
 
 
 def _validate_delta(config: RunConfig) -> None:
@@ -223,6 +229,30 @@ def _validate_delta(config: RunConfig) -> None:
     for name, given in refused.items():
         if given:
             raise UsageError(f"{name} cannot be used with --output_format delta")
+
+
+def _validate_shards(config: RunConfig) -> None:
+    """A shard writes one output per input and its manifest part into --output_dir, with
+    the local engine; its own statistics would be one shard's, so they are refused."""
+    index, count = config.shard_index, config.shard_count
+    if index is None and count is None:
+        return
+    if index is None or count is None:
+        raise UsageError("--shard_index and --shard_count go together")
+    if not isinstance(index, int) or not isinstance(count, int):
+        raise UsageError(f"--shard_index and --shard_count must be numbers, got {index!r}")
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard_index must be from 0 to {count - 1} (--shard_count {count})")
+    if config.output_dir is None:
+        raise UsageError("shards (--shard_index) need --output_dir: each writes its outputs there")
+    if config.engine != "local":
+        raise UsageError("shards (--shard_index) are for the local engine, not --engine ray")
+    if STDIO in config.input_files:
+        raise UsageError("shards (--shard_index) cannot read stdin ('-')")
+    asked = [f"--{name}" for name in ("stats_file", "baseline", "max_drift", "rejects_file")]
+    given = [name for name in asked if getattr(config, name[2:]) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot be used with shards (--shard_index) yet")
 
 
 def _validate_stats(config: RunConfig) -> None:

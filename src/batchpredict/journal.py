@@ -35,9 +35,10 @@ UPLOAD_SECONDS = 10.0
 class Journal:
     """The journal of the output folder `folder`: read, appended to, removed."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, name: str = JOURNAL) -> None:
         self.folder = folder
-        self.path = storage.join(folder, JOURNAL)
+        self.name = name
+        self.path = storage.join(folder, name)
         self._local = not storage.is_uri(folder)
         self._file: IO[bytes] | None = None
         self._pending: list[bytes] = []
@@ -48,7 +49,7 @@ class Journal:
         """The journal's files in the order they were written (none when there is none)."""
         if self._local:
             return [self.path] if os.path.isfile(self.path) else []
-        prefix = storage.join(self.folder, JOURNAL + ".")
+        prefix = storage.join(self.folder, self.name + ".")
         return [path for path in storage.list_files(self.folder) if path.startswith(prefix)]
 
     def read(self) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ it, leaving the previous output untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchpredict import storage
+from batchpredict import shards, storage
 from batchpredict.batching import Prefetch
 from batchpredict.config import RunConfig
 from batchpredict.errors import BatchPredictError, DataError, UsageError
@@ -67,7 +68,9 @@ WRITE_QUEUE_CHUNKS = 2
 
 def run(config: RunConfig, state: RunState) -> RunSummary:
     """Predict every input into its output, counting into `state` as it goes."""
-    inputs = expand_inputs(config.input_files, config.input_format)
+    listing = expand_inputs(config.input_files, config.input_format)
+    shard = shards.of(config.shard_index, config.shard_count)
+    inputs = listing if shard is None else shards.take(listing, shard)
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
@@ -81,8 +84,8 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     )
     stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
-    setup = _start(config, inputs, stats)
-    manifest = _open_manifest(config, setup.scorer.model, setup.mapping.as_dict())
+    setup = _start(config, inputs, stats, listing)
+    manifest = _open_manifest(config, setup.scorer.model, setup.mapping.as_dict(), listing)
     progress = Progress(
         _known_total_rows(inputs, read_options(config)),
         enabled=config.progress,
@@ -122,6 +125,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         column_mapping=setup.mapping.as_dict(),
         statistics=None if statistics is None else compact(statistics),
         drift=None if statistics is None else statistics["drift"],
+        shard=None if shard is None else {"index": shard.index, "count": shard.count},
     )
 
 
@@ -171,8 +175,11 @@ class _Started:
     model_name: str
 
 
-def _start(config: RunConfig, inputs: list[InputFile], stats: StatsRun | None) -> _Started:
-    """Load the model on its devices, plan the column mapping, and log `run started`."""
+def _start(
+    config: RunConfig, inputs: list[InputFile], stats: StatsRun | None, listing: list[InputFile]
+) -> _Started:
+    """Load the model on its devices, plan the column mapping (from the job's first input,
+    so that every shard plans the same), and log `run started`."""
     devices = devices_for(config.device)
     scorer = scorer_for(config, devices.devices, None if stats is None else stats.collector)
     model, columns = scorer.model, scorer.columns
@@ -183,7 +190,7 @@ def _start(config: RunConfig, inputs: list[InputFile], stats: StatsRun | None) -
     where = {"model": model.source.path}
     if storage.is_uri(config.model) and config.model != model.source.path:
         where = {"model": config.model, "model_cache": model.source.path}
-    mapping = RunColumns(model, config, plan_run_mapping(inputs, model, config))
+    mapping = RunColumns(model, config, plan_run_mapping(listing, model, config))
     get_logger().info(
         "run started",
         **where,
@@ -241,11 +248,15 @@ def _predict_targets(
 
 
 def _open_manifest(
-    config: RunConfig, model: LoadedModel, mapping: dict[str, Any] | None = None
+    config: RunConfig,
+    model: LoadedModel,
+    mapping: dict[str, Any] | None = None,
+    listing: list[InputFile] | None = None,
 ) -> Manifest | None:
     """With `--output_dir`: remove the old `_SUCCESS`, identify the model (its files are
     hashed once per run) and start the manifest; `mapping` is the run's column mapping,
-    recorded with the prediction options."""
+    recorded with the prediction options; a shard's manifest is its part of the plan
+    made from the job's `listing`."""
     if config.output_dir is None:
         return None
     # A stale marker from an earlier run must not vouch for a half-updated folder.
@@ -261,11 +272,14 @@ def _open_manifest(
         bytes=identity.bytes,
         seconds=identity.seconds,
     )
+    shard = shards.of(config.shard_index, config.shard_count)
     return Manifest(
         config.output_dir,
         model=identity,
         options=prediction_options(config, mapping),
         resume=config.skip_existing,
+        shard=shard,
+        listing="" if shard is None else shards.listing_digest(listing or [], shard),
     )
 
 
@@ -454,6 +468,7 @@ def _known_total_rows(inputs: list[InputFile], options: ReadOptions) -> int | No
     for source in inputs:
         if source.path == "-":
             return None
+        options = dataclasses.replace(options, row_groups=source.row_groups)
         rows = reader_for(source.path, source.format, options).total_rows()
         if rows is None:
             return None

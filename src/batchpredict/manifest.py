@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchpredict import storage
+from batchpredict import shards, storage
 from batchpredict.atomic import write_whole
 from batchpredict.config import RunConfig
 from batchpredict.errors import InputMissingError, ReadWriteError
-from batchpredict.journal import Journal
+from batchpredict.journal import JOURNAL, Journal
 from batchpredict.model import LoadedModel
 from batchpredict.observe import get_logger
 from batchpredict.outputs import MANIFEST, SUCCESS_MARKER, OutputTarget
@@ -299,6 +299,9 @@ class Manifest:
     options that made it. `finish` writes this run's records alone, then `_SUCCESS`.
     Until then each output committed is appended to the journal, which a run killed
     outright leaves for the next one to fold in.
+
+    A shard (`shards.py`) keeps its own part, `_manifest.shard-I-of-N.json`, and journal;
+    `--skip_existing` looks an output up in its part, then in the merged `_manifest.json`.
     """
 
     def __init__(
@@ -309,9 +312,13 @@ class Manifest:
         options: dict[str, Any],
         resume: bool,
         engine: str = "local",
+        shard: shards.Shard | None = None,
+        listing: str = "",
     ) -> None:
         self.output_dir = output_dir
-        self.path = storage.join(output_dir, MANIFEST)
+        #: A shard writes its own part; `_manifest.json` is the parts merged (shards.py).
+        self.shard = shard
+        self.path = storage.join(output_dir, shards.part_name(shard) if shard else MANIFEST)
         self.model = model
         self.options = options
         self.engine = engine
@@ -320,26 +327,34 @@ class Manifest:
         # the earlier run's), not compared: `--skip_existing` compares model and options.
         self.made_with = {"model": model.compared(), "options": options, "versions": self.versions}
         self._settings_id = _settings_id(self.made_with)
-        self._journal = Journal(output_dir)
+        self.plan = shards.plan_digest(listing, self._settings_id)
+        self._journal = Journal(output_dir, shards.journal_name(shard) if shard else JOURNAL)
         self._journaled_settings: set[str] = set()
         self._done: dict[str, dict[str, Any]] = {}
         #: Outputs in the order they were considered: the order of the manifest's records.
         self._order: dict[str, None] = {}
-        self._previous = self._load(strict=resume)
+        self._previous = self._load(self.path, strict=resume)
+        #: A shard's view of the other shards' outputs: the merged manifest, looked up by
+        #: `--skip_existing` after the shard's own part, never written into the part.
+        self._merged = (
+            self._load(storage.join(output_dir, MANIFEST), strict=resume) if shard else None
+        )
         self._fold_journal(strict=resume)
+        if shard is not None and self._previous is not None:
+            self._write(final=False)  # running again: its part is not complete until it ends
 
-    def _load(self, *, strict: bool) -> dict[str, dict[str, Any]] | None:
+    def _load(self, path: str, *, strict: bool) -> dict[str, dict[str, Any]] | None:
         """The previous manifest's records by output, None when there is none. An
         unreadable one fails a `--skip_existing` run (74) and is replaced otherwise."""
         try:
-            data = json.loads(storage.read_bytes(self.path))
+            data = json.loads(storage.read_bytes(path))
             return _records_of(data)
         except (FileNotFoundError, InputMissingError):
             return None
         except (OSError, ReadWriteError, ValueError, KeyError, TypeError, AttributeError) as exc:
             if strict:
-                raise ReadWriteError(f"{self.path}: cannot read the manifest: {exc}") from exc
-            get_logger().warning("previous manifest unreadable, replaced", manifest=self.path)
+                raise ReadWriteError(f"{path}: cannot read the manifest: {exc}") from exc
+            get_logger().warning("previous manifest unreadable, replaced", manifest=path)
             return None
 
     def _fold_journal(self, *, strict: bool) -> None:
@@ -377,9 +392,10 @@ class Manifest:
         made by the same model, with the same options, from the same inputs, and the
         output is still the file recorded: the record is then carried into this run's."""
         self._order.setdefault(self._key(target), None)
-        if self._previous is None:
+        if self._previous is None and self._merged is None:
             return REASON_NO_MANIFEST
-        record = self._previous.get(self._key(target))
+        key = self._key(target)
+        record = (self._previous or {}).get(key) or (self._merged or {}).get(key)
         if record is None:
             return REASON_NOT_RECORDED
         made_with = record.get("made_with")
@@ -445,18 +461,23 @@ class Manifest:
         self._journal.remove()
 
     def finish(self) -> None:
-        """Write this run's records, then mark the folder complete: `_SUCCESS`, last."""
+        """Write this run's records, then mark the folder complete: `_SUCCESS`, last. A
+        shard writes its part, and marks the folder only once every part is there."""
         self._write(final=True)
         self._journal.remove()
-        write_whole(storage.join(self.output_dir, SUCCESS_MARKER), "")
+        if self.shard is None:
+            write_whole(storage.join(self.output_dir, SUCCESS_MARKER), "")
+            return
+        shards.complete(self.output_dir, self.shard, self.plan, MANIFEST, SUCCESS_MARKER)
 
     def _write(self, *, final: bool) -> None:
         records = [self._done[key] for key in self._order if key in self._done]
         if not final and self._previous:
             records += [r for key, r in self._previous.items() if key not in self._done]
-        write_whole(self.path, json.dumps(self._document(records), indent=2) + "\n")
+        document = self._document(records, final=final)
+        write_whole(self.path, json.dumps(document, indent=2) + "\n")
 
-    def _document(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def _document(self, records: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
         """The manifest: this run's model and options at the top; each output names the
         (model, options) it was made with by an id into `made_with`."""
         table: dict[str, Any] = {}
@@ -478,6 +499,19 @@ class Manifest:
             "options": self.options,
             "made_with": table,
             "outputs": outputs,
+            **({"shard": self._shard_record(final)} if self.shard else {}),
+        }
+
+    def _shard_record(self, final: bool) -> dict[str, Any]:
+        """A part's `shard`: `complete` only when the shard finished; a part written by a
+        shard that failed or is being rerun (`flush`, a journal folded in) must not let
+        another shard mark the folder complete."""
+        assert self.shard is not None
+        return {
+            "index": self.shard.index,
+            "count": self.shard.count,
+            "plan": self.plan,
+            "complete": final,
         }
 
 

@@ -87,6 +87,10 @@ def rejects_path(target: OutputTarget, config: RunConfig) -> str:
     """Where a target's bad rows go: `--rejects_file`, `DIR/_rejects.jsonl`, or beside it."""
     if config.rejects_file is not None:
         return config.rejects_file
+    if config.output_dir is not None and config.shard_index is not None:
+        # Shards run at once: each keeps its own bad rows.
+        shard = f"shard-{config.shard_index}-of-{config.shard_count}"
+        return storage.join(config.output_dir, f"_rejects.{shard}.jsonl")
     if config.output_dir is not None:
         return storage.join(config.output_dir, REJECTS)
     return f"{target.path}.rejects.jsonl"

@@ -13,6 +13,7 @@ Large inputs, stdin and objects in stores are streamed chunk by chunk, as always
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import stat
@@ -320,6 +321,9 @@ class Reading:
             keep = None if rejects is None else _keep_record(rejects, counts)
             rows = FileRows(source.path, keep)
             options = self._read_options(source.path, None if keep is None else rows.on_bad_record)
+            if source.row_groups is not None:  # a shard's part of a Parquet file
+                options = dataclasses.replace(options, row_groups=source.row_groups)
+                rows.read = source.row_groups.rows_before
             reader = reader_for(source.path, source.format, options)
             yield from self._prepared(source, reader, reader.iter_batches(), rows, counts, rejects)
 

@@ -19,6 +19,7 @@ import structlog
 
 from batchpredict import storage
 from batchpredict.errors import InputMissingError, UsageError
+from batchpredict.formats.base import RowGroups
 from batchpredict.formats.delta_io import DELTA_LOG, DeltaReader, is_delta_table, table_above
 from batchpredict.formats.registry import READERS, format_for_path, reader_format
 from batchpredict.storage import GLOB_CHARS, STDIO
@@ -34,6 +35,8 @@ class InputFile:
     #: The path below its folder (`date=1/part-0.parquet`), used to name `--output_dir`
     #: files; "stdin" for `-`.
     relative_path: str
+    #: Only these row groups of a Parquet file (a shard's part of it); None: all of it.
+    row_groups: RowGroups | None = None
 
 
 def expand_inputs(values: tuple[str, ...], input_format: str | None) -> list[InputFile]:

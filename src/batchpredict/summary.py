@@ -36,6 +36,8 @@ class RunSummary:
     statistics: dict[str, Any] | None = None
     #: Drift against `--baseline` (the stats file's DRIFT object), or None.
     drift: dict[str, Any] | None = None
+    #: This process's shard of the job (`{"index": I, "count": N}`), None when not sharded.
+    shard: dict[str, int] | None = None
     rows_per_second: float = field(init=False)
 
     def __post_init__(self) -> None:

@@ -203,6 +203,16 @@ def model_column_types(
 
 
 @dataclass(frozen=True)
+class RowGroups:
+    """Part of a Parquet file: row groups `first` to `last` (0-based, inclusive), whose
+    first row is the file's row `rows_before + 1` (so bad rows are named by file row)."""
+
+    first: int
+    last: int
+    rows_before: int
+
+
+@dataclass(frozen=True)
 class ReadOptions:
     """What every reader needs besides the path."""
 
@@ -231,6 +241,8 @@ class ReadOptions:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     #: Delta tables: the version to read (`--input_version`; None: the current one).
     table_version: int | None = None
+    #: Parquet: read only these row groups (a shard's part of a file); None: all.
+    row_groups: RowGroups | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:

@@ -15,6 +15,7 @@ from batchpredict.formats.base import (
     STDIO,
     Reader,
     ReadOptions,
+    RowGroups,
     Writer,
     stdin_stream,
 )
@@ -88,8 +89,12 @@ class ParquetReader(Reader):
         return storage.size(self.path)
 
     def total_rows(self) -> int | None:
-        """The row count from the footer."""
-        return int(self._open().metadata.num_rows)
+        """The row count from the footer (of the row groups read)."""
+        metadata = self._open().metadata
+        part = self.options.row_groups
+        if part is None:
+            return int(metadata.num_rows)
+        return int(sum(metadata.row_group(g).num_rows for g in range(part.first, part.last + 1)))
 
     def schema(self) -> pa.Schema:
         """The schema from the footer, without reading a row group."""
@@ -107,12 +112,17 @@ class ParquetReader(Reader):
         """
         parquet = self._open()
         metadata = parquet.metadata
-        groups = metadata.num_row_groups
+        part = self.options.row_groups or RowGroups(0, metadata.num_row_groups - 1, 0)
+        if part.last >= metadata.num_row_groups:
+            raise ReadWriteError(
+                f"{self.path}: has {metadata.num_row_groups} row groups, not the "
+                f"{part.last + 1} planned: the file changed since the shards were planned"
+            )
         int96 = self._int96_columns(parquet)
         seconds = self._open(int96_unit="s") if int96 else None
-        rows = 0
+        rows = part.rows_before
         try:
-            for group in range(groups):
+            for group in range(part.first, part.last + 1):
                 group_rows = metadata.row_group(group).num_rows
                 self._check_claimed_rows(parquet, group, rows)
                 try:
@@ -142,6 +152,16 @@ class ParquetReader(Reader):
             parquet.close()
             if seconds is not None:
                 seconds.close()
+
+    @staticmethod
+    def row_group_rows(path: str) -> list[int]:
+        """The rows of each row group of the Parquet file `path`, from its footer."""
+        parquet = ParquetReader(path, ReadOptions())._open()
+        try:
+            metadata = parquet.metadata
+            return [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+        finally:
+            parquet.close()
 
     def _corrupt(self, parquet: pq.ParquetFile, group: int, before: int, reason: str) -> Exception:
         """Our error for a row group that fails to read, with its rows and the bad column."""
