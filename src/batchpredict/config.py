@@ -249,6 +249,9 @@ def _validate_shards(config: RunConfig) -> None:
         raise UsageError("shards (--shard_index) are for the local engine, not --engine ray")
     if STDIO in config.input_files:
         raise UsageError("shards (--shard_index) cannot read stdin ('-')")
+    if (config.output_format or "").strip().lower() == "delta":
+        # Each shard would commit its own overwrite of the one table.
+        raise UsageError("--output_format delta cannot be used with shards (--shard_index) yet")
     asked = [f"--{name}" for name in ("stats_file", "baseline", "max_drift", "rejects_file")]
     given = [name for name in asked if getattr(config, name[2:]) is not None]
     if given:
