@@ -233,7 +233,16 @@ def test_shard_options_that_cannot_work_are_refused(
             "--stats_file cannot be used with shards",
         ),
         (
-            "--output_dir OUT --shard_index 0 --shard_count 2 --output_format delta".split(),
+            [
+                "--output_dir",
+                "OUT",
+                "--shard_index",
+                "0",
+                "--shard_count",
+                "2",
+                "--output_format",
+                "delta",
+            ],
             {},
             "--output_format delta cannot be used with shards",
         ),
