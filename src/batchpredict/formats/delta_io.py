@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from batchpredict import storage
@@ -40,6 +39,7 @@ from batchpredict.formats.base import STDIO, Reader, Writer
 
 if TYPE_CHECKING:
     import deltalake
+    import pyarrow.dataset as pads  # imports pandas: only when a table is read
 
 #: The folder whose presence makes a folder a Delta table.
 DELTA_LOG = "_delta_log"
