@@ -44,6 +44,26 @@ def test_help_and_version_do_not_import_tensorflow() -> None:
     assert "batchpredict, version" in result.stdout
 
 
+def test_a_missing_input_fails_without_loading_heavy_libraries(tmp_path: Path) -> None:
+    """66 comes before TensorFlow, pandas (pyarrow.dataset imports it) and the optional
+    libraries load: an early failure stays well under a second."""
+    args = [
+        "predict", "--model", str(tmp_path / "m.keras"),
+        "--input_file", str(tmp_path / "x.csv"), "--output_file", str(tmp_path / "o.csv"),
+    ]  # fmt: skip
+    code = (
+        "import sys\n"
+        "from batchpredict.cli import main\n"
+        f"assert main({args!r}) == 66\n"
+        "heavy = ('tensorflow', 'keras', 'pandas', 'pyarrow.dataset', 'polars', 'datasketches',\n"
+        "         'deltalake', 'boto3', 'matplotlib')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_python_dash_m_is_the_same_cli() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "batchpredict", "--version"], capture_output=True, text=True
