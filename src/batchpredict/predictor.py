@@ -377,13 +377,12 @@ class Predictor:
                 tf.data.experimental.prefetch_to_device(device, DEVICE_PREFETCH_BATCHES)
             )
         step = self._step(size, device)
-        results = []
         with tf.device(device):
-            for batch in dataset:
-                outputs = step(batch)
-                results.append({name: value.numpy() for name, value in outputs.items()})
-                self.batches_per_device[device] += 1
-        return results
+            # Results are fetched after the loop: a GPU then queues every batch of the
+            # chunk without waiting for each result's copy back to the host.
+            outputs = [step(batch) for batch in dataset]
+        self.batches_per_device[device] += len(outputs)
+        return [{name: value.numpy() for name, value in out.items()} for out in outputs]
 
     def _no_predictions(self, arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
         """Each output with no rows, from one batch of blank inputs (zeros, empty text)."""
