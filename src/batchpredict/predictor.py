@@ -104,7 +104,7 @@ def prefetch_path(choice: str, devices: Sequence[str]) -> str:
 
     `auto` takes `tfdata` when the devices are GPUs, whose host-to-device copies it
     overlaps with compute, and `numpy` on the CPU, where there is nothing to copy and
-    the benchmark measures it no slower (README "Speed and memory").
+    the benchmark measures `tfdata` slower (README "Speed and memory").
     """
     if choice not in PREFETCH_CHOICES:
         raise UsageError(f"--prefetch must be auto, tfdata or numpy, got {choice!r}")
@@ -369,7 +369,7 @@ class Predictor:
         if shards > 1:
             dataset = dataset.shard(shards, shard)
         # On the CPU the batches are slices of memory already there: a `prefetch` thread
-        # would only take cores from the step (measured 15% slower on two cores).
+        # would only take cores from the step (measured ~15% slower on two cores).
         if copies_to_device(device):
             # Must be the last transformation: the iterator then yields tensors already
             # on the device, the next ones copied while the step computes.
