@@ -3,6 +3,7 @@ and batchpredict's own stages in isolation, per input format. See benchmarks/REA
 
     python benchmarks/bench.py [--rows 1000000] [--formats csv,parquet,jsonl,avro]
                                [--contenders batchpredict,seed,seed_tuned,ray,ray_engine,stages]
+                               (also batchpredict_tfdata: with --prefetch tfdata)
                                [--repeat 1] [--out benchmarks/out]
 """
 
@@ -35,7 +36,9 @@ AVRO_CODEC = "null"
 SAMPLE_SECONDS = 0.05
 QUIET: dict[str, Any] = {"capture_output": True, "text": True}
 FORMATS = {"csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl", "avro": ".avro"}
-END_TO_END = ("batchpredict", "seed", "seed_tuned", "ray", "ray_engine")
+#: `batchpredict_tfdata` is batchpredict with `--prefetch tfdata` forced (on the CPU the
+#: default is `numpy`): run it with `--contenders batchpredict,batchpredict_tfdata`.
+END_TO_END = ("batchpredict", "batchpredict_tfdata", "seed", "seed_tuned", "ray", "ray_engine")
 #: Contenders that need `import ray`.
 NEEDS_RAY = ("ray", "ray_engine")
 STAGES = ("read", "predict", "write", "startup")
@@ -43,6 +46,7 @@ STAGES = ("read", "predict", "write", "startup")
 ONE_ROW = "batchpredict_1row"
 LABELS = {
     "batchpredict": "batchpredict (end to end)",
+    "batchpredict_tfdata": "batchpredict `--prefetch tfdata`",
     ONE_ROW: "batchpredict on a 1-row file (= its start-up)",
     "seed": "seed script (pandas, `predict` batch 32)",
     "seed_tuned": "seed script, `batch_size=8192`",
@@ -225,7 +229,7 @@ def output_path(name: str, setup: Setup) -> Path:
     """Where a contender writes: our own format, or CSV for Avro where pandas/Ray have none."""
     if name == "ray_engine":
         return setup.work / f"{setup.fmt}-ray_engine"  # a folder of part files
-    ours = name in (*STAGES, "batchpredict", ONE_ROW)
+    ours = name in (*STAGES, "batchpredict", "batchpredict_tfdata", ONE_ROW)
     extension = FORMATS[setup.fmt] if ours or setup.fmt != "avro" else ".csv"
     return setup.work / f"{setup.fmt}-{name}{extension}"
 
@@ -239,6 +243,7 @@ def command_for(name: str, setup: Setup) -> list[str]:
     stage = [PYTHON, str(HERE / "stages.py"), name, model]
     commands = {
         "batchpredict": [*predict, data, *options],
+        "batchpredict_tfdata": [*predict, data, *options, "--prefetch", "tfdata"],
         ONE_ROW: [*predict, str(setup.one_row), *options],
         "seed": seed,
         "seed_tuned": [*seed, "8192"],
@@ -267,7 +272,7 @@ def run_contender(name: str, setup: Setup, log: Path) -> dict[str, Any]:
         result["seconds"] = round(result["stage"]["seconds"], 3)
     elif result["status"] == "ok":
         result["seconds"] = result["wall_seconds"]
-    if result["status"] == "ok" and name in ("batchpredict", ONE_ROW):
+    if result["status"] == "ok" and name in ("batchpredict", "batchpredict_tfdata", ONE_ROW):
         result["reported_seconds"] = reported_seconds(log.with_suffix(".err"))
     return result
 

@@ -42,6 +42,7 @@ def _every_option(tmp_path: Path) -> list[str]:
     return [
         "--model", "m.keras", "--signature", "sig", "--model_version", "3",
         "--unsafe_model_load", "--device", "cpu", "--gpu_memory_limit", "512",
+        "--prefetch", "tfdata",
         "--batch_size", "32", "--input_file", "a.csv", "--input-file", "b.csv",
         "--input_format", "csv", "--features", "f0, f1", "--keep_columns", "id",
         "--delimiter", "tab", "--null_values", "NA,-", "--chunk_size", "100",
@@ -66,6 +67,7 @@ EXPECTED = {
     "unsafe_model_load": True,
     "device": "cpu",
     "gpu_memory_limit": 512,
+    "prefetch": "tfdata",
     "batch_size": 32,
     "input_files": ("a.csv", "b.csv"),
     "input_format": "csv",

@@ -34,6 +34,7 @@ from batchpredict.cli_options import (
     MODEL_SECTION,
     OUTPUT_MODE,
     PREDICTION_COLUMNS,
+    PREFETCH,
     PROGRESS,
     READING,
     S3_ENDPOINT_URL,
@@ -82,6 +83,7 @@ def cli() -> None:
         default=None,
         help="Cap the GPU memory TensorFlow may take, in MB.",
     ),
+    PREFETCH,
     option(
         "batch_size",
         metavar="N|auto",

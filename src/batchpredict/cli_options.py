@@ -26,6 +26,7 @@ from batchpredict.config import (
     FORMAT_NAMES,
     ON_ERROR_CHOICES,
     OUTPUT_MODE_CHOICES,
+    PREFETCH_CHOICES,
     RunConfig,
     parse_delimiter,
     refuse_credentials,
@@ -222,6 +223,14 @@ KEEP_COLUMNS = option(
     default=None,
     help="Comma-separated input columns copied to the output (default: every column the model "
     "does not read).",
+)
+PREFETCH = option(
+    "prefetch",
+    type=click.Choice(PREFETCH_CHOICES),
+    default="auto",
+    show_default=True,
+    help="How batches reach the model: tfdata (a tf.data pipeline copying the next batches to "
+    "the GPU during compute), numpy, or auto: tfdata on a GPU, numpy on the CPU.",
 )
 CHUNK_SIZE = option(
     "chunk_size",

@@ -12,6 +12,8 @@ from batchpredict.errors import UsageError
 STDIO = "-"
 DEFAULT_CHUNK_SIZE = 65536
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
+#: `--prefetch`: auto (tfdata on a GPU, numpy on the CPU), or either path forced.
+PREFETCH_CHOICES = ("auto", "tfdata", "numpy")
 ON_ERROR_CHOICES = ("fail", "skip")
 ENGINE_CHOICES = ("local", "ray")
 #: The registered reader and writer names (formats.registry checks that they agree), listed
@@ -98,6 +100,8 @@ class RunConfig:
     unsafe_model_load: bool = False
     device: str = "auto"
     gpu_memory_limit: int | None = None
+    #: How batches reach the model (`PREFETCH_CHOICES`; see predictor.prefetch_path).
+    prefetch: str = "auto"
     log_level: str = "info"
     lock_file: str | None = None
     on_error: str = "fail"
@@ -193,6 +197,8 @@ def validate(config: RunConfig) -> None:
     _validate_engine(config)
     _validate_numbers(config)
     _validate_device(config.device)
+    if config.prefetch not in PREFETCH_CHOICES:
+        raise UsageError(f"--prefetch must be auto, tfdata or numpy, got {config.prefetch!r}")
     _validate_reading(config)
     _validate_bad_rows(config)
     _validate_label_options(config)

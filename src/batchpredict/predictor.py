@@ -3,9 +3,15 @@
 The step function is traced once with a fully fixed batch dimension, so there is no
 retracing however many files or chunks a run has (`--batch_size auto` traces each size
 it tries once, on the first chunk, and keeps one). The pipeline hands over whole chunks
-prepared on a prefetch thread (`batching.Prefetch`) rather than feeding
-`tf.data.Dataset.from_generator`: as fast here, and the main thread then waits where a
-signal can interrupt it, so SIGTERM ends a run whose input pipe has stalled.
+prepared on a prefetch thread (`batching.Prefetch`), so the main thread waits for input
+where a signal can interrupt it and SIGTERM ends a run whose input pipe has stalled.
+
+Within a chunk, batches reach the step one of two ways (`--prefetch`): `numpy` hands
+each NumPy batch to the step in turn (the CPU default: nothing to copy to a device), and
+`tfdata` feeds it from a `tf.data` pipeline over the chunk in memory that, on a GPU,
+copies the next batches to the device while the current one computes
+(`prefetch_to_device`). Either way the input is already in memory: the main thread
+never waits inside `tf.data` for the reading thread.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from batchpredict.batching import fixed_batches, whole_batches
-from batchpredict.config import DEFAULT_CHUNK_SIZE
+from batchpredict.batching import batch_count, fixed_batches, pad_rows, whole_batches
+from batchpredict.config import DEFAULT_CHUNK_SIZE, PREFETCH_CHOICES
 from batchpredict.errors import ModelError, UsageError
 from batchpredict.model import LoadedModel
 
@@ -36,6 +42,8 @@ AUTO_STRING_BYTES = 256
 AUTO_BUDGET_SECONDS = 2.0
 #: Each size is timed for at least this long (at least 2 runs, at most 10).
 AUTO_MIN_TIMED_SECONDS = 0.03
+#: Batches a `tfdata` pipeline holds ready on a GPU ahead of the step.
+DEVICE_PREFETCH_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,25 @@ def choose_device(spec: str, gpu_count: int) -> DevicePlan:
 
 def _gpu_names(count: int) -> tuple[str, ...]:
     return tuple(f"/GPU:{i}" for i in range(count))
+
+
+def is_gpu(device: str) -> bool:
+    """Whether `device` (`/GPU:0`, `/device:GPU:1`, `gpu:0`) names a GPU."""
+    return ":GPU:" in f":{device.upper().lstrip('/')}"
+
+
+def prefetch_path(choice: str, devices: Sequence[str]) -> str:
+    """The way batches reach the step (`tfdata` or `numpy`) for `--prefetch choice`.
+
+    `auto` takes `tfdata` when the devices are GPUs, whose host-to-device copies it
+    overlaps with compute, and `numpy` on the CPU, where there is nothing to copy and
+    the benchmark measures `tfdata` slower (README "Speed and memory").
+    """
+    if choice not in PREFETCH_CHOICES:
+        raise UsageError(f"--prefetch must be auto, tfdata or numpy, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "tfdata" if any(is_gpu(device) for device in devices) else "numpy"
 
 
 #: The `--device` value `configure_devices` applied to this process, and its plan.
@@ -157,7 +184,8 @@ class Predictor:
     """A model wrapped in one traced function over batches of exactly `batch_size` rows.
 
     `batch_size=None` (`--batch_size auto`) leaves the size to `choose_batch_size`, which
-    times a few sizes on the first chunk of real rows and keeps the fastest.
+    times a few sizes on the first chunk of real rows and keeps the fastest. `prefetch`
+    is `--prefetch`; `self.prefetch` is the path it resolved to (`prefetch_path`).
     """
 
     def __init__(
@@ -165,10 +193,12 @@ class Predictor:
         model: LoadedModel,
         batch_size: int | None,
         devices: Sequence[str] | str = ("/CPU:0",),
+        prefetch: str = "auto",
     ) -> None:
         self.model = model
         self.devices = (devices,) if isinstance(devices, str) else tuple(devices)
         self.device = self.devices[0]
+        self.prefetch = prefetch_path(prefetch, self.devices)
         fixed = _fixed_batch_size(model)
         self.batch_size: int | None = fixed or batch_size
         self._calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -271,6 +301,23 @@ class Predictor:
         size = self.batch_size
         if rows == 0:  # an output without rows still needs its columns' types and shapes
             return self._no_predictions(arrays, size)
+        if self.prefetch == "tfdata":
+            results = self._results_from_datasets(arrays, rows, size)
+        else:
+            results = self._results_from_numpy(arrays, rows, size)
+        return {
+            name: (
+                results[0][name]
+                if len(results) == 1
+                else np.concatenate([result[name] for result in results])
+            )[:rows]
+            for name in results[0]
+        }
+
+    def _results_from_numpy(
+        self, arrays: dict[str, np.ndarray], rows: int, size: int
+    ) -> list[dict[str, np.ndarray]]:
+        """The `numpy` path: each batch (a view, the last padded) handed to the step."""
         batches = fixed_batches(arrays, rows, size)
         if len(self.devices) == 1:
             results = [self._run_on(self.device, size, batch) for batch in batches]
@@ -283,14 +330,59 @@ class Predictor:
                 for i, batch in enumerate(batches)
             ]
             results = [future.result() for future in futures]
-        return {
-            name: (
-                results[0][name]
-                if len(results) == 1
-                else np.concatenate([result[name] for result in results])
-            )[:rows]
-            for name in results[0]
-        }
+        return results
+
+    def _results_from_datasets(
+        self, arrays: dict[str, np.ndarray], rows: int, size: int
+    ) -> list[dict[str, np.ndarray]]:
+        """The `tfdata` path: each device iterates its own `tf.data` pipeline over its
+        share of the batches (batch i goes to device i mod n, as on the `numpy` path),
+        on a thread of its own when there are several, and the results are interleaved
+        back in order."""
+        count = len(self.devices)
+        if count == 1:
+            return self._run_dataset(self.device, arrays, rows, size, 0, 1)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(count, "batchpredict-device")
+        pool = self._pool
+        futures = [
+            pool.submit(self._run_dataset, device, arrays, rows, size, i, count)
+            for i, device in enumerate(self.devices)
+        ]
+        shares = [future.result() for future in futures]
+        return [shares[i % count][i // count] for i in range(batch_count(rows, size))]
+
+    def _run_dataset(
+        self,
+        device: str,
+        arrays: dict[str, np.ndarray],
+        rows: int,
+        size: int,
+        shard: int,
+        shards: int,
+    ) -> list[dict[str, np.ndarray]]:
+        """Batches `shard`, `shard + shards`... of the chunk through the step on `device`,
+        fed by `batch_dataset` (copied ahead to the device when it is a GPU)."""
+        import tensorflow as tf
+
+        dataset = batch_dataset(arrays, rows, size)
+        if shards > 1:
+            dataset = dataset.shard(shards, shard)
+        # On the CPU the batches are slices of memory already there: a `prefetch` thread
+        # would only take cores from the step (measured ~15% slower on two cores).
+        if copies_to_device(device):
+            # Must be the last transformation: the iterator then yields tensors already
+            # on the device, the next ones copied while the step computes.
+            dataset = dataset.apply(
+                tf.data.experimental.prefetch_to_device(device, DEVICE_PREFETCH_BATCHES)
+            )
+        step = self._step(size, device)
+        with tf.device(device):
+            # Results are fetched after the loop: a GPU then queues every batch of the
+            # chunk without waiting for each result's copy back to the host.
+            outputs = [step(batch) for batch in dataset]
+        self.batches_per_device[device] += len(outputs)
+        return [{name: value.numpy() for name, value in out.items()} for out in outputs]
 
     def _no_predictions(self, arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
         """Each output with no rows, from one batch of blank inputs (zeros, empty text)."""
@@ -315,6 +407,44 @@ class Predictor:
     def trace_count(self) -> int:
         """How many times the kept step function was traced (1 once it has run)."""
         return sum(int(step.experimental_get_tracing_count()) for step in self._steps.values())
+
+
+def copies_to_device(device: str) -> bool:
+    """Whether a `tfdata` pipeline feeding `device` ends in `prefetch_to_device`: on a
+    GPU, so that host-to-device copies overlap compute; on the CPU the batches are
+    already where the step reads them."""
+    return is_gpu(device)
+
+
+def batch_dataset(arrays: dict[str, np.ndarray], rows: int, size: int) -> Any:
+    """A `tf.data.Dataset` of the `{name: [size, ...]}` batches `fixed_batches` makes.
+
+    The whole batches are sliced from a `[batches, size, ...]` view of each array (no
+    per-row `batch()`), and the last, short batch is padded by repeating its last row,
+    as on the `numpy` path, so that both feed the step the very same values.
+    """
+    import tensorflow as tf
+
+    whole = rows // size
+    parts = []
+    if whole:
+        parts.append(
+            tf.data.Dataset.from_tensor_slices(
+                {
+                    name: a[: whole * size].reshape(whole, size, *a.shape[1:])
+                    for name, a in arrays.items()
+                }
+            )
+        )
+    if rows % size:
+        last = {name: pad_rows(a[whole * size : rows], size) for name, a in arrays.items()}
+        parts.append(
+            tf.data.Dataset.from_tensor_slices({name: a[None] for name, a in last.items()})
+        )
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset.concatenate(part)
+    return dataset
 
 
 def auto_batch_sizes(model: LoadedModel, chunk_size: int) -> list[int]:

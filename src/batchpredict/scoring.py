@@ -322,11 +322,12 @@ def load_scorer(
     version: int | None = None,
     unsafe: bool = False,
     devices: Sequence[str] = ("/CPU:0",),
+    prefetch: str = "auto",
 ) -> Scorer:
-    """Load `model`, set up its predictor on `devices`, and name its prediction columns
-    with `columns`."""
+    """Load `model`, set up its predictor on `devices` (batches fed as `--prefetch`
+    says), and name its prediction columns with `columns`."""
     loaded = load_model(model, signature=signature, version=version, unsafe=unsafe)
-    return Scorer(loaded, Predictor(loaded, batch_size, devices), columns(loaded))
+    return Scorer(loaded, Predictor(loaded, batch_size, devices, prefetch), columns(loaded))
 
 
 def scorer_for(
@@ -342,5 +343,6 @@ def scorer_for(
         version=config.model_version,
         unsafe=config.unsafe_model_load,
         devices=devices,
+        prefetch=config.prefetch,
     )
     return scorer if stats is None else dataclasses.replace(scorer, stats=stats)

@@ -29,6 +29,9 @@ class RunSummary:
     device: str
     #: Model calls per device: with several (`--device gpu:0,gpu:1`), each gets a share.
     batches_per_device: dict[str, int] = field(default_factory=dict)
+    #: How batches reached the model: `tfdata` or `numpy` (`--prefetch`); None when the
+    #: engine does not say (Ray's workers).
+    prefetch: str | None = None
     #: Which columns fed which model input (`RunMapping.as_dict`).
     column_mapping: dict[str, Any] | None = None
     #: The run's statistics without sketches and histograms (`run_stats.compact`); None
