@@ -74,6 +74,10 @@ from batchpredict.summary import RunState, RunSummary
 SOURCE_COLUMN = "__batchpredict_source"
 ROW_COLUMN = "__batchpredict_row"
 STAGING = "_temporary"
+#: The object store of a Ray this run starts itself: a few blocks in flight per process.
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+#: Ray gathers a read task's chunks into blocks of about this size.
+TARGET_BLOCK_BYTES = 8 * 2**20
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -167,19 +171,26 @@ def _run_dataset(
     gpus, concurrency = _start_ray(ray, config)
     try:
         source = input_files_datasource(inputs, config, staging, mapping)
-        dataset = ray.data.read_datasource(source)
-        predicted = dataset.map_batches(
+        # One block stream per file: Ray's default splits a single file's stream into
+        # ~200 slivers (SplitBlocks), a few thousand rows each.
+        dataset = ray.data.read_datasource(source, override_num_blocks=len(inputs))
+        written = dataset.map_batches(
             _ModelActor,
-            fn_constructor_kwargs={"config": config, "staging": staging, "mapping": mapping},
+            fn_constructor_kwargs={
+                "config": config,
+                "staging": staging,
+                "mapping": mapping,
+                "output_format": output_format,
+            },
             batch_size=config.chunk_size,
             batch_format="pyarrow",
             concurrency=concurrency,
             num_gpus=gpus,
             zero_copy_batch=True,
         )
-        sink = parts_datasink(staging, output_format)
-        predicted.write_datasink(sink)
-        return _commit(config, inputs, staging, output_format, sink.parts, made)
+        parts = _written_parts(written, inputs)
+        get_logger().debug("ray dataset stats", stats=written.stats())
+        return _commit(config, inputs, staging, output_format, parts, made)
     except BaseException as exc:
         storage.delete_tree(staging)
         storage.delete_if_empty(storage.join(config.output_dir, STAGING))
@@ -201,12 +212,17 @@ def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
             log_to_driver=False,
             logging_level=logging.CRITICAL,
             runtime_env=_runtime_env(config),
+            # A Ray started here holds a few blocks in flight, not 30% of the RAM.
+            object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
         )
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = config.preserve_order
     context.enable_progress_bars = False
+    # Our readers yield chunks of --chunk_size rows; blocks of about that size (not Ray's
+    # 128 MiB of many chunks) keep the stream moving and the memory small.
+    context.target_max_block_size = TARGET_BLOCK_BYTES
     resources = ray.cluster_resources()
     gpus = config.ray_gpus_per_worker
     if gpus is None:
@@ -327,8 +343,8 @@ def _publish_parts(
         if fnmatch.fnmatch(old.rsplit("/", 1)[-1], f"part-*{extension}"):
             storage.delete(old)
     outputs = []
-    for part in sorted(parts, key=lambda p: p["index"]):
-        final = storage.join(config.output_dir, part["path"].rsplit("/", 1)[-1])
+    for index, part in enumerate(parts):
+        final = storage.join(config.output_dir, f"part-{index:05d}{extension}")
         storage.publish(part["path"], final)
         target = OutputTarget(final, output_format, tuple(inputs))
         content = storage.Content(part["sha256"], part["bytes"])
@@ -440,17 +456,26 @@ def input_files_datasource(
     return _datasource_class()(inputs, config, staging, mapping)
 
 
-# -- predict ----------------------------------------------------------------------------------
-class _ModelActor:
-    """Loads the model once; maps each batch of rows to kept columns plus predictions."""
+# -- predict and write -----------------------------------------------------------------------
+#: The columns of what each model actor call returns: the part file it wrote.
+PART_FIELDS = ("path", "rows", "sha256", "bytes", "source", "first_row")
 
-    def __init__(self, config: RunConfig, staging: str, mapping: RunMapping) -> None:
+
+class _ModelActor:
+    """Loads the model once; scores each batch of rows and writes its kept columns plus
+    predictions as one part file into the staging folder (so that predictions never go
+    through Ray's object store); returns a one-row table describing the part."""
+
+    def __init__(
+        self, config: RunConfig, staging: str, mapping: RunMapping, output_format: str
+    ) -> None:
         from batchpredict.observe import quiet_tensorflow
 
         # An actor is a process of its own, which the command line did not set up.
         quiet_tensorflow(config.log_level)
         self.config = config
         self.staging = staging
+        self.output_format = output_format
         self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
@@ -474,9 +499,31 @@ class _ModelActor:
                 functools.partial(self._reject, sources) if self.config.on_error == "skip" else None
             ),
         )
-        if not ready.rows:
-            return pa.table({})  # every row rejected; the datasink skips empty blocks
-        return pa.Table.from_batches([self.scorer.score(ready, True)])
+        if not ready.rows:  # every row rejected: no part
+            return pa.table({name: pa.array([], pa.string()) for name in PART_FIELDS})
+        part = self._write(self.scorer.score(ready, True))
+        return pa.table({**part, "source": [source], "first_row": [int(rows[0])]})
+
+    def _write(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
+        """`batch` as a part file of its own in the staging folder (written to a temporary
+        file and renamed, so a part there is whole)."""
+        extension = default_extension(self.output_format)
+        path = storage.join(self.staging, f"part-{uuid.uuid4().hex}{extension}")
+        writer = writer_for(path, self.output_format)
+        try:
+            writer.open(batch.schema)
+            writer.write(batch)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        assert writer.content is not None  # committed
+        return {
+            "path": [path],
+            "rows": [writer.rows_written],
+            "sha256": [writer.content.sha256],
+            "bytes": [writer.content.bytes],
+        }
 
     def _reject(
         self,
@@ -494,59 +541,13 @@ class _ModelActor:
         writer.commit()
 
 
-# -- write ------------------------------------------------------------------------------------
-def parts_datasink(staging: str, output_format: str) -> Any:
-    """A Ray datasink writing part files with batchpredict's writers."""
-    return _datasink_class()(staging, output_format)
-
-
-def _datasink_class() -> Any:
-    import ray.data
-
-    class _PartsDatasink(ray.data.Datasink[dict[str, Any] | None]):
-        """Our writers as a Ray datasink: each write task writes one part file (via a
-        temporary file and a rename) into the staging folder."""
-
-        def __init__(self, staging: str, output_format: str) -> None:
-            self.staging = staging
-            self.output_format = output_format
-            self.parts: list[dict[str, Any]] = []
-
-        def write(self, blocks: Any, ctx: Any) -> dict[str, Any] | None:
-            extension = default_extension(self.output_format)
-            path = storage.join(self.staging, f"part-{ctx.task_idx:05d}{extension}")
-            writer = writer_for(path, self.output_format)
-            opened = False
-            try:
-                for block in blocks:
-                    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                    if table.num_rows == 0:
-                        continue
-                    for batch in table.to_batches():
-                        if not opened:
-                            writer.open(batch.schema)
-                            opened = True
-                        writer.write(batch)
-                if not opened:
-                    return None
-                writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-            assert writer.content is not None  # committed
-            return {
-                "index": ctx.task_idx,
-                "path": path,
-                "rows": writer.rows_written,
-                "sha256": writer.content.sha256,
-                "bytes": writer.content.bytes,
-            }
-
-        def on_write_complete(self, write_result: Any) -> None:
-            returns = getattr(write_result, "write_returns", write_result)
-            self.parts = [part for part in returns if part]
-
-        def get_name(self) -> str:
-            return "batchpredict"
-
-    return _PartsDatasink
+def _written_parts(written: Any, inputs: list[InputFile]) -> list[dict[str, Any]]:
+    """Run the dataset; the parts its actors wrote, in input order (by the file and row
+    of each part's first row), so that part numbers follow the inputs."""
+    order = {item.path: index for index, item in enumerate(inputs)}
+    parts = [
+        part
+        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
+        for part in batch.to_pylist()
+    ]
+    return sorted(parts, key=lambda p: (order.get(p["source"], len(order)), p["first_row"]))
