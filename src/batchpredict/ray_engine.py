@@ -15,13 +15,16 @@ Ray is imported only here, and this module only when the engine is used.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import logging
 import os
+import pickle
 import re
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +61,7 @@ from batchpredict.outputs import (
     OutputTarget,
     RejectsWriter,
 )
+from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import (
     FileRows,
     RunColumns,
@@ -68,7 +72,7 @@ from batchpredict.scoring import (
     scorer_for,
 )
 from batchpredict.sources import InputFile, expand_inputs
-from batchpredict.summary import RunState, RunSummary
+from batchpredict.summary import Counts, RunState, RunSummary
 
 #: Columns the read tasks add so that actors can name a rejected row's file and row.
 SOURCE_COLUMN = "__batchpredict_source"
@@ -104,11 +108,14 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         if item.format == "delta":  # Ray's blocks are files; a table is read whole
             raise UsageError(f"{item.path}: Delta tables are read by the local engine only")
     check_delta_inputs(config, ((i.path, i.format) for i in inputs))
+    stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
     # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
     model = load_model_of(config)
     mapping = plan_run_mapping(inputs, model, config)
     assert mapping is not None  # the Ray engine does not read stdin
+    if stats is not None:
+        stats.check_features(mapping.read_columns)
     get_logger().info(
         "run started",
         engine="ray",
@@ -127,9 +134,15 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         inputs=[input_identity(item) for item in inputs],
     )
     get_logger().info("model identified", model=config.model, sha256=made.model.sha256)
-    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping, made)
+    finish_stats = None
+    if stats is not None:
+        finish_stats = functools.partial(
+            _finish_stats, stats, state, config, inputs, made, mapping.read_columns
+        )
+    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping, made, finish_stats)
     totals = state.totals
     totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
+    statistics = done["statistics"]
     return state.summary(
         inputs=tuple(item.path for item in inputs),
         outputs=done["outputs"],
@@ -140,6 +153,35 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         batch_size=config.batch_size,
         device="ray",
         column_mapping=mapping.as_dict(),
+        statistics=None if statistics is None else compact(statistics),
+        drift=None if statistics is None else statistics["drift"],
+    )
+
+
+#: Writes a run's statistics from the actors' merged collector and the run's counts.
+FinishStats = Callable[[RunStats, Counts], dict[str, Any]]
+
+
+def _finish_stats(
+    stats: StatsRun,
+    state: RunState,
+    config: RunConfig,
+    inputs: list[InputFile],
+    made: _Provenance,
+    features: Sequence[str],
+    collected: RunStats,
+    counts: Counts,
+) -> dict[str, Any]:
+    """The stats file of what the actors collected (merged into `collected`), written as
+    the local engine writes it, before `_SUCCESS`."""
+    stats.collector.merge(collected)
+    return stats.finish(
+        model=config.model,
+        sha256=made.model.sha256,
+        inputs=[item.path for item in inputs],
+        counts=counts,
+        seconds=time.monotonic() - state.started,
+        features=features,
     )
 
 
@@ -159,6 +201,7 @@ def _run_dataset(
     run_id: str,
     mapping: RunMapping,
     made: _Provenance,
+    finish_stats: FinishStats | None = None,
 ) -> dict[str, Any]:
     """Read, score and write every input as one Ray dataset into a staging folder, then
     commit the parts; returns the run's counts and outputs."""
@@ -190,7 +233,7 @@ def _run_dataset(
         )
         parts = _written_parts(written, inputs)
         get_logger().debug("ray dataset stats", stats=written.stats())
-        return _commit(config, inputs, staging, output_format, parts, made)
+        return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
         storage.delete_tree(staging)
         storage.delete_if_empty(storage.join(config.output_dir, STAGING))
@@ -285,9 +328,11 @@ def _commit(
     output_format: str,
     parts: list[dict[str, Any]],
     made: _Provenance,
+    finish_stats: FinishStats | None = None,
 ) -> dict[str, Any]:
-    """Check the reject rate, then move the parts into place, merge the rejects, and write
-    the manifest and `_SUCCESS` last."""
+    """Check the reject rate, then move the parts into place, merge the rejects, write the
+    statistics, and the manifest and `_SUCCESS` last (past `--max_drift`, the parts and
+    the manifest stand but `_SUCCESS` is not written, as with the local engine)."""
     assert config.output_dir is not None
     rejects = [
         path
@@ -316,8 +361,16 @@ def _commit(
         write_whole(rejects_file, b"".join(storage.read_bytes(p) for p in rejects).decode())
     storage.delete_tree(staging)
     storage.delete_if_empty(storage.join(output_dir, STAGING))
-    manifest.finish()
+    statistics = None
+    if finish_stats is not None:
+        statistics = finish_stats(_merged_stats(parts), Counts(read, written, rejected))
+    drift = None if statistics is None else statistics["drift"]
+    if drift and drift["exceeded"]:
+        manifest.flush()
+    else:
+        manifest.finish()
     return {
+        "statistics": statistics,
         "read": read,
         "written": written,
         "rejected": rejected,
@@ -325,6 +378,15 @@ def _commit(
         "rejects_files": (rejects_file,) if config.on_error == "skip" else (),
         "inputs": tuple(item.path for item in inputs),
     }
+
+
+def _merged_stats(parts: list[dict[str, Any]]) -> RunStats:
+    """The statistics every actor call collected, merged (each part carries its own)."""
+    merged = RunStats()
+    for part in parts:
+        if part.get("stats"):
+            merged.merge(pickle.loads(part["stats"]))
+    return merged
 
 
 def _publish_parts(
@@ -457,8 +519,19 @@ def input_files_datasource(
 
 
 # -- predict and write -----------------------------------------------------------------------
-#: The columns of what each model actor call returns: the part file it wrote.
-PART_FIELDS = ("path", "rows", "sha256", "bytes", "source", "first_row")
+#: What each model actor call returns: the part file it wrote, where its first row came
+#: from, and (pickled, when the run keeps statistics) the statistics of its rows.
+PART_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("source", pa.string()),
+        ("first_row", pa.int64()),
+        ("stats", pa.binary()),
+    ]
+)
 
 
 class _ModelActor:
@@ -500,9 +573,17 @@ class _ModelActor:
             ),
         )
         if not ready.rows:  # every row rejected: no part
-            return pa.table({name: pa.array([], pa.string()) for name in PART_FIELDS})
-        part = self._write(self.scorer.score(ready, True))
-        return pa.table({**part, "source": [source], "first_row": [int(rows[0])]})
+            return PART_SCHEMA.empty_table()
+        # Each call's statistics go back with its part; the driver merges them.
+        collector = RunStats() if self.config.collects_stats else None
+        scorer = dataclasses.replace(self.scorer, stats=collector)
+        part = self._write(scorer.score(ready, True))
+        part.update(
+            source=[source],
+            first_row=[int(rows[0])],
+            stats=[None if collector is None else pickle.dumps(collector)],
+        )
+        return pa.table(part, schema=PART_SCHEMA)
 
     def _write(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
         """`batch` as a part file of its own in the staging folder (written to a temporary
