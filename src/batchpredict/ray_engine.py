@@ -64,7 +64,6 @@ from batchpredict.outputs import (
 from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import (
     FileRows,
-    RunColumns,
     check_error_rate,
     load_model_of,
     plan_run_mapping,
@@ -79,7 +78,7 @@ SOURCE_COLUMN = "__batchpredict_source"
 ROW_COLUMN = "__batchpredict_row"
 STAGING = "_temporary"
 #: The object store of a Ray this run starts itself: a few blocks in flight per process.
-LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 #: Ray gathers a read task's chunks into blocks of about this size.
 TARGET_BLOCK_BYTES = 8 * 2**20
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
@@ -98,7 +97,7 @@ def import_ray() -> Any:
 def run(config: RunConfig, state: RunState) -> RunSummary:
     """`--engine ray`: predict every input on Ray and commit the parts.
 
-    The driver plans the run's one column mapping from the first input, so that every
+    The run's one column mapping is planned once from the first input, so that every
     actor applies the same one whichever file's rows reach it first.
     """
     import_ray()  # without Ray, say how to install it before loading anything
@@ -110,10 +109,8 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
-    # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
-    model = load_model_of(config)
-    mapping = plan_run_mapping(inputs, model, config)
-    assert mapping is not None  # the Ray engine does not read stdin
+    ray = _start_ray(import_ray(), config)
+    mapping, model_identity = _planned(ray, config, inputs)
     if stats is not None:
         stats.check_features(mapping.read_columns)
     get_logger().info(
@@ -126,9 +123,9 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         batch_size=config.batch_size or "auto",
         column_mapping=mapping.as_dict(),
     )
-    RunColumns(model, config, mapping).warn_if_guessed()
+    _warn_if_guessed(mapping)
     made = _Provenance(
-        model=identify_model(config.model, model),
+        model=model_identity,
         options=prediction_options(config, mapping.as_dict()),
         # Taken before reading, as the local engine does.
         inputs=[input_identity(item) for item in inputs],
@@ -195,6 +192,44 @@ class _Provenance:
     inputs: list[dict[str, Any]]
 
 
+def _plan(config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
+    """The run's column mapping and the model's identity, from the model's inputs."""
+    from batchpredict.observe import quiet_tensorflow
+
+    quiet_tensorflow(config.log_level)  # a Ray worker, which the command line did not set up
+    model = load_model_of(config)
+    mapping = plan_run_mapping(inputs, model, config)
+    assert mapping is not None  # the Ray engine does not read stdin
+    return mapping, identify_model(config.model, model)
+
+
+def _planned(
+    ray: Any, config: RunConfig, inputs: list[InputFile]
+) -> tuple[RunMapping, ModelIdentity]:
+    """`_plan` in a Ray worker that exits when done: the driver never holds TensorFlow
+    and a model (some 500 MiB) while the actors run."""
+    task = ray.remote(max_calls=1, num_cpus=0)(_plan)
+    try:
+        planned: tuple[RunMapping, ModelIdentity] = ray.get(task.remote(config, inputs))
+    except Exception as exc:
+        ours = _unwrapped(exc)
+        if ours is exc:
+            raise
+        raise ours from exc
+    return planned
+
+
+def _warn_if_guessed(mapping: RunMapping) -> None:
+    """Say so when the column order came from the first input, not from the user."""
+    if mapping.guessed_order:
+        get_logger().warning(
+            "feature order taken from the first input",
+            features=",".join(mapping.read_columns),
+            first_input=mapping.decided_by.removeprefix("the columns of "),
+            hint="every input is read by these names; pin the order with --features",
+        )
+
+
 def _run_dataset(
     config: RunConfig,
     inputs: list[InputFile],
@@ -206,12 +241,12 @@ def _run_dataset(
     """Read, score and write every input as one Ray dataset into a staging folder, then
     commit the parts; returns the run's counts and outputs."""
     ray = import_ray()
+    gpus, concurrency = _actors(ray, config)
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
     storage.make_dirs(staging)
-    gpus, concurrency = _start_ray(ray, config)
     try:
         source = input_files_datasource(inputs, config, staging, mapping)
         # One block stream per file: Ray's default splits a single file's stream into
@@ -243,8 +278,8 @@ def _run_dataset(
         raise ours from exc
 
 
-def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
-    """Join (or start) the cluster quietly; returns the GPUs per actor and the actors."""
+def _start_ray(ray: Any, config: RunConfig) -> Any:
+    """Join (or start) the cluster quietly; returns `ray`."""
     # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
     # as our one-line error) would mix with our log lines on stderr.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -266,6 +301,11 @@ def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
     # Our readers yield chunks of --chunk_size rows; blocks of about that size (not Ray's
     # 128 MiB of many chunks) keep the stream moving and the memory small.
     context.target_max_block_size = TARGET_BLOCK_BYTES
+    return ray
+
+
+def _actors(ray: Any, config: RunConfig) -> tuple[float, int]:
+    """The GPUs per actor and the actors, as asked or from the cluster's resources."""
     resources = ray.cluster_resources()
     gpus = config.ray_gpus_per_worker
     if gpus is None:
