@@ -570,6 +570,7 @@ PART_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("first_row", pa.int64()),
         ("stats", pa.binary()),
+        ("node", pa.string()),
     ]
 )
 
@@ -592,6 +593,7 @@ class _ModelActor:
         self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
+        self.node = str(ray_runtime_node())
 
     def __call__(self, table: pa.Table) -> pa.Table:
         sources = table.column(SOURCE_COLUMN)
@@ -622,6 +624,7 @@ class _ModelActor:
             source=[source],
             first_row=[int(rows[0])],
             stats=[None if collector is None else pickle.dumps(collector)],
+            node=[self.node],
         )
         return pa.table(part, schema=PART_SCHEMA)
 
@@ -662,13 +665,25 @@ class _ModelActor:
         writer.commit()
 
 
+def ray_runtime_node() -> str:
+    """The id of the Ray node this process runs on."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
 def _written_parts(written: Any, inputs: list[InputFile]) -> list[dict[str, Any]]:
     """Run the dataset; the parts its actors wrote, in input order (by the file and row
-    of each part's first row), so that part numbers follow the inputs."""
+    of each part's first row), so that part numbers follow the inputs. Logs the nodes
+    that scored them."""
     order = {item.path: index for index, item in enumerate(inputs)}
     parts = [
         part
         for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
         for part in batch.to_pylist()
     ]
+    nodes: dict[str, int] = {}
+    for part in parts:
+        nodes[part["node"]] = nodes.get(part["node"], 0) + part["rows"]
+    get_logger().info("ray nodes used", rows_per_node=nodes)
     return sorted(parts, key=lambda p: (order.get(p["source"], len(order)), p["first_row"]))
