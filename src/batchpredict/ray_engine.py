@@ -206,17 +206,27 @@ def _plan(config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, Model
 def _planned(
     ray: Any, config: RunConfig, inputs: list[InputFile]
 ) -> tuple[RunMapping, ModelIdentity]:
-    """`_plan` in a Ray worker that exits when done: the driver never holds TensorFlow
-    and a model (some 500 MiB) while the actors run."""
-    task = ray.remote(max_calls=1, num_cpus=0)(_plan)
+    """`_plan` in a Ray actor of its own, killed when done: neither the driver nor an idle
+    worker holds TensorFlow and a model (some 500 MiB) while the actors run. (A task with
+    `max_calls=1` leaves its worker idle, TensorFlow loaded, for seconds.)"""
+    planner = ray.remote(num_cpus=0)(_Planner).remote()
     try:
-        planned: tuple[RunMapping, ModelIdentity] = ray.get(task.remote(config, inputs))
+        planned: tuple[RunMapping, ModelIdentity] = ray.get(planner.plan.remote(config, inputs))
     except Exception as exc:
         ours = _unwrapped(exc)
         if ours is exc:
             raise
         raise ours from exc
+    finally:
+        ray.kill(planner)
     return planned
+
+
+class _Planner:
+    """Runs `_plan` in a Ray actor (a process the driver can kill when it is done)."""
+
+    def plan(self, config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
+        return _plan(config, inputs)
 
 
 def _warn_if_guessed(mapping: RunMapping) -> None:
@@ -493,6 +503,8 @@ def _read_file(
             rejects.commit()
         else:
             rejects.abort()
+        # The worker stays for the next task: give back what Arrow's allocator kept.
+        pa.default_memory_pool().release_unused()
 
 
 def _datasource_class() -> Any:
