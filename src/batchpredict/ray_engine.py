@@ -1,7 +1,11 @@
 """`--engine ray`: the same readers, column mapping, predictor and writers, run by Ray Data.
 
-    our readers (one read task per input file)  ->  map_batches(_ModelActor)  ->  our writers
-    input_files_datasource                           model loaded once per actor    parts_datasink
+    our readers (one read task per input file)  ->  map_batches(_ModelActor): score, write
+    input_files_datasource, chunk-sized blocks       a part file per batch, return its row
+
+The column mapping and the model's identity are planned in a short-lived actor, so the
+driver never loads TensorFlow. Each model actor call returns, beside its part, the
+statistics of its rows when the run keeps them; the driver merges them.
 
 Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
 first; only when the whole dataset has been written does the driver move the parts into
