@@ -44,6 +44,8 @@ NEEDS_RAY = ("ray", "ray_engine")
 STAGES = ("read", "predict", "write", "startup")
 #: Not a contender of its own: runs whenever batchpredict does, to measure its start-up.
 ONE_ROW = "batchpredict_1row"
+#: The same for `--engine ray`: its start-up (Ray's included) on a 1-row file.
+RAY_ONE_ROW = "ray_engine_1row"
 LABELS = {
     "batchpredict": "batchpredict (end to end)",
     "batchpredict_tfdata": "batchpredict `--prefetch tfdata`",
@@ -52,6 +54,7 @@ LABELS = {
     "seed_tuned": "seed script, `batch_size=8192`",
     "ray": "Ray Data (1 actor, batch 8192)",
     "ray_engine": "batchpredict `--engine ray` (local Ray)",
+    RAY_ONE_ROW: "`--engine ray` on a 1-row file (= its start-up)",
     "read": "stage: read (our reader)",
     "predict": "stage: predict (tf.function [8192, 30])",
     "write": "stage: write (our writer)",
@@ -227,8 +230,8 @@ class Setup:
 
 def output_path(name: str, setup: Setup) -> Path:
     """Where a contender writes: our own format, or CSV for Avro where pandas/Ray have none."""
-    if name == "ray_engine":
-        return setup.work / f"{setup.fmt}-ray_engine"  # a folder of part files
+    if name in ("ray_engine", RAY_ONE_ROW):
+        return setup.work / f"{setup.fmt}-{name}"  # a folder of part files
     ours = name in (*STAGES, "batchpredict", "batchpredict_tfdata", ONE_ROW)
     extension = FORMATS[setup.fmt] if ours or setup.fmt != "avro" else ".csv"
     return setup.work / f"{setup.fmt}-{name}{extension}"
@@ -241,6 +244,7 @@ def command_for(name: str, setup: Setup) -> list[str]:
     options = ["--output_file", output, "--keep_columns", "id", "--no_progress"]
     seed = [PYTHON, str(HERE / "seed_script.py"), data, output, model]
     stage = [PYTHON, str(HERE / "stages.py"), name, model]
+    ray_options = [*options[2:], "--engine", "ray"]
     commands = {
         "batchpredict": [*predict, data, *options],
         "batchpredict_tfdata": [*predict, data, *options, "--prefetch", "tfdata"],
@@ -249,6 +253,7 @@ def command_for(name: str, setup: Setup) -> list[str]:
         "seed_tuned": [*seed, "8192"],
         "ray": [PYTHON, str(HERE / "ray_script.py"), data, output, model],
         "ray_engine": [*predict, data, "--output_dir", output, *options[2:], "--engine", "ray"],
+        RAY_ONE_ROW: [*predict, str(setup.one_row), "--output_dir", output, *ray_options],
         "write": [*stage, output, str(setup.rows)],
     }
     return commands.get(name, [*stage, data, str(setup.rows)])
@@ -272,7 +277,8 @@ def run_contender(name: str, setup: Setup, log: Path) -> dict[str, Any]:
         result["seconds"] = round(result["stage"]["seconds"], 3)
     elif result["status"] == "ok":
         result["seconds"] = result["wall_seconds"]
-    if result["status"] == "ok" and name in ("batchpredict", "batchpredict_tfdata", ONE_ROW):
+    ours_or_ray = ("batchpredict", "batchpredict_tfdata", ONE_ROW, "ray_engine", RAY_ONE_ROW)
+    if result["status"] == "ok" and name in ours_or_ray:
         result["reported_seconds"] = reported_seconds(log.with_suffix(".err"))
     return result
 
@@ -294,7 +300,9 @@ def summarize(name: str, runs: list[dict[str, Any]], rows: int) -> dict[str, Any
     summary: dict[str, Any] = {
         "status": "ok",
         "seconds": round(seconds, 3),
-        "rows_per_second": None if name in ("startup", ONE_ROW) else round(rows / seconds),
+        "rows_per_second": (
+            None if name in ("startup", ONE_ROW, RAY_ONE_ROW) else round(rows / seconds)
+        ),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "runs": runs,
     }
@@ -317,9 +325,14 @@ def derived(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     stages = [seconds[k] for k in ("read", "predict", "write") if k in seconds]
     complete = len(stages) == 3
     startup = seconds.get(ONE_ROW)
+    ray, ray_startup = seconds.get("ray_engine"), seconds.get(RAY_ONE_ROW)
     return {
         "startup_seconds": startup,
         "processing_seconds": None if None in (ours, startup) else round(ours - startup, 3),
+        "ray_startup_seconds": ray_startup,
+        "ray_processing_seconds": (
+            None if ray is None or ray_startup is None else round(ray - ray_startup, 3)
+        ),
         "stage_sum_seconds": round(sum(stages), 3) if complete else None,
         "stage_max_seconds": max(stages) if complete else None,
     }
@@ -333,6 +346,8 @@ def bench_format(fmt: str, args: argparse.Namespace, model: Path, ray_ok: bool) 
     plan = [n for n in args.contenders if n not in NEEDS_RAY or ray_ok]
     if "batchpredict" in plan:
         plan.insert(plan.index("batchpredict") + 1, ONE_ROW)
+    if "ray_engine" in plan:
+        plan.insert(plan.index("ray_engine") + 1, RAY_ONE_ROW)
     setup = Setup(fmt, args.rows, data, one_row, model, args.out / "work")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     for round_ in range(args.repeat):
@@ -432,6 +447,7 @@ def time_notes(fmt: str, found: dict[str, Any]) -> list[str]:
             f"{processing / found['stage_max_seconds']:.2f} (1.00 against the max would be "
             "perfect overlap of read, predict and write)."
         )
+    notes += ray_notes(found)
     if results.get("startup", {}).get("status") == "ok":
         s = results["startup"]["stage"]
         notes.append(
@@ -440,6 +456,24 @@ def time_notes(fmt: str, found: dict[str, Any]) -> list[str]:
             f"{s['seconds']:.2f} s."
         )
     return notes
+
+
+def ray_notes(found: dict[str, Any]) -> list[str]:
+    """`--engine ray` against the local engine after start-up (rows ÷ (wall − 1-row
+    wall)), and their peak RSS."""
+    results, ray = found["contenders"], found.get("ray_processing_seconds")
+    local = found["processing_seconds"]
+    if ray is None or local is None or ray <= 0 or local <= 0:
+        return []
+    rows = round(results["ray_engine"]["rows_per_second"] * results["ray_engine"]["seconds"])
+    memory = results["ray_engine"]["peak_rss_mib"] / results["batchpredict"]["peak_rss_mib"]
+    return [
+        f"- After start-up: batchpredict {rows / local:,.0f} rows/s ({local:.2f} s), "
+        f"`--engine ray` {rows / ray:,.0f} rows/s ({ray:.2f} s = wall "
+        f"{results['ray_engine']['seconds']:.2f} s − start-up "
+        f"{found['ray_startup_seconds']:.2f} s): local ÷ ray time {ray / local:.2f}×; "
+        f"peak RSS ray ÷ local {memory:.2f}×."
+    ]
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -134,6 +134,70 @@ def test_ray_bad_row_fails_the_run_and_commits_nothing(tmp_path: Path, mlp_model
     assert (out / "part-00000.parquet").read_text() == "previous run"
 
 
+def _stats_columns(path: Path) -> dict[str, dict[str, Any]]:
+    """The features and predictions of a stats file by name, without their sketches."""
+    document = json.loads(path.read_text())
+    return {
+        column["name"]: {k: v for k, v in column.items() if k in ("count", "nulls", "mean", "std")}
+        for column in [*document["features"], *document["predictions"]]
+    }
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_statistics_equal_the_local_engines_and_drift_is_checked(
+    tmp_path: Path, mlp_model: Path
+) -> None:
+    frame = make_frame(3000, seed=31)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_with_library(frame.iloc[:1400], inputs / "a.parquet", "parquet")
+    write_with_library(frame.iloc[1400:], inputs / "b.parquet", "parquet")
+    options: dict[str, Any] = {"features": FEATURES, "chunk_size": 500}
+    local_stats = tmp_path / "local.json"
+    batchpredict.predict(
+        model=str(mlp_model), input_file=str(inputs), output_dir=str(tmp_path / "local"),
+        stats_file=str(local_stats), **options,
+    )  # fmt: skip
+    summary = batchpredict.predict(
+        model=str(mlp_model), input_file=str(inputs), output_dir=str(tmp_path / "ray"),
+        engine="ray", stats_file=str(tmp_path / "ray.json"), baseline=str(local_stats),
+        max_drift=0.1, **options,
+    )  # fmt: skip
+    on_ray, local = _stats_columns(tmp_path / "ray.json"), _stats_columns(local_stats)
+    assert list(on_ray) == list(local) == [*FEATURES, "prediction"]
+    for name, column in local.items():
+        assert on_ray[name]["count"] == column["count"] == 3000
+        assert on_ray[name]["nulls"] == column["nulls"]
+        assert on_ray[name]["mean"] == pytest.approx(column["mean"], rel=1e-9, abs=1e-12)
+        assert on_ray[name]["std"] == pytest.approx(column["std"], rel=1e-9)
+    assert json.loads((tmp_path / "ray" / "_stats.json").read_text())["rows"]["read"] == 3000
+    assert summary.drift is not None and summary.drift["exceeded"] == []
+    assert (tmp_path / "ray" / "_SUCCESS").exists()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_drift_past_max_drift_commits_the_parts_without_success(
+    tmp_path: Path, mlp_model: Path
+) -> None:
+    from batchpredict.errors import DriftError
+
+    baseline = str(tmp_path / "base.json")
+    reference = write_with_library(make_frame(2000, seed=8), tmp_path / "ref.parquet", "parquet")
+    batchpredict.profile(str(mlp_model), str(reference), baseline, features=FEATURES)
+    frame = make_frame(2000, seed=8)
+    frame["f3"] = frame["f3"] * 3
+    data = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    out = tmp_path / "out"
+    with pytest.raises(DriftError) as raised:
+        batchpredict.predict(
+            str(mlp_model), str(data), output_dir=str(out), features=FEATURES,
+            engine="ray", baseline=baseline, max_drift=0.25,
+        )  # fmt: skip
+    assert raised.value.summary.drifted[0] == "f3"
+    assert len(parts(out, "parquet")) == 2000 and (out / "_manifest.json").exists()
+    assert (out / "_stats.json").exists() and not (out / "_SUCCESS").exists()
+
+
 def test_cli_joins_a_running_ray(
     local_ray: str, tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:

@@ -289,7 +289,6 @@ def test_a_baseline_of_other_columns_is_refused_before_reading(
     [
         (["--max_drift", "0.2"], "--max_drift needs --baseline"),
         (["--stats_file", "-"], "--stats_file must be a path or URI"),
-        (["--engine", "ray", "--stats_file", "s.json"], "local engine only"),
     ],
 )
 def test_statistics_options_that_cannot_work_are_usage_errors(

@@ -158,7 +158,7 @@ class RunConfig:
         """Whether the run gathers statistics: only when asked (`--stats_file`,
         `--baseline`), since they cost up to 40% of a wide input's run time (README
         "Statistics and drift")."""
-        return self.engine == "local" and (self.stats_file is not None or self.baseline is not None)
+        return self.stats_file is not None or self.baseline is not None
 
 
 def parse_delimiter(text: str | None) -> str | None:
@@ -265,13 +265,7 @@ def _validate_shards(config: RunConfig) -> None:
 
 
 def _validate_stats(config: RunConfig) -> None:
-    """Statistics options that fit together: a drift limit needs a baseline, and the local
-    engine collects them (Ray's workers do not send theirs back)."""
-    asked = [
-        f"--{name}"
-        for name in ("stats_file", "baseline", "max_drift")
-        if getattr(config, name) is not None
-    ]
+    """Statistics options that fit together: a drift limit needs a baseline."""
     if config.max_drift is not None:
         if not (math.isfinite(config.max_drift) and config.max_drift >= 0):
             raise UsageError(f"--max_drift must be a number of at least 0, got {config.max_drift}")
@@ -279,11 +273,6 @@ def _validate_stats(config: RunConfig) -> None:
             raise UsageError(
                 "--max_drift needs --baseline (the stats file drift is measured against)"
             )
-    if asked and config.engine != "local":
-        raise UsageError(
-            f"{', '.join(asked)}: statistics are collected by the local engine only; drop "
-            "--engine ray, or the statistics options"
-        )
     for name in ("stats_file", "baseline"):
         if getattr(config, name) == STDIO:
             raise UsageError(f"--{name} must be a path or URI, not '-'")

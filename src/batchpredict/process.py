@@ -15,7 +15,9 @@ from batchpredict.predictor import configure_devices
 
 def prepare_tensorflow(config: RunConfig) -> None:
     """Import TensorFlow quietly and, for the local engine, apply `--device` to this
-    process; runs once the run's inputs and outputs are planned."""
+    process; runs once the run's inputs and outputs are planned. With `--engine ray` this
+    process never loads TensorFlow: Ray's workers load the model and choose their devices."""
+    if config.engine != "local":
+        return
     quiet_tensorflow(config.log_level)
-    if config.engine == "local":  # Ray's actors choose their own devices
-        configure_devices(config.device, config.gpu_memory_limit)
+    configure_devices(config.device, config.gpu_memory_limit)

@@ -1,7 +1,11 @@
 """`--engine ray`: the same readers, column mapping, predictor and writers, run by Ray Data.
 
-    our readers (one read task per input file)  ->  map_batches(_ModelActor)  ->  our writers
-    input_files_datasource                           model loaded once per actor    parts_datasink
+    our readers (one read task per input file)  ->  map_batches(_ModelActor): score, write
+    input_files_datasource, chunk-sized blocks       a part file per batch, return its row
+
+The column mapping and the model's identity are planned in a short-lived actor, so the
+driver never loads TensorFlow. Each model actor call returns, beside its part, the
+statistics of its rows when the run keeps them; the driver merges them.
 
 Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
 first; only when the whole dataset has been written does the driver move the parts into
@@ -15,13 +19,16 @@ Ray is imported only here, and this module only when the engine is used.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import logging
 import os
+import pickle
 import re
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +65,9 @@ from batchpredict.outputs import (
     OutputTarget,
     RejectsWriter,
 )
+from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import (
     FileRows,
-    RunColumns,
     check_error_rate,
     load_model_of,
     plan_run_mapping,
@@ -68,12 +75,16 @@ from batchpredict.scoring import (
     scorer_for,
 )
 from batchpredict.sources import InputFile, expand_inputs
-from batchpredict.summary import RunState, RunSummary
+from batchpredict.summary import Counts, RunState, RunSummary
 
 #: Columns the read tasks add so that actors can name a rejected row's file and row.
 SOURCE_COLUMN = "__batchpredict_source"
 ROW_COLUMN = "__batchpredict_row"
 STAGING = "_temporary"
+#: The object store of a Ray this run starts itself: a few blocks in flight per process.
+LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
+#: Ray gathers a read task's chunks into blocks of about this size.
+TARGET_BLOCK_BYTES = 8 * 2**20
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -90,7 +101,7 @@ def import_ray() -> Any:
 def run(config: RunConfig, state: RunState) -> RunSummary:
     """`--engine ray`: predict every input on Ray and commit the parts.
 
-    The driver plans the run's one column mapping from the first input, so that every
+    The run's one column mapping is planned once from the first input, so that every
     actor applies the same one whichever file's rows reach it first.
     """
     import_ray()  # without Ray, say how to install it before loading anything
@@ -100,11 +111,12 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         if item.format == "delta":  # Ray's blocks are files; a table is read whole
             raise UsageError(f"{item.path}: Delta tables are read by the local engine only")
     check_delta_inputs(config, ((i.path, i.format) for i in inputs))
+    stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
-    # Loaded here too, for its inputs: the driver plans the one column mapping of the run.
-    model = load_model_of(config)
-    mapping = plan_run_mapping(inputs, model, config)
-    assert mapping is not None  # the Ray engine does not read stdin
+    ray = _start_ray(import_ray(), config)
+    mapping, model_identity = _planned(ray, config, inputs)
+    if stats is not None:
+        stats.check_features(mapping.read_columns)
     get_logger().info(
         "run started",
         engine="ray",
@@ -115,17 +127,23 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         batch_size=config.batch_size or "auto",
         column_mapping=mapping.as_dict(),
     )
-    RunColumns(model, config, mapping).warn_if_guessed()
+    _warn_if_guessed(mapping)
     made = _Provenance(
-        model=identify_model(config.model, model),
+        model=model_identity,
         options=prediction_options(config, mapping.as_dict()),
         # Taken before reading, as the local engine does.
         inputs=[input_identity(item) for item in inputs],
     )
     get_logger().info("model identified", model=config.model, sha256=made.model.sha256)
-    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping, made)
+    finish_stats = None
+    if stats is not None:
+        finish_stats = functools.partial(
+            _finish_stats, stats, state, config, inputs, made, mapping.read_columns
+        )
+    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping, made, finish_stats)
     totals = state.totals
     totals.read, totals.written, totals.rejected = done["read"], done["written"], done["rejected"]
+    statistics = done["statistics"]
     return state.summary(
         inputs=tuple(item.path for item in inputs),
         outputs=done["outputs"],
@@ -136,6 +154,35 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         batch_size=config.batch_size,
         device="ray",
         column_mapping=mapping.as_dict(),
+        statistics=None if statistics is None else compact(statistics),
+        drift=None if statistics is None else statistics["drift"],
+    )
+
+
+#: Writes a run's statistics from the actors' merged collector and the run's counts.
+FinishStats = Callable[[RunStats, Counts], dict[str, Any]]
+
+
+def _finish_stats(
+    stats: StatsRun,
+    state: RunState,
+    config: RunConfig,
+    inputs: list[InputFile],
+    made: _Provenance,
+    features: Sequence[str],
+    collected: RunStats,
+    counts: Counts,
+) -> dict[str, Any]:
+    """The stats file of what the actors collected (merged into `collected`), written as
+    the local engine writes it, before `_SUCCESS`."""
+    stats.collector.merge(collected)
+    return stats.finish(
+        model=config.model,
+        sha256=made.model.sha256,
+        inputs=[item.path for item in inputs],
+        counts=counts,
+        seconds=time.monotonic() - state.started,
+        features=features,
     )
 
 
@@ -149,37 +196,93 @@ class _Provenance:
     inputs: list[dict[str, Any]]
 
 
+def _plan(config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
+    """The run's column mapping and the model's identity, from the model's inputs."""
+    from batchpredict.observe import quiet_tensorflow
+
+    quiet_tensorflow(config.log_level)  # a Ray worker, which the command line did not set up
+    model = load_model_of(config)
+    mapping = plan_run_mapping(inputs, model, config)
+    assert mapping is not None  # the Ray engine does not read stdin
+    return mapping, identify_model(config.model, model)
+
+
+def _planned(
+    ray: Any, config: RunConfig, inputs: list[InputFile]
+) -> tuple[RunMapping, ModelIdentity]:
+    """`_plan` in a Ray actor of its own, killed when done: neither the driver nor an idle
+    worker holds TensorFlow and a model (some 500 MiB) while the actors run. (A task with
+    `max_calls=1` leaves its worker idle, TensorFlow loaded, for seconds.)"""
+    planner = ray.remote(num_cpus=0)(_Planner).remote()
+    try:
+        planned: tuple[RunMapping, ModelIdentity] = ray.get(planner.plan.remote(config, inputs))
+    except Exception as exc:
+        ours = _unwrapped(exc)
+        if ours is exc:
+            raise
+        raise ours from exc
+    finally:
+        ray.kill(planner)
+    return planned
+
+
+class _Planner:
+    """Runs `_plan` in a Ray actor (a process the driver can kill when it is done)."""
+
+    def plan(self, config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
+        return _plan(config, inputs)
+
+
+def _warn_if_guessed(mapping: RunMapping) -> None:
+    """Say so when the column order came from the first input, not from the user."""
+    if mapping.guessed_order:
+        get_logger().warning(
+            "feature order taken from the first input",
+            features=",".join(mapping.read_columns),
+            first_input=mapping.decided_by.removeprefix("the columns of "),
+            hint="every input is read by these names; pin the order with --features",
+        )
+
+
 def _run_dataset(
     config: RunConfig,
     inputs: list[InputFile],
     run_id: str,
     mapping: RunMapping,
     made: _Provenance,
+    finish_stats: FinishStats | None = None,
 ) -> dict[str, Any]:
     """Read, score and write every input as one Ray dataset into a staging folder, then
     commit the parts; returns the run's counts and outputs."""
     ray = import_ray()
+    gpus, concurrency = _actors(ray, config)
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
     storage.make_dirs(staging)
-    gpus, concurrency = _start_ray(ray, config)
     try:
         source = input_files_datasource(inputs, config, staging, mapping)
-        dataset = ray.data.read_datasource(source)
-        predicted = dataset.map_batches(
+        # One block stream per file: Ray's default splits a single file's stream into
+        # ~200 slivers (SplitBlocks), a few thousand rows each.
+        dataset = ray.data.read_datasource(source, override_num_blocks=len(inputs))
+        written = dataset.map_batches(
             _ModelActor,
-            fn_constructor_kwargs={"config": config, "staging": staging, "mapping": mapping},
+            fn_constructor_kwargs={
+                "config": config,
+                "staging": staging,
+                "mapping": mapping,
+                "output_format": output_format,
+            },
             batch_size=config.chunk_size,
             batch_format="pyarrow",
             concurrency=concurrency,
             num_gpus=gpus,
             zero_copy_batch=True,
         )
-        sink = parts_datasink(staging, output_format)
-        predicted.write_datasink(sink)
-        return _commit(config, inputs, staging, output_format, sink.parts, made)
+        parts = _written_parts(written, inputs)
+        get_logger().debug("ray dataset stats", stats=written.stats())
+        return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
         storage.delete_tree(staging)
         storage.delete_if_empty(storage.join(config.output_dir, STAGING))
@@ -189,8 +292,8 @@ def _run_dataset(
         raise ours from exc
 
 
-def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
-    """Join (or start) the cluster quietly; returns the GPUs per actor and the actors."""
+def _start_ray(ray: Any, config: RunConfig) -> Any:
+    """Join (or start) the cluster quietly; returns `ray`."""
     # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
     # as our one-line error) would mix with our log lines on stderr.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -201,12 +304,22 @@ def _start_ray(ray: Any, config: RunConfig) -> tuple[float, int]:
             log_to_driver=False,
             logging_level=logging.CRITICAL,
             runtime_env=_runtime_env(config),
+            # A Ray started here holds a few blocks in flight, not 30% of the RAM.
+            object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
         )
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = config.preserve_order
     context.enable_progress_bars = False
+    # Our readers yield chunks of --chunk_size rows; blocks of about that size (not Ray's
+    # 128 MiB of many chunks) keep the stream moving and the memory small.
+    context.target_max_block_size = TARGET_BLOCK_BYTES
+    return ray
+
+
+def _actors(ray: Any, config: RunConfig) -> tuple[float, int]:
+    """The GPUs per actor and the actors, as asked or from the cluster's resources."""
     resources = ray.cluster_resources()
     gpus = config.ray_gpus_per_worker
     if gpus is None:
@@ -269,9 +382,11 @@ def _commit(
     output_format: str,
     parts: list[dict[str, Any]],
     made: _Provenance,
+    finish_stats: FinishStats | None = None,
 ) -> dict[str, Any]:
-    """Check the reject rate, then move the parts into place, merge the rejects, and write
-    the manifest and `_SUCCESS` last."""
+    """Check the reject rate, then move the parts into place, merge the rejects, write the
+    statistics, and the manifest and `_SUCCESS` last (past `--max_drift`, the parts and
+    the manifest stand but `_SUCCESS` is not written, as with the local engine)."""
     assert config.output_dir is not None
     rejects = [
         path
@@ -300,8 +415,16 @@ def _commit(
         write_whole(rejects_file, b"".join(storage.read_bytes(p) for p in rejects).decode())
     storage.delete_tree(staging)
     storage.delete_if_empty(storage.join(output_dir, STAGING))
-    manifest.finish()
+    statistics = None
+    if finish_stats is not None:
+        statistics = finish_stats(_merged_stats(parts), Counts(read, written, rejected))
+    drift = None if statistics is None else statistics["drift"]
+    if drift and drift["exceeded"]:
+        manifest.flush()
+    else:
+        manifest.finish()
     return {
+        "statistics": statistics,
         "read": read,
         "written": written,
         "rejected": rejected,
@@ -309,6 +432,15 @@ def _commit(
         "rejects_files": (rejects_file,) if config.on_error == "skip" else (),
         "inputs": tuple(item.path for item in inputs),
     }
+
+
+def _merged_stats(parts: list[dict[str, Any]]) -> RunStats:
+    """The statistics every actor call collected, merged (each part carries its own)."""
+    merged = RunStats()
+    for part in parts:
+        if part.get("stats"):
+            merged.merge(pickle.loads(part["stats"]))
+    return merged
 
 
 def _publish_parts(
@@ -327,8 +459,8 @@ def _publish_parts(
         if fnmatch.fnmatch(old.rsplit("/", 1)[-1], f"part-*{extension}"):
             storage.delete(old)
     outputs = []
-    for part in sorted(parts, key=lambda p: p["index"]):
-        final = storage.join(config.output_dir, part["path"].rsplit("/", 1)[-1])
+    for index, part in enumerate(parts):
+        final = storage.join(config.output_dir, f"part-{index:05d}{extension}")
         storage.publish(part["path"], final)
         target = OutputTarget(final, output_format, tuple(inputs))
         content = storage.Content(part["sha256"], part["bytes"])
@@ -375,6 +507,8 @@ def _read_file(
             rejects.commit()
         else:
             rejects.abort()
+        # The worker stays for the next task: give back what Arrow's allocator kept.
+        pa.default_memory_pool().release_unused()
 
 
 def _datasource_class() -> Any:
@@ -440,20 +574,42 @@ def input_files_datasource(
     return _datasource_class()(inputs, config, staging, mapping)
 
 
-# -- predict ----------------------------------------------------------------------------------
-class _ModelActor:
-    """Loads the model once; maps each batch of rows to kept columns plus predictions."""
+# -- predict and write -----------------------------------------------------------------------
+#: What each model actor call returns: the part file it wrote, where its first row came
+#: from, and (pickled, when the run keeps statistics) the statistics of its rows.
+PART_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("source", pa.string()),
+        ("first_row", pa.int64()),
+        ("stats", pa.binary()),
+        ("node", pa.string()),
+    ]
+)
 
-    def __init__(self, config: RunConfig, staging: str, mapping: RunMapping) -> None:
+
+class _ModelActor:
+    """Loads the model once; scores each batch of rows and writes its kept columns plus
+    predictions as one part file into the staging folder (so that predictions never go
+    through Ray's object store); returns a one-row table describing the part."""
+
+    def __init__(
+        self, config: RunConfig, staging: str, mapping: RunMapping, output_format: str
+    ) -> None:
         from batchpredict.observe import quiet_tensorflow
 
         # An actor is a process of its own, which the command line did not set up.
         quiet_tensorflow(config.log_level)
         self.config = config
         self.staging = staging
+        self.output_format = output_format
         self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
+        self.node = str(ray_runtime_node())
 
     def __call__(self, table: pa.Table) -> pa.Table:
         sources = table.column(SOURCE_COLUMN)
@@ -474,9 +630,40 @@ class _ModelActor:
                 functools.partial(self._reject, sources) if self.config.on_error == "skip" else None
             ),
         )
-        if not ready.rows:
-            return pa.table({})  # every row rejected; the datasink skips empty blocks
-        return pa.Table.from_batches([self.scorer.score(ready, True)])
+        if not ready.rows:  # every row rejected: no part
+            return PART_SCHEMA.empty_table()
+        # Each call's statistics go back with its part; the driver merges them.
+        collector = RunStats() if self.config.collects_stats else None
+        scorer = dataclasses.replace(self.scorer, stats=collector)
+        part = self._write(scorer.score(ready, True))
+        part.update(
+            source=[source],
+            first_row=[int(rows[0])],
+            stats=[None if collector is None else pickle.dumps(collector)],
+            node=[self.node],
+        )
+        return pa.table(part, schema=PART_SCHEMA)
+
+    def _write(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
+        """`batch` as a part file of its own in the staging folder (written to a temporary
+        file and renamed, so a part there is whole)."""
+        extension = default_extension(self.output_format)
+        path = storage.join(self.staging, f"part-{uuid.uuid4().hex}{extension}")
+        writer = writer_for(path, self.output_format)
+        try:
+            writer.open(batch.schema)
+            writer.write(batch)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        assert writer.content is not None  # committed
+        return {
+            "path": [path],
+            "rows": [writer.rows_written],
+            "sha256": [writer.content.sha256],
+            "bytes": [writer.content.bytes],
+        }
 
     def _reject(
         self,
@@ -494,59 +681,25 @@ class _ModelActor:
         writer.commit()
 
 
-# -- write ------------------------------------------------------------------------------------
-def parts_datasink(staging: str, output_format: str) -> Any:
-    """A Ray datasink writing part files with batchpredict's writers."""
-    return _datasink_class()(staging, output_format)
+def ray_runtime_node() -> str:
+    """The id of the Ray node this process runs on."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
 
 
-def _datasink_class() -> Any:
-    import ray.data
-
-    class _PartsDatasink(ray.data.Datasink[dict[str, Any] | None]):
-        """Our writers as a Ray datasink: each write task writes one part file (via a
-        temporary file and a rename) into the staging folder."""
-
-        def __init__(self, staging: str, output_format: str) -> None:
-            self.staging = staging
-            self.output_format = output_format
-            self.parts: list[dict[str, Any]] = []
-
-        def write(self, blocks: Any, ctx: Any) -> dict[str, Any] | None:
-            extension = default_extension(self.output_format)
-            path = storage.join(self.staging, f"part-{ctx.task_idx:05d}{extension}")
-            writer = writer_for(path, self.output_format)
-            opened = False
-            try:
-                for block in blocks:
-                    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                    if table.num_rows == 0:
-                        continue
-                    for batch in table.to_batches():
-                        if not opened:
-                            writer.open(batch.schema)
-                            opened = True
-                        writer.write(batch)
-                if not opened:
-                    return None
-                writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-            assert writer.content is not None  # committed
-            return {
-                "index": ctx.task_idx,
-                "path": path,
-                "rows": writer.rows_written,
-                "sha256": writer.content.sha256,
-                "bytes": writer.content.bytes,
-            }
-
-        def on_write_complete(self, write_result: Any) -> None:
-            returns = getattr(write_result, "write_returns", write_result)
-            self.parts = [part for part in returns if part]
-
-        def get_name(self) -> str:
-            return "batchpredict"
-
-    return _PartsDatasink
+def _written_parts(written: Any, inputs: list[InputFile]) -> list[dict[str, Any]]:
+    """Run the dataset; the parts its actors wrote, in input order (by the file and row
+    of each part's first row), so that part numbers follow the inputs. Logs the nodes
+    that scored them."""
+    order = {item.path: index for index, item in enumerate(inputs)}
+    parts = [
+        part
+        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
+        for part in batch.to_pylist()
+    ]
+    nodes: dict[str, int] = {}
+    for part in parts:
+        nodes[part["node"]] = nodes.get(part["node"], 0) + part["rows"]
+    get_logger().info("ray nodes used", rows_per_node=nodes)
+    return sorted(parts, key=lambda p: (order.get(p["source"], len(order)), p["first_row"]))

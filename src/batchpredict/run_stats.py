@@ -125,6 +125,14 @@ class NumericStats:
             self._combine(other.count, other.mean, other.m2)
             self.sketch.merge(other.sketch)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (to send a worker's statistics to the driver): the sketch as bytes."""
+        return {**self.__dict__, "sketch": self.sketch.serialize()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        sketch = drift.sketches().kll_doubles_sketch.deserialize(state["sketch"])
+        self.__dict__.update({**state, "sketch": sketch})
+
     @property
     def min(self) -> float:
         return math.inf if self.count == 0 else float(self.sketch.get_min_value())
@@ -211,6 +219,24 @@ class StringStats:
         self.rejected = 0
         self.distinct = drift.sketches().hll_sketch(HLL_LG_K)
         self.frequent = drift.sketches().frequent_strings_sketch(FREQUENT_LG_MAX)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (to send a worker's statistics to the driver): sketches as bytes."""
+        return {
+            **self.__dict__,
+            "distinct": self.distinct.serialize_compact(),
+            "frequent": self.frequent.serialize(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        sketches = drift.sketches()
+        self.__dict__.update(
+            {
+                **state,
+                "distinct": sketches.hll_sketch.deserialize(state["distinct"]),
+                "frequent": sketches.frequent_strings_sketch.deserialize(state["frequent"]),
+            }
+        )
 
     def add_column(self, column: pa.ChunkedArray, good: np.ndarray | None) -> None:
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
