@@ -55,7 +55,8 @@ def _every_option(tmp_path: Path) -> list[str]:
         "--log_level", "warning", "--lock_file", "run.lock", "--metrics_file", "m.prom",
         "--job_name", "j", "--summary_file", "s.json", "--progress_every", "5",
         "--no_progress", "--ray_address", "auto", "--ray_concurrency", "2",
-        "--ray_gpus_per_worker", "0.5", "--preserve_order", "--stats_file", "st.json",
+        "--ray_gpus_per_worker", "0.5", "--ray_cpus_per_worker", "2", "--preserve_order",
+        "--stats_file", "st.json",
         "--baseline", "base.json", "--max_drift", "0.25", "--input_version", "2",
     ]  # fmt: skip
 
@@ -102,6 +103,7 @@ EXPECTED = {
     "ray_address": "auto",
     "ray_concurrency": 2,
     "ray_gpus_per_worker": 0.5,
+    "ray_cpus_per_worker": 2.0,
     "preserve_order": True,
     "stats_file": "st.json",
     "baseline": "base.json",

@@ -212,6 +212,13 @@ def cli() -> None:
         help="GPUs per actor (default 1 when the cluster has GPUs, else 0).",
     ),
     option(
+        "ray_cpus_per_worker",
+        metavar="N",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="CPUs reserved per actor (default 1); as many as a node has puts one per node.",
+    ),
+    option(
         "preserve_order",
         is_flag=True,
         default=False,

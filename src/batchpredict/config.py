@@ -118,6 +118,8 @@ class RunConfig:
     ray_address: str | None = None
     ray_concurrency: int | None = None
     ray_gpus_per_worker: float | None = None
+    #: CPUs Ray reserves for each model actor (None: Ray's default, 1).
+    ray_cpus_per_worker: float | None = None
     preserve_order: bool = False
     #: Strings read as null in the numeric columns of CSV and TSV and in the model's numeric
     #: JSON fields (None: Arrow's usual markers); the empty field always is.

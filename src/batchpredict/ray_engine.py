@@ -278,7 +278,15 @@ def _run_dataset(
             batch_format="pyarrow",
             concurrency=concurrency,
             num_gpus=gpus,
+            **(
+                {}
+                if config.ray_cpus_per_worker is None
+                else {"num_cpus": config.ray_cpus_per_worker}
+            ),
             zero_copy_batch=True,
+            # Model actors on as many nodes as there are actors, not packed onto the first
+            # node with room: each holds TensorFlow and the model, and competes for CPUs.
+            scheduling_strategy="SPREAD",
         )
         parts = _written_parts(written, inputs)
         get_logger().debug("ray dataset stats", stats=written.stats())
@@ -330,6 +338,7 @@ def _actors(ray: Any, config: RunConfig) -> tuple[float, int]:
         address=config.ray_address or "local",
         actors=concurrency,
         gpus_per_actor=gpus,
+        cpus_per_actor=config.ray_cpus_per_worker or 1,
         cluster_cpus=resources.get("CPU", 0),
         cluster_gpus=resources.get("GPU", 0),
     )
