@@ -74,14 +74,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
     check_delta_inputs(config, ((i.path, i.format) for i in inputs))
     targets = plan_outputs(inputs, config)
-    rejects = (
-        {
-            path: RejectsWriter(path, config.max_output_bytes)
-            for path in {rejects_path(t, config) for t in targets}
-        }
-        if config.on_error == "skip"
-        else {}
-    )
+    rejects = _rejects_writers(targets, config)
     stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
     setup = _start(config, inputs, stats, listing)
@@ -104,14 +97,9 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         if manifest is not None:
             _flush_manifest(manifest)
         # Bad rows are the diagnosis of a data failure: keep them; otherwise drop them.
-        for writer in rejects.values():
-            if isinstance(exc, DataError):
-                writer.commit()
-            else:
-                writer.abort()
+        _end_rejects(rejects, keep=isinstance(exc, DataError))
         raise
-    for writer in rejects.values():
-        writer.commit()
+    _end_rejects(rejects, keep=True)
     return state.summary(
         inputs=tuple(i.path for i in inputs),
         outputs=tuple(t.path for t in targets),
@@ -128,6 +116,23 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         drift=None if statistics is None else statistics["drift"],
         shard=None if shard is None else {"index": shard.index, "count": shard.count},
     )
+
+
+def _rejects_writers(targets: list[OutputTarget], config: RunConfig) -> dict[str, RejectsWriter]:
+    """One rejects file per rejects path of the outputs, with `--on_error skip`."""
+    if config.on_error != "skip":
+        return {}
+    paths = {rejects_path(t, config) for t in targets}
+    return {path: RejectsWriter(path, config.max_output_bytes) for path in paths}
+
+
+def _end_rejects(rejects: dict[str, RejectsWriter], *, keep: bool) -> None:
+    """Commit the rejects files (`keep`), or remove what they staged."""
+    for writer in rejects.values():
+        if keep:
+            writer.commit()
+        else:
+            writer.abort()
 
 
 def _finish_stats(
