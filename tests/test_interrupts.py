@@ -112,26 +112,35 @@ def wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float = 120
     raise AssertionError(f"no {text!r} within {timeout}s")
 
 
+@pytest.mark.parametrize("prefetch", ["numpy", "tfdata"])
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_run_removes_temporaries_and_keeps_previous_output(
-    signum: int, code: int, tmp_path: Path, mlp_model: Path
+    signum: int, code: int, prefetch: str, tmp_path: Path, mlp_model: Path
 ) -> None:
+    """On either path to the model the main thread waits for the stalled reading thread in
+    Python (not inside `tf.data`), so the signal ends the run."""
     held = HeldInput(big_csv(tmp_path / "d.csv", rows=100_000))
     out = tmp_path / "d.predictions.csv"
     out.write_text("previous\n")
     proc = start(
         "predict", "--model", str(mlp_model), "--input_file", "-", "--input_format", "csv",
         "--output_file", str(out), "--keep_columns", "id,segment", "--chunk_size", "2000",
-        "--batch_size", "256", "--on_error", "skip",
+        "--batch_size", "256", "--on_error", "skip", "--prefetch", prefetch,
         stdin=subprocess.PIPE,
     )  # fmt: skip
     held.feed(proc)
-    wait_for_temporary(tmp_path, proc)
+    wait_for_temporary(tmp_path, proc)  # scoring is under way; the input then stalls
     proc.send_signal(signum)
-    assert proc.wait(timeout=60) == code
-    held.release()
+    try:
+        assert proc.wait(timeout=60) == code
+    finally:
+        held.release()
+        if proc.poll() is None:
+            proc.kill()
     assert proc.stderr is not None
-    assert "no output was committed" in proc.stderr.read().decode()
+    stderr = proc.stderr.read().decode()
+    assert f'"prefetch": "{prefetch}"' in stderr
+    assert "no output was committed" in stderr
     assert out.read_text() == "previous\n"
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "d.predictions.csv.rejects.jsonl").exists()

@@ -7,8 +7,6 @@ There is no GPU here: the choice of path for GPU devices is tested as a decision
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -254,41 +252,6 @@ def test_an_unknown_prefetch_is_refused(tmp_path: Path, mlp_model: Path, run_mai
     )  # fmt: skip
     assert result.returncode == 2
     assert "--prefetch" in result.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_ends_a_tfdata_run_whose_input_stalls(
-    signum: int, code: int, tmp_path: Path, mlp_model: Path
-) -> None:
-    """As on the NumPy path (test_interrupts): the main thread waits for the stalled
-    reading thread in Python, not inside `tf.data`, so the signal ends the run."""
-    from test_interrupts import HeldInput, big_csv, leftovers, start, wait_for_temporary
-
-    held = HeldInput(big_csv(tmp_path / "d.csv", rows=100_000))
-    out = tmp_path / "d.predictions.csv"
-    out.write_text("previous\n")
-    proc = start(
-        "predict", "--model", str(mlp_model), "--input_file", "-", "--input_format", "csv",
-        "--output_file", str(out), "--keep_columns", "id,segment", "--chunk_size", "2000",
-        "--batch_size", "256", "--prefetch", "tfdata",
-        stdin=subprocess.PIPE,
-    )  # fmt: skip
-    held.feed(proc)
-    wait_for_temporary(tmp_path, proc)  # scoring is under way; the input then stalls
-    proc.send_signal(signum)
-    try:
-        assert proc.wait(timeout=30) == code
-    finally:
-        held.release()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.stderr is not None
-    stderr = proc.stderr.read().decode()
-    assert '"prefetch": "tfdata"' in stderr
-    assert "no output was committed" in stderr
-    assert out.read_text() == "previous\n"
-    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.slow
