@@ -1,5 +1,6 @@
 """`--prefetch`: batches fed from a `tf.data` pipeline (the GPU path) predict exactly what
-the NumPy path does, trace once, log which path ran, and still end on SIGTERM.
+the NumPy path does, trace once and log which path ran; test_interrupts ends a run on
+either path with SIGTERM and Ctrl-C.
 
 There is no GPU here: the choice of path for GPU devices is tested as a decision, and the
 `prefetch_to_device` branch is run by pointing it at the CPU.
