@@ -245,7 +245,9 @@ def test_a_real_cron_daemon_runs_the_crontab_example_line(
     cron_daemon.write_text(f"# written by batchpredict's tests; removed after\n{line}\n")
     deadline = time.monotonic() + 150
     out_dir = tmp_path / "predictions"
-    while time.monotonic() < deadline and not (out_dir / "_SUCCESS").exists():
+    prom = tmp_path / "textfile" / "nightly_scoring.prom"
+    # The metrics file is the run's last act (it carries the exit code), after _SUCCESS.
+    while time.monotonic() < deadline and not prom.exists():
         time.sleep(1)
     cron_daemon.unlink()  # fire once
     assert (out_dir / "_SUCCESS").exists(), (
@@ -257,7 +259,7 @@ def test_a_real_cron_daemon_runs_the_crontab_example_line(
     events = [json.loads(entry)["event"] for entry in lines]
     assert events[0] == "run started" and "run finished" in events
     assert "\r" not in log.read_text()
-    scraped = metrics(tmp_path / "textfile" / "nightly_scoring.prom", job="nightly_scoring")
+    scraped = metrics(prom, job="nightly_scoring")
     assert scraped["batchpredict_rows_total"] == 40 and scraped["batchpredict_last_exit_code"] == 0
 
 
