@@ -8,8 +8,9 @@ pyarrow has none for (`memory://`, `az://`, ...). Standard input and output (`-`
 
 Credentials come only from where the cloud SDKs look (environment, their config files,
 instance roles), never from options; `AWS_ENDPOINT_URL`, or `s3_endpoint` for one run
-(`--s3_endpoint_url`), points S3 at a compatible store. Error messages name the location
-as given and the store's reason, never a secret.
+(`--s3_endpoint_url`), points S3 at a compatible store; Azure's account, key and endpoint
+come from its connection string or account variables (`store_azure`). Error messages name
+the location as given and the store's reason, never a secret.
 """
 
 from __future__ import annotations
