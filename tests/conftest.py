@@ -26,6 +26,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+#: The object stores on the loopback interface and the `store` fixture (tests/stores.py).
+pytest_plugins = ["stores"]
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 FORMATS = ("csv", "tsv", "jsonl", "avro", "parquet")

@@ -1,6 +1,7 @@
-"""Inputs and outputs in object storage: s3:// through pyarrow's S3 filesystem against an
-S3 server on the loopback interface (moto's `moto_server`, started by a fixture), and a
-scheme pyarrow lacks through fsspec."""
+"""Inputs and outputs in object storage, against real servers on the loopback interface:
+every test over `store` runs once per store (tests/stores.py: S3 through moto's server,
+Azure through Azurite); S3's own options and its refusals through moto, and a scheme
+pyarrow lacks through fsspec."""
 
 from __future__ import annotations
 
@@ -25,28 +26,53 @@ from conftest import (
     make_frame,
     read_with_library,
     reference_predictions,
-    s3_keys,
     start_moto_server,
     write_with_library,
 )
+from stores import Store
 
 RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 
 
-def test_every_format_and_a_glob_from_a_bucket(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
-) -> None:
-    client, name = bucket
+def read_object(store: Store, bucket: str, key: str, fmt: str, tmp_path: Path) -> pd.DataFrame:
+    """An object in the store read back by the format's own library."""
+    local = tmp_path / f"read-back{EXTENSIONS[fmt]}"
+    local.write_bytes(store.get(bucket, key))
+    return read_with_library(local, fmt)
+
+
+def assert_no_secret(store: Store, result: Completed) -> None:
+    for secret in store.secrets:
+        assert secret not in result.stderr + result.stdout
+
+
+@pytest.fixture(scope="module")
+def nightly(
+    store: Store, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, pd.DataFrame]]:
+    """A bucket with one file of every format under `nightly/` (and a `_SUCCESS` marker):
+    its name and the frames written."""
+    name = store.new_bucket()
+    folder = tmp_path_factory.mktemp("nightly")
     frames = {}
     for day, fmt in enumerate(FORMATS, start=1):
         frames[fmt] = make_frame(250, seed=day)
-        local = write_with_library(frames[fmt], tmp_path / f"d{EXTENSIONS[fmt]}", fmt)
-        client.upload_file(str(local), name, f"nightly/2026-11-0{day}{EXTENSIONS[fmt]}")
-    client.put_object(Bucket=name, Key="nightly/_SUCCESS", Body=b"")
+        local = write_with_library(frames[fmt], folder / f"d{EXTENSIONS[fmt]}", fmt)
+        store.upload(name, f"nightly/2026-11-0{day}{EXTENSIONS[fmt]}", local)
+    store.put(name, "nightly/_SUCCESS", b"")
+    return name, frames
+
+
+@pytest.mark.parametrize("given", ["nightly/2026-11-*", "nightly/"], ids=["glob", "prefix"])
+def test_every_format_through_a_glob_and_a_prefix(
+    given: str, store: Store, nightly: tuple[str, dict[str, pd.DataFrame]], tmp_path: Path,
+    mlp_model: Path, run_main: RunCli,
+) -> None:  # fmt: skip
+    name, frames = nightly
     result = run_main(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/nightly/2026-11-*",
-        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment", env=s3_env,
+        "predict", "--model", str(mlp_model), "--input_file", store.uri(name, given),
+        "--output_dir", str(tmp_path / "out"), "--keep_columns", "id,segment", env=store.env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     for day, fmt in enumerate(FORMATS, start=1):
@@ -58,110 +84,145 @@ def test_every_format_and_a_glob_from_a_bucket(
     assert (tmp_path / "out" / "_SUCCESS").exists()
 
 
-@pytest.mark.parametrize(
-    "uri", ["s3://{bucket}/nightly/missing.csv", "s3://no-such-bucket-xyz/a.csv"]
-)
+@pytest.mark.parametrize("where", ["missing-key", "missing-bucket"])
 def test_missing_objects_and_buckets_exit_66_naming_the_uri(
-    uri: str, bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path,
+    where: str, store: Store, nightly: tuple[str, Any], tmp_path: Path, mlp_model: Path,
     run_main: RunCli,
 ) -> None:  # fmt: skip
-    _, name = bucket
-    uri = uri.format(bucket=name)
+    if where == "missing-key":
+        uri = store.uri(nightly[0], "nightly/missing.csv")
+    else:
+        uri = store.uri("no-such-bucket-xyz", "a.csv")
     result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", uri,
-        "--output_dir", str(tmp_path / "out"), env=s3_env,
+        "--output_dir", str(tmp_path / "out"), env=store.env,
     )  # fmt: skip
     assert result.returncode == 66, result.stderr
-    assert uri in result.stderr and "testing" not in result.stderr  # no credentials
-    assert "Traceback" not in result.stderr
+    assert uri in result.stderr and "Traceback" not in result.stderr
+    assert_no_secret(store, result)
 
 
-@pytest.mark.slow
 def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    client, name = bucket
+    name = store.new_bucket()
     frame = make_frame(3000, seed=4)
-    local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
-    client.upload_file(str(local), name, "in/day=1/part-0.parquet")
-    result = run_cli(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment",
+    store.upload(
+        name,
+        "in/day=1/part-0.parquet",
+        write_with_library(frame, tmp_path / "d.parquet", "parquet"),
+    )
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", store.uri(name, "in/"),
+        "--output_dir", store.uri(name, "scored"), "--keep_columns", "id,segment",
         "--output_format", "csv", "--chunk_size", "500",
-        "--summary_file", f"s3://{name}/runs/summary.json", env=s3_env,
+        "--summary_file", store.uri(name, "runs/summary.json"), env=store.env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert s3_keys(client, name, "scored/") == [
+    assert store.keys(name, "scored/") == [
         "scored/_SUCCESS",
         "scored/_manifest.json",
         "scored/day=1/part-0.csv",
     ]
-    client.download_file(name, "scored/day=1/part-0.csv", str(tmp_path / "out.csv"))
-    out = read_with_library(tmp_path / "out.csv", "csv")
+    out = read_object(store, name, "scored/day=1/part-0.csv", "csv", tmp_path)
     assert out["id"].tolist() == frame["id"].tolist()
-    summary = json.loads(client.get_object(Bucket=name, Key="runs/summary.json")["Body"].read())
-    assert (summary["rows_out"], summary["outputs"]) == (
+    output_uri = store.uri(name, "scored/day=1/part-0.csv")
+    summary = json.loads(store.get(name, "runs/summary.json"))
+    assert (summary["rows_out"], summary["outputs"]) == (3000, [output_uri])
+    manifest = json.loads(store.get(name, "scored/_manifest.json"))
+    [entry] = manifest["outputs"]
+    assert (entry["rows"], entry["bytes"]) == (
         3000,
-        [f"s3://{name}/scored/day=1/part-0.csv"],
+        len(store.get(name, "scored/day=1/part-0.csv")),
     )
+    assert store.get(name, "scored/_SUCCESS") == b""
+    assert store.keys(name, "runs/") == ["runs/summary.json"]  # no temporary left beside it
 
 
-def test_a_failure_mid_run_leaves_no_object_under_the_final_key(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
+def test_a_failure_mid_run_leaves_the_previous_object_and_no_temporary(
+    store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    client, name = bucket
+    name = store.new_bucket()
     frame = make_frame(3000, seed=5)
     frame.loc[2500, "f1"] = None  # a bad row after five chunks were written
-    local = write_with_library(frame, tmp_path / "d.parquet", "parquet")
-    client.upload_file(str(local), name, "in/d.parquet")
-    client.put_object(Bucket=name, Key="out/d.parquet", Body=b"previous")
+    store.upload(name, "in/d.parquet", write_with_library(frame, tmp_path / "d.parquet", "parquet"))
+    store.put(name, "out/d.parquet", b"previous")
     result = run_main(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
-        "--output_file", f"s3://{name}/out/d.parquet", "--keep_columns", "id,segment",
-        "--chunk_size", "500", env=s3_env,
+        "predict", "--model", str(mlp_model), "--input_file", store.uri(name, "in/d.parquet"),
+        "--output_file", store.uri(name, "out/d.parquet"), "--keep_columns", "id,segment",
+        "--chunk_size", "500", env=store.env,
     )  # fmt: skip
     assert result.returncode == 65, result.stderr
     assert "row 2501, column 'f1'" in result.stderr
-    assert s3_keys(client, name, "out/") == ["out/d.parquet"]
-    body = client.get_object(Bucket=name, Key="out/d.parquet")["Body"].read()
-    assert body == b"previous"
+    assert store.keys(name, "out/") == ["out/d.parquet"]
+    assert store.get(name, "out/d.parquet") == b"previous"
 
 
 def test_rejects_and_skip_existing_with_the_output_folder_in_a_bucket(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
+    store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    client, name = bucket
+    name = store.new_bucket()
     frame = make_frame(400, seed=6)
     local = write_with_library(frame, tmp_path / "d.csv", "csv")
     lines = local.read_text().splitlines()
     fields = lines[10].split(",")
     lines[10] = ",".join([*fields[:2], "", *fields[3:]])  # row 10 without f1: a bad row
     local.write_text("\n".join(lines) + "\n")
-    client.upload_file(str(local), name, "in/d.csv")
+    store.upload(name, "in/d.csv", local)
     args = (
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment",
+        "predict", "--model", str(mlp_model), "--input_file", store.uri(name, "in/"),
+        "--output_dir", store.uri(name, "scored"), "--keep_columns", "id,segment",
         "--on_error", "skip", "--max_error_rate", "0.01",
+        "--summary_file", store.uri(name, "runs/summary.json"),
     )  # fmt: skip
-    first = run_main(*args, env=s3_env)
+    first = run_main(*args, env=store.env)
     assert first.returncode == 0, first.stderr
-    assert s3_keys(client, name, "scored/") == [
+    assert store.keys(name, "scored/") == [
         "scored/_SUCCESS", "scored/_manifest.json", "scored/_rejects.jsonl", "scored/d.csv",
     ]  # fmt: skip
-    rejects = client.get_object(Bucket=name, Key="scored/_rejects.jsonl")["Body"].read()
+    rejects = store.get(name, "scored/_rejects.jsonl")
     [record] = [json.loads(line) for line in rejects.decode().splitlines()]
     assert (record["source"], record["row"], record["column"]) == (
-        f"s3://{name}/in/d.csv",
+        store.uri(name, "in/d.csv"),
         10,
         "f1",
     )
-    before = client.head_object(Bucket=name, Key="scored/d.csv")["ETag"]
+    summary = json.loads(store.get(name, "runs/summary.json"))
+    assert (summary["rows_out"], summary["rows_rejected"]) == (399, 1)
+    before = store.etag(name, "scored/d.csv")
 
-    again = run_main(*args, "--skip_existing", env=s3_env)
+    again = run_main(*args, "--skip_existing", env=store.env)
     assert again.returncode == 0, again.stderr
     skipped = [line for line in again.log_lines() if line["event"].endswith("skipped")]
-    assert [line["output"] for line in skipped] == [f"s3://{name}/scored/d.csv"]
-    assert client.head_object(Bucket=name, Key="scored/d.csv")["ETag"] == before
+    assert [line["output"] for line in skipped] == [store.uri(name, "scored/d.csv")]
+    assert store.etag(name, "scored/d.csv") == before
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_credentials_the_store_refuses_exit_66_reading_and_73_writing(
+    side: str, store: Store, nightly: tuple[str, Any], tmp_path: Path, mlp_model: Path,
+    run_main: RunCli,
+) -> None:  # fmt: skip
+    if store.refused_env is None:
+        pytest.skip(f"{store.scheme}'s refusals: against a server checking keys, below")
+    name = nightly[0]
+    local = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
+    if side == "input":
+        where = ["--input_file", store.uri(name, "nightly/2026-11-01.csv"),
+                 "--output_file", str(tmp_path / "o.csv")]  # fmt: skip
+    else:
+        where = ["--input_file", str(local), "--output_file", store.uri(name, "scores/d.csv")]
+    result = run_main(
+        "predict", "--model", str(mlp_model), *where, "--keep_columns", "id,segment",
+        env=store.refused_env,
+    )  # fmt: skip
+    assert result.returncode == (66 if side == "input" else 73), result.stderr
+    error = str(result.log_lines()[-1]["error"])
+    assert f"{store.scheme}://" in error and "access denied" in error, error
+    assert "Traceback" not in result.stderr
+    assert_no_secret(store, result)
+    assert not (tmp_path / "o.csv").exists()
+    assert store.keys(name, "scores/") == []
 
 
 def test_s3_endpoint_url_option_and_compressed_objects(
@@ -232,37 +293,34 @@ def test_stores_pyarrow_cannot_reach_exit_66_naming_the_uri(
 
 @pytest.mark.slow
 def test_the_ray_engine_reads_and_writes_a_bucket(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_cli: RunCli
+    store: Store, tmp_path: Path, mlp_model: Path, run_cli: RunCli
 ) -> None:
     pytest.importorskip("ray")
-    client, name = bucket
+    name = store.new_bucket()
     frame = make_frame(900, seed=8)
     for part, rows in enumerate((frame.iloc[:500], frame.iloc[500:])):
         local = write_with_library(rows, tmp_path / f"p{part}.parquet", "parquet")
-        client.upload_file(str(local), name, f"in/p{part}.parquet")
+        store.upload(name, f"in/p{part}.parquet", local)
     result = run_cli(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/*.parquet",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment", "--engine", "ray",
-        "--preserve_order", "--chunk_size", "300", env=s3_env, timeout=600,
+        "predict", "--model", str(mlp_model), "--input_file", store.uri(name, "in/*.parquet"),
+        "--output_dir", store.uri(name, "scored"), "--keep_columns", "id,segment",
+        "--engine", "ray", "--preserve_order", "--chunk_size", "300", env=store.env,
+        timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    keys = s3_keys(client, name, "scored/")
+    keys = store.keys(name, "scored/")
     parts = [key for key in keys if key.startswith("scored/part-")]
     assert parts and keys == sorted([*parts, "scored/_SUCCESS", "scored/_manifest.json"])
-    scored = []
-    for key in parts:
-        client.download_file(name, key, str(tmp_path / "part.parquet"))
-        scored.append(read_with_library(tmp_path / "part.parquet", "parquet"))
+    scored = [read_object(store, name, key, "parquet", tmp_path) for key in parts]
     out = pd.concat(scored, ignore_index=True)
     assert out["id"].tolist() == frame["id"].tolist()
     expected = reference_predictions(mlp_model, frame[FEATURES].to_numpy()).reshape(-1)
     np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-6)
-    manifest = json.loads(
-        client.get_object(Bucket=name, Key="scored/_manifest.json")["Body"].read()
-    )
+    manifest = json.loads(store.get(name, "scored/_manifest.json"))
     assert manifest["engine"] == "ray" and manifest["model"]["sha256"]
     assert sum(output["rows"] for output in manifest["outputs"]) == 900
     assert all(len(output["sha256"]) == 64 for output in manifest["outputs"])
+    assert store.keys(name, "_temporary/") == []  # the staging folder is gone
 
 
 def test_fsspec_fills_in_for_schemes_pyarrow_lacks(tmp_path: Path, mlp_model: Path) -> None:
@@ -322,23 +380,23 @@ def test_credentials_in_a_uri_are_refused_and_not_echoed(
 
 
 def test_a_killed_runs_temporaries_are_removed_once_stale(
-    bucket: Any, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, name = bucket
-    for key, value in s3_env.items():
+    name = store.new_bucket()
+    for key, value in store.env.items():
         monkeypatch.setenv(key, value)
     leftover = f"out/_d.csv.{'a' * 32}.tmp"
     others = ["out/d.csv", f"out/_e.csv.{'b' * 32}.tmp", "out/_d.csv.notours.tmp"]
     for key in [leftover, *others]:
-        client.put_object(Bucket=name, Key=key, Body=b"x")
+        store.put(name, key, b"x")
 
-    write_whole(f"s3://{name}/out/d.csv", "fresh\n")  # the leftover is younger than a day
-    assert s3_keys(client, name, "out/") == sorted([leftover, *others])
+    write_whole(store.uri(name, "out/d.csv"), "fresh\n")  # the leftover is younger than a day
+    assert store.keys(name, "out/") == sorted([leftover, *others])
 
     monkeypatch.setattr(storage, "STALE_TEMPORARY_SECONDS", 0)
-    write_whole(f"s3://{name}/out/d.csv", "fresh\n")
-    assert s3_keys(client, name, "out/") == sorted(others)
-    assert client.get_object(Bucket=name, Key="out/d.csv")["Body"].read() == b"fresh\n"
+    write_whole(store.uri(name, "out/d.csv"), "fresh\n")
+    assert store.keys(name, "out/") == sorted(others)
+    assert store.get(name, "out/d.csv") == b"fresh\n"
 
 
 @pytest.mark.parametrize(

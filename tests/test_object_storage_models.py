@@ -1,5 +1,6 @@
-"""`--model` as a URI: models in a bucket (moto's `moto_server` on the loopback interface),
-downloaded once into the local cache and used from there, through the command."""
+"""`--model` as a URI: models in a bucket, downloaded once into the local cache and used
+from there, through the command; over every store of tests/stores.py (S3 through moto's
+server, Azure through Azurite), and S3's refusals through a moto server checking keys."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from conftest import (
     start_moto_server,
     write_with_library,
 )
+from stores import Store
 
 RunCli = Callable[..., Completed]
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
@@ -53,12 +55,12 @@ def scaled_reference(model_path: Path, features: np.ndarray, scale: float = 1.0)
     return keras.ops.convert_to_numpy(model(features.astype(np.float32))).reshape(-1)
 
 
-def upload_tree(client: Any, bucket: str, local: Path, prefix: str) -> list[str]:
+def upload_tree(store: Store, bucket: str, local: Path, prefix: str) -> list[str]:
     """Upload every file below `local` under `prefix`; the keys, sorted."""
     keys = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         key = f"{prefix}/{path.relative_to(local).as_posix()}"
-        client.upload_file(str(path), bucket, key)
+        store.upload(bucket, key, path)
         keys.append(key)
     return keys
 
@@ -90,16 +92,16 @@ def predict(
 
 
 @pytest.fixture
-def cache_env(s3_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The S3 environment plus a cache folder of this test's own."""
-    return {**s3_env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
+def cache_env(store: Store, tmp_path: Path) -> dict[str, str]:
+    """The store's environment plus a cache folder of this test's own."""
+    return {**store.env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
 
 
 @pytest.fixture
-def s3_here(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point this process at the S3 server (for calling `model_cache.fetch` directly);
-    the cache folder it uses."""
-    for name, value in s3_env.items():
+def store_here(store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point this process at the store's server (for calling `model_cache.fetch`
+    directly); the cache folder it uses."""
+    for name, value in store.env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("BATCHPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
@@ -127,11 +129,11 @@ def test_cache_root_follows_the_environment(
 
 
 def test_keras_model_from_a_bucket_predicts_like_the_local_one_and_downloads_once(
-    bucket: Any, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
+    store: Store, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    client, name = bucket
-    client.upload_file(str(mlp_model), name, "models/mlp.keras")
-    uri = f"s3://{name}/models/mlp.keras"
+    name = store.new_bucket()
+    store.upload(name, "models/mlp.keras", mlp_model)
+    uri = store.uri(name, "models/mlp.keras")
     cache = Path(cache_env["BATCHPREDICT_CACHE_DIR"])
 
     first, out, frame = predict(run_main, uri, tmp_path, cache_env)
@@ -157,18 +159,18 @@ def test_keras_model_from_a_bucket_predicts_like_the_local_one_and_downloads_onc
 
 
 def test_a_replaced_model_object_is_downloaded_again(
-    bucket: Any, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
+    store: Store, cache_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    client, name = bucket
-    uri = f"s3://{name}/models/mlp.keras"
+    name = store.new_bucket()
+    uri = store.uri(name, "models/mlp.keras")
     cache = Path(cache_env["BATCHPREDICT_CACHE_DIR"])
-    client.upload_file(str(mlp_model), name, "models/mlp.keras")
+    store.upload(name, "models/mlp.keras", mlp_model)
     first, _, _ = predict(run_main, uri, tmp_path, cache_env)
     assert first.returncode == 0, first.stderr
     [old_entry] = entries(cache)
 
     replacement = scaled_model(mlp_model, tmp_path / "retrained.keras", 2.0)
-    client.upload_file(str(replacement), name, "models/mlp.keras")
+    store.upload(name, "models/mlp.keras", replacement)
     second, out, frame = predict(run_main, uri, tmp_path, cache_env)
     assert second.returncode == 0, second.stderr
     assert "model downloaded" in events(second)
@@ -201,16 +203,16 @@ def serving_export(tmp_path_factory: pytest.TempPathFactory, mlp_model: Path) ->
 def test_serving_base_in_a_bucket_downloads_only_the_chosen_version(
     version: int | None,
     scale: float,
-    bucket: Any,
+    store: Store,
     cache_env: dict[str, str],
     tmp_path: Path,
     mlp_model: Path,
     serving_export: Path,
     run_main: RunCli,
 ) -> None:
-    client, name = bucket
-    upload_tree(client, name, serving_export, "exports/scorer")
-    uri = f"s3://{name}/exports/scorer/"  # a trailing slash, as users copy prefixes
+    name = store.new_bucket()
+    upload_tree(store, name, serving_export, "exports/scorer")
+    uri = store.uri(name, "exports/scorer/")  # a trailing slash, as users copy prefixes
     args = ["--model_version", str(version)] if version is not None else []
     result, out, frame = predict(run_main, uri, tmp_path, cache_env, *args)
     assert result.returncode == 0, result.stderr
@@ -232,11 +234,11 @@ def test_serving_base_in_a_bucket_downloads_only_the_chosen_version(
 
 
 def test_a_missing_version_in_a_bucket_exits_78_listing_the_versions(
-    bucket: Any, cache_env: dict[str, str], tmp_path: Path, serving_export: Path, run_main: RunCli
+    store: Store, cache_env: dict[str, str], tmp_path: Path, serving_export: Path, run_main: RunCli
 ) -> None:
-    client, name = bucket
-    upload_tree(client, name, serving_export, "exports/scorer")
-    uri = f"s3://{name}/exports/scorer"
+    name = store.new_bucket()
+    upload_tree(store, name, serving_export, "exports/scorer")
+    uri = store.uri(name, "exports/scorer")
     result, _, _ = predict(run_main, uri, tmp_path, cache_env, "--model_version", "7")
     assert result.returncode == 78, result.stderr
     assert f"{uri} has no version 7; available versions: 1, 2" in result.stderr
@@ -248,25 +250,45 @@ def test_a_missing_version_in_a_bucket_exits_78_listing_the_versions(
 
 
 @pytest.mark.parametrize(
-    ("uri", "expected"),
+    ("key", "expected"),
     [
-        ("s3://{bucket}/models/missing.keras", "model path does not exist: {uri}"),
-        ("s3://{bucket}/models/nothing-here/", "model path does not exist: {uri}"),
-        ("s3://no-such-bucket-4711/mlp.keras", "model path does not exist: {uri} (no bucket"),
+        ("models/missing.keras", "model path does not exist: {uri}"),
+        ("models/nothing-here/", "model path does not exist: {uri}"),
+        (None, "model path does not exist: {uri} (no {noun}"),
     ],
     ids=["missing-key", "empty-prefix", "missing-bucket"],
 )
 def test_missing_models_exit_78_naming_the_uri(
-    uri: str, expected: str, bucket: Any, cache_env: dict[str, str], tmp_path: Path,
+    key: str | None, expected: str, store: Store, cache_env: dict[str, str], tmp_path: Path,
     run_main: RunCli,
 ) -> None:  # fmt: skip
-    _, name = bucket
-    uri = uri.format(bucket=name)
+    if key is None:
+        uri = store.uri("no-such-bucket-4711", "mlp.keras")
+    else:
+        uri = store.uri(store.new_bucket(), key)
+    noun = "container" if store.scheme == "abfs" else "bucket"
     result, _, _ = predict(run_main, uri, tmp_path, cache_env)
     assert result.returncode == 78, result.stderr
-    assert expected.format(uri=uri.rstrip("/")) in result.stderr
-    assert SECRET not in result.stderr
+    assert expected.format(uri=uri.rstrip("/"), noun=noun) in result.stderr
+    assert all(secret not in result.stderr for secret in store.secrets)
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_the_store_refuses_exits_78_naming_the_uri(
+    store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
+) -> None:
+    if store.refused_env is None:
+        pytest.skip(f"{store.scheme}'s refusals: against a server checking keys, below")
+    name = store.new_bucket()
+    store.upload(name, "m/mlp.keras", mlp_model)
+    uri = store.uri(name, "m/mlp.keras")
+    env = {**store.refused_env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
+    result, _, _ = predict(run_main, uri, tmp_path, env)
+    assert result.returncode == 78, result.stderr
+    assert f"model path is unreadable: {uri}" in result.stderr
+    assert "access denied" in result.stderr.lower()
+    assert all(secret not in result.stderr for secret in store.secrets)
+    assert entries(tmp_path / "cache") == []
 
 
 @pytest.fixture
@@ -310,40 +332,40 @@ def test_a_model_the_credentials_may_not_read_exits_78_naming_the_uri(
 
 
 def test_a_prefix_without_a_model_is_a_model_error_naming_the_uri(
-    bucket: Any, s3_here: Path
+    store: Store, store_here: Path
 ) -> None:
-    client, name = bucket
-    client.put_object(Bucket=name, Key="exports/readme.txt", Body=b"hello")
-    client.put_object(Bucket=name, Key="exports/latest/saved_model.pb", Body=b"x")
-    uri = f"s3://{name}/exports"
+    name = store.new_bucket()
+    store.put(name, "exports/readme.txt", b"hello")
+    store.put(name, "exports/latest/saved_model.pb", b"x")
+    uri = store.uri(name, "exports")
     expected = f"^{re.escape(uri)} is not a SavedModel or Keras model"
     with pytest.raises(ModelError, match=expected) as caught:
         model_cache.fetch(uri)
     assert "found latest/, readme.txt" in str(caught.value)
     with pytest.raises(ModelError, match="is not a supported model file"):
         model_cache.fetch(f"{uri}/readme.txt")
-    assert entries(s3_here) == []
+    assert entries(store_here) == []
 
 
 def test_an_unwritable_cache_is_an_io_error_naming_the_cache(
-    bucket: Any, s3_here: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: Store, store_here: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    client, name = bucket
-    client.put_object(Bucket=name, Key="m/mlp.keras", Body=b"bytes")
+    name = store.new_bucket()
+    store.put(name, "m/mlp.keras", b"bytes")
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("BATCHPREDICT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
     expected = re.escape(f"model cache at {tmp_path / 'a-file'}")
     with pytest.raises(ReadWriteError, match=expected):
-        model_cache.fetch(f"s3://{name}/m/mlp.keras")
+        model_cache.fetch(store.uri(name, "m/mlp.keras"))
 
 
 # --------------------------------------------------------------------------- the cache itself
 
 
-def test_concurrent_fetches_agree_on_one_entry(bucket: Any, s3_here: Path) -> None:
-    client, name = bucket
-    client.put_object(Bucket=name, Key="m/mlp.keras", Body=os.urandom(1 << 20))
-    uri = f"s3://{name}/m/mlp.keras"
+def test_concurrent_fetches_agree_on_one_entry(store: Store, store_here: Path) -> None:
+    name = store.new_bucket()
+    store.put(name, "m/mlp.keras", os.urandom(1 << 20))
+    uri = store.uri(name, "m/mlp.keras")
     start = threading.Barrier(6)
     results: list[str] = []
     failures: list[Exception] = []
@@ -363,38 +385,38 @@ def test_concurrent_fetches_agree_on_one_entry(bucket: Any, s3_here: Path) -> No
     assert failures == []
     assert len(set(results)) == 1 and len(results) == 6
     # No half-written entry and no leftover temporary folder, whoever won.
-    assert [p.name for p in s3_here.iterdir() if p.name.startswith(".")] == []
-    [entry] = entries(s3_here)
+    assert [p.name for p in store_here.iterdir() if p.name.startswith(".")] == []
+    [entry] = entries(store_here)
     assert (entry / "mlp.keras").stat().st_size == 1 << 20
 
 
 def test_old_entries_of_the_same_uri_are_pruned_after_seven_days(
-    bucket: Any, s3_here: Path
+    store: Store, store_here: Path
 ) -> None:
-    client, name = bucket
-    uri = f"s3://{name}/m/mlp.keras"
-    client.put_object(Bucket=name, Key="m/mlp.keras", Body=b"old")
+    name = store.new_bucket()
+    uri = store.uri(name, "m/mlp.keras")
+    store.put(name, "m/mlp.keras", b"old")
     old = Path(model_cache.fetch(uri).path).parent
-    client.put_object(Bucket=name, Key="m/mlp.keras", Body=b"recent")
+    store.put(name, "m/mlp.keras", b"recent")
     recent = Path(model_cache.fetch(uri).path).parent
-    client.put_object(Bucket=name, Key="m/other.keras", Body=b"old")
-    other_uri = Path(model_cache.fetch(f"s3://{name}/m/other.keras").path).parent
+    store.put(name, "m/other.keras", b"old")
+    other_uri = Path(model_cache.fetch(store.uri(name, "m/other.keras")).path).parent
     week_ago = time.time() - model_cache.PRUNE_AFTER_SECONDS - 60
     for entry in (old, other_uri):
         os.utime(entry / ".last-used", (week_ago, week_ago))
     os.utime(recent / ".last-used", (time.time() - 3600, time.time() - 3600))
 
-    client.put_object(Bucket=name, Key="m/mlp.keras", Body=b"current")
+    store.put(name, "m/mlp.keras", b"current")
     current = Path(model_cache.fetch(uri).path)
     assert current.read_bytes() == b"current"
     assert not old.exists()  # same URI, unused for a week
     assert recent.exists()  # same URI, used an hour ago
     assert other_uri.exists()  # another URI: not this run's business
-    assert sorted(entries(s3_here)) == sorted([current.parent, recent, other_uri])
+    assert sorted(entries(store_here)) == sorted([current.parent, recent, other_uri])
 
 
-def test_a_missing_object_in_fetch_is_a_model_error(bucket: Any, s3_here: Path) -> None:
-    _, name = bucket
-    expected = re.escape(f"model path does not exist: s3://{name}/x.keras")
+def test_a_missing_object_in_fetch_is_a_model_error(store: Store, store_here: Path) -> None:
+    name = store.new_bucket()
+    expected = re.escape(f"model path does not exist: {store.uri(name, 'x.keras')}")
     with pytest.raises(ModelError, match=expected):
-        model_cache.fetch(f"s3://{name}/x.keras")
+        model_cache.fetch(store.uri(name, "x.keras"))

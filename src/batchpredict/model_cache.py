@@ -296,12 +296,14 @@ def _etag(stream: pa.NativeFile) -> str | None:
 
 
 def _missing(filesystem: pafs.FileSystem, path: str, uri: str) -> ModelError:
-    """ "Does not exist", saying so when it is the bucket that is missing."""
+    """ "Does not exist", saying so when it is the bucket (Azure's container) that is
+    missing."""
     bucket = path.split("/", 1)[0]
-    if bucket != path and filesystem.type_name in ("s3", "gcs"):
+    if bucket != path and filesystem.type_name in ("s3", "gcs", "abfs"):
+        noun = "container" if filesystem.type_name == "abfs" else "bucket"
         with contextlib.suppress(pa.ArrowException, OSError):
             if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
-                return ModelError(f"model path does not exist: {uri} (no bucket {bucket!r})")
+                return ModelError(f"model path does not exist: {uri} (no {noun} {bucket!r})")
     return ModelError(f"model path does not exist: {uri}")
 
 

@@ -8,8 +8,9 @@ pyarrow has none for (`memory://`, `az://`, ...). Standard input and output (`-`
 
 Credentials come only from where the cloud SDKs look (environment, their config files,
 instance roles), never from options; `AWS_ENDPOINT_URL`, or `s3_endpoint` for one run
-(`--s3_endpoint_url`), points S3 at a compatible store. Error messages name the location
-as given and the store's reason, never a secret.
+(`--s3_endpoint_url`), points S3 at a compatible store; Azure's account, key and endpoint
+come from its connection string or account variables (`store_azure`). Error messages name
+the location as given and the store's reason, never a secret.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from batchpredict import store_azure
 from batchpredict.config import STDIO as STDIO  # re-exported: the one name for stdin/stdout
 from batchpredict.config import is_uri as is_uri  # re-exported for the callers of storage
 from batchpredict.config import refuse_credentials
@@ -54,11 +56,15 @@ _DENIED = re.compile(
     r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
     r"EXPIRED_TOKEN|Forbidden|PermissionDenied|Permission denied|AuthorizationFailure|\b403\b"
 )
-_NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist", re.IGNORECASE)
+_NO_BUCKET = re.compile(
+    r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist|ContainerNotFound", re.IGNORECASE
+)
 #: Arrow's preamble ("When reading information for key 'a' in bucket 'b': "), which the
 #: URI we print already says, and the request ids that follow AWS messages.
 _PREAMBLE = re.compile(r"^When [^:]*: ")
 _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
+#: A URL's query string with a SAS signature (Azure puts the request's URL in errors).
+_SIGNED_QUERY = re.compile(r"\?[^\s'\"]*\bsig=[^\s'\"]*")
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,12 @@ _SDK_VARIABLES = (
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_ACCOUNT_NAME",
     "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
 )
 
 
@@ -206,6 +218,9 @@ def _filesystem(
     # Users' URIs carry no query string (config refuses one), so this one is the only one.
     query = f"?{urllib.parse.urlencode({'endpoint_override': endpoint})}" if endpoint else ""
     try:
+        azure = _azure_filesystem(sample_uri) if scheme in ("abfs", "abfss") else None
+        if azure is not None:
+            return azure
         filesystem, path = pafs.FileSystem.from_uri(sample_uri + query)
         return filesystem, path
     except pa.ArrowInvalid as exc:
@@ -216,6 +231,15 @@ def _filesystem(
             f"{sample_uri}: cannot open {scheme}:// storage: {clean(exc)}"
         ) from exc
     return _fsspec_filesystem(scheme, sample_uri)
+
+
+def _azure_filesystem(sample_uri: str) -> tuple[pafs.FileSystem, str] | None:
+    """Azure's filesystem from the environment's account settings (`store_azure`), or None
+    for the URI forms pyarrow's `from_uri` reads itself."""
+    try:
+        return store_azure.azure_filesystem(sample_uri)
+    except store_azure.AzureSettingsError as exc:
+        raise InputMissingError(f"{sample_uri}: {exc}") from exc
 
 
 #: The schemes pyarrow has filesystems for; any other goes through fsspec, if installed.
@@ -454,6 +478,7 @@ def clean(exc: BaseException) -> str:
     if not text:
         return type(exc).__name__
     line = _REQUEST_ID.sub("", _PREAMBLE.sub("", text.splitlines()[0])).strip()
+    line = _SIGNED_QUERY.sub("?***", line)
     return f"access denied: {line}" if _DENIED.search(text) else line
 
 
