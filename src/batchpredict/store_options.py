@@ -1,0 +1,71 @@
+"""The settings each store's pyarrow filesystem is made with: where it is (an S3-compatible
+endpoint, a GCS emulator) and how long a request may keep failing (`--storage_timeout`).
+
+pyarrow's own defaults retry for long: its GCS client for up to 15 minutes, so that a
+`gs://` input with no route to the store would hang a cron job; every filesystem made
+here gives up after the run's timeout instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import urllib.parse
+
+import pyarrow.fs as pafs
+
+from batchpredict.config import DEFAULT_STORAGE_TIMEOUT as DEFAULT_STORAGE_TIMEOUT
+
+#: Attempts at one S3 request; each may take a third of the timeout to connect or answer.
+S3_ATTEMPTS = 3
+#: The variable Google's client libraries honour to reach a Storage emulator
+#: (`http://host:port`); pyarrow's GCS client ignores it, so batchpredict reads it here.
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+
+
+def s3_filesystem(
+    sample_uri: str, endpoint: str | None, timeout: float
+) -> tuple[pafs.FileSystem, str]:
+    """An S3 filesystem for the bucket of `sample_uri` at `endpoint` (else
+    `AWS_ENDPOINT_URL`, else AWS), and the sample's path in it: the bucket's region is
+    looked up by `from_uri` as before, then the filesystem is made again with timeouts."""
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+    query = f"?{urllib.parse.urlencode({'endpoint_override': endpoint})}" if endpoint else ""
+    located, path = pafs.FileSystem.from_uri(sample_uri + query)
+    per_attempt = timeout / S3_ATTEMPTS
+    filesystem = pafs.S3FileSystem(
+        region=located.region,
+        endpoint_override=endpoint,
+        connect_timeout=per_attempt,
+        request_timeout=per_attempt,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+    )
+    return filesystem, path
+
+
+def gcs_filesystem(sample_uri: str, timeout: float) -> tuple[pafs.FileSystem, str]:
+    """A GCS filesystem that retries for at most `timeout` seconds, and the sample's path
+    in it (`bucket/key`). With `STORAGE_EMULATOR_HOST` set it goes there, with anonymous
+    credentials, as Google's libraries do under an emulator; else to Google with the
+    application-default credentials."""
+    path = sample_uri.partition("://")[2]
+    limit = datetime.timedelta(seconds=timeout)
+    emulator = os.environ.get(EMULATOR_VARIABLE)
+    if not emulator:
+        return pafs.GcsFileSystem(retry_time_limit=limit), path
+    scheme, authority = emulator_address(emulator)
+    filesystem = pafs.GcsFileSystem(
+        anonymous=True, scheme=scheme, endpoint_override=authority, retry_time_limit=limit
+    )
+    return filesystem, path
+
+
+def emulator_address(value: str) -> tuple[str, str]:
+    """`STORAGE_EMULATOR_HOST` as (scheme, host:port): `http://127.0.0.1:4443`, or without
+    a scheme (`localhost:4443`) plain HTTP, as Google's Python library takes it."""
+    parsed = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path.strip("/"):
+        raise ValueError(f"{EMULATOR_VARIABLE}: expected http://host:port, got {value!r}")
+    if "@" in parsed.netloc:
+        raise ValueError(f"{EMULATOR_VARIABLE}: a credential in the address is not taken")
+    return parsed.scheme, parsed.netloc
