@@ -35,6 +35,7 @@ from batchpredict.errors import (
     InputMissingError,
     OutputError,
     ReadWriteError,
+    StoreUnreachableError,
     UsageError,
     error_text,
 )
@@ -54,6 +55,14 @@ _HASH_BLOCK = 1 << 20
 _DENIED = re.compile(
     r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
     r"EXPIRED_TOKEN|Forbidden|PermissionDenied|Permission denied|AuthorizationFailure|\b403\b"
+)
+#: What the stores' clients say when no answer came: refused or timed-out connections,
+#: unknown hosts, the retries given up (`--storage_timeout`). An I/O failure (74), not
+#: a refusal of the output (73).
+_UNREACHABLE = re.compile(
+    r"NETWORK_CONNECTION|UNAVAILABLE|DEADLINE_EXCEEDED|Could not connect|Could not resolve|"
+    r"Connection refused|Timeout was reached|timed out",
+    re.IGNORECASE,
 )
 _NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist", re.IGNORECASE)
 #: Arrow's preamble ("When reading information for key 'a' in bucket 'b': "), which the
@@ -311,6 +320,8 @@ def _info(location: Location) -> pafs.FileInfo:
     try:
         return location.filesystem.get_file_info(location.path)
     except (pa.ArrowException, OSError) as exc:
+        if not location.local and _UNREACHABLE.search(str(exc)):
+            raise StoreUnreachableError(location.name, clean(exc)) from exc
         raise InputMissingError(f"{location.name}: cannot read: {clean(exc)}") from exc
 
 
@@ -432,14 +443,21 @@ def temporary_name(name: str) -> str:
 def remove_stale_temporaries(name: str) -> None:
     """Delete store temporaries of `name` older than STALE_TEMPORARY_SECONDS: left by runs
     that were killed (SIGKILL, a lost node), since on a store no process id tells a dead
-    writer from one on another machine. Best effort: one listing of the target's folder."""
+    writer from one on another machine. Best effort (one listing of the target's folder),
+    except that a store giving no answer fails here (74), not again at each next step."""
     folder, _, base = name.rpartition("/")
     stale = re.compile(rf"_{re.escape(base)}\.[0-9a-f]{{32}}\.tmp")
     cutoff = time.time() - STALE_TEMPORARY_SECONDS
-    with contextlib.suppress(Exception):
+    try:
         location = locate(folder)
         selector = pafs.FileSelector(location.path.rstrip("/"), allow_not_found=True)
-        for info in location.filesystem.get_file_info(selector):
+        listed = location.filesystem.get_file_info(selector)
+    except Exception as exc:
+        if _UNREACHABLE.search(str(exc)):
+            raise ReadWriteError(f"{name}: cannot write: {clean(exc)}") from exc
+        return
+    with contextlib.suppress(Exception):
+        for info in listed:
             if (
                 info.type == pafs.FileType.File
                 and stale.fullmatch(info.base_name)
@@ -457,7 +475,8 @@ def open_output(name: str, shown: str | None = None) -> pa.NativeFile:
         # Compressed by the writer, which knows the target's suffix, not the temporary's.
         return location.filesystem.open_output_stream(location.path, compression=None)
     except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{shown or name}: cannot create output: {clean(exc)}") from exc
+        failure = ReadWriteError if _UNREACHABLE.search(str(exc)) else OutputError
+        raise failure(f"{shown or name}: cannot create output: {clean(exc)}") from exc
 
 
 def publish(source: str, target: str, what: str = "") -> None:
@@ -543,14 +562,17 @@ def list_files(folder: str) -> list[str]:
 
 def delete(name: str) -> None:
     """Delete a file if it is there; a refusal is an output that cannot be created (73):
-    the files deleted are outputs (`_SUCCESS`, a folder's old parts) and temporaries."""
+        the files deleted are outputs (`_SUCCESS`, a folder's old parts) and temporaries. A store
+    that gives no answer is an I/O failure (74)."""
     location = locate(name)
     try:
         location.filesystem.delete_file(location.path)
     except FileNotFoundError:
         pass
     except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{name}: cannot delete: {reason(location, exc)}") from exc
+        unreachable = not location.local and _UNREACHABLE.search(str(exc))
+        failure = ReadWriteError if unreachable else OutputError
+        raise failure(f"{name}: cannot delete: {reason(location, exc)}") from exc
 
 
 def delete_tree(folder: str) -> None:

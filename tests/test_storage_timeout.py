@@ -1,0 +1,146 @@
+"""`--storage_timeout`: a store that cannot be reached fails the run with its documented
+exit code and a message naming the URI, instead of retrying for minutes (pyarrow's GCS
+client retries for 15 by default). Stores are pointed at a closed port of 127.0.0.1, as
+users point them at theirs (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST). No test here
+measures time; the README gives the times measured."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batchpredict import storage
+from batchpredict.store_options import emulator_address
+from conftest import Completed, make_frame, write_with_library
+
+RunCli = Callable[..., Completed]
+#: Where each store is pointed, and the fake credentials S3's client wants before it
+#: sends anything.
+STORE_ENV = {
+    "s3": lambda port: {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    },
+    "gs": lambda port: {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"},
+}
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+@pytest.mark.parametrize(
+    ("role", "code"),
+    [("input", 66), ("glob", 66), ("output_file", 74), ("output_dir", 74), ("model", 78)],
+)
+def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
+    scheme: str, role: str, code: int, tmp_path: Path, mlp_model: Path, run_main: RunCli
+) -> None:
+    data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
+    uri = {
+        "input": f"{scheme}://bkt/in/d.csv",
+        "glob": f"{scheme}://bkt/in/*.csv",
+        "output_file": f"{scheme}://bkt/out/d.csv",
+        "output_dir": f"{scheme}://bkt/out",
+        "model": f"{scheme}://bkt/models/mlp.keras",
+    }[role]
+    locations = {
+        "--model": uri if role == "model" else str(mlp_model),
+        "--input_file": uri if role in ("input", "glob") else str(data),
+        f"--{role}" if role.startswith("output") else "--output_file": (
+            uri if role.startswith("output") else str(tmp_path / "o.csv")
+        ),
+    }
+    env = {**STORE_ENV[scheme](closed_port()), "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}
+    result = run_main(
+        "predict", *(item for pair in locations.items() for item in pair),
+        "--keep_columns", "id,segment", "--storage_timeout", "2", env=env,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    [failed] = [line for line in result.log_lines() if line["event"] == "run failed"]
+    assert uri.partition("*")[0] in failed["error"], failed["error"]
+    assert "Could not connect" in failed["error"]
+    assert "testing" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_timeout_reaches_the_stores_filesystems(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each store's filesystem is made with the run's timeout, and a new one for another
+    timeout (S3: connect and request timeouts of a third each, three attempts)."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    with storage.store_settings(None, 9):
+        gcs = storage.locate("gs://bkt/a.csv").filesystem.__reduce__()[1][0]
+        s3 = storage.locate("s3://bkt/a.csv").filesystem.__reduce__()[1][0]
+    assert gcs["retry_time_limit"] == datetime.timedelta(seconds=9)
+    assert (gcs["anonymous"], gcs["scheme"]) == (True, "http")
+    assert (s3["connect_timeout"], s3["request_timeout"]) == (3, 3)
+    with storage.store_settings(None, 4):
+        again = storage.locate("gs://bkt/a.csv").filesystem.__reduce__()[1][0]
+    assert again["retry_time_limit"] == datetime.timedelta(seconds=4)
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("http://127.0.0.1:4443", ("http", "127.0.0.1:4443")),
+        ("https://gcs.test", ("https", "gcs.test")),
+        ("localhost:9023", ("http", "localhost:9023")),  # as Google's Python library takes it
+    ],
+)
+def test_the_emulator_variable_is_read_as_googles_libraries_read_it(
+    value: str, address: tuple[str, str]
+) -> None:
+    assert emulator_address(value) == address
+
+
+@pytest.mark.parametrize("value", ["ftp://h:1", "http://", "http://u:p@h:1", "http://h:1/x"])
+def test_an_emulator_address_that_is_no_address_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="STORAGE_EMULATOR_HOST"):
+        emulator_address(value)
+
+
+def test_a_bad_emulator_address_exits_66_naming_the_uri(
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
+) -> None:
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", "gs://bkt/d.csv",
+        "--output_file", str(tmp_path / "o.csv"), env={"STORAGE_EMULATOR_HOST": "ftp://h:1"},
+    )  # fmt: skip
+    assert result.returncode == 66, result.stderr
+    assert "gs://bkt/d.csv" in result.stderr and "STORAGE_EMULATOR_HOST" in result.stderr
+
+
+def test_ray_workers_get_the_gcs_emulator_and_the_timeout_in_the_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchpredict import ray_engine
+    from batchpredict.config import RunConfig
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    config = RunConfig(model="m", input_files=("a",), storage_timeout=5)
+    assert ray_engine._runtime_env(config) == {
+        "env_vars": {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
+    }
+
+
+def test_a_timeout_of_zero_is_a_usage_error(
+    tmp_path: Path, mlp_model: Path, run_main: RunCli
+) -> None:
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(tmp_path / "d.csv"),
+        "--storage_timeout", "0",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--storage_timeout" in result.stderr
