@@ -144,29 +144,41 @@ def test_rejects_and_the_summary_are_written_to_the_bucket(
     assert gcs_store.keys(bucket, "runs/") == ["runs/s.json"]  # no temporary left
 
 
-def test_a_keras_model_in_a_bucket_is_served_from_the_cache_the_second_time(
+def test_a_keras_model_in_a_bucket_is_served_from_the_cache_until_it_is_replaced(
     gcs_store: GcsStore, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
+    """The cache entry is keyed by the objects' ETags, which GCS gives as `etag`."""
+    import keras
+
     bucket = gcs_store.new_bucket()
     put_file(gcs_store, bucket, "models/mlp.keras", mlp_model)
     frame = make_frame(60, seed=8)
     data = write_with_library(frame, tmp_path / "d.csv", "csv")
     env = {**gcs_store.env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
 
-    def run(output: str) -> Completed:
-        return run_main(
+    def run(output: str) -> list[str]:
+        result = run_main(
             "predict", "--model", gcs_store.uri(bucket, "models/mlp.keras"),
             "--input_file", str(data), "--output_file", str(tmp_path / output),
             "--keep_columns", "id,segment", env=env,
         )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return [line["event"] for line in result.log_lines()]
 
     first, second = run("a.csv"), run("b.csv")
-    for result in (first, second):
-        assert result.returncode == 0, result.stderr
-    events = [[line["event"] for line in r.log_lines()] for r in (first, second)]
-    assert "model downloaded" in events[0] and "model cache hit" not in events[0]
-    assert "model cache hit" in events[1] and "model downloaded" not in events[1]
+    assert "model downloaded" in first and "model cache hit" not in first
+    assert "model cache hit" in second and "model downloaded" not in second
     assert_predicted(mlp_model, frame, read_with_library(tmp_path / "b.csv", "csv"))
+
+    doubled = keras.saving.load_model(mlp_model, compile=False)
+    doubled.set_weights([weight * 2 for weight in doubled.get_weights()])
+    doubled.save(tmp_path / "doubled.keras")
+    put_file(gcs_store, bucket, "models/mlp.keras", tmp_path / "doubled.keras")
+    third = run("c.csv")
+    assert "model downloaded" in third and "model cache hit" not in third
+    assert_predicted(
+        tmp_path / "doubled.keras", frame, read_with_library(tmp_path / "c.csv", "csv")
+    )
 
 
 def test_a_missing_bucket_as_input_exits_66_naming_the_uri(
