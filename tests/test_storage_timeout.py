@@ -76,18 +76,19 @@ def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
 
 def test_the_timeout_reaches_the_stores_filesystems(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each store's filesystem is made with the run's timeout, and a new one for another
-    timeout (S3: connect and request timeouts of a third each, three attempts)."""
+    timeout (S3: connect and request timeouts of a third each, three attempts; GCS: half
+    of it to retry in)."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{closed_port()}")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
     with storage.store_settings(None, 9):
         gcs = storage.locate("gs://bkt/a.csv").filesystem.__reduce__()[1][0]
         s3 = storage.locate("s3://bkt/a.csv").filesystem.__reduce__()[1][0]
-    assert gcs["retry_time_limit"] == datetime.timedelta(seconds=9)
+    assert gcs["retry_time_limit"] == datetime.timedelta(seconds=4.5)  # its backoff overshoots
     assert (gcs["anonymous"], gcs["scheme"]) == (True, "http")
     assert (s3["connect_timeout"], s3["request_timeout"]) == (3, 3)
     with storage.store_settings(None, 4):
         again = storage.locate("gs://bkt/a.csv").filesystem.__reduce__()[1][0]
-    assert again["retry_time_limit"] == datetime.timedelta(seconds=4)
+    assert again["retry_time_limit"] == datetime.timedelta(seconds=2)
 
 
 @pytest.mark.parametrize(
