@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,51 @@ def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
     assert uri.partition("*")[0] in failed["error"], failed["error"]
     assert "Could not connect" in failed["error"]
     assert "testing" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port of 127.0.0.1 whose connections never open, as a store with no route to it:
+    a listening socket whose queue is full, so that the kernel drops further SYNs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port: int = server.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        pytest.skip("this kernel opens connections beyond a full listen queue")
+    except TimeoutError:
+        pass
+    yield port
+    for sock in [*fillers, server]:
+        sock.close()
+
+
+@pytest.mark.parametrize(("role", "code"), [("input", 66), ("output_file", 74), ("model", 78)])
+def test_a_gcs_store_with_no_route_fails_without_waiting_for_its_client(
+    role: str, code: int, silent_port: int, tmp_path: Path, mlp_model: Path, run_main: RunCli
+) -> None:
+    """GCS's client would wait 2 minutes for the connection whatever its retry limit;
+    batchpredict tells the store took none within --storage_timeout."""
+    data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
+    uri = "gs://bkt/models/mlp.keras" if role == "model" else f"gs://bkt/{role}/d.csv"
+    args = {"--model": str(mlp_model), "--input_file": str(data),
+            "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
+    args[{"input": "--input_file", "output_file": "--output_file", "model": "--model"}[role]] = uri
+    env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{silent_port}",
+           "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}  # fmt: skip
+    result = run_main(
+        "predict", *(item for pair in args.items() for item in pair),
+        "--keep_columns", "id,segment", "--storage_timeout", "1", env=env,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    [failed] = [line for line in result.log_lines() if line["event"] == "run failed"]
+    assert uri in failed["error"], failed["error"]
+    assert f"no connection to 127.0.0.1:{silent_port} within 1 s" in failed["error"]
 
 
 def test_the_timeout_reaches_the_stores_filesystems(monkeypatch: pytest.MonkeyPatch) -> None:

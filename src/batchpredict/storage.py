@@ -39,7 +39,12 @@ from batchpredict.errors import (
     UsageError,
     error_text,
 )
-from batchpredict.store_options import DEFAULT_STORAGE_TIMEOUT, gcs_filesystem, s3_filesystem
+from batchpredict.store_options import (
+    DEFAULT_STORAGE_TIMEOUT,
+    gcs_filesystem,
+    s3_filesystem,
+    unreachable,
+)
 
 #: The characters that make an `--input_file` value a glob pattern.
 GLOB_CHARS = frozenset("*?[")
@@ -228,7 +233,10 @@ def _store(uri: str) -> _Store:
             prefix = sample_path[: len(sample_path) - len(tail)]
         else:
             prefix = sample_path + "/"
-        _STORES[key] = _Store(filesystem, base, prefix)
+        store = _Store(filesystem, base, prefix)
+        if unreachable(filesystem):
+            return store  # asked again next time: it may be back
+        _STORES[key] = store
     return _STORES[key]
 
 
