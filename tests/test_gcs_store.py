@@ -206,3 +206,33 @@ def test_an_output_the_store_refuses_exits_73_naming_the_uri(
     )  # fmt: skip
     assert result.returncode == 73, result.stderr
     assert uri in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_ray_engine_reads_and_writes_a_bucket(
+    gcs_store: GcsStore, tmp_path: Path, mlp_model: Path, run_cli: RunCli
+) -> None:
+    """Ray's workers reach the emulator too (STORAGE_EMULATOR_HOST in their runtime
+    environment) and write the parts to the bucket's staging folder."""
+    pytest.importorskip("ray")
+    bucket = gcs_store.new_bucket()
+    frame = make_frame(900, seed=10)
+    for part, rows in enumerate((frame.iloc[:500], frame.iloc[500:])):
+        local = write_with_library(rows, tmp_path / f"p{part}.parquet", "parquet")
+        put_file(gcs_store, bucket, f"in/p{part}.parquet", local)
+    result = run_cli(
+        "predict", "--model", str(mlp_model), "--input_file", gcs_store.uri(bucket, "in/*.parquet"),
+        "--output_dir", gcs_store.uri(bucket, "scored"), "--keep_columns", "id,segment",
+        "--engine", "ray", "--preserve_order", "--chunk_size", "300", env=gcs_store.env,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    keys = gcs_store.keys(bucket, "scored/")
+    parts = [key for key in keys if key.startswith("scored/part-")]
+    assert parts and keys == sorted([*parts, "scored/_SUCCESS", "scored/_manifest.json"])
+    scored = []
+    for key in parts:
+        (tmp_path / "part.parquet").write_bytes(gcs_store.get(bucket, key))
+        scored.append(read_with_library(tmp_path / "part.parquet", "parquet"))
+    assert_predicted(mlp_model, frame, pd.concat(scored, ignore_index=True))
+    assert gcs_store.keys(bucket, "scored/_temporary/") == []
