@@ -30,6 +30,15 @@ STORE_ENV = {
     "gs": lambda port: {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"},
 }
 
+#: The option each location under test is given to.
+OPTION_OF_ROLE = {
+    "input": "--input_file",
+    "glob": "--input_file",
+    "output_file": "--output_file",
+    "output_dir": "--output_dir",
+    "model": "--model",
+}
+
 
 def closed_port() -> int:
     """A port of 127.0.0.1 nothing listens on (bound, then released)."""
@@ -55,13 +64,11 @@ def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
         "output_dir": f"{scheme}://bkt/out",
         "model": f"{scheme}://bkt/models/mlp.keras",
     }[role]
-    locations = {
-        "--model": uri if role == "model" else str(mlp_model),
-        "--input_file": uri if role in ("input", "glob") else str(data),
-        f"--{role}" if role.startswith("output") else "--output_file": (
-            uri if role.startswith("output") else str(tmp_path / "o.csv")
-        ),
-    }
+    locations = {"--model": str(mlp_model), "--input_file": str(data),
+                 "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
+    if role == "output_dir":
+        del locations["--output_file"]
+    locations[OPTION_OF_ROLE[role]] = uri
     env = {**STORE_ENV[scheme](closed_port()), "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}
     result = run_main(
         "predict", *(item for pair in locations.items() for item in pair),
@@ -69,7 +76,7 @@ def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
     )  # fmt: skip
     assert result.returncode == code, result.stderr
     [failed] = [line for line in result.log_lines() if line["event"] == "run failed"]
-    assert uri.partition("*")[0] in failed["error"], failed["error"]
+    assert uri in failed["error"], failed["error"]
     assert "Could not connect" in failed["error"]
     assert "testing" not in result.stderr and "Traceback" not in result.stderr
 
@@ -106,7 +113,7 @@ def test_a_gcs_store_with_no_route_fails_without_waiting_for_its_client(
     uri = "gs://bkt/models/mlp.keras" if role == "model" else f"gs://bkt/{role}/d.csv"
     args = {"--model": str(mlp_model), "--input_file": str(data),
             "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
-    args[{"input": "--input_file", "output_file": "--output_file", "model": "--model"}[role]] = uri
+    args[OPTION_OF_ROLE[role]] = uri
     env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{silent_port}",
            "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}  # fmt: skip
     result = run_main(
