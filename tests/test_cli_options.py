@@ -47,6 +47,7 @@ def _every_option(tmp_path: Path) -> list[str]:
         "--input_format", "csv", "--features", "f0, f1", "--keep_columns", "id",
         "--delimiter", "tab", "--null_values", "NA,-", "--chunk_size", "100",
         "--max_record_bytes", "1000", "--s3_endpoint_url", "http://127.0.0.1:9000",
+        "--storage_timeout", "7.5",
         "--output_dir", "out", "--output_format", "parquet", "--skip_existing",
         "--max_output_bytes", "10000", "--prediction_column", "p",
         "--class_names_file", str(names), "--threshold", "0.7", "--label_output", "o",
@@ -79,6 +80,7 @@ EXPECTED = {
     "chunk_size": 100,
     "max_record_bytes": 1000,
     "s3_endpoint_url": "http://127.0.0.1:9000",
+    "storage_timeout": 7.5,
     "output_dir": "out",
     "output_format": "parquet",
     "skip_existing": True,
@@ -265,14 +267,14 @@ def test_no_change_to_the_environment_outlives_main(
     before = dict(os.environ)
     data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
     common = ["--model", str(mlp_model), "--log_format", "json", "--no_progress", *FIT]
-    endpoint = ["--s3_endpoint_url", "http://127.0.0.1:9"]
+    endpoint = ["--s3_endpoint_url", "http://127.0.0.1:9", "--storage_timeout", "5"]
     missing = cli.main(["predict", *common, *endpoint, "--input_file", str(tmp_path / "no.csv")])
     assert missing == ExitCode.NO_INPUT
     ran = cli.main(["predict", *common, *endpoint, "--input_file", str(data)])
     assert ran == ExitCode.OK, capsys.readouterr().err
     assert (tmp_path / "d.predictions.csv").exists()
     assert dict(os.environ) == before
-    assert storage._s3_endpoint is None
+    assert storage._settings == storage.StoreSettings()
     capsys.readouterr()
 
 

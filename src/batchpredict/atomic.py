@@ -106,7 +106,7 @@ def _store_temporary(target: storage.Location) -> tuple[str, pa.NativeFile]:
     runs are told by age, since no process id says whether a writer elsewhere is alive."""
     storage.remove_stale_temporaries(target.name)
     temp = storage.temporary_name(target.name)
-    return temp, storage.open_output(temp)
+    return temp, storage.open_output(temp, shown=target.name)
 
 
 def _sync_local(raw: Any, temp: str) -> None:

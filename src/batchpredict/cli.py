@@ -41,6 +41,7 @@ from batchpredict.cli_options import (
     SHARDS,
     STATISTICS,
     STATS_FILE,
+    STORAGE_TIMEOUT,
     BatchSizeType,
     FormatName,
     input_files,
@@ -280,11 +281,14 @@ def inspect(**options: Any) -> None:
     quietly = tensorflow_imported_quietly(options["log_level"])
     if options["input_file"]:
         config = run_config(options)
-        with quietly, storage.s3_endpoint(config.s3_endpoint_url):
+        with quietly, storage.store_settings(config.s3_endpoint_url, config.storage_timeout):
             lines = pipeline.inspect(config)
     else:
         check_s3_endpoint(options["s3_endpoint_url"])
-        with quietly, storage.s3_endpoint(options["s3_endpoint_url"]):
+        with (
+            quietly,
+            storage.store_settings(options["s3_endpoint_url"], options["storage_timeout"]),
+        ):
             lines = pipeline.inspect_model(
                 options["model"],
                 signature=options["signature"],
@@ -317,7 +321,7 @@ def validate(**options: Any) -> None:
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     config = run_config(options)
     quietly = tensorflow_imported_quietly(config.log_level)
-    with quietly, storage.s3_endpoint(config.s3_endpoint_url):
+    with quietly, storage.store_settings(config.s3_endpoint_url, config.storage_timeout):
         report = pipeline.validate(config)
     for line in report.lines:
         click.echo(escape_controls(line))  # one line each, whatever names they hold
@@ -373,6 +377,7 @@ def profile(**options: Any) -> None:
         "compared with it).",
     ),
     S3_ENDPOINT_URL,
+    STORAGE_TIMEOUT,
 )
 @cloup.option_group("Logging", *LOGGING)
 def report(**options: Any) -> None:
@@ -384,14 +389,14 @@ def report(**options: Any) -> None:
     refuse_secrets(options)
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     check_s3_endpoint(options["s3_endpoint_url"])
-    with storage.s3_endpoint(options["s3_endpoint_url"]):
+    with storage.store_settings(options["s3_endpoint_url"], options["storage_timeout"]):
         write_report(options["stats_file"], options["output"], options["baseline"])
     get_logger().info("report written", output=options["output"])
 
 
 @cli.command(epilog=EPILOG, formatter_settings=FORMATTER)
 @cloup.argument("path", metavar="PATH")
-@cloup.option_group("Storage", S3_ENDPOINT_URL)
+@cloup.option_group("Storage", S3_ENDPOINT_URL, STORAGE_TIMEOUT)
 @cloup.option_group("Logging", LOG_LEVEL, LOG_FORMAT, LOG_FILE)
 def verify(path: str, **options: Any) -> None:
     """Check an output folder (or one output file) against its _manifest.json.
@@ -406,7 +411,7 @@ def verify(path: str, **options: Any) -> None:
     refuse_secrets({"path": path, **options})
     configure_logging(options["log_level"], options["log_format"], options["log_file"])
     check_s3_endpoint(options["s3_endpoint_url"])
-    with storage.s3_endpoint(options["s3_endpoint_url"]):
+    with storage.store_settings(options["s3_endpoint_url"], options["storage_timeout"]):
         report = verification.verify(path)
     for problem in report.problems:
         click.echo(f"problem: {escape_controls(problem)}")

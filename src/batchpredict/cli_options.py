@@ -23,6 +23,7 @@ from batchpredict.config import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_STORAGE_TIMEOUT,
     FORMAT_NAMES,
     ON_ERROR_CHOICES,
     OUTPUT_MODE_CHOICES,
@@ -203,6 +204,15 @@ S3_ENDPOINT_URL = option(
     default=None,
     help="S3-compatible store (MinIO, Ceph, ...) for s3:// URIs: http://host:port (default: "
     "AWS_ENDPOINT_URL).",
+)
+STORAGE_TIMEOUT = option(
+    "storage_timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_STORAGE_TIMEOUT,
+    show_default=True,
+    help="Give up on an object store (s3://, gs://) that keeps failing or cannot be "
+    "reached after this long (exit 74; 66 for an input, 78 for a model).",
 )
 INPUT_FORMAT = option(
     "input_format",
@@ -447,6 +457,7 @@ READING = (
     CHUNK_SIZE,
     MAX_RECORD_BYTES,
     S3_ENDPOINT_URL,
+    STORAGE_TIMEOUT,
 )
 BAD_DATA = (ON_ERROR, MAX_ERROR_RATE, FILL_VALUE)
 LOGGING = (CONFIG, LOG_LEVEL, LOG_FORMAT, LOG_FILE)

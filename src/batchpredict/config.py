@@ -22,6 +22,8 @@ FORMAT_NAMES = ("csv", "tsv", "jsonl", "avro", "parquet", "delta")
 #: `--output_mode` of `--output_format delta`.
 OUTPUT_MODE_CHOICES = ("overwrite", "append")
 DEFAULT_MAX_ERROR_RATE = 0.01
+#: Seconds a store may keep failing before an operation on it fails (`--storage_timeout`).
+DEFAULT_STORAGE_TIMEOUT = 60.0
 #: Spellings of a tab for `--delimiter`, besides the character itself.
 TAB_NAMES = ("\\t", "tab")
 #: `--null_values`: at most this many strings of at most this many characters (Arrow keeps
@@ -133,6 +135,9 @@ class RunConfig:
     #: The S3-compatible store `s3://` URIs go to (None: where the AWS SDK's own settings,
     #: `AWS_ENDPOINT_URL` included, point).
     s3_endpoint_url: str | None = None
+    #: Seconds an object store may keep failing (unreachable, erroring) before the
+    #: operation fails: S3's connect and request timeouts and retries, GCS's retry limit.
+    storage_timeout: float = DEFAULT_STORAGE_TIMEOUT
     #: Write the run's statistics here as JSON (README "Statistics and drift").
     stats_file: str | None = None
     #: An earlier run's (or `batchpredict profile`'s) stats file to measure drift against.
@@ -314,6 +319,8 @@ def _validate_locations(config: RunConfig) -> None:
     if config.skip_existing and config.output_dir is None:
         raise UsageError("--skip_existing needs --output_dir (its manifest records what is done)")
     check_s3_endpoint(config.s3_endpoint_url)
+    if not config.storage_timeout > 0:
+        raise UsageError(f"--storage_timeout must be above 0, got {config.storage_timeout}")
 
 
 def check_s3_endpoint(url: str | None) -> None:

@@ -56,6 +56,17 @@ class InputMissingError(BatchPredictError):
     exit_code = ExitCode.NO_INPUT
 
 
+class StoreUnreachableError(InputMissingError):
+    """An input's store gave no answer within `--storage_timeout` (refused or timed-out
+    connections): 66 like any input that cannot be looked at, and not taken for "no such
+    object" by the callers that look around it (Delta tables above an input)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: cannot read: {reason}")
+        #: The store's reason, for a message naming another location of the same store.
+        self.reason = reason
+
+
 class OutputError(BatchPredictError):
     """An output cannot be created (bad directory, output would overwrite an input)."""
 

@@ -40,7 +40,10 @@ def run(config: RunConfig, *, prepare: Callable[[RunConfig], None] | None = None
     """
     state = RunState(prepare)
     try:
-        with storage.s3_endpoint(config.s3_endpoint_url), hold_lock(config.lock_file):
+        with (
+            storage.store_settings(config.s3_endpoint_url, config.storage_timeout),
+            hold_lock(config.lock_file),
+        ):
             if config.engine == "ray":
                 from batchpredict import ray_engine
 

@@ -49,7 +49,7 @@ def profile(
     if config.stats_file is None:
         raise UsageError("profile needs --stats_file (where the baseline is written)")
     started = time.monotonic()
-    with storage.s3_endpoint(config.s3_endpoint_url):
+    with storage.store_settings(config.s3_endpoint_url, config.storage_timeout):
         inputs = expand_inputs(config.input_files, config.input_format)
         check_delimiter(config.delimiter, ((i.path, i.format) for i in inputs))
         stats = StatsRun(config, kind="profile")

@@ -19,6 +19,7 @@ Ray is imported only here, and this module only when the engine is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -75,6 +76,7 @@ from batchpredict.scoring import (
     scorer_for,
 )
 from batchpredict.sources import InputFile, expand_inputs
+from batchpredict.store_options import EMULATOR_VARIABLE
 from batchpredict.summary import Counts, RunState, RunSummary
 
 #: Columns the read tasks add so that actors can name a rejected row's file and row.
@@ -230,7 +232,14 @@ class _Planner:
     """Runs `_plan` in a Ray actor (a process the driver can kill when it is done)."""
 
     def plan(self, config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
-        return _plan(config, inputs)
+        with _store_settings(config):
+            return _plan(config, inputs)
+
+
+def _store_settings(config: RunConfig) -> contextlib.AbstractContextManager[None]:
+    """The run's store settings in a worker (an actor's or task's process of its own, where
+    the driver's `store_settings` is not in force)."""
+    return storage.store_settings(config.s3_endpoint_url, config.storage_timeout)
 
 
 def _warn_if_guessed(mapping: RunMapping) -> None:
@@ -347,11 +356,16 @@ def _actors(ray: Any, config: RunConfig) -> tuple[float, int]:
 
 def _runtime_env(config: RunConfig) -> dict[str, Any] | None:
     """What the workers need from this run beyond the cluster's own: the S3-compatible
-    endpoint (`--s3_endpoint_url`, else this process's AWS_ENDPOINT_URL; not a secret).
+    endpoint (`--s3_endpoint_url`, else this process's AWS_ENDPOINT_URL) and the GCS
+    emulator (STORAGE_EMULATOR_HOST), neither a secret; the timeout travels in `config`.
     Credentials are not sent: on a cluster, workers use their nodes' own (instance roles,
     config files), as the SDKs do everywhere."""
-    endpoint = config.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    return {"env_vars": {"AWS_ENDPOINT_URL": endpoint}} if endpoint else None
+    endpoints = {
+        "AWS_ENDPOINT_URL": config.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        EMULATOR_VARIABLE: os.environ.get(EMULATOR_VARIABLE),
+    }
+    env_vars = {name: value for name, value in endpoints.items() if value}
+    return {"env_vars": env_vars} if env_vars else None
 
 
 def _default_concurrency(resources: dict[str, float], gpus: float) -> int:
@@ -490,6 +504,14 @@ def _flush_quietly(manifest: Manifest) -> None:
 def _read_file(
     item: InputFile, config: RunConfig, staging: str, mapping: RunMapping
 ) -> Iterator[pa.Table]:
+    """`_read_batches` under the run's store settings (a read task's worker has none)."""
+    with _store_settings(config):
+        yield from _read_batches(item, config, staging, mapping)
+
+
+def _read_batches(
+    item: InputFile, config: RunConfig, staging: str, mapping: RunMapping
+) -> Iterator[pa.Table]:
     """One input through our reader, as tables of `chunk_size` rows with the file and the
     1-based row of every row; records the reader could not parse go to a rejects part.
     Text inputs parse the columns `mapping` feeds to numeric inputs value by value."""
@@ -615,12 +637,17 @@ class _ModelActor:
         self.config = config
         self.staging = staging
         self.output_format = output_format
-        self.scorer = scorer_for(config)
+        with _store_settings(config):  # the model may be in a store
+            self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
         self.node = str(ray_runtime_node())
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        with _store_settings(self.config):
+            return self._score(table)
+
+    def _score(self, table: pa.Table) -> pa.Table:
         sources = table.column(SOURCE_COLUMN)
         rows = table.column(ROW_COLUMN).to_numpy()
         data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])

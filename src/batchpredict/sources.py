@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import structlog
 
 from batchpredict import storage
-from batchpredict.errors import InputMissingError, UsageError
+from batchpredict.errors import InputMissingError, StoreUnreachableError, UsageError
 from batchpredict.formats.base import RowGroups
 from batchpredict.formats.delta_io import DELTA_LOG, DeltaReader, is_delta_table, table_above
 from batchpredict.formats.registry import READERS, format_for_path, reader_format
@@ -63,7 +63,10 @@ def _expand_one(value: str, input_format: str | None) -> list[InputFile]:
     if value == STDIO:
         assert input_format is not None  # RunConfig refuses stdin without --input_format
         return [InputFile(STDIO, input_format, "stdin")]
-    table = table_above(storage.split_glob(value)[0] if GLOB_CHARS & set(value) else value)
+    try:
+        table = table_above(storage.split_glob(value)[0] if GLOB_CHARS & set(value) else value)
+    except StoreUnreachableError as exc:  # said of a folder above, the user gave `value`
+        raise StoreUnreachableError(value, exc.reason) from exc
     if table is not None:
         raise _table_inside(table)
     if GLOB_CHARS & set(value):

@@ -7,10 +7,11 @@ pyarrow has none for (`memory://`, `az://`, ...). Standard input and output (`-`
 `STDIO`) are the one name that is not a location: callers test for it first.
 
 Credentials come only from where the cloud SDKs look (environment, their config files,
-instance roles), never from options; `AWS_ENDPOINT_URL`, or `s3_endpoint` for one run
-(`--s3_endpoint_url`), points S3 at a compatible store; Azure's account, key and endpoint
-come from its connection string or account variables (`store_azure`). Error messages name
-the location as given and the store's reason, never a secret.
+instance roles), never from options; `AWS_ENDPOINT_URL`, or `store_settings` for one run
+(`--s3_endpoint_url`), points S3 at a compatible store, `STORAGE_EMULATOR_HOST` GCS at an
+emulator (store_options); Azure's account, key and endpoint come from its connection
+string or account variables (store_azure). Error messages name the location as given
+and the store's reason, never a secret.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import hashlib
 import os
 import re
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +37,15 @@ from batchpredict.errors import (
     InputMissingError,
     OutputError,
     ReadWriteError,
+    StoreUnreachableError,
     UsageError,
     error_text,
+)
+from batchpredict.store_options import (
+    DEFAULT_STORAGE_TIMEOUT,
+    gcs_filesystem,
+    s3_filesystem,
+    unreachable,
 )
 
 #: The characters that make an `--input_file` value a glob pattern.
@@ -56,6 +63,14 @@ _DENIED = re.compile(
     r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
     r"EXPIRED_TOKEN|Forbidden|PermissionDenied|Permission denied|AuthorizationFailure|\b403\b"
 )
+#: What the stores' clients say when no answer came: refused or timed-out connections,
+#: unknown hosts, the retries given up (`--storage_timeout`). An I/O failure (74), not
+#: a refusal of the output (73).
+_UNREACHABLE = re.compile(
+    r"NETWORK_CONNECTION|UNAVAILABLE|DEADLINE_EXCEEDED|Could not connect|Could not resolve|"
+    r"Connection refused|Timeout was reached|timed out",
+    re.IGNORECASE,
+)
 _NO_BUCKET = re.compile(
     r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist|ContainerNotFound", re.IGNORECASE
 )
@@ -65,6 +80,12 @@ _PREAMBLE = re.compile(r"^When [^:]*: ")
 _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
 #: A URL's query string with a SAS signature (Azure puts the request's URL in errors).
 _SIGNED_QUERY = re.compile(r"\?[^\s'\"]*\bsig=[^\s'\"]*")
+#: Google's client status (`[Errno 2] google::cloud::Status(NOT_FOUND: Permanent error,
+#: with a last message of Not Found error_info={...})`): its code and last message.
+_GOOGLE_STATUS = re.compile(
+    r"^(?:\[Errno \d+\] )?google::cloud::Status\((\w+): [^,]*, with a last message of "
+    r"(.*?)(?: error_info=\{.*)?\)?(?:\. Detail: .*)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -133,31 +154,49 @@ class _Store:
         return path
 
 
-#: One filesystem per store (scheme and authority), S3 endpoint and SDK environment
-#: (`_environment_key`), reused while they stay the same: creating an S3 one looks up the
-#: bucket's region, an HDFS one connects.
-_STORES: dict[tuple[str, str | None, str], _Store] = {}
-#: Where `s3://` goes while `s3_endpoint` is in force (None: the AWS SDK's own settings).
-_s3_endpoint: str | None = None
+#: One filesystem per store (scheme and authority), S3 endpoint, timeout and SDK
+#: environment (`_environment_key`), reused while they stay the same: creating an S3 one
+#: looks up the bucket's region, an HDFS one connects.
+_STORES: dict[tuple[str, str | None, float, str], _Store] = {}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What a run says about its stores: where `s3://` goes (None: the AWS SDK's own
+    settings) and how long a store may keep failing (`--storage_timeout`)."""
+
+    s3_endpoint: str | None = None
+    timeout: float = DEFAULT_STORAGE_TIMEOUT
+
+
+_settings = StoreSettings()
 
 
 @contextlib.contextmanager
-def s3_endpoint(url: str | None) -> Iterator[None]:
-    """Send `s3://` URIs to the S3-compatible store at `url` (`http://host:port`) while in
-    the block; None leaves them to the SDK's settings. Taken from the run's configuration
-    rather than the process environment, so that nothing outlives the run."""
-    global _s3_endpoint
-    saved, _s3_endpoint = _s3_endpoint, url
+def store_settings(
+    s3_endpoint: str | None, timeout: float = DEFAULT_STORAGE_TIMEOUT
+) -> Iterator[None]:
+    """Send `s3://` URIs to the S3-compatible store at `s3_endpoint` (`http://host:port`)
+    and give up on any store after `timeout` seconds of failures while in the block. Taken
+    from the run's configuration rather than the process environment, so that nothing
+    outlives the run."""
+    global _settings
+    saved, _settings = _settings, StoreSettings(s3_endpoint, timeout)
     try:
         yield
     finally:
-        _s3_endpoint = saved
+        _settings = saved
+
+
+def s3_endpoint(url: str | None) -> contextlib.AbstractContextManager[None]:
+    """`store_settings` for the S3 endpoint alone, the timeout as it is."""
+    return store_settings(url, _settings.timeout)
 
 
 def current_s3_endpoint() -> str | None:
     """Where `s3://` goes in this run (`--s3_endpoint_url`), else `AWS_ENDPOINT_URL`, else
     None (the SDK's own settings): for libraries with their own S3 client (delta-rs)."""
-    return _s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+    return _settings.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 #: What the stores' SDKs read from the environment: a filesystem made under other values
@@ -193,12 +232,12 @@ def _environment_key() -> str:
 def _store(uri: str) -> _Store:
     scheme, _, rest = uri.partition("://")
     authority = rest.split("/", 1)[0]
-    endpoint = _s3_endpoint if scheme.lower() == "s3" else None
+    endpoint = _settings.s3_endpoint if scheme.lower() == "s3" else None
     base = f"{scheme}://{authority}/"
-    key = (base, endpoint, _environment_key())
+    key = (base, endpoint, _settings.timeout, _environment_key())
     if key not in _STORES:
         sample = _without_glob(uri)
-        filesystem, sample_path = _filesystem(scheme.lower(), sample, endpoint)
+        filesystem, sample_path = _filesystem(scheme.lower(), sample, endpoint, _settings.timeout)
         # The sample's path is `prefix + what follows the authority`; learn the prefix.
         tail = sample.partition("://")[2][len(authority) :].strip("/")
         sample_path = sample_path.rstrip("/")
@@ -206,22 +245,31 @@ def _store(uri: str) -> _Store:
             prefix = sample_path[: len(sample_path) - len(tail)]
         else:
             prefix = sample_path + "/"
-        _STORES[key] = _Store(filesystem, base, prefix)
+        store = _Store(filesystem, base, prefix)
+        if unreachable(filesystem):
+            return store  # asked again next time: it may be back
+        _STORES[key] = store
     return _STORES[key]
 
 
 def _filesystem(
-    scheme: str, sample_uri: str, endpoint: str | None = None
+    scheme: str,
+    sample_uri: str,
+    endpoint: str | None = None,
+    timeout: float = DEFAULT_STORAGE_TIMEOUT,
 ) -> tuple[pafs.FileSystem, str]:
-    """pyarrow's filesystem for `scheme` (at `endpoint`, for S3) and the sample's path in
-    it, or fsspec's wrapped for pyarrow where pyarrow has none."""
-    # Users' URIs carry no query string (config refuses one), so this one is the only one.
-    query = f"?{urllib.parse.urlencode({'endpoint_override': endpoint})}" if endpoint else ""
+    """pyarrow's filesystem for `scheme` (at `endpoint`, for S3; giving up after `timeout`
+    seconds on S3 and GCS) and the sample's path in it, or fsspec's wrapped for pyarrow
+    where pyarrow has none."""
     try:
         azure = _azure_filesystem(sample_uri) if scheme in ("abfs", "abfss") else None
         if azure is not None:
             return azure
-        filesystem, path = pafs.FileSystem.from_uri(sample_uri + query)
+        if scheme == "s3":
+            return s3_filesystem(sample_uri, endpoint, timeout)
+        if scheme in ("gs", "gcs"):
+            return gcs_filesystem(sample_uri, timeout)
+        filesystem, path = pafs.FileSystem.from_uri(sample_uri)
         return filesystem, path
     except pa.ArrowInvalid as exc:
         if "Unrecognized filesystem type" not in str(exc):
@@ -304,6 +352,8 @@ def _info(location: Location) -> pafs.FileInfo:
     try:
         return location.filesystem.get_file_info(location.path)
     except (pa.ArrowException, OSError) as exc:
+        if not location.local and _UNREACHABLE.search(str(exc)):
+            raise StoreUnreachableError(location.name, clean(exc)) from exc
         raise InputMissingError(f"{location.name}: cannot read: {clean(exc)}") from exc
 
 
@@ -425,14 +475,21 @@ def temporary_name(name: str) -> str:
 def remove_stale_temporaries(name: str) -> None:
     """Delete store temporaries of `name` older than STALE_TEMPORARY_SECONDS: left by runs
     that were killed (SIGKILL, a lost node), since on a store no process id tells a dead
-    writer from one on another machine. Best effort: one listing of the target's folder."""
+    writer from one on another machine. Best effort (one listing of the target's folder),
+    except that a store giving no answer fails here (74), not again at each next step."""
     folder, _, base = name.rpartition("/")
     stale = re.compile(rf"_{re.escape(base)}\.[0-9a-f]{{32}}\.tmp")
     cutoff = time.time() - STALE_TEMPORARY_SECONDS
-    with contextlib.suppress(Exception):
+    try:
         location = locate(folder)
         selector = pafs.FileSelector(location.path.rstrip("/"), allow_not_found=True)
-        for info in location.filesystem.get_file_info(selector):
+        listed = location.filesystem.get_file_info(selector)
+    except Exception as exc:
+        if _UNREACHABLE.search(str(exc)):
+            raise ReadWriteError(f"{name}: cannot write: {clean(exc)}") from exc
+        return
+    with contextlib.suppress(Exception):
+        for info in listed:
             if (
                 info.type == pafs.FileType.File
                 and stale.fullmatch(info.base_name)
@@ -442,14 +499,16 @@ def remove_stale_temporaries(name: str) -> None:
                 location.filesystem.delete_file(info.path)
 
 
-def open_output(name: str) -> pa.NativeFile:
-    """A new object at `name` to write to (uploaded in parts as it is written)."""
+def open_output(name: str, shown: str | None = None) -> pa.NativeFile:
+    """A new object at `name` to write to (uploaded in parts as it is written); `shown`
+    is the name errors give (the output's, when `name` is its temporary)."""
     location = locate(name)
     try:
         # Compressed by the writer, which knows the target's suffix, not the temporary's.
         return location.filesystem.open_output_stream(location.path, compression=None)
     except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{name}: cannot create output: {clean(exc)}") from exc
+        failure = ReadWriteError if _UNREACHABLE.search(str(exc)) else OutputError
+        raise failure(f"{shown or name}: cannot create output: {clean(exc)}") from exc
 
 
 def publish(source: str, target: str, what: str = "") -> None:
@@ -479,6 +538,7 @@ def clean(exc: BaseException) -> str:
         return type(exc).__name__
     line = _REQUEST_ID.sub("", _PREAMBLE.sub("", text.splitlines()[0])).strip()
     line = _SIGNED_QUERY.sub("?***", line)
+    line = _GOOGLE_STATUS.sub(r"\1: \2", line)
     return f"access denied: {line}" if _DENIED.search(text) else line
 
 
@@ -535,14 +595,17 @@ def list_files(folder: str) -> list[str]:
 
 def delete(name: str) -> None:
     """Delete a file if it is there; a refusal is an output that cannot be created (73):
-    the files deleted are outputs (`_SUCCESS`, a folder's old parts) and temporaries."""
+        the files deleted are outputs (`_SUCCESS`, a folder's old parts) and temporaries. A store
+    that gives no answer is an I/O failure (74)."""
     location = locate(name)
     try:
         location.filesystem.delete_file(location.path)
     except FileNotFoundError:
         pass
     except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{name}: cannot delete: {reason(location, exc)}") from exc
+        unreachable = not location.local and _UNREACHABLE.search(str(exc))
+        failure = ReadWriteError if unreachable else OutputError
+        raise failure(f"{name}: cannot delete: {reason(location, exc)}") from exc
 
 
 def delete_tree(folder: str) -> None:

@@ -32,6 +32,7 @@ from batchpredict.errors import (
     InputMissingError,
     OutputError,
     ReadWriteError,
+    StoreUnreachableError,
     UsageError,
     error_text,
 )
@@ -86,6 +87,8 @@ def is_delta_table(name: str) -> bool:
         return os.path.isdir(log)
     try:
         return bool(storage.kind(storage.locate(log)) == pafs.FileType.Directory)
+    except StoreUnreachableError:
+        raise  # each folder above would wait out --storage_timeout again
     except BatchPredictError:
         return False
 
