@@ -290,6 +290,7 @@ def _run_dataset(
         )
         parts = _written_parts(written, inputs)
         get_logger().debug("ray dataset stats", stats=written.stats())
+        _log_scoring(parts)
         return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
         storage.delete_tree(staging)
@@ -596,6 +597,10 @@ PART_SCHEMA = pa.schema(
         ("first_row", pa.int64()),
         ("stats", pa.binary()),
         ("node", pa.string()),
+        # Wall-clock times (`time.time()`) of the actor's model being ready and of the
+        # part being written: the run's scoring time, start-up excluded.
+        ("ready", pa.float64()),
+        ("written", pa.float64()),
     ]
 )
 
@@ -619,6 +624,7 @@ class _ModelActor:
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
         self.node = str(ray_runtime_node())
+        self.ready = time.time()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         sources = table.column(SOURCE_COLUMN)
@@ -650,6 +656,8 @@ class _ModelActor:
             first_row=[int(rows[0])],
             stats=[None if collector is None else pickle.dumps(collector)],
             node=[self.node],
+            ready=[self.ready],
+            written=[time.time()],
         )
         return pa.table(part, schema=PART_SCHEMA)
 
@@ -695,6 +703,26 @@ def ray_runtime_node() -> str:
     import ray
 
     return str(ray.get_runtime_context().get_node_id())
+
+
+def _log_scoring(parts: list[dict[str, Any]]) -> None:
+    """Log `ray scoring`: the rows scored and the seconds from the first model actor ready
+    to now (every part written, none committed yet), so that throughput after start-up is
+    measured inside the run. Times are the nodes' clocks: on a cluster, as exact as their
+    synchronisation."""
+    if not parts:
+        return
+    first_ready = min(part["ready"] for part in parts)
+    seconds = max(time.time() - first_ready, 1e-9)
+    rows = sum(part["rows"] for part in parts)
+    get_logger().info(
+        "ray scoring",
+        rows=rows,
+        seconds=round(seconds, 3),
+        rows_per_second=round(rows / seconds, 1),
+        last_part_written_after=round(max(part["written"] for part in parts) - first_ready, 3),
+        actors=len({(part["node"], part["ready"]) for part in parts}),
+    )
 
 
 def _written_parts(written: Any, inputs: list[InputFile]) -> list[dict[str, Any]]:
