@@ -19,6 +19,7 @@ Ray is imported only here, and this module only when the engine is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -83,8 +84,10 @@ ROW_COLUMN = "__batchpredict_row"
 STAGING = "_temporary"
 #: The object store of a Ray this run starts itself: a few blocks in flight per process.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
-#: Ray gathers a read task's chunks into blocks of about this size.
-TARGET_BLOCK_BYTES = 8 * 2**20
+#: Blocks (of --chunk_size rows) a read task yields ahead of the model actors.
+READ_AHEAD_BLOCKS = 2
+#: Calls queued on each model actor: one scoring, the next one's block on its way.
+CALLS_PER_ACTOR = 2
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -92,7 +95,6 @@ def import_ray() -> Any:
     """Ray, or a configuration error (exit 78) that says how to install it."""
     try:
         import ray
-        import ray.data
     except ImportError as exc:
         raise ConfigError(INSTALL_HINT) from exc
     return ray
@@ -252,8 +254,8 @@ def _run_dataset(
     made: _Provenance,
     finish_stats: FinishStats | None = None,
 ) -> dict[str, Any]:
-    """Read, score and write every input as one Ray dataset into a staging folder, then
-    commit the parts; returns the run's counts and outputs."""
+    """Read, score and write every input on Ray into a staging folder, then commit the
+    parts; returns the run's counts and outputs."""
     ray = import_ray()
     gpus, concurrency = _actors(ray, config)
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
@@ -261,35 +263,30 @@ def _run_dataset(
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
     storage.make_dirs(staging)
+    scoring = None
     try:
-        source = input_files_datasource(inputs, config, staging, mapping)
-        # One block stream per file: Ray's default splits a single file's stream into
-        # ~200 slivers (SplitBlocks), a few thousand rows each.
-        dataset = ray.data.read_datasource(source, override_num_blocks=len(inputs))
-        written = dataset.map_batches(
-            _ModelActor,
-            fn_constructor_kwargs={
-                "config": config,
-                "staging": staging,
-                "mapping": mapping,
-                "output_format": output_format,
-            },
-            batch_size=config.chunk_size,
-            batch_format="pyarrow",
-            concurrency=concurrency,
+        actor_class = ray.remote(_ModelActor).options(
+            num_cpus=config.ray_cpus_per_worker or 1,
             num_gpus=gpus,
-            **(
-                {}
-                if config.ray_cpus_per_worker is None
-                else {"num_cpus": config.ray_cpus_per_worker}
-            ),
-            zero_copy_batch=True,
             # Model actors on as many nodes as there are actors, not packed onto the first
             # node with room: each holds TensorFlow and the model, and competes for CPUs.
             scheduling_strategy="SPREAD",
         )
-        parts = _written_parts(written, inputs)
-        get_logger().debug("ray dataset stats", stats=written.stats())
+        actors = [
+            actor_class.remote(config, staging, mapping, output_format) for _ in range(concurrency)
+        ]
+        read = ray.remote(_read_file).options(
+            num_returns="streaming",
+            num_cpus=1,
+            scheduling_strategy="SPREAD",
+            # A read task pauses with this many blocks not taken yet: the object store
+            # holds a few blocks, it never fills and spills.
+            _generator_backpressure_num_objects=READ_AHEAD_BLOCKS,
+            max_retries=0,  # a retried read would yield its blocks twice
+        )
+        reads = [functools.partial(read.remote, item, config, staging, mapping) for item in inputs]
+        scoring = _Scoring(ray, actors, reads, _read_slots(ray, config, concurrency))
+        parts = _in_input_order(scoring.run(), inputs)
         _log_scoring(parts)
         return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
@@ -299,6 +296,9 @@ def _run_dataset(
         if ours is exc:
             raise
         raise ours from exc
+    finally:
+        if scoring is not None:
+            scoring.stop()
 
 
 def _start_ray(ray: Any, config: RunConfig) -> Any:
@@ -308,7 +308,9 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not ray.is_initialized():
         ray.init(
-            address=config.ray_address,
+            # "local": a new Ray for this run, never one another process started with
+            # `ray start` on this machine (which address=None would join).
+            address=config.ray_address or "local",
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.CRITICAL,
@@ -316,14 +318,7 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
             # A Ray started here holds a few blocks in flight, not 30% of the RAM.
             object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
         )
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = config.preserve_order
-    context.enable_progress_bars = False
-    # Our readers yield chunks of --chunk_size rows; blocks of about that size (not Ray's
-    # 128 MiB of many chunks) keep the stream moving and the memory small.
-    context.target_max_block_size = TARGET_BLOCK_BYTES
+    logging.getLogger("ray").setLevel(logging.CRITICAL)
     return ray
 
 
@@ -521,69 +516,6 @@ def _read_file(
         pa.default_memory_pool().release_unused()
 
 
-def _datasource_class() -> Any:
-    import ray.data
-    from ray.data.block import BlockMetadata
-
-    class _InputFilesDatasource(ray.data.Datasource):
-        """Our readers as a Ray datasource: one read task per input file, in order."""
-
-        def __init__(
-            self,
-            inputs: list[InputFile],
-            config: RunConfig,
-            staging: str,
-            mapping: RunMapping,
-        ) -> None:
-            super().__init__()  # type: ignore[no-untyped-call]
-            self.inputs = inputs
-            self.config = config
-            self.staging = staging
-            self.mapping = mapping
-
-        def estimate_inmemory_data_size(self) -> int | None:
-            return sum(storage.size(item.path) or 0 for item in self.inputs)
-
-        def get_read_tasks(
-            self,
-            parallelism: int,
-            per_task_row_limit: int | None = None,
-            data_context: Any = None,
-        ) -> list[Any]:
-            tasks = []
-            for item in self.inputs:
-                metadata = BlockMetadata(
-                    num_rows=None,
-                    size_bytes=storage.size(item.path),
-                    input_files=(item.path,),
-                    exec_stats=None,
-                )
-
-                def read(
-                    item: InputFile = item,
-                    config: RunConfig = self.config,
-                    staging: str = self.staging,
-                    mapping: RunMapping = self.mapping,
-                ) -> Iterator[pa.Table]:
-                    return _read_file(item, config, staging, mapping)
-
-                tasks.append(ray.data.ReadTask(read, metadata))
-            return tasks
-
-        def get_name(self) -> str:
-            return "batchpredict"
-
-    return _InputFilesDatasource
-
-
-def input_files_datasource(
-    inputs: list[InputFile], config: RunConfig, staging: str, mapping: RunMapping
-) -> Any:
-    """A Ray datasource reading `inputs` with batchpredict's readers (text inputs parse the
-    columns `mapping` feeds to numeric inputs value by value)."""
-    return _datasource_class()(inputs, config, staging, mapping)
-
-
 # -- predict and write -----------------------------------------------------------------------
 #: What each model actor call returns: the part file it wrote, where its first row came
 #: from, and (pickled, when the run keeps statistics) the statistics of its rows.
@@ -600,6 +532,7 @@ PART_SCHEMA = pa.schema(
         # Wall-clock times (`time.time()`) of the actor's model being ready and of the
         # part being written: the run's scoring time, start-up excluded.
         ("ready", pa.float64()),
+        ("started", pa.float64()),
         ("written", pa.float64()),
     ]
 )
@@ -624,9 +557,14 @@ class _ModelActor:
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
         self.node = str(ray_runtime_node())
-        self.ready = time.time()
+        self.ready_at = time.time()
+
+    def ready(self) -> float:
+        """When the model was loaded (`time.time()`): the actor's start-up is over."""
+        return self.ready_at
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        started = time.time()
         sources = table.column(SOURCE_COLUMN)
         rows = table.column(ROW_COLUMN).to_numpy()
         data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])
@@ -656,7 +594,8 @@ class _ModelActor:
             first_row=[int(rows[0])],
             stats=[None if collector is None else pickle.dumps(collector)],
             node=[self.node],
-            ready=[self.ready],
+            ready=[self.ready_at],
+            started=[started],
             written=[time.time()],
         )
         return pa.table(part, schema=PART_SCHEMA)
@@ -725,18 +664,84 @@ def _log_scoring(parts: list[dict[str, Any]]) -> None:
     )
 
 
-def _written_parts(written: Any, inputs: list[InputFile]) -> list[dict[str, Any]]:
-    """Run the dataset; the parts its actors wrote, in input order (by the file and row
-    of each part's first row), so that part numbers follow the inputs. Logs the nodes
-    that scored them."""
+def _in_input_order(parts: list[dict[str, Any]], inputs: list[InputFile]) -> list[dict[str, Any]]:
+    """The parts in input order (by the file and row of each part's first row), so that
+    part numbers follow the inputs; logs the rows each node scored and, at debug, the
+    blocks and the model actors' busy time."""
     order = {item.path: index for index, item in enumerate(inputs)}
-    parts = [
-        part
-        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
-        for part in batch.to_pylist()
-    ]
     nodes: dict[str, int] = {}
     for part in parts:
         nodes[part["node"]] = nodes.get(part["node"], 0) + part["rows"]
     get_logger().info("ray nodes used", rows_per_node=nodes)
+    if parts:
+        rows = [part["rows"] for part in parts]
+        get_logger().debug(
+            "ray stats",
+            blocks=len(parts),
+            rows_per_block={"min": min(rows), "max": max(rows)},
+            actor_call_seconds=round(sum(p["written"] - p["started"] for p in parts), 3),
+        )
     return sorted(parts, key=lambda p: (order.get(p["source"], len(order)), p["first_row"]))
+
+
+def _read_slots(ray: Any, config: RunConfig, actors: int) -> int:
+    """Read tasks running at once: the CPUs the model actors leave free, at least one."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus - actors * int(config.ray_cpus_per_worker or 1))
+
+
+class _Scoring:
+    """The driver's side of a run: read tasks stream each input's blocks, each block goes
+    to the model actor with the fewest calls queued, and each call returns its part.
+
+    Blocks are taken from a read task only when an actor has room for a call, so that
+    the reads pause (`READ_AHEAD_BLOCKS`) instead of filling the object store."""
+
+    def __init__(
+        self, ray: Any, actors: list[Any], reads: Sequence[Callable[[], Any]], read_slots: int
+    ) -> None:
+        self.ray = ray
+        self.actors = actors
+        self.queued = dict.fromkeys(range(len(actors)), 0)
+        self.calls: dict[Any, int] = {}  # a call's result -> the index of its actor
+        self.waiting = list(reversed(reads))
+        self.reading: list[Any] = []
+        self.read_slots = read_slots
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every part written, as the actors described them (in no particular order)."""
+        # Reads start once every actor holds its CPUs and its model: a read task that
+        # waits on a full stream must not keep an actor from being placed.
+        self.ray.get([actor.ready.remote() for actor in self.actors])
+        parts: list[dict[str, Any]] = []
+        while self.waiting or self.reading or self.calls:
+            while self.waiting and len(self.reading) < self.read_slots:
+                self.reading.append(self.waiting.pop()())
+            has_room = min(self.queued.values()) < CALLS_PER_ACTOR
+            ready, _ = self.ray.wait([*self.calls, *(self.reading if has_room else ())])
+            for done in ready:
+                if any(done is stream for stream in self.reading):
+                    self._send_next_block(done)
+                else:
+                    self.queued[self.calls.pop(done)] -= 1
+                    parts.extend(self.ray.get(done).to_pylist())
+        return parts
+
+    def _send_next_block(self, stream: Any) -> None:
+        """The next block of a read task to the least busy actor, or the task ended."""
+        try:
+            block = next(stream)
+        except StopIteration:
+            self.reading = [other for other in self.reading if other is not stream]
+            return
+        index = min(self.queued, key=self.queued.__getitem__)
+        self.queued[index] += 1
+        self.calls[self.actors[index].__call__.remote(block)] = index
+
+    def stop(self) -> None:
+        """End the actors (each holds TensorFlow and a model) and any read still going."""
+        for stream in self.reading:
+            with contextlib.suppress(Exception):  # a read that has just ended
+                self.ray.cancel(stream)
+        for actor in self.actors:
+            self.ray.kill(actor)
