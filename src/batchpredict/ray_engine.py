@@ -69,6 +69,7 @@ from batchpredict.outputs import (
 from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import (
     FileRows,
+    Scorer,
     check_error_rate,
     load_model_of,
     plan_run_mapping,
@@ -546,25 +547,39 @@ class _ModelActor:
     def __init__(
         self, config: RunConfig, staging: str, mapping: RunMapping, output_format: str
     ) -> None:
-        from batchpredict.observe import quiet_tensorflow
-
-        # An actor is a process of its own, which the command line did not set up.
-        quiet_tensorflow(config.log_level)
         self.config = config
         self.staging = staging
         self.output_format = output_format
-        self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
         self.node = str(ray_runtime_node())
-        self.ready_at = time.time()
+        self.scorer: Scorer | None = None
+        self.failed: BaseException | None = None
+        self.ready_at = 0.0
 
-    def ready(self) -> float:
-        """When the model was loaded (`time.time()`): the actor's start-up is over."""
+    def placed(self) -> str:
+        """The node this actor was placed on: it holds its CPUs and GPUs from now on."""
+        return self.node
+
+    def load(self) -> float:
+        """Import TensorFlow and load the model; returns when it was done (`time.time()`),
+        the end of this actor's start-up."""
+        from batchpredict.observe import quiet_tensorflow
+
+        try:
+            # An actor is a process of its own, which the command line did not set up.
+            quiet_tensorflow(self.config.log_level)
+            self.scorer = scorer_for(self.config)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+        self.ready_at = time.time()
         return self.ready_at
 
     def __call__(self, table: pa.Table) -> pa.Table:
         started = time.time()
+        if self.scorer is None:  # `load` failed: every call fails as it did
+            raise self.failed or RuntimeError("the model actor was not loaded")
         sources = table.column(SOURCE_COLUMN)
         rows = table.column(ROW_COLUMN).to_numpy()
         data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])
@@ -710,9 +725,10 @@ class _Scoring:
 
     def run(self) -> list[dict[str, Any]]:
         """Every part written, as the actors described them (in no particular order)."""
-        # Reads start once every actor holds its CPUs and its model: a read task that
-        # waits on a full stream must not keep an actor from being placed.
-        self.ray.get([actor.ready.remote() for actor in self.actors])
+        # Reads start once every actor holds its CPUs (a read task paused on a full stream
+        # must not keep an actor from being placed), while the actors load their models.
+        self.ray.get([actor.placed.remote() for actor in self.actors])
+        loads = [actor.load.remote() for actor in self.actors]
         parts: list[dict[str, Any]] = []
         while self.waiting or self.reading or self.calls:
             while self.waiting and len(self.reading) < self.read_slots:
@@ -725,6 +741,7 @@ class _Scoring:
                 else:
                     self.queued[self.calls.pop(done)] -= 1
                     parts.extend(self.ray.get(done).to_pylist())
+        self.ray.get(loads)  # a model that failed to load fails the run, blocks or none
         return parts
 
     def _send_next_block(self, stream: Any) -> None:
