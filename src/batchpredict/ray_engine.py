@@ -497,16 +497,18 @@ def _read_file(
         config, rows.on_bad_record if config.on_error == "skip" else None, column_types=numbers
     )
     try:
-        for batch in reader_for(item.path, item.format, options).iter_batches():
-            numbered = rows.next(batch.num_rows)
-            table = pa.Table.from_batches([batch])
+        batches = reader_for(item.path, item.format, options).iter_batches()
+        numbered = (
+            pa.Table.from_batches([batch]).append_column(
+                ROW_COLUMN, pa.array(rows.next(batch.num_rows), pa.int64())
+            )
+            for batch in batches
+        )
+        for block in _regrouped(numbered, config.chunk_size):
             names = pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(batch.num_rows, np.int32)), pa.array([item.path])
+                pa.array(np.zeros(block.num_rows, np.int32)), pa.array([item.path])
             )
-            table = table.append_column(SOURCE_COLUMN, names).append_column(
-                ROW_COLUMN, pa.array(numbered, pa.int64())
-            )
-            yield table
+            yield block.append_column(SOURCE_COLUMN, names)
         rows.check_not_empty()
     finally:
         if rejects.count:
@@ -515,6 +517,26 @@ def _read_file(
             rejects.abort()
         # The worker stays for the next task: give back what Arrow's allocator kept.
         pa.default_memory_pool().release_unused()
+
+
+def _regrouped(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """`tables` as blocks of `rows` rows (the last one may hold fewer): a reader's batches
+    follow its own units (the JSON lines reader's are bytes), a part holds a block."""
+    held: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        if not held and table.num_rows == rows:
+            yield table  # already a block: no copy
+            continue
+        held.append(table)
+        count += table.num_rows
+        while count >= rows:
+            joined = pa.concat_tables(held)
+            yield joined.slice(0, rows).combine_chunks()
+            rest = joined.slice(rows)
+            held, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.concat_tables(held).combine_chunks()
 
 
 # -- predict and write -----------------------------------------------------------------------
