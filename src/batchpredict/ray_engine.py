@@ -225,8 +225,26 @@ def _planned(
             raise
         raise ours from exc
     finally:
-        ray.kill(planner)
+        _kill_and_wait(ray, planner)
     return planned
+
+
+def _kill_and_wait(ray: Any, actor: Any, seconds: float = 10.0) -> None:
+    """Kill `actor` and, when it runs on this machine, wait (at most `seconds`) until its
+    process is gone: `ray.kill` returns at once, and the model actors must not load
+    TensorFlow while the planner still holds its own (with both, a run's peak memory grew
+    by some 500 MiB)."""
+    try:
+        node, pid = ray.get(actor.process.remote(), timeout=seconds)
+    except Exception:  # noqa: BLE001 - an actor that failed: nothing to wait for
+        node, pid = None, None
+    ray.kill(actor)
+    if node != ray_runtime_node():
+        return
+    started = time.monotonic()
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() - started < seconds:
+        time.sleep(0.02)
+    get_logger().debug("ray actor ended", pid=pid, seconds=round(time.monotonic() - started, 3))
 
 
 class _Planner:
@@ -234,6 +252,10 @@ class _Planner:
 
     def plan(self, config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
         return _plan(config, inputs)
+
+    def process(self) -> tuple[str, int]:
+        """The node and the process id of this actor."""
+        return ray_runtime_node(), os.getpid()
 
 
 def _warn_if_guessed(mapping: RunMapping) -> None:
