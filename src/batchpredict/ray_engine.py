@@ -1,7 +1,9 @@
-"""`--engine ray`: the same readers, column mapping, predictor and writers, run by Ray Data.
+"""`--engine ray`: the same readers, column mapping, predictor and writers, run on Ray's
+tasks and actors (not Ray Data: its own actors alone took 500 MiB).
 
-    our readers (one read task per input file)  ->  map_batches(_ModelActor): score, write
-    input_files_datasource, chunk-sized blocks       a part file per batch, return its row
+    a read task per input file (our reader)  ->  the driver  ->  _ModelActor: score, write
+    blocks of --chunk_size rows, streamed      each block to     a part file per block,
+    two blocks ahead at most                   the least busy    returns one row about it
 
 The column mapping and the model's identity are planned in a short-lived actor, so the
 driver never loads TensorFlow. Each model actor call returns, beside its part, the
@@ -288,26 +290,8 @@ def _run_dataset(
     storage.make_dirs(staging)
     scoring = None
     try:
-        actor_class = ray.remote(_ModelActor).options(
-            num_cpus=config.ray_cpus_per_worker or 1,
-            num_gpus=gpus,
-            # Model actors on as many nodes as there are actors, not packed onto the first
-            # node with room: each holds TensorFlow and the model, and competes for CPUs.
-            scheduling_strategy="SPREAD",
-        )
-        actors = [
-            actor_class.remote(config, staging, mapping, output_format) for _ in range(concurrency)
-        ]
-        read = ray.remote(_read_file).options(
-            num_returns="streaming",
-            num_cpus=1,
-            scheduling_strategy="SPREAD",
-            # A read task pauses with this many blocks not taken yet: the object store
-            # holds a few blocks, it never fills and spills.
-            _generator_backpressure_num_objects=READ_AHEAD_BLOCKS,
-            max_retries=0,  # a retried read would yield its blocks twice
-        )
-        reads = [functools.partial(read.remote, item, config, staging, mapping) for item in inputs]
+        actors = _model_actors(ray, config, gpus, concurrency, (staging, mapping, output_format))
+        reads = _read_tasks(ray, config, inputs, staging, mapping)
         scoring = _Scoring(ray, actors, reads, _read_slots(ray, config, concurrency))
         parts = _in_input_order(scoring.run(), inputs)
         _log_scoring(parts)
@@ -322,6 +306,37 @@ def _run_dataset(
     finally:
         if scoring is not None:
             scoring.stop()
+
+
+def _model_actors(
+    ray: Any, config: RunConfig, gpus: float, count: int, work: tuple[str, RunMapping, str]
+) -> list[Any]:
+    """`count` model actors, each given the staging folder, the run's mapping and the
+    output format (`work`); they load their models when asked (`_ModelActor.load`)."""
+    actor_class = ray.remote(_ModelActor).options(
+        num_cpus=config.ray_cpus_per_worker or 1,
+        num_gpus=gpus,
+        # Model actors on as many nodes as there are actors, not packed onto the first
+        # node with room: each holds TensorFlow and the model, and competes for CPUs.
+        scheduling_strategy="SPREAD",
+    )
+    return [actor_class.remote(config, *work) for _ in range(count)]
+
+
+def _read_tasks(
+    ray: Any, config: RunConfig, inputs: list[InputFile], staging: str, mapping: RunMapping
+) -> list[Callable[[], Any]]:
+    """A read task per input, each started when called: a stream of its blocks."""
+    read = ray.remote(_read_file).options(
+        num_returns="streaming",
+        num_cpus=1,
+        scheduling_strategy="SPREAD",
+        # A read task pauses with this many blocks not taken yet: the object store holds
+        # a few blocks, it never fills and spills.
+        _generator_backpressure_num_objects=READ_AHEAD_BLOCKS,
+        max_retries=0,  # a retried read would yield its blocks twice
+    )
+    return [functools.partial(read.remote, item, config, staging, mapping) for item in inputs]
 
 
 def _start_ray(ray: Any, config: RunConfig) -> Any:
