@@ -51,7 +51,9 @@ def test_tiny_run_writes_results_with_the_documented_keys(tmp_path: Path) -> Non
         assert result["status"] == "ok", (name, result["status"])
         assert {"seconds", "rows_per_second", "peak_rss_mib", "runs"} <= set(result)
         assert result["peak_rss_mib"] > 0
-    assert {"speedup", "reported_seconds"} <= set(csv["contenders"]["batchpredict"])
+    assert {"speedup", "reported_seconds", "after_startup_seconds"} <= set(
+        csv["contenders"]["batchpredict"]
+    )
     assert "speedup" in csv["contenders"]["seed_tuned"]
     assert csv["stage_sum_seconds"] is None  # no stage was asked for
 

@@ -271,3 +271,39 @@ def test_the_workers_get_the_runs_s3_endpoint_and_no_credentials(
         "env_vars": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     }
     assert ray_engine._runtime_env(RunConfig(model="m", input_files=("a",))) is None
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_parts_hold_chunk_size_rows_whatever_the_readers_batches(
+    tmp_path: Path, mlp_model: Path
+) -> None:
+    frame = make_frame(1200, seed=8)
+    source = tmp_path / "d.jsonl"  # its reader's batches follow bytes, not rows
+    write_with_library(frame, source, "jsonl")
+    batchpredict.predict(
+        model=str(mlp_model),
+        input_file=str(source),
+        output_dir=str(tmp_path / "out"),
+        keep_columns=["id"],
+        features=FEATURES,
+        engine="ray",
+        chunk_size=500,
+        # Read in blocks of at most 20,001 bytes: batches of about 200 rows, not 500.
+        max_record_bytes=20_000,
+    )
+    files = sorted((tmp_path / "out").glob("part-*.jsonl"))
+    assert [len(read_with_library(f, "jsonl")) for f in files] == [500, 500, 200]
+    assert parts(tmp_path / "out", "jsonl")["id"].tolist() == frame["id"].tolist()
+
+
+def test_blocks_are_regrouped_to_the_chunk_size_in_order() -> None:
+    import pyarrow as pa
+
+    from batchpredict.ray_engine import _regrouped
+
+    sizes = [3, 7, 12, 5, 1, 10, 10]
+    starts = np.cumsum([0, *sizes[:-1]])
+    tables = [pa.table({"a": np.arange(s, s + n)}) for s, n in zip(starts, sizes, strict=True)]
+    blocks = list(_regrouped(iter(tables), 10))
+    assert [block.num_rows for block in blocks] == [10, 10, 10, 10, 8]
+    assert np.concatenate([b.column("a").to_numpy() for b in blocks]).tolist() == list(range(48))

@@ -189,8 +189,8 @@ def cli() -> None:
         type=click.Choice(ENGINE_CHOICES),
         default="local",
         show_default=True,
-        help="local: this machine's threads. ray: Ray Data (pip install 'batchpredict[ray]'), "
-        "part files in --output_dir.",
+        help="local: this machine's threads. ray: Ray tasks and actors "
+        "(pip install 'batchpredict[ray]'), part files in --output_dir.",
     ),
     option(
         "ray_address",

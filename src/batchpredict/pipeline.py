@@ -2,7 +2,7 @@
 
     sources -> formats (read) -> scoring (map, convert, reject, predict) -> outputs
 
-`local_engine` runs it in this process, `ray_engine` on Ray Data; both score with
+`local_engine` runs it in this process, `ray_engine` on Ray; both score with
 `scoring` and report the same `RunSummary`.
 """
 

@@ -1,7 +1,9 @@
-"""`--engine ray`: the same readers, column mapping, predictor and writers, run by Ray Data.
+"""`--engine ray`: the same readers, column mapping, predictor and writers, run on Ray's
+tasks and actors (not Ray Data: its own actors alone took 500 MiB).
 
-    our readers (one read task per input file)  ->  map_batches(_ModelActor): score, write
-    input_files_datasource, chunk-sized blocks       a part file per batch, return its row
+    a read task per input file (our reader)  ->  the driver  ->  _ModelActor: score, write
+    blocks of --chunk_size rows, streamed      each block to     a part file per block,
+    two blocks ahead at most                   the least busy    returns one row about it
 
 The column mapping and the model's identity are planned in a short-lived actor, so the
 driver never loads TensorFlow. Each model actor call returns, beside its part, the
@@ -69,6 +71,7 @@ from batchpredict.outputs import (
 from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import (
     FileRows,
+    Scorer,
     check_error_rate,
     load_model_of,
     plan_run_mapping,
@@ -85,8 +88,10 @@ ROW_COLUMN = "__batchpredict_row"
 STAGING = "_temporary"
 #: The object store of a Ray this run starts itself: a few blocks in flight per process.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
-#: Ray gathers a read task's chunks into blocks of about this size.
-TARGET_BLOCK_BYTES = 8 * 2**20
+#: Blocks (of --chunk_size rows) a read task yields ahead of the model actors.
+READ_AHEAD_BLOCKS = 2
+#: Calls queued on each model actor: one scoring, the next one's block on its way.
+CALLS_PER_ACTOR = 2
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -94,7 +99,6 @@ def import_ray() -> Any:
     """Ray, or a configuration error (exit 78) that says how to install it."""
     try:
         import ray
-        import ray.data
     except ImportError as exc:
         raise ConfigError(INSTALL_HINT) from exc
     return ray
@@ -224,8 +228,26 @@ def _planned(
             raise
         raise ours from exc
     finally:
-        ray.kill(planner)
+        _kill_and_wait(ray, planner)
     return planned
+
+
+def _kill_and_wait(ray: Any, actor: Any, seconds: float = 10.0) -> None:
+    """Kill `actor` and, when it runs on this machine, wait (at most `seconds`) until its
+    process is gone: `ray.kill` returns at once, and the model actors must not load
+    TensorFlow while the planner still holds its own (with both, a run's peak memory grew
+    by some 500 MiB)."""
+    try:
+        node, pid = ray.get(actor.process.remote(), timeout=seconds)
+    except Exception:  # noqa: BLE001 - an actor that failed: nothing to wait for
+        node, pid = None, None
+    ray.kill(actor)
+    if node != ray_runtime_node():
+        return
+    started = time.monotonic()
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() - started < seconds:
+        time.sleep(0.02)
+    get_logger().debug("ray actor ended", pid=pid, seconds=round(time.monotonic() - started, 3))
 
 
 class _Planner:
@@ -234,6 +256,10 @@ class _Planner:
     def plan(self, config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
         with _store_settings(config):
             return _plan(config, inputs)
+
+    def process(self) -> tuple[str, int]:
+        """The node and the process id of this actor."""
+        return ray_runtime_node(), os.getpid()
 
 
 def _store_settings(config: RunConfig) -> contextlib.AbstractContextManager[None]:
@@ -261,8 +287,8 @@ def _run_dataset(
     made: _Provenance,
     finish_stats: FinishStats | None = None,
 ) -> dict[str, Any]:
-    """Read, score and write every input as one Ray dataset into a staging folder, then
-    commit the parts; returns the run's counts and outputs."""
+    """Read, score and write every input on Ray into a staging folder, then commit the
+    parts; returns the run's counts and outputs."""
     ray = import_ray()
     gpus, concurrency = _actors(ray, config)
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
@@ -270,35 +296,13 @@ def _run_dataset(
     output_format = output_format or inputs[0].format
     staging = storage.join(config.output_dir, STAGING, run_id)
     storage.make_dirs(staging)
+    scoring = None
     try:
-        source = input_files_datasource(inputs, config, staging, mapping)
-        # One block stream per file: Ray's default splits a single file's stream into
-        # ~200 slivers (SplitBlocks), a few thousand rows each.
-        dataset = ray.data.read_datasource(source, override_num_blocks=len(inputs))
-        written = dataset.map_batches(
-            _ModelActor,
-            fn_constructor_kwargs={
-                "config": config,
-                "staging": staging,
-                "mapping": mapping,
-                "output_format": output_format,
-            },
-            batch_size=config.chunk_size,
-            batch_format="pyarrow",
-            concurrency=concurrency,
-            num_gpus=gpus,
-            **(
-                {}
-                if config.ray_cpus_per_worker is None
-                else {"num_cpus": config.ray_cpus_per_worker}
-            ),
-            zero_copy_batch=True,
-            # Model actors on as many nodes as there are actors, not packed onto the first
-            # node with room: each holds TensorFlow and the model, and competes for CPUs.
-            scheduling_strategy="SPREAD",
-        )
-        parts = _written_parts(written, inputs)
-        get_logger().debug("ray dataset stats", stats=written.stats())
+        actors = _model_actors(ray, config, gpus, concurrency, (staging, mapping, output_format))
+        reads = _read_tasks(ray, config, inputs, staging, mapping)
+        scoring = _Scoring(ray, actors, reads, _read_slots(ray, config, concurrency))
+        parts = _in_input_order(scoring.run(), inputs)
+        _log_scoring(parts)
         return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
         storage.delete_tree(staging)
@@ -307,6 +311,40 @@ def _run_dataset(
         if ours is exc:
             raise
         raise ours from exc
+    finally:
+        if scoring is not None:
+            scoring.stop()
+
+
+def _model_actors(
+    ray: Any, config: RunConfig, gpus: float, count: int, work: tuple[str, RunMapping, str]
+) -> list[Any]:
+    """`count` model actors, each given the staging folder, the run's mapping and the
+    output format (`work`); they load their models when asked (`_ModelActor.load`)."""
+    actor_class = ray.remote(_ModelActor).options(
+        num_cpus=config.ray_cpus_per_worker or 1,
+        num_gpus=gpus,
+        # Model actors on as many nodes as there are actors, not packed onto the first
+        # node with room: each holds TensorFlow and the model, and competes for CPUs.
+        scheduling_strategy="SPREAD",
+    )
+    return [actor_class.remote(config, *work) for _ in range(count)]
+
+
+def _read_tasks(
+    ray: Any, config: RunConfig, inputs: list[InputFile], staging: str, mapping: RunMapping
+) -> list[Callable[[], Any]]:
+    """A read task per input, each started when called: a stream of its blocks."""
+    read = ray.remote(_read_file).options(
+        num_returns="streaming",
+        num_cpus=1,
+        scheduling_strategy="SPREAD",
+        # A read task pauses with this many blocks not taken yet: the object store holds
+        # a few blocks, it never fills and spills.
+        _generator_backpressure_num_objects=READ_AHEAD_BLOCKS,
+        max_retries=0,  # a retried read would yield its blocks twice
+    )
+    return [functools.partial(read.remote, item, config, staging, mapping) for item in inputs]
 
 
 def _start_ray(ray: Any, config: RunConfig) -> Any:
@@ -316,7 +354,9 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not ray.is_initialized():
         ray.init(
-            address=config.ray_address,
+            # "local": a new Ray for this run, never one another process started with
+            # `ray start` on this machine (which address=None would join).
+            address=config.ray_address or "local",
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.CRITICAL,
@@ -324,14 +364,7 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
             # A Ray started here holds a few blocks in flight, not 30% of the RAM.
             object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
         )
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = config.preserve_order
-    context.enable_progress_bars = False
-    # Our readers yield chunks of --chunk_size rows; blocks of about that size (not Ray's
-    # 128 MiB of many chunks) keep the stream moving and the memory small.
-    context.target_max_block_size = TARGET_BLOCK_BYTES
+    logging.getLogger("ray").setLevel(logging.CRITICAL)
     return ray
 
 
@@ -522,16 +555,18 @@ def _read_batches(
         config, rows.on_bad_record if config.on_error == "skip" else None, column_types=numbers
     )
     try:
-        for batch in reader_for(item.path, item.format, options).iter_batches():
-            numbered = rows.next(batch.num_rows)
-            table = pa.Table.from_batches([batch])
+        batches = reader_for(item.path, item.format, options).iter_batches()
+        numbered = (
+            pa.Table.from_batches([batch]).append_column(
+                ROW_COLUMN, pa.array(rows.next(batch.num_rows), pa.int64())
+            )
+            for batch in batches
+        )
+        for block in _regrouped(numbered, config.chunk_size):
             names = pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(batch.num_rows, np.int32)), pa.array([item.path])
+                pa.array(np.zeros(block.num_rows, np.int32)), pa.array([item.path])
             )
-            table = table.append_column(SOURCE_COLUMN, names).append_column(
-                ROW_COLUMN, pa.array(numbered, pa.int64())
-            )
-            yield table
+            yield block.append_column(SOURCE_COLUMN, names)
         rows.check_not_empty()
     finally:
         if rejects.count:
@@ -542,67 +577,24 @@ def _read_batches(
         pa.default_memory_pool().release_unused()
 
 
-def _datasource_class() -> Any:
-    import ray.data
-    from ray.data.block import BlockMetadata
-
-    class _InputFilesDatasource(ray.data.Datasource):
-        """Our readers as a Ray datasource: one read task per input file, in order."""
-
-        def __init__(
-            self,
-            inputs: list[InputFile],
-            config: RunConfig,
-            staging: str,
-            mapping: RunMapping,
-        ) -> None:
-            super().__init__()  # type: ignore[no-untyped-call]
-            self.inputs = inputs
-            self.config = config
-            self.staging = staging
-            self.mapping = mapping
-
-        def estimate_inmemory_data_size(self) -> int | None:
-            return sum(storage.size(item.path) or 0 for item in self.inputs)
-
-        def get_read_tasks(
-            self,
-            parallelism: int,
-            per_task_row_limit: int | None = None,
-            data_context: Any = None,
-        ) -> list[Any]:
-            tasks = []
-            for item in self.inputs:
-                metadata = BlockMetadata(
-                    num_rows=None,
-                    size_bytes=storage.size(item.path),
-                    input_files=(item.path,),
-                    exec_stats=None,
-                )
-
-                def read(
-                    item: InputFile = item,
-                    config: RunConfig = self.config,
-                    staging: str = self.staging,
-                    mapping: RunMapping = self.mapping,
-                ) -> Iterator[pa.Table]:
-                    return _read_file(item, config, staging, mapping)
-
-                tasks.append(ray.data.ReadTask(read, metadata))
-            return tasks
-
-        def get_name(self) -> str:
-            return "batchpredict"
-
-    return _InputFilesDatasource
-
-
-def input_files_datasource(
-    inputs: list[InputFile], config: RunConfig, staging: str, mapping: RunMapping
-) -> Any:
-    """A Ray datasource reading `inputs` with batchpredict's readers (text inputs parse the
-    columns `mapping` feeds to numeric inputs value by value)."""
-    return _datasource_class()(inputs, config, staging, mapping)
+def _regrouped(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """`tables` as blocks of `rows` rows (the last one may hold fewer): a reader's batches
+    follow its own units (the JSON lines reader's are bytes), a part holds a block."""
+    held: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        if not held and table.num_rows == rows:
+            yield table  # already a block: no copy
+            continue
+        held.append(table)
+        count += table.num_rows
+        while count >= rows:
+            joined = pa.concat_tables(held)
+            yield joined.slice(0, rows).combine_chunks()
+            rest = joined.slice(rows)
+            held, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.concat_tables(held).combine_chunks()
 
 
 # -- predict and write -----------------------------------------------------------------------
@@ -618,6 +610,11 @@ PART_SCHEMA = pa.schema(
         ("first_row", pa.int64()),
         ("stats", pa.binary()),
         ("node", pa.string()),
+        # Wall-clock times (`time.time()`) of the actor's model being ready and of the
+        # part being written: the run's scoring time, start-up excluded.
+        ("ready", pa.float64()),
+        ("started", pa.float64()),
+        ("written", pa.float64()),
     ]
 )
 
@@ -630,24 +627,44 @@ class _ModelActor:
     def __init__(
         self, config: RunConfig, staging: str, mapping: RunMapping, output_format: str
     ) -> None:
-        from batchpredict.observe import quiet_tensorflow
-
-        # An actor is a process of its own, which the command line did not set up.
-        quiet_tensorflow(config.log_level)
         self.config = config
         self.staging = staging
         self.output_format = output_format
-        with _store_settings(config):  # the model may be in a store
-            self.scorer = scorer_for(config)
         self.mapping = mapping
         self.mappings: dict[pa.Schema, ColumnMapping] = {}
         self.node = str(ray_runtime_node())
+        self.scorer: Scorer | None = None
+        self.failed: BaseException | None = None
+        self.ready_at = 0.0
+
+    def placed(self) -> str:
+        """The node this actor was placed on: it holds its CPUs and GPUs from now on."""
+        return self.node
+
+    def load(self) -> float:
+        """Import TensorFlow and load the model; returns when it was done (`time.time()`),
+        the end of this actor's start-up."""
+        from batchpredict.observe import quiet_tensorflow
+
+        try:
+            # An actor is a process of its own, which the command line did not set up.
+            quiet_tensorflow(self.config.log_level)
+            with _store_settings(self.config):  # the model may be in a store
+                self.scorer = scorer_for(self.config)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+        self.ready_at = time.time()
+        return self.ready_at
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        started = time.time()
+        if self.scorer is None:  # `load` failed: every call fails as it did
+            raise self.failed or RuntimeError("the model actor was not loaded")
         with _store_settings(self.config):
-            return self._score(table)
+            return self._score(table, self.scorer, started)
 
-    def _score(self, table: pa.Table) -> pa.Table:
+    def _score(self, table: pa.Table, loaded: Scorer, started: float) -> pa.Table:
         sources = table.column(SOURCE_COLUMN)
         rows = table.column(ROW_COLUMN).to_numpy()
         data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])
@@ -670,13 +687,16 @@ class _ModelActor:
             return PART_SCHEMA.empty_table()
         # Each call's statistics go back with its part; the driver merges them.
         collector = RunStats() if self.config.collects_stats else None
-        scorer = dataclasses.replace(self.scorer, stats=collector)
+        scorer = dataclasses.replace(loaded, stats=collector)
         part = self._write(scorer.score(ready, True))
         part.update(
             source=[source],
             first_row=[int(rows[0])],
             stats=[None if collector is None else pickle.dumps(collector)],
             node=[self.node],
+            ready=[self.ready_at],
+            started=[started],
+            written=[time.time()],
         )
         return pa.table(part, schema=PART_SCHEMA)
 
@@ -724,18 +744,106 @@ def ray_runtime_node() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-def _written_parts(written: Any, inputs: list[InputFile]) -> list[dict[str, Any]]:
-    """Run the dataset; the parts its actors wrote, in input order (by the file and row
-    of each part's first row), so that part numbers follow the inputs. Logs the nodes
-    that scored them."""
+def _log_scoring(parts: list[dict[str, Any]]) -> None:
+    """Log `ray scoring`: the rows scored and the seconds from the first model actor ready
+    to now (every part written, none committed yet), so that throughput after start-up is
+    measured inside the run. Times are the nodes' clocks: on a cluster, as exact as their
+    synchronisation."""
+    if not parts:
+        return
+    first_ready = min(part["ready"] for part in parts)
+    seconds = max(time.time() - first_ready, 1e-9)
+    rows = sum(part["rows"] for part in parts)
+    get_logger().info(
+        "ray scoring",
+        rows=rows,
+        seconds=round(seconds, 3),
+        rows_per_second=round(rows / seconds, 1),
+        last_part_written_after=round(max(part["written"] for part in parts) - first_ready, 3),
+        actors=len({(part["node"], part["ready"]) for part in parts}),
+    )
+
+
+def _in_input_order(parts: list[dict[str, Any]], inputs: list[InputFile]) -> list[dict[str, Any]]:
+    """The parts in input order (by the file and row of each part's first row), so that
+    part numbers follow the inputs; logs the rows each node scored and, at debug, the
+    blocks and the model actors' busy time."""
     order = {item.path: index for index, item in enumerate(inputs)}
-    parts = [
-        part
-        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
-        for part in batch.to_pylist()
-    ]
     nodes: dict[str, int] = {}
     for part in parts:
         nodes[part["node"]] = nodes.get(part["node"], 0) + part["rows"]
     get_logger().info("ray nodes used", rows_per_node=nodes)
+    if parts:
+        rows = [part["rows"] for part in parts]
+        get_logger().debug(
+            "ray stats",
+            blocks=len(parts),
+            rows_per_block={"min": min(rows), "max": max(rows)},
+            actor_call_seconds=round(sum(p["written"] - p["started"] for p in parts), 3),
+        )
     return sorted(parts, key=lambda p: (order.get(p["source"], len(order)), p["first_row"]))
+
+
+def _read_slots(ray: Any, config: RunConfig, actors: int) -> int:
+    """Read tasks running at once: the CPUs the model actors leave free, at least one."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus - actors * int(config.ray_cpus_per_worker or 1))
+
+
+class _Scoring:
+    """The driver's side of a run: read tasks stream each input's blocks, each block goes
+    to the model actor with the fewest calls queued, and each call returns its part.
+
+    Blocks are taken from a read task only when an actor has room for a call, so that
+    the reads pause (`READ_AHEAD_BLOCKS`) instead of filling the object store."""
+
+    def __init__(
+        self, ray: Any, actors: list[Any], reads: Sequence[Callable[[], Any]], read_slots: int
+    ) -> None:
+        self.ray = ray
+        self.actors = actors
+        self.queued = dict.fromkeys(range(len(actors)), 0)
+        self.calls: dict[Any, int] = {}  # a call's result -> the index of its actor
+        self.waiting = list(reversed(reads))
+        self.reading: list[Any] = []
+        self.read_slots = read_slots
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every part written, as the actors described them (in no particular order)."""
+        # Reads start once every actor holds its CPUs (a read task paused on a full stream
+        # must not keep an actor from being placed), while the actors load their models.
+        self.ray.get([actor.placed.remote() for actor in self.actors])
+        loads = [actor.load.remote() for actor in self.actors]
+        parts: list[dict[str, Any]] = []
+        while self.waiting or self.reading or self.calls:
+            while self.waiting and len(self.reading) < self.read_slots:
+                self.reading.append(self.waiting.pop()())
+            has_room = min(self.queued.values()) < CALLS_PER_ACTOR
+            ready, _ = self.ray.wait([*self.calls, *(self.reading if has_room else ())])
+            for done in ready:
+                if any(done is stream for stream in self.reading):
+                    self._send_next_block(done)
+                else:
+                    self.queued[self.calls.pop(done)] -= 1
+                    parts.extend(self.ray.get(done).to_pylist())
+        self.ray.get(loads)  # a model that failed to load fails the run, blocks or none
+        return parts
+
+    def _send_next_block(self, stream: Any) -> None:
+        """The next block of a read task to the least busy actor, or the task ended."""
+        try:
+            block = next(stream)
+        except StopIteration:
+            self.reading = [other for other in self.reading if other is not stream]
+            return
+        index = min(self.queued, key=self.queued.__getitem__)
+        self.queued[index] += 1
+        self.calls[self.actors[index].__call__.remote(block)] = index
+
+    def stop(self) -> None:
+        """End the actors (each holds TensorFlow and a model) and any read still going."""
+        for stream in self.reading:
+            with contextlib.suppress(Exception):  # a read that has just ended
+                self.ray.cancel(stream)
+        for actor in self.actors:
+            self.ray.kill(actor)
