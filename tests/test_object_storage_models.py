@@ -1,6 +1,7 @@
 """`--model` as a URI: models in a bucket, downloaded once into the local cache and used
 from there, through the command; over every store of tests/stores.py (S3 through moto's
-server, Azure through Azurite), and S3's refusals through a moto server checking keys."""
+server, GCS through fake-gcs-server, Azure through Azurite), and S3's refusals through a
+moto server checking keys."""
 
 from __future__ import annotations
 
@@ -277,12 +278,11 @@ def test_missing_models_exit_78_naming_the_uri(
 def test_a_model_the_store_refuses_exits_78_naming_the_uri(
     store: Store, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    if store.refused_env is None:
-        pytest.skip(f"{store.scheme}'s refusals: against a server checking keys, below")
+    refused_env = store.refusing_env()
     name = store.new_bucket()
     store.upload(name, "m/mlp.keras", mlp_model)
     uri = store.uri(name, "m/mlp.keras")
-    env = {**store.refused_env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**refused_env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
     result, _, _ = predict(run_main, uri, tmp_path, env)
     assert result.returncode == 78, result.stderr
     assert f"model path is unreadable: {uri}" in result.stderr

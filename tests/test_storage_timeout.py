@@ -1,8 +1,9 @@
 """`--storage_timeout`: a store that cannot be reached fails the run with its documented
 exit code and a message naming the URI, instead of retrying for minutes (pyarrow's GCS
 client retries for 15 by default). Stores are pointed at a closed port of 127.0.0.1, as
-users point them at theirs (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST). No test here
-measures time; the README gives the times measured."""
+users point them at theirs (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST,
+AZURE_STORAGE_CONNECTION_STRING). No test here measures time; the README gives the times
+measured."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from batchpredict import storage
 from batchpredict.store_options import emulator_address
 from conftest import Completed, make_frame, write_with_library
+from stores import AZURITE_KEY, connection_string
 
 RunCli = Callable[..., Completed]
 #: Where each store is pointed, and the fake credentials S3's client wants before it
@@ -28,6 +30,7 @@ STORE_ENV = {
         "AWS_DEFAULT_REGION": "us-east-1",
     },
     "gs": lambda port: {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"},
+    "abfs": lambda port: {"AZURE_STORAGE_CONNECTION_STRING": connection_string(port)},
 }
 
 #: The option each location under test is given to.
@@ -48,7 +51,7 @@ def closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("scheme", ["s3", "gs"])
+@pytest.mark.parametrize("scheme", ["s3", "gs", "abfs"])
 @pytest.mark.parametrize(
     ("role", "code"),
     [("input", 66), ("glob", 66), ("output_file", 74), ("output_dir", 74), ("model", 78)],
@@ -79,6 +82,7 @@ def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
     assert uri in failed["error"], failed["error"]
     assert "Could not connect" in failed["error"]
     assert "testing" not in result.stderr and "Traceback" not in result.stderr
+    assert AZURITE_KEY not in result.stderr
 
 
 @pytest.fixture
@@ -103,19 +107,22 @@ def silent_port() -> Iterator[int]:
         sock.close()
 
 
+@pytest.mark.parametrize("scheme", ["gs", "abfs"])
 @pytest.mark.parametrize(("role", "code"), [("input", 66), ("output_file", 74), ("model", 78)])
-def test_a_gcs_store_with_no_route_fails_without_waiting_for_its_client(
-    role: str, code: int, silent_port: int, tmp_path: Path, mlp_model: Path, run_main: RunCli
-) -> None:
-    """GCS's client would wait 2 minutes for the connection whatever its retry limit;
-    batchpredict tells the store took none within --storage_timeout."""
+def test_a_store_with_no_route_fails_without_waiting_for_its_client(
+    scheme: str, role: str, code: int, silent_port: int, tmp_path: Path, mlp_model: Path,
+    run_main: RunCli,
+) -> None:  # fmt: skip
+    """GCS's client would wait 2 minutes for the connection whatever its retry limit,
+    Azure's had not given up after 500 s; batchpredict tells the store took none within
+    --storage_timeout."""
     data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
-    uri = "gs://bkt/models/mlp.keras" if role == "model" else f"gs://bkt/{role}/d.csv"
+    where = "models/mlp.keras" if role == "model" else f"{role}/d.csv"
+    uri = f"{scheme}://bkt/{where}"
     args = {"--model": str(mlp_model), "--input_file": str(data),
             "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
     args[OPTION_OF_ROLE[role]] = uri
-    env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{silent_port}",
-           "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}  # fmt: skip
+    env = {**STORE_ENV[scheme](silent_port), "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}
     result = run_main(
         "predict", *(item for pair in args.items() for item in pair),
         "--keep_columns", "id,segment", "--storage_timeout", "1", env=env,

@@ -116,14 +116,34 @@ def _info(filesystem: pafs.FileSystem, path: str, unreadable: Unreadable) -> paf
 def _children(
     filesystem: pafs.FileSystem, path: str, where: str, unreadable: Unreadable
 ) -> list[pafs.FileInfo]:
-    """What is directly under the folder `path`, sorted by name."""
+    """What is directly under the folder `path`, sorted by name. In an object store the
+    listing is recursive and folded into the first level: pyarrow's GCS filesystem leaves
+    out of a flat listing the folders that are only prefixes of objects (`1/` of
+    `1/saved_model.pb`, as uploaded by gsutil), which are a TF-Serving base's versions."""
+    local = isinstance(filesystem, pafs.LocalFileSystem)
     try:
-        found = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+        found = filesystem.get_file_info(pafs.FileSelector(path, recursive=not local))
     except FileNotFoundError as exc:
         raise ModelError(f"model path does not exist: {where}") from exc
     except (pa.ArrowException, OSError) as exc:
         raise unreadable(path, exc) from exc
+    if not local:
+        found = _first_level(path, found)
     return sorted(found, key=lambda info: info.base_name)
+
+
+def _first_level(path: str, found: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
+    """The entries directly under `path` of a recursive listing of it: its files, and one
+    folder for each name that deeper entries are under."""
+    base = path.rstrip("/") + "/"
+    entries: dict[str, pafs.FileInfo] = {}
+    for info in found:
+        name, slash, _ = info.path[len(base) :].partition("/")
+        if slash:
+            entries[name] = pafs.FileInfo(base + name, pafs.FileType.Directory)
+        elif name:
+            entries.setdefault(name, info)
+    return list(entries.values())
 
 
 def holds_saved_model(children: list[pafs.FileInfo]) -> bool:

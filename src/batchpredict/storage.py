@@ -259,10 +259,10 @@ def _filesystem(
     timeout: float = DEFAULT_STORAGE_TIMEOUT,
 ) -> tuple[pafs.FileSystem, str]:
     """pyarrow's filesystem for `scheme` (at `endpoint`, for S3; giving up after `timeout`
-    seconds on S3 and GCS) and the sample's path in it, or fsspec's wrapped for pyarrow
-    where pyarrow has none."""
+    seconds on S3 and GCS, and on Azure when no connection opens) and the sample's path
+    in it, or fsspec's wrapped for pyarrow where pyarrow has none."""
     try:
-        azure = _azure_filesystem(sample_uri) if scheme in ("abfs", "abfss") else None
+        azure = _azure_filesystem(sample_uri, timeout) if scheme in ("abfs", "abfss") else None
         if azure is not None:
             return azure
         if scheme == "s3":
@@ -281,11 +281,11 @@ def _filesystem(
     return _fsspec_filesystem(scheme, sample_uri)
 
 
-def _azure_filesystem(sample_uri: str) -> tuple[pafs.FileSystem, str] | None:
+def _azure_filesystem(sample_uri: str, timeout: float) -> tuple[pafs.FileSystem, str] | None:
     """Azure's filesystem from the environment's account settings (`store_azure`), or None
     for the URI forms pyarrow's `from_uri` reads itself."""
     try:
-        return store_azure.azure_filesystem(sample_uri)
+        return store_azure.azure_filesystem(sample_uri, timeout)
     except store_azure.AzureSettingsError as exc:
         raise InputMissingError(f"{sample_uri}: {exc}") from exc
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from batchpredict.store_options import DEFAULT_STORAGE_TIMEOUT, Unreachable, no_connection
+
 #: `CONTAINER@ACCOUNT.dfs.SUFFIX` (or `.blob.`): Azure's own form of an abfs authority.
 _NAMED_ACCOUNT = re.compile(
     r"(?P<container>[^@/]+)@(?P<account>[a-z0-9]+)\.(?:dfs|blob)\.(?P<suffix>[^/:@]+)"
@@ -50,6 +52,13 @@ class AzureAccount:
     scheme: str = "https"
     blob_authority: str = f".blob.{_PUBLIC_SUFFIX}"
 
+    @property
+    def blob_host(self) -> str:
+        """The `host[:port]` the account's blobs are served from."""
+        if self.blob_authority.startswith("."):
+            return f"{self.name}{self.blob_authority}"
+        return self.blob_authority
+
     def filesystem(self) -> pafs.FileSystem:
         """pyarrow's filesystem for the account (the account is its root)."""
         # Azure's Data Lake (dfs) endpoint is the blob one's twin; an emulator serves both
@@ -66,10 +75,14 @@ class AzureAccount:
         )
 
 
-def azure_filesystem(uri: str) -> tuple[pafs.FileSystem, str] | None:
+def azure_filesystem(
+    uri: str, timeout: float = DEFAULT_STORAGE_TIMEOUT
+) -> tuple[pafs.FileSystem, str] | None:
     """The filesystem of an `abfs://CONTAINER/...` or `abfs://CONTAINER@ACCOUNT.dfs...`
     URI and the URI's path in it (`CONTAINER/path`); None for the forms pyarrow's
-    `from_uri` reads itself. Raises AzureSettingsError when no account can be found."""
+    `from_uri` reads itself. Raises AzureSettingsError when no account can be found.
+    pyarrow's Azure client has no timeout settings: an endpoint that takes no connection
+    within `timeout` gets a stand-in that fails every request at once (`Unreachable`)."""
     rest = uri.partition("://")[2]
     authority, _, path = rest.partition("/")
     named = _NAMED_ACCOUNT.fullmatch(authority)
@@ -87,7 +100,11 @@ def azure_filesystem(uri: str) -> tuple[pafs.FileSystem, str] | None:
         account, container = found, authority
     else:
         return None
-    return account.filesystem(), f"{container}/{path}".rstrip("/")
+    path = f"{container}/{path}".rstrip("/")
+    why = no_connection(account.scheme, account.blob_host, timeout)
+    if why is not None:
+        return pafs.PyFileSystem(Unreachable(why)), path
+    return account.filesystem(), path
 
 
 def _account_named(name: str, suffix: str) -> AzureAccount:

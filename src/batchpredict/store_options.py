@@ -4,8 +4,9 @@ endpoint, a GCS emulator) and how long a request may keep failing (`--storage_ti
 pyarrow's own defaults retry for long: its GCS client for up to 15 minutes, so that a
 `gs://` input with no route to the store would hang a cron job; every filesystem made
 here gives up after about the run's timeout instead. GCS's client also waits 2 minutes
-for a connection whatever its retry limit, so a GCS store that takes none within the
-timeout is told before the filesystem is made (`Unreachable`).
+for a connection whatever its retry limit, and Azure's has no timeout settings, so a GCS
+or Azure store that takes none within the timeout is told before the filesystem is made
+(`no_connection`, `Unreachable`; Azure's in store_azure).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def gcs_filesystem(sample_uri: str, timeout: float) -> tuple[pafs.FileSystem, st
     scheme, authority = emulator_address(emulator) if emulator else GOOGLE_STORAGE
     # Its client waits 2 minutes for a connection whatever its retry limit (a stall
     # timeout pyarrow does not let us set): a store with no route to it is told here.
-    why = _no_connection(scheme, authority, timeout)
+    why = no_connection(scheme, authority, timeout)
     if why is not None:
         return pafs.PyFileSystem(Unreachable(why)), path
     if not emulator:
@@ -77,7 +78,7 @@ def gcs_filesystem(sample_uri: str, timeout: float) -> tuple[pafs.FileSystem, st
     return filesystem, path
 
 
-def _no_connection(scheme: str, authority: str, timeout: float) -> str | None:
+def no_connection(scheme: str, authority: str, timeout: float) -> str | None:
     """Why the store at `authority` is unreachable: a TCP connection that did not open
     within `timeout`. None when it opened, and when it was refused or the host is unknown
     (the client says so itself at once), or a proxy is in the way."""
