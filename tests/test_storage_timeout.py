@@ -51,6 +51,27 @@ def closed_port() -> int:
     return port
 
 
+def predict_against(
+    uri: str, role: str, store_env: dict[str, str], timeout: str, tmp_path: Path,
+    model: Path, run_main: RunCli,
+) -> tuple[Completed, str]:  # fmt: skip
+    """A run with `uri` in `role` (the other locations local) against the store that
+    `store_env` points at; its result and the error of its `run failed` line."""
+    data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
+    locations = {"--model": str(model), "--input_file": str(data),
+                 "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
+    if role == "output_dir":
+        del locations["--output_file"]
+    locations[OPTION_OF_ROLE[role]] = uri
+    env = {**store_env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}
+    result = run_main(
+        "predict", *(item for pair in locations.items() for item in pair),
+        "--keep_columns", "id,segment", "--storage_timeout", timeout, env=env,
+    )  # fmt: skip
+    failed = [line["error"] for line in result.log_lines() if line["event"] == "run failed"]
+    return result, failed[0] if failed else ""
+
+
 @pytest.mark.parametrize("scheme", ["s3", "gs", "abfs"])
 @pytest.mark.parametrize(
     ("role", "code"),
@@ -59,7 +80,6 @@ def closed_port() -> int:
 def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
     scheme: str, role: str, code: int, tmp_path: Path, mlp_model: Path, run_main: RunCli
 ) -> None:
-    data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
     uri = {
         "input": f"{scheme}://bkt/in/d.csv",
         "glob": f"{scheme}://bkt/in/*.csv",
@@ -67,20 +87,11 @@ def test_an_unreachable_store_fails_with_its_exit_code_naming_the_uri(
         "output_dir": f"{scheme}://bkt/out",
         "model": f"{scheme}://bkt/models/mlp.keras",
     }[role]
-    locations = {"--model": str(mlp_model), "--input_file": str(data),
-                 "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
-    if role == "output_dir":
-        del locations["--output_file"]
-    locations[OPTION_OF_ROLE[role]] = uri
-    env = {**STORE_ENV[scheme](closed_port()), "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}
-    result = run_main(
-        "predict", *(item for pair in locations.items() for item in pair),
-        "--keep_columns", "id,segment", "--storage_timeout", "2", env=env,
-    )  # fmt: skip
+    result, error = predict_against(
+        uri, role, STORE_ENV[scheme](closed_port()), "2", tmp_path, mlp_model, run_main
+    )
     assert result.returncode == code, result.stderr
-    [failed] = [line for line in result.log_lines() if line["event"] == "run failed"]
-    assert uri in failed["error"], failed["error"]
-    assert "Could not connect" in failed["error"]
+    assert uri in error and "Could not connect" in error, error
     assert "testing" not in result.stderr and "Traceback" not in result.stderr
     assert AZURITE_KEY not in result.stderr
 
@@ -116,21 +127,14 @@ def test_a_store_with_no_route_fails_without_waiting_for_its_client(
     """GCS's client would wait 2 minutes for the connection whatever its retry limit,
     Azure's had not given up after 500 s; batchpredict tells the store took none within
     --storage_timeout."""
-    data = write_with_library(make_frame(20), tmp_path / "d.csv", "csv")
     where = "models/mlp.keras" if role == "model" else f"{role}/d.csv"
     uri = f"{scheme}://bkt/{where}"
-    args = {"--model": str(mlp_model), "--input_file": str(data),
-            "--output_file": str(tmp_path / "o.csv")}  # fmt: skip
-    args[OPTION_OF_ROLE[role]] = uri
-    env = {**STORE_ENV[scheme](silent_port), "BATCHPREDICT_CACHE_DIR": str(tmp_path / "c")}
-    result = run_main(
-        "predict", *(item for pair in args.items() for item in pair),
-        "--keep_columns", "id,segment", "--storage_timeout", "1", env=env,
-    )  # fmt: skip
+    result, error = predict_against(
+        uri, role, STORE_ENV[scheme](silent_port), "1", tmp_path, mlp_model, run_main
+    )
     assert result.returncode == code, result.stderr
-    [failed] = [line for line in result.log_lines() if line["event"] == "run failed"]
-    assert uri in failed["error"], failed["error"]
-    assert f"no connection to 127.0.0.1:{silent_port} within 1 s" in failed["error"]
+    assert uri in error, error
+    assert f"no connection to 127.0.0.1:{silent_port} within 1 s" in error
 
 
 def test_the_timeout_reaches_the_stores_filesystems(monkeypatch: pytest.MonkeyPatch) -> None:
