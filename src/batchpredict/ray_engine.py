@@ -8,6 +8,8 @@ tasks and actors (not Ray Data: its own actors alone took 500 MiB).
 The column mapping and the model's identity are planned in a short-lived actor, so the
 driver never loads TensorFlow. Each model actor call returns, beside its part, the
 statistics of its rows when the run keeps them; the driver merges them.
+`ray_dispatch` holds the driver's loop: which actor scores a block, a lost actor's blocks
+sent again, and Ray's failures as exit codes.
 
 Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
 first; only when the whole dataset has been written does the driver move the parts into
