@@ -305,6 +305,7 @@ def _run_dataset(
         reads = _read_tasks(ray, config, inputs, (staging, mapping), free_cpus)
         scoring = Scoring(ray, actors, reads, max(1, int(free_cpus)))
         parts = _in_input_order(scoring.run(), inputs)
+        scoring.stop()  # the actors' memory back, and none of them writes into staging now
         _log_scoring(parts)
         return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
