@@ -75,7 +75,7 @@ def test_work_ray_lost_for_good_fails_with_74() -> None:
     from batchpredict.errors import ReadWriteError
 
     lost_kinds = (
-        ray.exceptions.NodeDiedError("node 1f2e died"),
+        ray.exceptions.NodeDiedError("\x1b[36mnode 1f2e\x1b[39m died"),  # Ray's colours
         ray.exceptions.ActorDiedError(),
         ray.exceptions.ObjectLostError("ab" * 14, "owner", "call site"),
         ray.exceptions.WorkerCrashedError(),
@@ -87,6 +87,7 @@ def test_work_ray_lost_for_good_fails_with_74() -> None:
             failure = ray_dispatch.cluster_failure(ray, exc)
         assert isinstance(failure, ReadWriteError) and failure.exit_code == 74
         assert str(failure).startswith("the Ray cluster lost work it could not run again: ")
+        assert f": {type(lost).__name__}: " in str(failure) and "\x1b" not in str(failure)
     other = ValueError("a bug")
     assert ray_dispatch.cluster_failure(ray, other) is other
 

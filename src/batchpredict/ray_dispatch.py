@@ -7,6 +7,7 @@ Ray is never imported here: the engine passes its `ray` module in.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ CALLS_PER_ACTOR = 2
 #: How long the model actors may take to be placed (their CPUs and GPUs held) before the
 #: run gives up: room on the nodes, or an autoscaler adding some.
 ACTORS_READY_SECONDS = 600.0
+#: The terminal colours Ray puts into its errors' text.
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 #: How long a failed run waits for its actors and reads to end before removing its staging.
 STOP_SECONDS = 30.0
 
@@ -100,11 +103,11 @@ class Scoring:
         if self.actors.pop(index, None) is None:
             return  # already known dead
         get_logger().warning(
-            "ray model actor lost", actors_left=len(self.actors), error=error_text(exc)
+            "ray model actor lost", actors_left=len(self.actors), error=ray_error_text(exc)
         )
         if not self.actors:
             raise ReadWriteError(
-                f"every model actor of the Ray cluster was lost: {error_text(exc)}; "
+                f"every model actor of the Ray cluster was lost: {ray_error_text(exc)}; "
                 "nothing was committed"
             ) from exc
 
@@ -173,15 +176,23 @@ def cluster_failure(ray: Any, exc: BaseException) -> BaseException:
         ray.exceptions.ObjectLostError,
         ray.exceptions.WorkerCrashedError,
     )
+    found = None  # the innermost: Ray wraps a call's lost argument in the call's error
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, BatchPredictError):
             return exc
         if isinstance(seen, lost):
-            return ReadWriteError(
-                f"the Ray cluster lost work it could not run again: {error_text(seen)}; "
-                "nothing was committed"
-            )
+            found = seen
         cause = getattr(seen, "cause", None)
         seen = cause if isinstance(cause, BaseException) else seen.__cause__ or seen.__context__
-    return exc
+    if found is None:
+        return exc
+    return ReadWriteError(
+        f"the Ray cluster lost work it could not run again: {ray_error_text(found)}; "
+        "nothing was committed"
+    )
+
+
+def ray_error_text(exc: BaseException) -> str:
+    """A Ray error as one short line, its type first, without terminal colours."""
+    return f"{type(exc).__name__}: {error_text(RuntimeError(_COLOURS.sub('', str(exc))))}"
