@@ -366,7 +366,11 @@ def _read_tasks(
         # A read task pauses with this many blocks not taken yet: the object store holds
         # a few blocks, it never fills and spills.
         _generator_backpressure_num_objects=READ_AHEAD_BLOCKS,
-        max_retries=0,  # a retried read would yield its blocks twice
+        # A read lost with its node is run again from the start (Ray replays a streaming
+        # generator), which also rebuilds a block lost with the node before an actor
+        # took it. Its rejects are named after the file, so they are replaced; a block
+        # handed out twice is one part file, published once.
+        max_retries=3,
     )
     return [functools.partial(read.remote, item, config, *work) for item in inputs]
 
