@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,38 @@ def test_ray_parts_hold_chunk_size_rows_whatever_the_readers_batches(
     files = sorted((tmp_path / "out").glob("part-*.jsonl"))
     assert [len(read_with_library(f, "jsonl")) for f in files] == [500, 500, 200]
     assert parts(tmp_path / "out", "jsonl")["id"].tolist() == frame["id"].tolist()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_actors_taking_every_cpu_leave_the_reads_able_to_run(
+    tmp_path: Path, mlp_model: Path
+) -> None:
+    """One actor of 2 CPUs on a Ray of 2: a read task asking for a CPU would wait forever."""
+    frame = make_frame(900, seed=9)
+    source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
+    finished: list[Any] = []
+
+    def run() -> None:
+        finished.append(
+            batchpredict.predict(
+                model=str(mlp_model),
+                input_file=str(source),
+                output_dir=str(tmp_path / "out"),
+                keep_columns=["id"],
+                features=FEATURES,
+                engine="ray",
+                chunk_size=300,
+                ray_concurrency=1,
+                ray_cpus_per_worker=2,
+            )
+        )
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=240)
+    assert finished, "the run did not end within 240 s: its reads waited for a CPU"
+    assert finished[0].rows_out == 900
+    assert parts(tmp_path / "out", "parquet")["id"].tolist() == frame["id"].tolist()
 
 
 def test_blocks_are_regrouped_to_the_chunk_size_in_order() -> None:

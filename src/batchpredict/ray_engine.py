@@ -8,6 +8,8 @@ tasks and actors (not Ray Data: its own actors alone took 500 MiB).
 The column mapping and the model's identity are planned in a short-lived actor, so the
 driver never loads TensorFlow. Each model actor call returns, beside its part, the
 statistics of its rows when the run keeps them; the driver merges them.
+`ray_dispatch` holds the driver's loop: which actor scores a block, a lost actor's blocks
+sent again, and Ray's failures as exit codes.
 
 Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
 first; only when the whole dataset has been written does the driver move the parts into
@@ -25,6 +27,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import functools
+import hashlib
 import logging
 import os
 import pickle
@@ -68,6 +71,7 @@ from batchpredict.outputs import (
     OutputTarget,
     RejectsWriter,
 )
+from batchpredict.ray_dispatch import Scoring, cluster_failure
 from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import (
     FileRows,
@@ -90,8 +94,6 @@ STAGING = "_temporary"
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 #: Blocks (of --chunk_size rows) a read task yields ahead of the model actors.
 READ_AHEAD_BLOCKS = 2
-#: Calls queued on each model actor: one scoring, the next one's block on its way.
-CALLS_PER_ACTOR = 2
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -299,15 +301,22 @@ def _run_dataset(
     scoring = None
     try:
         actors = _model_actors(ray, config, gpus, concurrency, (staging, mapping, output_format))
-        reads = _read_tasks(ray, config, inputs, staging, mapping)
-        scoring = _Scoring(ray, actors, reads, _read_slots(ray, config, concurrency))
+        free_cpus = _cpus_left(ray, config, concurrency)
+        reads = _read_tasks(ray, config, inputs, (staging, mapping), free_cpus)
+        scoring = Scoring(ray, actors, reads, max(1, int(free_cpus)))
         parts = _in_input_order(scoring.run(), inputs)
+        scoring.stop()  # the actors' memory back, and none of them writes into staging now
         _log_scoring(parts)
         return _commit(config, inputs, staging, output_format, parts, made, finish_stats)
     except BaseException as exc:
+        if scoring is not None:  # nothing may write into the staging folder once removed
+            scoring.stop()
+            scoring = None
         storage.delete_tree(staging)
         storage.delete_if_empty(storage.join(config.output_dir, STAGING))
         ours = _unwrapped(exc)
+        if ours is exc:
+            ours = cluster_failure(ray, exc)
         if ours is exc:
             raise
         raise ours from exc
@@ -327,24 +336,49 @@ def _model_actors(
         # Model actors on as many nodes as there are actors, not packed onto the first
         # node with room: each holds TensorFlow and the model, and competes for CPUs.
         scheduling_strategy="SPREAD",
+        # Not restarted: a restarted actor would have to load the model again, and calls
+        # sent to it would wait for a node with room. A lost actor's blocks go to the
+        # others instead (`ray_dispatch.Scoring`).
+        max_restarts=0,
     )
     return [actor_class.remote(config, *work) for _ in range(count)]
 
 
 def _read_tasks(
-    ray: Any, config: RunConfig, inputs: list[InputFile], staging: str, mapping: RunMapping
+    ray: Any,
+    config: RunConfig,
+    inputs: list[InputFile],
+    work: tuple[str, RunMapping],
+    free_cpus: float,
 ) -> list[Callable[[], Any]]:
-    """A read task per input, each started when called: a stream of its blocks."""
+    """A read task per input, each started when called: a stream of its blocks. Each
+    takes a CPU the model actors leave free; when they take every CPU of the cluster,
+    none (else the reads would wait for a CPU forever): they share the actors' cores."""
+    if free_cpus < 1:
+        get_logger().warning(
+            "the model actors take every CPU of the Ray cluster; reads share their cores",
+            hint="leave a CPU free: lower --ray_concurrency or --ray_cpus_per_worker",
+        )
     read = ray.remote(_read_file).options(
         num_returns="streaming",
-        num_cpus=1,
+        num_cpus=1 if free_cpus >= 1 else 0,
         scheduling_strategy="SPREAD",
         # A read task pauses with this many blocks not taken yet: the object store holds
         # a few blocks, it never fills and spills.
         _generator_backpressure_num_objects=READ_AHEAD_BLOCKS,
-        max_retries=0,  # a retried read would yield its blocks twice
+        # A read lost with its node is run again from the start (Ray replays a streaming
+        # generator), which also rebuilds a block lost with the node before an actor
+        # took it. Its rejects are named after the file, so they are replaced; a block
+        # handed out twice is one part file, published once.
+        max_retries=3,
     )
-    return [functools.partial(read.remote, item, config, staging, mapping) for item in inputs]
+    return [functools.partial(read.remote, item, config, *work) for item in inputs]
+
+
+def _cpus_left(ray: Any, config: RunConfig, actors: int) -> float:
+    """The cluster's CPUs the model actors leave free (for the read tasks)."""
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return cpus - actors * (config.ray_cpus_per_worker or 1)
 
 
 def _start_ray(ray: Any, config: RunConfig) -> Any:
@@ -548,7 +582,9 @@ def _read_batches(
     """One input through our reader, as tables of `chunk_size` rows with the file and the
     1-based row of every row; records the reader could not parse go to a rejects part.
     Text inputs parse the columns `mapping` feeds to numeric inputs value by value."""
-    rejects = RejectsWriter(storage.join(staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
+    # Named after the file: a read run again replaces its rejects, never adds to them.
+    name = f"rejects-read-{block_name(item.path, 0)}.jsonl"
+    rejects = RejectsWriter(storage.join(staging, name))
     rows = FileRows(item.path, rejects.add_record)
     numbers = functools.partial(mapping.read_types, source=item.path)
     options = read_options(
@@ -669,6 +705,7 @@ class _ModelActor:
         rows = table.column(ROW_COLUMN).to_numpy()
         data = table.drop_columns([SOURCE_COLUMN, ROW_COLUMN])
         source = sources[0].as_py() if len(sources) else "<ray>"
+        block = block_name(source, int(rows[0]) if len(rows) else 0)
         mapping = self.mappings.get(data.schema)
         if mapping is None:  # once per input schema, as the local engine does per file
             mapping = self.mapping.for_file(data.schema, source)
@@ -680,7 +717,9 @@ class _ModelActor:
             source=lambda index: str(sources[index].as_py()),
             fill_value=self.config.fill_value,
             reject=(
-                functools.partial(self._reject, sources) if self.config.on_error == "skip" else None
+                functools.partial(self._reject, block, sources)
+                if self.config.on_error == "skip"
+                else None
             ),
         )
         if not ready.rows:  # every row rejected: no part
@@ -688,7 +727,7 @@ class _ModelActor:
         # Each call's statistics go back with its part; the driver merges them.
         collector = RunStats() if self.config.collects_stats else None
         scorer = dataclasses.replace(loaded, stats=collector)
-        part = self._write(scorer.score(ready, True))
+        part = self._write(scorer.score(ready, True), block)
         part.update(
             source=[source],
             first_row=[int(rows[0])],
@@ -700,11 +739,11 @@ class _ModelActor:
         )
         return pa.table(part, schema=PART_SCHEMA)
 
-    def _write(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
+    def _write(self, batch: pa.RecordBatch, block: str) -> dict[str, list[Any]]:
         """`batch` as a part file of its own in the staging folder (written to a temporary
-        file and renamed, so a part there is whole)."""
+        file and renamed, so a part there is whole), named after its block."""
         extension = default_extension(self.output_format)
-        path = storage.join(self.staging, f"part-{uuid.uuid4().hex}{extension}")
+        path = storage.join(self.staging, f"part-{block}{extension}")
         writer = writer_for(path, self.output_format)
         try:
             writer.open(batch.schema)
@@ -723,18 +762,27 @@ class _ModelActor:
 
     def _reject(
         self,
+        block: str,
         sources: pa.ChunkedArray,
         data: pa.Table,
         rows: np.ndarray,
         problems: Sequence[RowProblem],
     ) -> None:
         """Bad rows of this batch into a rejects part of their own, grouped by file."""
-        writer = RejectsWriter(storage.join(self.staging, f"rejects-{uuid.uuid4().hex}.jsonl"))
+        writer = RejectsWriter(storage.join(self.staging, f"rejects-{block}.jsonl"))
         names = sources.to_pylist()
         for path in dict.fromkeys(names[p.index] for p in problems):
             mine = [p for p in problems if names[p.index] == path]
             writer.add(path, rows, data, mine)
         writer.commit()
+
+
+def block_name(source: str, first_row: int) -> str:
+    """The staging name of the part (and rejects part) of the block whose first row is
+    `first_row` of `source`. A block whose actor was lost is scored again by another; its
+    files then replace the first attempt's instead of adding rows (rejects are gathered
+    by listing the staging folder)."""
+    return hashlib.sha256(f"{source}\0{first_row}".encode()).hexdigest()[:32]
 
 
 def ray_runtime_node() -> str:
@@ -782,68 +830,3 @@ def _in_input_order(parts: list[dict[str, Any]], inputs: list[InputFile]) -> lis
             actor_call_seconds=round(sum(p["written"] - p["started"] for p in parts), 3),
         )
     return sorted(parts, key=lambda p: (order.get(p["source"], len(order)), p["first_row"]))
-
-
-def _read_slots(ray: Any, config: RunConfig, actors: int) -> int:
-    """Read tasks running at once: the CPUs the model actors leave free, at least one."""
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus - actors * int(config.ray_cpus_per_worker or 1))
-
-
-class _Scoring:
-    """The driver's side of a run: read tasks stream each input's blocks, each block goes
-    to the model actor with the fewest calls queued, and each call returns its part.
-
-    Blocks are taken from a read task only when an actor has room for a call, so that
-    the reads pause (`READ_AHEAD_BLOCKS`) instead of filling the object store."""
-
-    def __init__(
-        self, ray: Any, actors: list[Any], reads: Sequence[Callable[[], Any]], read_slots: int
-    ) -> None:
-        self.ray = ray
-        self.actors = actors
-        self.queued = dict.fromkeys(range(len(actors)), 0)
-        self.calls: dict[Any, int] = {}  # a call's result -> the index of its actor
-        self.waiting = list(reversed(reads))
-        self.reading: list[Any] = []
-        self.read_slots = read_slots
-
-    def run(self) -> list[dict[str, Any]]:
-        """Every part written, as the actors described them (in no particular order)."""
-        # Reads start once every actor holds its CPUs (a read task paused on a full stream
-        # must not keep an actor from being placed), while the actors load their models.
-        self.ray.get([actor.placed.remote() for actor in self.actors])
-        loads = [actor.load.remote() for actor in self.actors]
-        parts: list[dict[str, Any]] = []
-        while self.waiting or self.reading or self.calls:
-            while self.waiting and len(self.reading) < self.read_slots:
-                self.reading.append(self.waiting.pop()())
-            has_room = min(self.queued.values()) < CALLS_PER_ACTOR
-            ready, _ = self.ray.wait([*self.calls, *(self.reading if has_room else ())])
-            for done in ready:
-                if any(done is stream for stream in self.reading):
-                    self._send_next_block(done)
-                else:
-                    self.queued[self.calls.pop(done)] -= 1
-                    parts.extend(self.ray.get(done).to_pylist())
-        self.ray.get(loads)  # a model that failed to load fails the run, blocks or none
-        return parts
-
-    def _send_next_block(self, stream: Any) -> None:
-        """The next block of a read task to the least busy actor, or the task ended."""
-        try:
-            block = next(stream)
-        except StopIteration:
-            self.reading = [other for other in self.reading if other is not stream]
-            return
-        index = min(self.queued, key=self.queued.__getitem__)
-        self.queued[index] += 1
-        self.calls[self.actors[index].__call__.remote(block)] = index
-
-    def stop(self) -> None:
-        """End the actors (each holds TensorFlow and a model) and any read still going."""
-        for stream in self.reading:
-            with contextlib.suppress(Exception):  # a read that has just ended
-                self.ray.cancel(stream)
-        for actor in self.actors:
-            self.ray.kill(actor)

@@ -1,0 +1,263 @@
+"""`--engine ray` when Ray loses work: a block scored again after its actor was lost (or a
+read run again) replaces its staging files instead of adding rows, a dead actor's blocks
+go to the actors alive, Ray's failures map to exit 74 and 78, and losing a worker node of
+a two-node cluster (`ray.cluster_utils`) mid-run leaves the output folder committed and
+complete, or as it was before the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from batchpredict import ray_dispatch, ray_engine
+from batchpredict.errors import BatchPredictError
+from conftest import N_FEATURES, make_frame, write_with_library
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+FEATURES = [f"f{j}" for j in range(N_FEATURES)]
+STORE_BYTES = 128 * 2**20
+#: A model actor takes 2 of a node's 3 CPUs: one actor per node, a CPU left for reading.
+NODE_CPUS = 3
+ROWS, FILES = 12000, 8
+
+
+def test_a_batch_or_read_run_again_replaces_its_files_instead_of_adding_rows(
+    tmp_path: Path, mlp_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Ray does after losing an actor or a node: the same read task or actor call,
+    run a second time, writes into the same staging folder."""
+    from batchpredict.config import RunConfig
+    from batchpredict.sources import expand_inputs
+
+    monkeypatch.setattr(ray_engine, "ray_runtime_node", lambda: "node")
+    source = tmp_path / "d.csv"
+    write_with_library(make_frame(40, seed=45), source, "csv")
+    lines = source.read_text().splitlines()
+    fields = lines[5].split(",")
+    lines[5] = ",".join([*fields[:2], "", *fields[3:]])  # row 5 without f1: rejected
+    lines.insert(20, "1,2,3")  # too few fields: the reader rejects it
+    source.write_text("\n".join(lines) + "\n")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    config = RunConfig(
+        model=str(mlp_model), input_files=(str(source),), output_dir=str(tmp_path / "out"),
+        engine="ray", on_error="skip", max_error_rate=0.5, keep_columns=("id",),
+        features=tuple(FEATURES),
+    )  # fmt: skip
+    inputs = expand_inputs(config.input_files, None)
+    mapping, _ = ray_engine._plan(config, inputs)
+    actor = ray_engine._ModelActor(config, str(staging), mapping, "csv")
+    actor.load()
+    attempts = []
+    for _ in range(2):
+        (table,) = ray_engine._read_file(inputs[0], config, str(staging), mapping)
+        attempts.append(actor(table).to_pylist()[0])
+    assert attempts[0]["path"] == attempts[1]["path"] and attempts[0]["rows"] == 39
+    names = sorted(path.name for path in staging.iterdir())
+    assert len(names) == 3, names  # one part, one rejects part each of the read and call
+    assert ray_engine.block_name(str(source), 1) in Path(attempts[0]["path"]).name
+    assert len(ray_dispatch.one_record_per_block(attempts)) == 1
+    with pytest.raises(BatchPredictError, match="scored differently"):
+        ray_dispatch.one_record_per_block([attempts[0], {**attempts[1], "sha256": "0" * 64}])
+
+
+def test_work_ray_lost_for_good_fails_with_74() -> None:
+    from batchpredict.errors import ReadWriteError
+
+    lost_kinds = (
+        ray.exceptions.NodeDiedError("\x1b[36mnode 1f2e\x1b[39m died"),  # Ray's colours
+        ray.exceptions.ActorDiedError(),
+        ray.exceptions.ObjectLostError("ab" * 14, "owner", "call site"),
+        ray.exceptions.WorkerCrashedError(),
+    )
+    for lost in lost_kinds:
+        try:
+            raise RuntimeError("the call failed") from lost
+        except RuntimeError as exc:
+            failure = ray_dispatch.cluster_failure(ray, exc)
+        assert isinstance(failure, ReadWriteError) and failure.exit_code == 74
+        assert str(failure).startswith("the Ray cluster lost work it could not run again: ")
+        assert f": {type(lost).__name__}: " in str(failure) and "\x1b" not in str(failure)
+    other = ValueError("a bug")
+    assert ray_dispatch.cluster_failure(ray, other) is other
+
+
+class _Actor:
+    """A model actor's interface; the first one dies (its process ends) on its first call."""
+
+    def __init__(self, dies: bool) -> None:
+        self.dies = dies
+
+    def placed(self) -> int:
+        return os.getpid()
+
+    def load(self) -> float:
+        return time.time()
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        if self.dies:
+            os._exit(1)
+        first = block.column("row")[0].as_py()
+        return pa.table(
+            {"path": [f"part-{first}"], "rows": [block.num_rows], "sha256": ["x"], "pid": [0]}
+        )
+
+
+def _blocks(count: int) -> Iterator[pa.Table]:
+    for first in range(count):
+        yield pa.table({"row": [first]})
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    """A Ray of this process's own; the workers unpickle this module's classes by value
+    (they cannot import a test module)."""
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_the_blocks_of_a_dead_actor_go_to_the_actors_alive(local_ray: None) -> None:
+    actor_class = ray.remote(_Actor).options(num_cpus=0, max_restarts=0)
+    actors = [actor_class.remote(True), actor_class.remote(False)]
+    read = ray.remote(_blocks).options(num_returns="streaming", num_cpus=0)
+    scoring = ray_dispatch.Scoring(ray, actors, [lambda: read.remote(20)], 1)
+    try:
+        parts = scoring.run()
+    finally:
+        scoring.stop()
+    assert sorted(part["path"] for part in parts) == sorted(f"part-{i}" for i in range(20))
+    assert len(scoring.actors) == 1  # the dead one no longer gets blocks
+
+
+def test_a_pool_whose_every_actor_died_fails_with_74(local_ray: None) -> None:
+    from batchpredict.errors import ReadWriteError
+
+    actors = [ray.remote(_Actor).options(num_cpus=0).remote(True) for _ in range(2)]
+    read = ray.remote(_blocks).options(num_returns="streaming", num_cpus=0)
+    scoring = ray_dispatch.Scoring(ray, actors, [lambda: read.remote(5)], 1)
+    try:
+        with pytest.raises(ReadWriteError, match=r"every model actor .* was lost") as lost:
+            scoring.run()
+    finally:
+        scoring.stop()
+    assert lost.value.exit_code == 74
+
+
+@pytest.fixture(scope="module")
+def doomed_cluster() -> Iterator[Any]:
+    """A head and a worker node of 3 CPUs each, this process not connected (the run under
+    test joins with --ray_address). The test kills the worker node: a cluster of its own."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": NODE_CPUS, "object_store_memory": STORE_BYTES},
+    )
+    try:
+        cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE_BYTES)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path, with its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _model_actor_scoring(raylet_pid: int) -> bool:
+    """Whether a model actor started by this raylet is running a batch (Ray titles an
+    actor's process `ray::_ModelActor.__call__` while it runs one)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            title = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended
+        if parent == raylet_pid and b"_ModelActor.__call__" in title:
+            return True
+    return False
+
+
+def _kill_when_scoring(cluster: Any, finished: threading.Event, killed: threading.Event) -> None:
+    """Kill the worker node, hard, once its model actor is scoring a batch."""
+    from ray._private import ray_constants
+
+    (node,) = cluster.worker_nodes
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    while not finished.is_set():
+        if _model_actor_scoring(raylet):
+            cluster.remove_node(node, allow_graceful=False)
+            killed.set()
+            return
+        time.sleep(0.01)
+
+
+def test_losing_a_node_mid_run_leaves_a_complete_output_or_the_previous_one(
+    doomed_cluster: Any, tmp_path: Path, mlp_model: Path, run_main: Callable[..., Any]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    frame = make_frame(ROWS, seed=43)
+    size = ROWS // FILES
+    for index in range(FILES):  # more read tasks than actors, many small blocks
+        rows = frame.iloc[index * size : (index + 1) * size]
+        write_with_library(rows, inputs / f"d{index}.parquet", "parquet")
+    earlier_input = tmp_path / "earlier.parquet"
+    write_with_library(make_frame(300, seed=44), earlier_input, "parquet")
+    out = tmp_path / "out"
+    common = (
+        "--model", str(mlp_model), "--output_dir", str(out), "--keep_columns", "id",
+        "--features", ",".join(FEATURES), "--engine", "ray",
+        "--ray_address", doomed_cluster.address, "--ray_concurrency", "2",
+        "--ray_cpus_per_worker", "2",  # one actor per node (NODE_CPUS)
+    )  # fmt: skip
+    earlier = run_main("predict", "--input_file", str(earlier_input), *common)
+    assert earlier.returncode == 0, earlier.stderr
+    before = _files(out)
+    finished, killed = threading.Event(), threading.Event()
+    killer = threading.Thread(target=_kill_when_scoring, args=(doomed_cluster, finished, killed))
+    killer.start()
+    try:
+        result = run_main("predict", "--input_file", str(inputs), "--chunk_size", "100", *common)
+    finally:
+        finished.set()
+        killer.join()
+    assert killed.is_set(), "the run ended before the worker node's actor scored a batch"
+    used = [line for line in result.log_lines() if line["event"] == "ray nodes used"]
+    lost = [line for line in result.log_lines() if line["event"] == "ray model actor lost"]
+    print("exit", result.returncode, used, "actors lost:", len(lost))
+    if result.returncode:
+        print(result.stderr.strip().splitlines()[-1])
+    if result.returncode == 0:  # Ray ran the lost work again on the head node
+        parts = sorted(out.glob("part-*.parquet"))
+        written = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
+        assert sorted(written["id"]) == sorted(frame["id"])  # every row, exactly once
+        manifest = json.loads((out / "_manifest.json").read_text())
+        assert sorted(output["output"] for output in manifest["outputs"]) == [p.name for p in parts]
+        assert sum(output["rows"] for output in manifest["outputs"]) == ROWS
+        assert (out / "_SUCCESS").exists() and not (out / "_temporary").exists()
+        assert run_main("verify", str(out)).returncode == 0  # the parts as recorded
+    else:  # nothing of this run: the earlier run's outputs as they were, no staging
+        assert result.returncode == 74, result.stderr
+        assert _files(out) == before
