@@ -31,6 +31,7 @@ from conftest import (
     reference_predictions,
     write_with_library,
 )
+from stores import Store
 
 RunMain = Callable[..., Completed]
 DAYS = (1, 2, 3)
@@ -383,8 +384,7 @@ def test_the_content_hash_covers_every_file_and_its_name(tmp_path: Path) -> None
 
 
 def test_a_model_and_inputs_in_a_bucket(
-    bucket: Any,
-    s3_env: dict[str, str],
+    store: Store,
     tmp_path: Path,
     mlp_model: Path,
     other_mlp_model: Path,
@@ -392,29 +392,30 @@ def test_a_model_and_inputs_in_a_bucket(
 ) -> None:
     """The cached copy of a bucket's model is hashed (same bytes, same identity as a local
     file); inputs in a bucket are known by URI, size, modification time and ETag."""
-    client, name = bucket
-    env = {**s3_env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
-    client.upload_file(str(mlp_model), name, "models/churn.keras")
+    name = store.new_bucket()
+    env = {**store.env, "BATCHPREDICT_CACHE_DIR": str(tmp_path / "cache")}
+    store.upload(name, "models/churn.keras", mlp_model)
     for path in write_days(tmp_path / "exports").values():
         key = f"in/{path.parent.name}/part-0.parquet"
-        client.upload_file(str(path), name, key)
-    model, inputs, out = f"s3://{name}/models/churn.keras", f"s3://{name}/in/", tmp_path / "out"
+        store.upload(name, key, path)
+    model, inputs = store.uri(name, "models/churn.keras"), store.uri(name, "in/")
+    out = tmp_path / "out"
     predict(run_main, model, inputs, out, env=env)
     recorded = read_manifest(out)
     assert recorded["model"]["path"] == model
     assert recorded["model"]["loaded_from"].startswith(str(tmp_path / "cache"))
     assert recorded["model"]["sha256"] == sha256_of(mlp_model)
     source = recorded["outputs"][0]["inputs"][0]
-    assert source["path"] == f"s3://{name}/in/day=1/part-0.parquet"
+    assert source["path"] == store.uri(name, "in/day=1/part-0.parquet")
     assert source["etag"] and source["size"] and source["mtime"]
 
     again = predict(run_main, model, inputs, out, "--skip_existing", env=env)
     assert decisions(again) == dict.fromkeys(outputs(), "skipped")
 
-    client.upload_file(str(other_mlp_model), name, "models/churn.keras")
+    store.upload(name, "models/churn.keras", other_mlp_model)
     frame = make_frame(40, seed=9)
     changed = write_with_library(frame, tmp_path / "changed.parquet", "parquet")
-    client.upload_file(str(changed), name, "in/day=3/part-0.parquet")
+    store.upload(name, "in/day=3/part-0.parquet", changed)
     redone = decisions(predict(run_main, model, inputs, out, "--skip_existing", env=env))
     assert redone["day=1/part-0.parquet"] == REASON_MODEL
     assert redone["day=3/part-0.parquet"].startswith(f"{REASON_MODEL}; input changed: etag")

@@ -17,6 +17,7 @@ import pytest
 from batchpredict.drift import compare
 from batchpredict.run_stats import QUANTILES, RunStats
 from conftest import N_FEATURES, make_frame, read_with_library, write_with_library
+from stores import Store
 
 FEATURES = ",".join(f"f{j}" for j in range(N_FEATURES))
 
@@ -332,22 +333,17 @@ def test_drift_of_categories_uses_the_baseline_labels() -> None:
 
 
 def test_stats_file_in_object_storage(
-    run_main: Callable[..., Any],
-    mlp_model: Path,
-    tmp_path: Path,
-    s3_env: dict[str, str],
-    bucket: Any,
+    run_main: Callable[..., Any], mlp_model: Path, tmp_path: Path, store: Store
 ) -> None:
-    client, name = bucket
+    name = store.new_bucket()
     data = write_with_library(make_frame(500), tmp_path / "d.parquet", "parquet")
     result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(data), "--features", FEATURES,
-        "--output_file", str(tmp_path / "o.parquet"), "--stats_file", f"s3://{name}/stats/a.json",
-        env=s3_env,
+        "--output_file", str(tmp_path / "o.parquet"),
+        "--stats_file", store.uri(name, "stats/a.json"), env=store.env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    body = client.get_object(Bucket=name, Key="stats/a.json")["Body"].read()
-    assert json.loads(body)["rows"]["read"] == 500
+    assert json.loads(store.get(name, "stats/a.json"))["rows"]["read"] == 500
 
 
 def test_the_library_profiles_and_raises_drift_error_after_committing(

@@ -18,6 +18,7 @@ import pytest
 import batchpredict
 from batchpredict.verification import OutputCheck, VerifyReport, failure_message
 from conftest import Completed, make_frame, write_with_library
+from stores import Store
 
 RunMain = Callable[..., Completed]
 #: The outputs of `scored`, one per input format (the output format follows the input's).
@@ -195,22 +196,22 @@ def test_an_unreadable_manifest_exits_74(scored: Path, run_main: RunMain) -> Non
 
 
 def test_a_bucket_folder_verifies_and_an_overwritten_object_fails(
-    bucket: Any, s3_env: dict[str, str], tmp_path: Path, mlp_model: Path, run_main: RunMain
+    store: Store, tmp_path: Path, mlp_model: Path, run_main: RunMain
 ) -> None:
-    client, name = bucket
+    name = store.new_bucket()
     local = write_with_library(make_frame(25, seed=4), tmp_path / "d.parquet", "parquet")
-    client.upload_file(str(local), name, "in/d.parquet")
+    store.upload(name, "in/d.parquet", local)
+    scored = store.uri(name, "scored")
     result = run_main(
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
-        "--output_dir", f"s3://{name}/scored", "--keep_columns", "id,segment", "--no_progress",
-        env=s3_env,
+        "predict", "--model", str(mlp_model), "--input_file", store.uri(name, "in/d.parquet"),
+        "--output_dir", scored, "--keep_columns", "id,segment", "--no_progress", env=store.env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    result = verify(run_main, f"s3://{name}/scored", 0, env=s3_env)
-    assert result.stdout.startswith(f"verified 1 output(s) in s3://{name}/scored")
-    body = client.get_object(Bucket=name, Key="scored/d.parquet")["Body"].read()
-    client.put_object(Bucket=name, Key="scored/d.parquet", Body=body[:-1] + b"X")
-    result = verify(run_main, f"s3://{name}/scored/d.parquet", 65, env=s3_env)
+    result = verify(run_main, scored, 0, env=store.env)
+    assert result.stdout.startswith(f"verified 1 output(s) in {scored}")
+    body = store.get(name, "scored/d.parquet")
+    store.put(name, "scored/d.parquet", body[:-1] + b"X")
+    result = verify(run_main, store.uri(name, "scored/d.parquet"), 65, env=store.env)
     assert "problem: d.parquet: altered: sha256 differs" in result.stdout
 
 
