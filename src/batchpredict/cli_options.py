@@ -211,8 +211,8 @@ STORAGE_TIMEOUT = option(
     type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_STORAGE_TIMEOUT,
     show_default=True,
-    help="Give up on an object store (s3://, gs://) that keeps failing or cannot be "
-    "reached after this long (exit 74; 66 for an input, 78 for a model).",
+    help="Give up on an object store (s3://, gs://; abfs://: to connect) that keeps failing "
+    "or cannot be reached after this long (exit 74; 66 for an input, 78 for a model).",
 )
 INPUT_FORMAT = option(
     "input_format",

@@ -136,7 +136,8 @@ class RunConfig:
     #: `AWS_ENDPOINT_URL` included, point).
     s3_endpoint_url: str | None = None
     #: Seconds an object store may keep failing (unreachable, erroring) before the
-    #: operation fails: S3's connect and request timeouts and retries, GCS's retry limit.
+    #: operation fails: S3's connect and request timeouts and retries, GCS's retry limit,
+    #: and for GCS and Azure the wait for a connection.
     storage_timeout: float = DEFAULT_STORAGE_TIMEOUT
     #: Write the run's statistics here as JSON (README "Statistics and drift").
     stats_file: str | None = None
