@@ -188,11 +188,6 @@ def store_settings(
         _settings = saved
 
 
-def s3_endpoint(url: str | None) -> contextlib.AbstractContextManager[None]:
-    """`store_settings` for the S3 endpoint alone, the timeout as it is."""
-    return store_settings(url, _settings.timeout)
-
-
 def current_s3_endpoint() -> str | None:
     """Where `s3://` goes in this run (`--s3_endpoint_url`), else `AWS_ENDPOINT_URL`, else
     None (the SDK's own settings): for libraries with their own S3 client (delta-rs)."""
