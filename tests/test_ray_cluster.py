@@ -13,13 +13,11 @@ import pandas as pd
 import pytest
 
 from conftest import N_FEATURES, make_frame, reference_predictions, s3_keys, write_with_library
+from ray_clusters import start_two_nodes
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
-STORE_BYTES = 128 * 2**20
-#: A model actor takes 2 of a node's 3 CPUs: one actor per node, a CPU left for reading.
-NODE_CPUS = 3
 
 
 @pytest.fixture(scope="module")
@@ -27,23 +25,12 @@ def two_nodes(s3_env: dict[str, str]) -> Iterator[Any]:
     """A head and a worker node of 3 CPUs each, not connected: each run joins it with
     --ray_address, as a driver does. The nodes hold the S3 credentials, as a cluster's
     nodes have their own (instance roles); the endpoint is the run's, which it passes on."""
-    from ray.cluster_utils import Cluster
-
     node_env = {key: value for key, value in s3_env.items() if key != "AWS_ENDPOINT_URL"}
     with pytest.MonkeyPatch.context() as patch:  # inherited by the nodes' processes
         for key, value in node_env.items():
             patch.setenv(key, value)
         patch.delenv("AWS_ENDPOINT_URL", raising=False)
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": NODE_CPUS, "object_store_memory": STORE_BYTES},
-        )
-        try:
-            cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE_BYTES)
-            cluster.wait_for_nodes()
-        except BaseException:
-            cluster.shutdown()
-            raise
+        cluster = start_two_nodes()
     try:
         yield cluster
     finally:

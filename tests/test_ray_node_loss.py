@@ -21,13 +21,11 @@ import pytest
 from batchpredict import ray_dispatch, ray_engine
 from batchpredict.errors import BatchPredictError
 from conftest import N_FEATURES, make_frame, write_with_library
+from ray_clusters import start_two_nodes
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]
-STORE_BYTES = 128 * 2**20
-#: A model actor takes 2 of a node's 3 CPUs: one actor per node, a CPU left for reading.
-NODE_CPUS = 3
 ROWS, FILES = 12000, 8
 
 
@@ -161,15 +159,8 @@ def test_a_pool_whose_every_actor_died_fails_with_74(local_ray: None) -> None:
 def doomed_cluster() -> Iterator[Any]:
     """A head and a worker node of 3 CPUs each, this process not connected (the run under
     test joins with --ray_address). The test kills the worker node: a cluster of its own."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": NODE_CPUS, "object_store_memory": STORE_BYTES},
-    )
+    cluster = start_two_nodes()
     try:
-        cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE_BYTES)
-        cluster.wait_for_nodes()
         yield cluster
     finally:
         ray.shutdown()
