@@ -7,7 +7,7 @@ from typing import Any
 
 #: Each node's object store.
 STORE_BYTES = 128 * 2**20
-#: A model actor takes 2 of a node's 3 CPUs: one actor per node, a CPU left for reading.
+#: A model actor takes 2 of a node's 3 CPUs: one actor per node.
 NODE_CPUS = 3
 
 

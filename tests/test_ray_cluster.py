@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import N_FEATURES, make_frame, reference_predictions, s3_keys, write_with_library
@@ -66,8 +68,7 @@ def _rows_per_node(result: Any) -> dict[str, int]:
 def test_a_two_node_cluster_scores_every_row_as_the_reference_on_both_nodes(
     two_nodes: Any, tmp_path: Path, mlp_model: Path, run_main: Callable[..., Any]
 ) -> None:
-    # More files (read tasks, blocks) than actors, each block long enough to score (30
-    # batches) that blocks read meanwhile go to the other actor.
+    # More files than actors: each actor is dealt inputs while it has room for a call.
     frame = make_frame(24000, seed=41)
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -82,7 +83,7 @@ def test_a_two_node_cluster_scores_every_row_as_the_reference_on_both_nodes(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows_per_node = _rows_per_node(result)
-    # Calls queue on both placed actors (the least busy gets the next block), whichever
+    # Calls queue on both placed actors (the least busy gets the next input), whichever
     # loaded its model first: both nodes score.
     assert set(rows_per_node) == _node_ids(two_nodes) and len(rows_per_node) == 2
     assert sum(rows_per_node.values()) == 24000
@@ -103,14 +104,14 @@ def test_a_two_node_cluster_reads_and_writes_a_bucket_as_the_local_engine(
     mlp_model: Path,
     run_main: Callable[..., Any],
 ) -> None:
+    """One Parquet file of 4 row groups for 2 actors: each is dealt a range of them."""
     client, name = bucket
     frame = make_frame(8000, seed=42)
-    for index in range(4):
-        local = tmp_path / f"d{index}.parquet"
-        write_with_library(frame.iloc[index * 2000 : (index + 1) * 2000], local, "parquet")
-        client.upload_file(str(local), name, f"in/d{index}.parquet")
+    local = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), local, row_group_size=2000)
+    client.upload_file(str(local), name, "in/d.parquet")
     common = (
-        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/",
+        "predict", "--model", str(mlp_model), "--input_file", f"s3://{name}/in/d.parquet",
         "--keep_columns", "id,segment", "--features", ",".join(FEATURES),
         "--chunk_size", "250", "--batch_size", "250",
     )  # fmt: skip
@@ -124,14 +125,10 @@ def test_a_two_node_cluster_reads_and_writes_a_bucket_as_the_local_engine(
     keys = s3_keys(client, name, "ray/")
     parts = [key for key in keys if key.startswith("ray/part-")]
     assert keys == sorted([*parts, "ray/_SUCCESS", "ray/_manifest.json"])
-    by_ray = pd.concat([_read(client, name, key, tmp_path) for key in parts])
-    by_local = pd.concat(
-        [_read(client, name, f"local/d{index}.parquet", tmp_path) for index in range(4)]
-    )
+    by_ray = pd.concat([_read(client, name, key, tmp_path) for key in parts], ignore_index=True)
+    by_local = _read(client, name, "local/d.parquet", tmp_path)
     assert len(by_ray) == 8000
-    pd.testing.assert_frame_equal(
-        by_ray.sort_values("id", ignore_index=True), by_local.sort_values("id", ignore_index=True)
-    )
+    pd.testing.assert_frame_equal(by_ray, by_local)  # the parts in the file's order
 
 
 def _read(client: Any, bucket: str, key: str, tmp_path: Path) -> pd.DataFrame:
@@ -150,7 +147,12 @@ def test_a_pool_the_cluster_cannot_hold_fails_with_78_and_writes_nothing(
     from batchpredict import ray_dispatch
 
     monkeypatch.setattr(ray_dispatch, "ACTORS_READY_SECONDS", 5)
-    source = write_with_library(make_frame(100, seed=46), tmp_path / "d.parquet", "parquet")
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(3):  # an input for each actor (there are never more actors)
+        write_with_library(
+            make_frame(100, seed=46 + index), source / f"d{index}.parquet", "parquet"
+        )
     out = tmp_path / "out"
     result = run_main(
         "predict", "--model", str(mlp_model), "--input_file", str(source),

@@ -275,7 +275,7 @@ def test_the_workers_get_the_runs_s3_endpoint_and_no_credentials(
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_ray_parts_hold_chunk_size_rows_whatever_the_readers_batches(
+def test_ray_parts_hold_a_chunk_of_rows_whatever_the_readers_batches(
     tmp_path: Path, mlp_model: Path
 ) -> None:
     frame = make_frame(1200, seed=8)
@@ -289,6 +289,7 @@ def test_ray_parts_hold_chunk_size_rows_whatever_the_readers_batches(
         features=FEATURES,
         engine="ray",
         chunk_size=500,
+        batch_size=100,  # chunks are whole batches: --chunk_size rounded up to them
         # Read in blocks of at most 20,001 bytes: batches of about 200 rows, not 500.
         max_record_bytes=20_000,
     )
@@ -298,10 +299,8 @@ def test_ray_parts_hold_chunk_size_rows_whatever_the_readers_batches(
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_actors_taking_every_cpu_leave_the_reads_able_to_run(
-    tmp_path: Path, mlp_model: Path
-) -> None:
-    """One actor of 2 CPUs on a Ray of 2: a read task asking for a CPU would wait forever."""
+def test_a_model_actor_may_take_every_cpu_of_the_cluster(tmp_path: Path, mlp_model: Path) -> None:
+    """One actor of 2 CPUs on a Ray of 2: nothing else of the run waits for a CPU."""
     frame = make_frame(900, seed=9)
     source = write_with_library(frame, tmp_path / "d.parquet", "parquet")
     finished: list[Any] = []
@@ -324,19 +323,6 @@ def test_actors_taking_every_cpu_leave_the_reads_able_to_run(
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
     runner.join(timeout=240)
-    assert finished, "the run did not end within 240 s: its reads waited for a CPU"
+    assert finished, "the run did not end within 240 s: something waited for a CPU"
     assert finished[0].rows_out == 900
     assert parts(tmp_path / "out", "parquet")["id"].tolist() == frame["id"].tolist()
-
-
-def test_blocks_are_regrouped_to_the_chunk_size_in_order() -> None:
-    import pyarrow as pa
-
-    from batchpredict.ray_engine import _regrouped
-
-    sizes = [3, 7, 12, 5, 1, 10, 10]
-    starts = np.cumsum([0, *sizes[:-1]])
-    tables = [pa.table({"a": np.arange(s, s + n)}) for s, n in zip(starts, sizes, strict=True)]
-    blocks = list(_regrouped(iter(tables), 10))
-    assert [block.num_rows for block in blocks] == [10, 10, 10, 10, 8]
-    assert np.concatenate([b.column("a").to_numpy() for b in blocks]).tolist() == list(range(48))

@@ -1,6 +1,6 @@
-"""`--engine ray` when Ray loses work: a block scored again after its actor was lost (or a
-read run again) replaces its staging files instead of adding rows, a dead actor's blocks
-go to the actors alive, Ray's failures map to exit 74 and 78, and losing a worker node of
+"""`--engine ray` when Ray loses work: an input scored again after its actor was lost
+replaces its staging files instead of adding rows, a dead actor's inputs go to the actors
+alive, Ray's failures map to exit 74 and 78, and losing a worker node of
 a two-node cluster (`ray.cluster_utils`) mid-run leaves the output folder committed and
 complete, or as it was before the run."""
 
@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from batchpredict import ray_dispatch, ray_engine
-from batchpredict.errors import BatchPredictError
 from conftest import N_FEATURES, make_frame, write_with_library
 from ray_clusters import start_two_nodes
 
@@ -29,15 +27,16 @@ FEATURES = [f"f{j}" for j in range(N_FEATURES)]
 ROWS, FILES = 12000, 8
 
 
-def test_a_batch_or_read_run_again_replaces_its_files_instead_of_adding_rows(
+def test_an_input_scored_again_replaces_its_files_instead_of_adding_rows(
     tmp_path: Path, mlp_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What Ray does after losing an actor or a node: the same read task or actor call,
-    run a second time, writes into the same staging folder."""
+    """What the driver does after losing an actor: the same input, scored a second time
+    (by another actor), writes into the same staging folder."""
+    from batchpredict import ray_actor
     from batchpredict.config import RunConfig
     from batchpredict.sources import expand_inputs
 
-    monkeypatch.setattr(ray_engine, "ray_runtime_node", lambda: "node")
+    monkeypatch.setattr(ray_actor, "ray_runtime_node", lambda: "node")
     source = tmp_path / "d.csv"
     write_with_library(make_frame(40, seed=45), source, "csv")
     lines = source.read_text().splitlines()
@@ -50,23 +49,23 @@ def test_a_batch_or_read_run_again_replaces_its_files_instead_of_adding_rows(
     config = RunConfig(
         model=str(mlp_model), input_files=(str(source),), output_dir=str(tmp_path / "out"),
         engine="ray", on_error="skip", max_error_rate=0.5, keep_columns=("id",),
-        features=tuple(FEATURES),
+        features=tuple(FEATURES), chunk_size=16, batch_size=8,
     )  # fmt: skip
     inputs = expand_inputs(config.input_files, None)
     mapping, _ = ray_engine._plan(config, inputs)
-    actor = ray_engine._ModelActor(config, str(staging), mapping, "csv")
+    actor = ray_actor.ModelActor(config, str(staging), mapping, "csv")
     actor.load()
-    attempts = []
-    for _ in range(2):
-        (table,) = ray_engine._read_file(inputs[0], config, str(staging), mapping)
-        attempts.append(actor(table).to_pylist()[0])
-    assert attempts[0]["path"] == attempts[1]["path"] and attempts[0]["rows"] == 39
+    attempts = [actor.score(0, inputs[0]) for _ in range(2)]
+    assert attempts[0].parts == attempts[1].parts
+    # Chunks of 16 rows read (the reader drops the short record): row 5 left out of the first.
+    assert [part.rows for part in attempts[0].parts] == [15, 16, 8]
+    assert (attempts[0].read, attempts[0].rejected) == (41, 2)
     names = sorted(path.name for path in staging.iterdir())
-    assert len(names) == 3, names  # one part, one rejects part each of the read and call
-    assert ray_engine.block_name(str(source), 1) in Path(attempts[0]["path"]).name
-    assert len(ray_dispatch.one_record_per_block(attempts)) == 1
-    with pytest.raises(BatchPredictError, match="scored differently"):
-        ray_dispatch.one_record_per_block([attempts[0], {**attempts[1], "sha256": "0" * 64}])
+    assert len(names) == 4, names  # three parts and one rejects part, whatever the attempts
+    name = ray_actor.input_name(inputs[0])
+    assert all(n.startswith((f"part-{name}-", f"rejects-{name}")) for n in names)
+    rejected = [json.loads(line) for line in (staging / f"rejects-{name}.jsonl").open()]
+    assert sorted((r["row"], r["column"] or "") for r in rejected) == [(5, "f1"), (20, "")]
 
 
 def test_work_ray_lost_for_good_fails_with_74() -> None:
@@ -102,18 +101,10 @@ class _Actor:
     def load(self) -> float:
         return time.time()
 
-    def __call__(self, block: pa.Table) -> pa.Table:
+    def score(self, position: int, item: str) -> tuple[int, str]:
         if self.dies:
             os._exit(1)
-        first = block.column("row")[0].as_py()
-        return pa.table(
-            {"path": [f"part-{first}"], "rows": [block.num_rows], "sha256": ["x"], "pid": [0]}
-        )
-
-
-def _blocks(count: int) -> Iterator[pa.Table]:
-    for first in range(count):
-        yield pa.table({"row": [first]})
+        return position, item
 
 
 @pytest.fixture
@@ -128,25 +119,25 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def test_the_blocks_of_a_dead_actor_go_to_the_actors_alive(local_ray: None) -> None:
+def test_the_inputs_of_a_dead_actor_go_to_the_actors_alive(local_ray: None) -> None:
     actor_class = ray.remote(_Actor).options(num_cpus=0, max_restarts=0)
     actors = [actor_class.remote(True), actor_class.remote(False)]
-    read = ray.remote(_blocks).options(num_returns="streaming", num_cpus=0)
-    scoring = ray_dispatch.Scoring(ray, actors, [lambda: read.remote(20)], 1)
+    inputs = [f"d{index}.csv" for index in range(20)]
+    scoring = ray_dispatch.Scoring(ray, actors, inputs)  # type: ignore[arg-type]
     try:
-        parts = scoring.run()
+        done = scoring.run()
     finally:
         scoring.stop()
-    assert sorted(part["path"] for part in parts) == sorted(f"part-{i}" for i in range(20))
-    assert len(scoring.actors) == 1  # the dead one no longer gets blocks
+    assert sorted(done) == list(enumerate(inputs))  # each input once
+    assert len(scoring.actors) == 1  # the dead one no longer gets inputs
 
 
 def test_a_pool_whose_every_actor_died_fails_with_74(local_ray: None) -> None:
     from batchpredict.errors import ReadWriteError
 
     actors = [ray.remote(_Actor).options(num_cpus=0).remote(True) for _ in range(2)]
-    read = ray.remote(_blocks).options(num_returns="streaming", num_cpus=0)
-    scoring = ray_dispatch.Scoring(ray, actors, [lambda: read.remote(5)], 1)
+    inputs = [f"d{index}.csv" for index in range(5)]
+    scoring = ray_dispatch.Scoring(ray, actors, inputs)  # type: ignore[arg-type]
     try:
         with pytest.raises(ReadWriteError, match=r"every model actor .* was lost") as lost:
             scoring.run()
@@ -177,21 +168,21 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _model_actor_scoring(raylet_pid: int) -> bool:
-    """Whether a model actor started by this raylet is running a batch (Ray titles an
-    actor's process `ray::_ModelActor.__call__` while it runs one)."""
+    """Whether a model actor started by this raylet is scoring an input (Ray titles an
+    actor's process `ray::ModelActor.score` while it runs one)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             title = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue  # the process ended
-        if parent == raylet_pid and b"_ModelActor.__call__" in title:
+        if parent == raylet_pid and b"ModelActor.score" in title:
             return True
     return False
 
 
 def _kill_when_scoring(cluster: Any, finished: threading.Event, killed: threading.Event) -> None:
-    """Kill the worker node, hard, once its model actor is scoring a batch."""
+    """Kill the worker node, hard, once its model actor is scoring an input."""
     from ray._private import ray_constants
 
     (node,) = cluster.worker_nodes
@@ -211,7 +202,7 @@ def test_losing_a_node_mid_run_leaves_a_complete_output_or_the_previous_one(
     inputs.mkdir()
     frame = make_frame(ROWS, seed=43)
     size = ROWS // FILES
-    for index in range(FILES):  # more read tasks than actors, many small blocks
+    for index in range(FILES):  # more inputs than actors, each of many small chunks
         rows = frame.iloc[index * size : (index + 1) * size]
         write_with_library(rows, inputs / f"d{index}.parquet", "parquet")
     earlier_input = tmp_path / "earlier.parquet"
@@ -234,7 +225,7 @@ def test_losing_a_node_mid_run_leaves_a_complete_output_or_the_previous_one(
     finally:
         finished.set()
         killer.join()
-    assert killed.is_set(), "the run ended before the worker node's actor scored a batch"
+    assert killed.is_set(), "the run ended before the worker node's actor scored an input"
     used = [line for line in result.log_lines() if line["event"] == "ray nodes used"]
     lost = [line for line in result.log_lines() if line["event"] == "ray model actor lost"]
     print("exit", result.returncode, used, "actors lost:", len(lost))

@@ -1,5 +1,5 @@
-"""The driver's side of `--engine ray`: blocks from the read tasks to the model actors, a
-block whose actor was lost sent again to one alive, and Ray's failures as our exit codes.
+"""The driver's side of `--engine ray`: inputs dealt to the model actors, the inputs of an
+actor that was lost dealt again to one alive, and Ray's failures as our exit codes.
 
 Ray is never imported here: the engine passes its `ray` module in.
 """
@@ -8,64 +8,59 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from batchpredict.errors import BatchPredictError, ConfigError, ReadWriteError, error_text
 from batchpredict.observe import get_logger
+from batchpredict.ray_actor import InputDone
+from batchpredict.sources import InputFile
 
-#: Calls queued on each model actor: one scoring, the next one's block on its way.
+#: Calls queued on each model actor: one scoring, the next one waiting in the actor (no
+#: round trip to the driver between inputs, which many small files would feel).
 CALLS_PER_ACTOR = 2
 #: How long the model actors may take to be placed (their CPUs and GPUs held) before the
 #: run gives up: room on the nodes, or an autoscaler adding some.
 ACTORS_READY_SECONDS = 600.0
 #: The terminal colours Ray puts into its errors' text.
 _COLOURS = re.compile(r"\x1b\[[0-9;]*m")
-#: How long a failed run waits for its actors and reads to end before removing its staging.
+#: How long a failed run waits for its actors to end before removing its staging.
 STOP_SECONDS = 30.0
 
 
 class Scoring:
-    """Read tasks stream each input's blocks, each block goes to the live model actor with
-    the fewest calls queued, and each call returns its part.
+    """Each input goes to the live model actor with the fewest calls queued, which reads,
+    scores and writes it; each call returns what it wrote (`InputDone`).
 
-    Blocks are taken from a read task only when an actor has room for a call, so that the
-    reads pause instead of filling the object store. A call whose actor died (its node
-    lost, its process killed) is sent again, same block, to an actor alive: the part is
-    named after the block, so the second attempt replaces whatever the first wrote."""
+    A call whose actor died (its node lost, its process killed) is sent again, same input,
+    to an actor alive: its files are named after the input, so the second attempt replaces
+    whatever the first wrote."""
 
-    def __init__(
-        self, ray: Any, actors: list[Any], reads: Sequence[Callable[[], Any]], read_slots: int
-    ) -> None:
+    def __init__(self, ray: Any, actors: list[Any], inputs: Sequence[InputFile]) -> None:
         self.ray = ray
         self.actors = dict(enumerate(actors))  # the live ones, by index
         self.started = len(actors)
         self.queued = dict.fromkeys(range(len(actors)), 0)
-        self.calls: dict[Any, tuple[int, Any]] = {}  # a call -> its actor's index, its block
-        self.waiting = list(reversed(reads))
-        self.reading: list[Any] = []
-        self.read_slots = read_slots
+        self.calls: dict[Any, tuple[int, int]] = {}  # a call -> its actor, its input
+        self.inputs = list(inputs)
+        self.waiting = deque(range(len(inputs)))  # positions of inputs not sent yet
         self.everyone = list(actors)  # to kill at the end, dead or alive
 
-    def run(self) -> list[dict[str, Any]]:
-        """Every part written, once each, as the actors described them (in no order)."""
-        # Reads start once every actor holds its CPUs (a read task paused on a full stream
-        # must not keep an actor from being placed), while the actors load their models.
+    def run(self) -> list[InputDone]:
+        """What every input's call returned, once each (in no order)."""
         self._wait_placed()
+        # Calls queue behind `load`, which each actor runs first.
         loads = {index: actor.load.remote() for index, actor in self.actors.items()}
-        parts: list[dict[str, Any]] = []
-        while self.waiting or self.reading or self.calls:
-            while self.waiting and len(self.reading) < self.read_slots:
-                self.reading.append(self.waiting.pop()())
-            has_room = min(self.queued[index] for index in self.actors) < CALLS_PER_ACTOR
-            ready, _ = self.ray.wait([*self.calls, *(self.reading if has_room else ())])
-            for done in ready:
-                if any(done is stream for stream in self.reading):
-                    self._send_next_block(done)
-                else:
-                    parts.extend(self._returned(done))
-        self._check_loads(loads)  # a model that failed to load fails the run, blocks or none
-        return one_record_per_block(parts)
+        done: list[InputDone] = []
+        while self.waiting or self.calls:
+            while self.waiting and min(self.queued.values()) < CALLS_PER_ACTOR:
+                self._send(self.waiting.popleft())
+            ready, _ = self.ray.wait(list(self.calls))
+            for call in ready:
+                done.extend(self._returned(call))
+        self._check_loads(loads)  # a model that failed to load fails the run, inputs or none
+        return done
 
     def _wait_placed(self) -> None:
         """Wait until every actor is placed (or lost), at most `ACTORS_READY_SECONDS`."""
@@ -85,23 +80,24 @@ class Scoring:
             except self.ray.exceptions.RayActorError as exc:
                 self._lose(index, exc)
 
-    def _returned(self, call: Any) -> list[dict[str, Any]]:
-        """The part a call described, or none when its actor died: its block goes again."""
-        index, block = self.calls.pop(call)
-        self.queued[index] -= 1
+    def _returned(self, call: Any) -> list[InputDone]:
+        """What a call returned, or nothing when its actor died: its input goes again."""
+        index, position = self.calls.pop(call)
+        if index in self.queued:  # not lost since
+            self.queued[index] -= 1
         try:
-            described: list[dict[str, Any]] = self.ray.get(call).to_pylist()
+            return [self.ray.get(call)]
         except self.ray.exceptions.RayActorError as exc:
             self._lose(index, exc)
-            self._send(block)
+            self.waiting.appendleft(position)
             return []
-        return described
 
     def _lose(self, index: int, exc: BaseException) -> None:
-        """Stop sending blocks to a dead actor (not restarted: `max_restarts=0`); with none
+        """Stop sending inputs to a dead actor (not restarted: `max_restarts=0`); with none
         left the run fails as work lost (exit 74)."""
         if self.actors.pop(index, None) is None:
             return  # already known dead
+        self.queued.pop(index, None)
         get_logger().warning(
             "ray model actor lost", actors_left=len(self.actors), error=ray_error_text(exc)
         )
@@ -111,19 +107,11 @@ class Scoring:
                 "nothing was committed"
             ) from exc
 
-    def _send_next_block(self, stream: Any) -> None:
-        """The next block of a read task to the least busy actor, or the task ended."""
-        try:
-            block = next(stream)
-        except StopIteration:
-            self.reading = [other for other in self.reading if other is not stream]
-            return
-        self._send(block)
-
-    def _send(self, block: Any) -> None:
+    def _send(self, position: int) -> None:
         index = min(self.actors, key=self.queued.__getitem__)
         self.queued[index] += 1
-        self.calls[self.actors[index].__call__.remote(block)] = (index, block)
+        call = self.actors[index].score.remote(position, self.inputs[position])
+        self.calls[call] = (index, position)
 
     def _check_loads(self, loads: dict[int, Any]) -> None:
         """Raise the error of a model that failed to load on an actor still alive."""
@@ -131,40 +119,19 @@ class Scoring:
             try:
                 self.ray.get(load)
             except self.ray.exceptions.RayActorError as exc:
-                self._lose(index, exc)  # its blocks, if any, went to the others
+                self._lose(index, exc)  # its inputs, if any, went to the others
 
     def stop(self) -> None:
-        """End the actors (each holds TensorFlow and a model) and any read still going,
-        and wait (at most `STOP_SECONDS`) until they have: `ray.kill` and `ray.cancel`
-        return at once, and an actor still scoring would write its part into a staging
-        folder the failed run has just removed."""
-        ending = []
-        for stream in self.reading:
-            with contextlib.suppress(Exception):  # a read that has just ended
-                self.ray.cancel(stream)
-                ending.append(stream.completed())
+        """End the actors (each holds TensorFlow and a model) and wait (at most
+        `STOP_SECONDS`) until they have: `ray.kill` returns at once, and an actor still
+        scoring would write its part into a staging folder the failed run has just
+        removed."""
         for actor in self.everyone:
             with contextlib.suppress(Exception):  # an actor already gone
                 self.ray.kill(actor)
-        ending.extend(self.calls)
+        ending = list(self.calls)
         if ending:
             self.ray.wait(ending, num_returns=len(ending), timeout=STOP_SECONDS)
-
-
-def one_record_per_block(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each part once: two attempts at one block (its actor lost after writing it, the
-    block sent again) wrote the same staging file (named after the block) and must be
-    published once. Two attempts that scored the block differently are not guessed
-    between."""
-    unique: dict[str, dict[str, Any]] = {}
-    for part in parts:
-        seen = unique.setdefault(part["path"], part)
-        if (seen["rows"], seen["sha256"]) != (part["rows"], part["sha256"]):
-            raise BatchPredictError(
-                f"{part['path']}: a block Ray scored twice was scored differently; "
-                "nothing was committed"
-            )
-    return list(unique.values())
 
 
 def cluster_failure(ray: Any, exc: BaseException) -> BaseException:

@@ -185,14 +185,19 @@ class RunColumns:
 
     def warn_if_guessed(self) -> None:
         """Say so when the column order came from the first input, not from the user."""
-        if self.mapping is not None and self.mapping.guessed_order:
-            features = ",".join(self.mapping.read_columns)
-            get_logger().warning(
-                "feature order taken from the first input",
-                features=features,
-                first_input=self.mapping.decided_by.removeprefix("the columns of "),
-                hint="every input is read by these names; pin the order with --features",
-            )
+        if self.mapping is not None:
+            warn_if_guessed(self.mapping)
+
+
+def warn_if_guessed(mapping: RunMapping) -> None:
+    """Say so when the column order came from the first input, not from the user."""
+    if mapping.guessed_order:
+        get_logger().warning(
+            "feature order taken from the first input",
+            features=",".join(mapping.read_columns),
+            first_input=mapping.decided_by.removeprefix("the columns of "),
+            hint="every input is read by these names; pin the order with --features",
+        )
 
 
 # -- scoring ----------------------------------------------------------------------------------

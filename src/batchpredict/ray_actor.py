@@ -1,0 +1,221 @@
+"""The model actor of `--engine ray`: loads the model once, then reads each input dealt to
+it with the local engine's reader (`reading.Reading`, one chunk ahead on a thread of its
+own, so that reading overlaps scoring as in the local engine), scores every chunk and
+writes it as a part file of its own into the run's staging folder.
+
+Inputs are read where they are scored: no read task process, and no rows through Ray's
+object store. Each call returns a small `InputDone` (the parts written, the rows read and
+rejected, the statistics) for the driver to commit.
+
+Every file a call writes is named after its input (and the chunk's place in it): an input
+whose actor was lost is scored again by another actor, whose files then replace the first
+attempt's instead of adding rows.
+
+Ray is imported only when a method runs in an actor, never by importing this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import pickle
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from batchpredict import storage
+from batchpredict.batching import Prefetch
+from batchpredict.columns import RunMapping
+from batchpredict.config import RunConfig
+from batchpredict.formats.registry import default_extension, writer_for
+from batchpredict.outputs import RejectsWriter
+from batchpredict.predictor import chunk_rows_for
+from batchpredict.reading import Reading
+from batchpredict.run_stats import RunStats
+from batchpredict.scoring import Ready, RunColumns, Scorer, scorer_for
+from batchpredict.sources import InputFile
+from batchpredict.summary import Counts
+
+#: Chunks an actor reads ahead of the one it scores: reading overlaps scoring, and the
+#: actor holds at most this many chunks beside the one being scored.
+READ_AHEAD_CHUNKS = 1
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part file an actor wrote into the staging folder: chunk `chunk` of input `input`
+    (its place in the run's plan), as written."""
+
+    path: str
+    rows: int
+    sha256: str
+    bytes: int
+    input: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class InputDone:
+    """What an actor returns for one input: its parts, its rows read and rejected, the
+    statistics of its rows (pickled `RunStats`, when the run keeps them), and where and
+    when it was scored."""
+
+    input: int
+    parts: tuple[Part, ...]
+    read: int
+    rejected: int
+    #: The staging file of its rejected rows (None: none, or `--on_error fail`).
+    rejects: str | None
+    stats: bytes | None
+    node: str
+    #: Wall-clock times (`time.time()`) of the actor's model being ready and of this
+    #: input's scoring starting and ending: the run's scoring time, start-up excluded.
+    ready: float
+    started: float
+    ended: float
+
+
+class ModelActor:
+    """Loads the model once (`load`); scores each input dealt to it (`score`) into part
+    files in the staging folder, so that predictions never go through Ray's object store."""
+
+    def __init__(
+        self, config: RunConfig, staging: str, mapping: RunMapping, output_format: str
+    ) -> None:
+        self.config = config
+        self.staging = staging
+        self.output_format = output_format
+        self.mapping = mapping
+        self.node = ray_runtime_node()
+        self.scorer: Scorer | None = None
+        self.failed: BaseException | None = None
+        self.ready_at = 0.0
+
+    def placed(self) -> str:
+        """The node this actor was placed on: it holds its CPUs and GPUs from now on."""
+        return self.node
+
+    def process(self) -> tuple[str, int]:
+        """The node and the process id of this actor."""
+        return self.node, os.getpid()
+
+    def load(self) -> float:
+        """Import TensorFlow and load the model; returns when it was done (`time.time()`),
+        the end of this actor's start-up."""
+        from batchpredict.observe import quiet_tensorflow
+
+        try:
+            # An actor is a process of its own, which the command line did not set up.
+            quiet_tensorflow(self.config.log_level)
+            with store_settings_of(self.config):  # the model may be in a store
+                self.scorer = scorer_for(self.config)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+        self.ready_at = time.time()
+        return self.ready_at
+
+    def score(self, position: int, item: InputFile) -> InputDone:
+        """Read, score and write input `item`, the run's input `position`."""
+        started = time.time()
+        if self.scorer is None:  # `load` failed: every call fails as it did
+            raise self.failed or RuntimeError("the model actor was not loaded")
+        with store_settings_of(self.config):
+            return self._score(position, item, self.scorer, started)
+
+    def _score(self, position: int, item: InputFile, loaded: Scorer, started: float) -> InputDone:
+        name = input_name(item)
+        rejects = RejectsWriter(storage.join(self.staging, f"rejects-{name}.jsonl"))
+        counts = Counts()
+        # Each input's statistics go back with its parts; the driver merges them.
+        collector = RunStats() if self.config.collects_stats else None
+        scorer = dataclasses.replace(loaded, stats=collector)
+        chunks = self._chunks(item, loaded, counts, rejects)
+        parts: list[Part] = []
+        try:
+            for ready in chunks:
+                if ready.rows:  # a chunk of rejected rows only has no part
+                    batch = scorer.score(ready, True)
+                    parts.append(
+                        self._write(batch, f"{name}-{len(parts):05d}", position, len(parts))
+                    )
+        except BaseException:
+            chunks.close()
+            rejects.abort()
+            raise
+        kept = rejects.count > 0
+        if kept:
+            rejects.commit()
+        else:
+            rejects.abort()
+        # The actor stays for the next input: give back what Arrow's allocator kept.
+        pa.default_memory_pool().release_unused()
+        return InputDone(
+            input=position,
+            parts=tuple(parts),
+            read=counts.read,
+            rejected=counts.rejected,
+            rejects=rejects.path if kept else None,
+            stats=None if collector is None else pickle.dumps(collector),
+            node=self.node,
+            ready=self.ready_at,
+            started=started,
+            ended=time.time(),
+        )
+
+    def _chunks(
+        self, item: InputFile, loaded: Scorer, counts: Counts, rejects: RejectsWriter
+    ) -> Prefetch[Ready]:
+        """The chunks of `item`, mapped and converted for the model, read a chunk ahead on
+        a thread (bad rows into `rejects` with `--on_error skip`, else the first stops
+        the call)."""
+        chunk_rows = chunk_rows_for(
+            self.config.chunk_size, loaded.predictor.batch_size, loaded.model
+        )
+        columns = RunColumns(loaded.model, self.config, self.mapping)
+        reading = Reading(columns, chunk_rows, self.config, {})
+        sink = rejects if self.config.on_error == "skip" else None
+        return Prefetch(
+            lambda: reading.chunks((item,), counts, sink),
+            depth=READ_AHEAD_CHUNKS,
+            name="batchpredict-ray-reader",
+        )
+
+    def _write(self, batch: pa.RecordBatch, name: str, position: int, chunk: int) -> Part:
+        """`batch` as a part file of its own in the staging folder (written to a temporary
+        file and renamed, so a part there is whole)."""
+        path = storage.join(self.staging, f"part-{name}{default_extension(self.output_format)}")
+        writer = writer_for(path, self.output_format)
+        try:
+            writer.open(batch.schema)
+            writer.write(batch)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        assert writer.content is not None  # committed
+        content = writer.content
+        return Part(path, writer.rows_written, content.sha256, content.bytes, position, chunk)
+
+
+def input_name(item: InputFile) -> str:
+    """The staging name of an input's files: its path and, for a range of a Parquet file's
+    row groups, the range's first row."""
+    first = item.row_groups.rows_before if item.row_groups is not None else 0
+    return hashlib.sha256(f"{item.path}\0{first}".encode()).hexdigest()[:32]
+
+
+def store_settings_of(config: RunConfig) -> contextlib.AbstractContextManager[None]:
+    """The run's store settings in a worker (an actor's process of its own, where the
+    driver's `store_settings` is not in force)."""
+    return storage.store_settings(config.s3_endpoint_url, config.storage_timeout)
+
+
+def ray_runtime_node() -> str:
+    """The id of the Ray node this process runs on."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())

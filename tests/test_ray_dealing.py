@@ -1,0 +1,59 @@
+"""How `--engine ray` deals its inputs to the model actors, without starting Ray: one input
+per call, Parquet files split into row-group ranges when there are fewer files than
+actors, and fewer actors (said in a warning) when the inputs cannot be split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from structlog.testing import capture_logs
+
+from batchpredict import ray_engine
+from batchpredict.ray_actor import input_name
+from batchpredict.sources import expand_inputs
+from conftest import make_frame, write_with_library
+
+
+def _parquet(path: Path, rows: int, group_rows: int) -> Path:
+    table = pa.Table.from_pandas(make_frame(rows, seed=3), preserve_index=False)
+    pq.write_table(table, path, row_group_size=group_rows)
+    return path
+
+
+def test_a_parquet_file_is_dealt_as_row_group_ranges_to_fewer_files_than_actors(
+    tmp_path: Path,
+) -> None:
+    source = _parquet(tmp_path / "d.parquet", 800, 200)  # 4 row groups
+    inputs = expand_inputs((str(source),), None)
+    with capture_logs() as logs:
+        dealt = ray_engine._dealt_inputs(inputs, 2)
+    assert [(item.row_groups.first, item.row_groups.last) for item in dealt if item.row_groups] == [
+        (0, 1),
+        (2, 3),
+    ]
+    assert {item.path for item in dealt} == {str(source)}
+    assert [item.row_groups.rows_before for item in dealt if item.row_groups] == [0, 400]
+    assert len({input_name(item) for item in dealt}) == 2  # each range's files their own
+    assert not logs  # every actor has work
+
+
+def test_inputs_that_cannot_be_split_start_fewer_actors_and_say_so(tmp_path: Path) -> None:
+    source = write_with_library(make_frame(50), tmp_path / "d.csv", "csv")
+    inputs = expand_inputs((str(source),), None)
+    with capture_logs() as logs:
+        dealt = ray_engine._dealt_inputs(inputs, 4)
+    assert dealt == inputs
+    [warning] = logs
+    assert warning["event"] == "fewer inputs than model actors"
+    assert (warning["actors"], warning["asked"]) == (1, 4)
+    assert "split the input into more files" in warning["hint"]
+
+
+def test_as_many_inputs_as_actors_are_dealt_as_they_are(tmp_path: Path) -> None:
+    for index in range(3):
+        _parquet(tmp_path / f"d{index}.parquet", 100, 20)
+    inputs = expand_inputs((str(tmp_path),), None)
+    assert ray_engine._dealt_inputs(inputs, 3) == inputs
+    assert ray_engine._dealt_inputs(inputs, 2) == inputs  # more inputs than actors
