@@ -1,7 +1,7 @@
 """The model actor of `--engine ray`: loads the model once, then reads each input dealt to
-it with the local engine's reader (`reading.Reading`, one chunk ahead on a thread of its
-own, so that reading overlaps scoring as in the local engine), scores every chunk and
-writes it as a part file of its own into the run's staging folder.
+it with the local engine's reader (`reading.Reading`), scores every chunk and writes it as
+a part file of its own into the run's staging folder. As in the local engine, reading
+(chunks ahead, on a thread), scoring and writing (on another) overlap.
 
 Inputs are read where they are scored: no read task process, and no rows through Ray's
 object store. Each call returns a small `InputDone` (the parts written, the rows read and
@@ -22,6 +22,7 @@ import hashlib
 import os
 import pickle
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -39,9 +40,11 @@ from batchpredict.scoring import Ready, RunColumns, Scorer, scorer_for
 from batchpredict.sources import InputFile
 from batchpredict.summary import Counts
 
-#: Chunks an actor reads ahead of the one it scores: reading overlaps scoring, and the
-#: actor holds at most this many chunks beside the one being scored.
-READ_AHEAD_CHUNKS = 1
+#: Chunks an actor reads ahead of the one it scores, and scored chunks waiting for its
+#: writer thread: as many as the local engine holds (`local_engine.PREFETCH_EVENTS`,
+#: `WRITE_QUEUE_CHUNKS`).
+READ_AHEAD_CHUNKS = 2
+WRITES_PENDING = 2
 
 
 @dataclass(frozen=True)
@@ -134,18 +137,23 @@ class ModelActor:
         collector = RunStats() if self.config.collects_stats else None
         scorer = dataclasses.replace(loaded, stats=collector)
         chunks = self._chunks(item, loaded, counts, rejects)
-        parts: list[Part] = []
+        writing = ThreadPoolExecutor(1, "batchpredict-ray-writer")
+        parts: list[Future[Part]] = []
         try:
             for ready in chunks:
                 if ready.rows:  # a chunk of rejected rows only has no part
                     batch = scorer.score(ready, True)
-                    parts.append(
-                        self._write(batch, f"{name}-{len(parts):05d}", position, len(parts))
-                    )
+                    if len(parts) >= WRITES_PENDING:
+                        parts[-WRITES_PENDING].result()  # bounds the batches held
+                    chunk = len(parts)
+                    parts.append(writing.submit(self._write, batch, name, position, chunk))
+            written = tuple(part.result() for part in parts)
         except BaseException:
             chunks.close()
             rejects.abort()
             raise
+        finally:
+            writing.shutdown(wait=True)  # nothing writes into staging after the call
         kept = rejects.count > 0
         if kept:
             rejects.commit()
@@ -155,7 +163,7 @@ class ModelActor:
         pa.default_memory_pool().release_unused()
         return InputDone(
             input=position,
-            parts=tuple(parts),
+            parts=written,
             read=counts.read,
             rejected=counts.rejected,
             rejects=rejects.path if kept else None,
@@ -185,9 +193,10 @@ class ModelActor:
         )
 
     def _write(self, batch: pa.RecordBatch, name: str, position: int, chunk: int) -> Part:
-        """`batch` as a part file of its own in the staging folder (written to a temporary
-        file and renamed, so a part there is whole)."""
-        path = storage.join(self.staging, f"part-{name}{default_extension(self.output_format)}")
+        """`batch`, chunk `chunk` of input `position`, as a part file of its own in the
+        staging folder (written to a temporary file and renamed, so a part there is whole)."""
+        extension = default_extension(self.output_format)
+        path = storage.join(self.staging, f"part-{name}-{chunk:05d}{extension}")
         writer = writer_for(path, self.output_format)
         try:
             writer.open(batch.schema)

@@ -135,15 +135,13 @@ class Scoring:
 
 
 def cluster_failure(ray: Any, exc: BaseException) -> BaseException:
-    """Work Ray lost for good (a node, an actor, a worker or a block gone past Ray's
-    retries, or a read that yielded other blocks when run again) as exit 74, else `exc`."""
+    """Work Ray lost for good (a node, an actor, a worker or a call's result gone) as
+    exit 74, else `exc`."""
     lost = (
         ray.exceptions.RayActorError,
         ray.exceptions.NodeDiedError,
         ray.exceptions.ObjectLostError,
         ray.exceptions.WorkerCrashedError,
-        # A read run again that did not yield the blocks it had yielded the first time.
-        ray.exceptions.StreamingGeneratorReplayInconsistentError,
     )
     found = None  # the innermost: Ray wraps a call's lost argument in the call's error
     seen: BaseException | None = exc
