@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import pickle
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -100,10 +99,6 @@ class ModelActor:
     def placed(self) -> str:
         """The node this actor was placed on: it holds its CPUs and GPUs from now on."""
         return self.node
-
-    def process(self) -> tuple[str, int]:
-        """The node and the process id of this actor."""
-        return self.node, os.getpid()
 
     def load(self) -> float:
         """Import TensorFlow and load the model; returns when it was done (`time.time()`),
