@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from batchpredict import ray_dispatch, ray_engine
+from batchpredict import ray_dispatch
 from conftest import N_FEATURES, make_frame, write_with_library
 from ray_clusters import start_two_nodes
 
@@ -52,10 +52,10 @@ def test_an_input_scored_again_replaces_its_files_instead_of_adding_rows(
         features=tuple(FEATURES), chunk_size=16, batch_size=8,
     )  # fmt: skip
     inputs = expand_inputs(config.input_files, None)
-    mapping, _ = ray_engine._plan(config, inputs)
-    actor = ray_actor.ModelActor(config, str(staging), mapping, "csv")
+    actor = ray_actor.ModelActor(config, str(staging), "csv")
     actor.load()
-    attempts = [actor.score(0, inputs[0]) for _ in range(2)]
+    mapping, _ = actor.plan(inputs)
+    attempts = [actor.score(0, inputs[0], mapping) for _ in range(2)]
     assert attempts[0].parts == attempts[1].parts
     # Chunks of 16 rows read (the reader drops the short record): row 5 left out of the first.
     assert [part.rows for part in attempts[0].parts] == [15, 16, 8]
@@ -90,21 +90,27 @@ def test_work_ray_lost_for_good_fails_with_74() -> None:
 
 
 class _Actor:
-    """A model actor's interface; the first one dies (its process ends) on its first call."""
+    """A model actor's interface, whose process ends (as if its node were lost) at the
+    call named by `dies_at`: "load", "score" or "" (never)."""
 
-    def __init__(self, dies: bool) -> None:
-        self.dies = dies
+    def __init__(self, dies_at: str) -> None:
+        self.dies_at = dies_at
 
     def placed(self) -> int:
         return os.getpid()
 
     def load(self) -> float:
+        if self.dies_at == "load":
+            os._exit(1)
         return time.time()
 
-    def score(self, position: int, item: str) -> tuple[int, str]:
-        if self.dies:
+    def plan(self, inputs: list[str]) -> tuple[str, int]:
+        return "mapping", os.getpid()
+
+    def score(self, position: int, item: str, mapping: str) -> tuple[int, str, str]:
+        if self.dies_at == "score":
             os._exit(1)
-        return position, item
+        return position, item, mapping
 
 
 @pytest.fixture
@@ -121,26 +127,46 @@ def local_ray() -> Iterator[None]:
 
 def test_the_inputs_of_a_dead_actor_go_to_the_actors_alive(local_ray: None) -> None:
     actor_class = ray.remote(_Actor).options(num_cpus=0, max_restarts=0)
-    actors = [actor_class.remote(True), actor_class.remote(False)]
+    actors = [actor_class.remote("score"), actor_class.remote("")]
     inputs = [f"d{index}.csv" for index in range(20)]
-    scoring = ray_dispatch.Scoring(ray, actors, inputs)  # type: ignore[arg-type]
+    scoring = ray_dispatch.Scoring(ray, actors)
     try:
-        done = scoring.run()
+        mapping, _ = scoring.plan(inputs)  # type: ignore[arg-type]
+        done = scoring.run(inputs, mapping)  # type: ignore[arg-type]
     finally:
         scoring.stop()
-    assert sorted(done) == list(enumerate(inputs))  # each input once
+    # Each input once, every call given the mapping the plan made.
+    assert sorted(done) == [(index, item, "mapping") for index, item in enumerate(inputs)]
     assert len(scoring.actors) == 1  # the dead one no longer gets inputs
+
+
+def test_an_actor_lost_while_loading_leaves_the_plan_and_the_inputs_to_the_others(
+    local_ray: None,
+) -> None:
+    actor_class = ray.remote(_Actor).options(num_cpus=0, max_restarts=0)
+    actors = [actor_class.remote("load"), actor_class.remote("")]
+    alive_pid = ray.get(actors[1].placed.remote())
+    inputs = [f"d{index}.csv" for index in range(6)]
+    scoring = ray_dispatch.Scoring(ray, actors)
+    try:
+        mapping, planned_by = scoring.plan(inputs)  # type: ignore[arg-type]
+        done = scoring.run(inputs, mapping)  # type: ignore[arg-type]
+    finally:
+        scoring.stop()
+    assert planned_by == alive_pid
+    assert sorted(done) == [(index, item, "mapping") for index, item in enumerate(inputs)]
 
 
 def test_a_pool_whose_every_actor_died_fails_with_74(local_ray: None) -> None:
     from batchpredict.errors import ReadWriteError
 
-    actors = [ray.remote(_Actor).options(num_cpus=0).remote(True) for _ in range(2)]
+    actors = [ray.remote(_Actor).options(num_cpus=0).remote("score") for _ in range(2)]
     inputs = [f"d{index}.csv" for index in range(5)]
-    scoring = ray_dispatch.Scoring(ray, actors, inputs)  # type: ignore[arg-type]
+    scoring = ray_dispatch.Scoring(ray, actors)
     try:
         with pytest.raises(ReadWriteError, match=r"every model actor .* was lost") as lost:
-            scoring.run()
+            scoring.plan(inputs)  # type: ignore[arg-type]
+            scoring.run(inputs, "mapping")  # type: ignore[arg-type]
     finally:
         scoring.stop()
     assert lost.value.exit_code == 74

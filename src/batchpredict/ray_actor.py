@@ -1,6 +1,7 @@
-"""The model actor of `--engine ray`: loads the model once, then reads each input dealt to
-it with the local engine's reader (`reading.Reading`), scores every chunk and writes it as
-a part file of its own into the run's staging folder. As in the local engine, reading
+"""The model actor of `--engine ray`: loads the model once (the first actor loaded also
+plans the run: the column mapping and the model's identity), then reads each input dealt
+to it with the local engine's reader (`reading.Reading`), scores every chunk and writes it
+as a part file of its own into the run's staging folder. As in the local engine, reading
 (chunks ahead, on a thread), scoring and writing (on another) overlap.
 
 Inputs are read where they are scored: no read task process, and no rows through Ray's
@@ -31,11 +32,12 @@ from batchpredict.batching import Prefetch
 from batchpredict.columns import RunMapping
 from batchpredict.config import RunConfig
 from batchpredict.formats.registry import default_extension, writer_for
+from batchpredict.manifest import ModelIdentity, identify_model
 from batchpredict.outputs import RejectsWriter
 from batchpredict.predictor import chunk_rows_for
 from batchpredict.reading import Reading
 from batchpredict.run_stats import RunStats
-from batchpredict.scoring import Ready, RunColumns, Scorer, scorer_for
+from batchpredict.scoring import Ready, RunColumns, Scorer, plan_run_mapping, scorer_for
 from batchpredict.sources import InputFile
 from batchpredict.summary import Counts
 
@@ -84,13 +86,10 @@ class ModelActor:
     """Loads the model once (`load`); scores each input dealt to it (`score`) into part
     files in the staging folder, so that predictions never go through Ray's object store."""
 
-    def __init__(
-        self, config: RunConfig, staging: str, mapping: RunMapping, output_format: str
-    ) -> None:
+    def __init__(self, config: RunConfig, staging: str, output_format: str) -> None:
         self.config = config
         self.staging = staging
         self.output_format = output_format
-        self.mapping = mapping
         self.node = ray_runtime_node()
         self.scorer: Scorer | None = None
         self.failed: BaseException | None = None
@@ -116,22 +115,41 @@ class ModelActor:
         self.ready_at = time.time()
         return self.ready_at
 
-    def score(self, position: int, item: InputFile) -> InputDone:
-        """Read, score and write input `item`, the run's input `position`."""
-        started = time.time()
-        if self.scorer is None:  # `load` failed: every call fails as it did
-            raise self.failed or RuntimeError("the model actor was not loaded")
+    def plan(self, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
+        """The run's column mapping, from the model's inputs and the first input's columns,
+        and the model's identity: planned by the first actor loaded, so that no process
+        loads the model for this alone."""
+        loaded = self._loaded()
         with store_settings_of(self.config):
-            return self._score(position, item, self.scorer, started)
+            mapping = plan_run_mapping(inputs, loaded.model, self.config)
+            assert mapping is not None  # the Ray engine does not read stdin
+            return mapping, identify_model(self.config.model, loaded.model)
 
-    def _score(self, position: int, item: InputFile, loaded: Scorer, started: float) -> InputDone:
+    def score(self, position: int, item: InputFile, mapping: RunMapping) -> InputDone:
+        """Read, score and write input `item`, the run's input `position`, by the run's
+        column `mapping`."""
+        started = time.time()
+        loaded = self._loaded()
+        with store_settings_of(self.config):
+            return self._score(position, item, (loaded, mapping), started)
+
+    def _loaded(self) -> Scorer:
+        """The scorer `load` made; when it failed, every call fails as it did."""
+        if self.scorer is None:
+            raise self.failed or RuntimeError("the model actor was not loaded")
+        return self.scorer
+
+    def _score(
+        self, position: int, item: InputFile, run: tuple[Scorer, RunMapping], started: float
+    ) -> InputDone:
+        loaded = run[0]
         name = input_name(item)
         rejects = RejectsWriter(storage.join(self.staging, f"rejects-{name}.jsonl"))
         counts = Counts()
         # Each input's statistics go back with its parts; the driver merges them.
         collector = RunStats() if self.config.collects_stats else None
         scorer = dataclasses.replace(loaded, stats=collector)
-        chunks = self._chunks(item, loaded, counts, rejects)
+        chunks = self._chunks(item, run, counts, rejects)
         writing = ThreadPoolExecutor(1, "batchpredict-ray-writer")
         parts: list[Future[Part]] = []
         try:
@@ -170,15 +188,20 @@ class ModelActor:
         )
 
     def _chunks(
-        self, item: InputFile, loaded: Scorer, counts: Counts, rejects: RejectsWriter
+        self,
+        item: InputFile,
+        run: tuple[Scorer, RunMapping],
+        counts: Counts,
+        rejects: RejectsWriter,
     ) -> Prefetch[Ready]:
         """The chunks of `item`, mapped and converted for the model, read a chunk ahead on
         a thread (bad rows into `rejects` with `--on_error skip`, else the first stops
         the call)."""
+        loaded, mapping = run
         chunk_rows = chunk_rows_for(
             self.config.chunk_size, loaded.predictor.batch_size, loaded.model
         )
-        columns = RunColumns(loaded.model, self.config, self.mapping)
+        columns = RunColumns(loaded.model, self.config, mapping)
         reading = Reading(columns, chunk_rows, self.config, {})
         sink = rejects if self.config.on_error == "skip" else None
         return Prefetch(

@@ -1,5 +1,6 @@
-"""The driver's side of `--engine ray`: inputs dealt to the model actors, the inputs of an
-actor that was lost dealt again to one alive, and Ray's failures as our exit codes.
+"""The driver's side of `--engine ray`: the run planned by the first model actor loaded,
+inputs dealt to the model actors, the inputs of an actor that was lost dealt again to one
+alive, and Ray's failures as our exit codes.
 
 Ray is never imported here: the engine passes its `ray` module in.
 """
@@ -12,7 +13,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from batchpredict.columns import RunMapping
 from batchpredict.errors import BatchPredictError, ConfigError, ReadWriteError, error_text
+from batchpredict.manifest import ModelIdentity
 from batchpredict.observe import get_logger
 from batchpredict.ray_actor import InputDone
 from batchpredict.sources import InputFile
@@ -37,21 +40,41 @@ class Scoring:
     to an actor alive: its files are named after the input, so the second attempt replaces
     whatever the first wrote."""
 
-    def __init__(self, ray: Any, actors: list[Any], inputs: Sequence[InputFile]) -> None:
+    def __init__(self, ray: Any, actors: list[Any]) -> None:
         self.ray = ray
         self.actors = dict(enumerate(actors))  # the live ones, by index
         self.started = len(actors)
         self.queued = dict.fromkeys(range(len(actors)), 0)
         self.calls: dict[Any, tuple[int, int]] = {}  # a call -> its actor, its input
-        self.inputs = list(inputs)
-        self.waiting = deque(range(len(inputs)))  # positions of inputs not sent yet
+        self.loads: dict[int, Any] = {}  # each actor's `load` call
+        self.inputs: list[InputFile] = []
+        self.waiting: deque[int] = deque()  # positions of inputs not sent yet
+        self.mapping: Any = None  # the run's column mapping, in the object store
         self.everyone = list(actors)  # to kill at the end, dead or alive
 
-    def run(self) -> list[InputDone]:
-        """What every input's call returned, once each (in no order)."""
+    def plan(self, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
+        """Wait until the actors are placed, have them load the model, and plan the run
+        (`ModelActor.plan`) on the first one loaded."""
         self._wait_placed()
-        # Calls queue behind `load`, which each actor runs first.
-        loads = {index: actor.load.remote() for index, actor in self.actors.items()}
+        self.loads = {index: actor.load.remote() for index, actor in self.actors.items()}
+        loading = {load: index for index, load in self.loads.items()}
+        while True:
+            [load], _ = self.ray.wait(list(loading))
+            index = loading.pop(load)
+            try:
+                self.ray.get(load)  # a model that failed to load fails the run here
+            except self.ray.exceptions.RayActorError as exc:
+                self._lose(index, exc)  # another actor plans
+                continue
+            planned: tuple[RunMapping, ModelIdentity]
+            planned = self.ray.get(self.actors[index].plan.remote(inputs))
+            return planned
+
+    def run(self, inputs: Sequence[InputFile], mapping: RunMapping) -> list[InputDone]:
+        """What every input's call returned, once each (in no order), after `plan`."""
+        self.inputs = list(inputs)
+        self.waiting = deque(range(len(inputs)))
+        self.mapping = self.ray.put(mapping)  # sent with every call, stored once
         done: list[InputDone] = []
         while self.waiting or self.calls:
             while self.waiting and min(self.queued.values()) < CALLS_PER_ACTOR:
@@ -59,7 +82,7 @@ class Scoring:
             ready, _ = self.ray.wait(list(self.calls))
             for call in ready:
                 done.extend(self._returned(call))
-        self._check_loads(loads)  # a model that failed to load fails the run, inputs or none
+        self._check_loads(self.loads)  # a model that failed to load fails the run
         return done
 
     def _wait_placed(self) -> None:
@@ -110,7 +133,7 @@ class Scoring:
     def _send(self, position: int) -> None:
         index = min(self.actors, key=self.queued.__getitem__)
         self.queued[index] += 1
-        call = self.actors[index].score.remote(position, self.inputs[position])
+        call = self.actors[index].score.remote(position, self.inputs[position], self.mapping)
         self.calls[call] = (index, position)
 
     def _check_loads(self, loads: dict[int, Any]) -> None:
@@ -125,11 +148,12 @@ class Scoring:
         """End the actors (each holds TensorFlow and a model) and wait (at most
         `STOP_SECONDS`) until they have: `ray.kill` returns at once, and an actor still
         scoring would write its part into a staging folder the failed run has just
-        removed."""
-        for actor in self.everyone:
+        removed. Once stopped, stopping again does nothing."""
+        everyone, self.everyone = self.everyone, []
+        for actor in everyone:
             with contextlib.suppress(Exception):  # an actor already gone
                 self.ray.kill(actor)
-        ending = list(self.calls)
+        ending, self.calls = list(self.calls), {}
         if ending:
             self.ray.wait(ending, num_returns=len(ending), timeout=STOP_SECONDS)
 

@@ -7,8 +7,8 @@ actors (plain Ray, not Ray Data: its own actors alone took 500 MiB).
     fewer files than actors), each dealt     it as a part file into staging, returns
     to the least busy actor                  what it wrote (`ray_commit` commits it)
 
-The column mapping and the model's identity are planned in a short-lived actor, so the
-driver never loads TensorFlow. Each input's call returns, beside its parts, the statistics
+The column mapping and the model's identity are planned by the first model actor loaded,
+so the driver never loads TensorFlow and no process loads the model only to plan. Each input's call returns, beside its parts, the statistics
 of its rows when the run keeps them; the driver merges them. `ray_dispatch` holds the
 driver's loop: which actor scores an input, a lost actor's inputs sent again, and Ray's
 failures as exit codes.
@@ -41,16 +41,15 @@ from batchpredict.errors import BatchPredictError, ConfigError, UsageError
 from batchpredict.formats.registry import check_delimiter, check_delta_inputs, writer_format
 from batchpredict.manifest import (
     ModelIdentity,
-    identify_model,
     input_identity,
     prediction_options,
 )
 from batchpredict.observe import get_logger
-from batchpredict.ray_actor import InputDone, ModelActor, ray_runtime_node, store_settings_of
+from batchpredict.ray_actor import InputDone, ModelActor
 from batchpredict.ray_commit import STAGING, FinishStats, Provenance, commit
 from batchpredict.ray_dispatch import Scoring, cluster_failure
 from batchpredict.run_stats import RunStats, StatsRun, compact
-from batchpredict.scoring import load_model_of, plan_run_mapping, warn_if_guessed
+from batchpredict.scoring import warn_if_guessed
 from batchpredict.shards import split_row_groups
 from batchpredict.sources import InputFile, expand_inputs
 from batchpredict.store_options import EMULATOR_VARIABLE
@@ -75,7 +74,7 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     """`--engine ray`: predict every input on Ray and commit the parts.
 
     The run's one column mapping is planned once from the first input, so that every
-    actor applies the same one whichever file's rows reach it first.
+    actor applies the same one whichever input it is dealt.
     """
     import_ray()  # without Ray, say how to install it before loading anything
     inputs = expand_inputs(config.input_files, config.input_format)
@@ -87,7 +86,34 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
     stats = StatsRun(config) if config.collects_stats else None  # reads --baseline
     state.before_model(config)
     ray = _start_ray(import_ray(), config)
-    mapping, model_identity = _planned(ray, config, inputs)
+    mapping, done = _run_on_actors(ray, config, state, inputs, stats)
+    state.totals.add(done["counts"])
+    statistics = done["statistics"]
+    return state.summary(
+        inputs=tuple(item.path for item in inputs),
+        outputs=done["outputs"],
+        skipped=(),
+        rejects_files=done["rejects_files"],
+        model=config.model,
+        model_version=config.model_version,
+        batch_size=config.batch_size,
+        device="ray",
+        column_mapping=mapping.as_dict(),
+        statistics=None if statistics is None else compact(statistics),
+        drift=None if statistics is None else statistics["drift"],
+    )
+
+
+def _started(
+    config: RunConfig,
+    state: RunState,
+    inputs: list[InputFile],
+    stats: StatsRun | None,
+    planned: tuple[RunMapping, ModelIdentity],
+) -> tuple[Provenance, FinishStats | None]:
+    """Log `run started` with the planned mapping, and what the commit records the parts
+    as made with and from, and writes the statistics with."""
+    mapping, model_identity = planned
     if stats is not None:
         stats.check_features(mapping.read_columns)
     get_logger().info(
@@ -108,27 +134,10 @@ def run(config: RunConfig, state: RunState) -> RunSummary:
         inputs={item.path: input_identity(item) for item in inputs},
     )
     get_logger().info("model identified", model=config.model, sha256=made.model.sha256)
-    finish_stats = None
-    if stats is not None:
-        finish_stats = functools.partial(
-            _finish_stats, stats, state, config, inputs, made, mapping.read_columns
-        )
-    done = _run_dataset(config, inputs, uuid.uuid4().hex, mapping, made, finish_stats)
-    state.totals.add(done["counts"])
-    statistics = done["statistics"]
-    return state.summary(
-        inputs=tuple(item.path for item in inputs),
-        outputs=done["outputs"],
-        skipped=(),
-        rejects_files=done["rejects_files"],
-        model=config.model,
-        model_version=config.model_version,
-        batch_size=config.batch_size,
-        device="ray",
-        column_mapping=mapping.as_dict(),
-        statistics=None if statistics is None else compact(statistics),
-        drift=None if statistics is None else statistics["drift"],
-    )
+    if stats is None:
+        return made, None
+    features = mapping.read_columns
+    return made, functools.partial(_finish_stats, stats, state, config, inputs, made, features)
 
 
 def _finish_stats(
@@ -154,97 +163,35 @@ def _finish_stats(
     )
 
 
-def _plan(config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
-    """The run's column mapping and the model's identity, from the model's inputs."""
-    from batchpredict.observe import quiet_tensorflow
-
-    quiet_tensorflow(config.log_level)  # a Ray worker, which the command line did not set up
-    model = load_model_of(config)
-    mapping = plan_run_mapping(inputs, model, config)
-    assert mapping is not None  # the Ray engine does not read stdin
-    return mapping, identify_model(config.model, model)
-
-
-def _planned(
-    ray: Any, config: RunConfig, inputs: list[InputFile]
-) -> tuple[RunMapping, ModelIdentity]:
-    """`_plan` in a Ray actor of its own, killed when done: neither the driver nor an idle
-    worker holds TensorFlow and a model (some 500 MiB) while the actors run. (A task with
-    `max_calls=1` leaves its worker idle, TensorFlow loaded, for seconds.)"""
-    planner = ray.remote(num_cpus=0)(_Planner).remote()
-    try:
-        planned: tuple[RunMapping, ModelIdentity] = ray.get(planner.plan.remote(config, inputs))
-    except Exception as exc:
-        ours = _unwrapped(exc)
-        if ours is exc:
-            raise
-        raise ours from exc
-    finally:
-        _kill_and_wait(ray, planner)
-    return planned
-
-
-def _kill_and_wait(ray: Any, actor: Any, seconds: float = 10.0) -> None:
-    """Kill `actor` and, when it runs on this machine, wait (at most `seconds`) until its
-    process is gone: `ray.kill` returns at once, and the model actors must not load
-    TensorFlow while the planner still holds its own (with both, a run's peak memory grew
-    by some 500 MiB)."""
-    try:
-        node, pid = ray.get(actor.process.remote(), timeout=seconds)
-    except Exception:  # noqa: BLE001 - an actor that failed: nothing to wait for
-        node, pid = None, None
-    ray.kill(actor)
-    if node != ray_runtime_node():
-        return
-    started = time.monotonic()
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() - started < seconds:
-        time.sleep(0.02)
-    get_logger().debug("ray actor ended", pid=pid, seconds=round(time.monotonic() - started, 3))
-
-
-class _Planner:
-    """Runs `_plan` in a Ray actor (a process the driver can kill when it is done)."""
-
-    def plan(self, config: RunConfig, inputs: list[InputFile]) -> tuple[RunMapping, ModelIdentity]:
-        with store_settings_of(config):
-            return _plan(config, inputs)
-
-    def process(self) -> tuple[str, int]:
-        """The node and the process id of this actor."""
-        return ray_runtime_node(), os.getpid()
-
-
-def _run_dataset(
+def _run_on_actors(
+    ray: Any,
     config: RunConfig,
+    state: RunState,
     inputs: list[InputFile],
-    run_id: str,
-    mapping: RunMapping,
-    made: Provenance,
-    finish_stats: FinishStats | None = None,
-) -> dict[str, Any]:
-    """Read, score and write every input on Ray into a staging folder, then commit the
-    parts; returns the run's counts and outputs."""
-    ray = import_ray()
-    gpus, concurrency = _actors(ray, config)
+    stats: StatsRun | None,
+) -> tuple[RunMapping, dict[str, Any]]:
+    """Start the model actors, plan the run on the first one loaded, have them read, score
+    and write every input into a staging folder, then commit the parts; returns the
+    run's mapping, and its counts and outputs."""
+    gpus, concurrency, described = _actors(ray, config)
     dealt = _dealt_inputs(inputs, concurrency)
     assert config.output_dir is not None  # RunConfig requires it for the Ray engine
     output_format = writer_format(config.output_format) if config.output_format else None
     output_format = output_format or inputs[0].format
-    staging = storage.join(config.output_dir, STAGING, run_id)
-    storage.make_dirs(staging)
-    scoring = None
+    staging = storage.join(config.output_dir, STAGING, uuid.uuid4().hex)
+    count = min(concurrency, len(dealt))  # an actor with no input would only load
+    scoring = Scoring(ray, _model_actors(ray, config, gpus, count, (staging, output_format)))
     try:
-        count = min(concurrency, len(dealt))  # an actor with no input would only load
-        actors = _model_actors(ray, config, gpus, count, (staging, mapping, output_format))
-        scoring = Scoring(ray, actors, dealt)
-        done = sorted(scoring.run(), key=lambda result: result.input)
+        mapping, identity = scoring.plan(inputs)
+        made, finish_stats = _started(config, state, inputs, stats, (mapping, identity))
+        _log_pool(described, count, concurrency)
+        storage.make_dirs(staging)  # once planned: a run that cannot start creates nothing
+        done = sorted(scoring.run(dealt, mapping), key=lambda result: result.input)
         scoring.stop()  # the actors' memory back, and none of them writes into staging now
         _log_scoring(done)
-        return commit(config, dealt, staging, output_format, done, made, finish_stats)
+        return mapping, commit(config, dealt, staging, output_format, done, made, finish_stats)
     except BaseException as exc:
-        if scoring is not None:  # nothing may write into the staging folder once removed
-            scoring.stop()
-            scoring = None
+        scoring.stop()  # nothing may write into the staging folder once removed
         storage.delete_tree(staging)
         storage.delete_if_empty(storage.join(config.output_dir, STAGING))
         ours = _unwrapped(exc)
@@ -253,32 +200,20 @@ def _run_dataset(
         if ours is exc:
             raise
         raise ours from exc
-    finally:
-        if scoring is not None:
-            scoring.stop()
 
 
 def _dealt_inputs(inputs: list[InputFile], actors: int) -> list[InputFile]:
     """What the actors are dealt: the inputs, or with fewer inputs than actors, the Parquet
     files split into ranges of row groups (as shards split them), so that every actor has
     work where the files allow. Each one is read and scored by one actor."""
-    dealt = split_row_groups(inputs, actors) if len(inputs) < actors else inputs
-    if len(dealt) < actors:
-        get_logger().warning(
-            "fewer inputs than model actors",
-            actors=len(dealt),
-            asked=actors,
-            hint="each input (a file, or a range of a Parquet file's row groups) is read "
-            "and scored by one actor: split the input into more files to use more",
-        )
-    return dealt
+    return split_row_groups(inputs, actors) if len(inputs) < actors else inputs
 
 
 def _model_actors(
-    ray: Any, config: RunConfig, gpus: float, count: int, work: tuple[str, RunMapping, str]
+    ray: Any, config: RunConfig, gpus: float, count: int, work: tuple[str, str]
 ) -> list[Any]:
-    """`count` model actors, each given the staging folder, the run's mapping and the
-    output format (`work`); they load their models when asked (`ModelActor.load`)."""
+    """`count` model actors, each given the staging folder and the output format
+    (`work`); they load their models when asked (`ModelActor.load`)."""
     actor_class = ray.remote(ModelActor).options(
         num_cpus=config.ray_cpus_per_worker or 1,
         num_gpus=gpus,
@@ -314,23 +249,36 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
     return ray
 
 
-def _actors(ray: Any, config: RunConfig) -> tuple[float, int]:
-    """The GPUs per actor and the actors, as asked or from the cluster's resources."""
+def _actors(ray: Any, config: RunConfig) -> tuple[float, int, dict[str, Any]]:
+    """The GPUs per actor and the actors, as asked or from the cluster's resources, and
+    what the `ray engine started` line says of the pool and the cluster."""
     resources = ray.cluster_resources()
     gpus = config.ray_gpus_per_worker
     if gpus is None:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     concurrency = config.ray_concurrency or _default_concurrency(resources, gpus)
-    get_logger().info(
-        "ray engine started",
-        address=config.ray_address or "local",
-        actors=concurrency,
-        gpus_per_actor=gpus,
-        cpus_per_actor=config.ray_cpus_per_worker or 1,
-        cluster_cpus=resources.get("CPU", 0),
-        cluster_gpus=resources.get("GPU", 0),
-    )
-    return gpus, concurrency
+    described = {
+        "address": config.ray_address or "local",
+        "gpus_per_actor": gpus,
+        "cpus_per_actor": config.ray_cpus_per_worker or 1,
+        "cluster_cpus": resources.get("CPU", 0),
+        "cluster_gpus": resources.get("GPU", 0),
+    }
+    return gpus, concurrency, described
+
+
+def _log_pool(described: dict[str, Any], actors: int, asked: int) -> None:
+    """Log `ray engine started` with the actors started; warn when the inputs left fewer
+    than asked (or than the default)."""
+    get_logger().info("ray engine started", actors=actors, **described)
+    if actors < asked:
+        get_logger().warning(
+            "fewer inputs than model actors",
+            actors=actors,
+            asked=asked,
+            hint="each input (a file, or a range of a Parquet file's row groups) is read "
+            "and scored by one actor: split the input into more files to use more",
+        )
 
 
 def _runtime_env(config: RunConfig) -> dict[str, Any] | None:
