@@ -8,10 +8,10 @@ actors (plain Ray, not Ray Data: its own actors alone took 500 MiB).
     to the least busy actor                  what it wrote (`ray_commit` commits it)
 
 The column mapping and the model's identity are planned by the first model actor loaded,
-so the driver never loads TensorFlow and no process loads the model only to plan. Each input's call returns, beside its parts, the statistics
-of its rows when the run keeps them; the driver merges them. `ray_dispatch` holds the
-driver's loop: which actor scores an input, a lost actor's inputs sent again, and Ray's
-failures as exit codes.
+so the driver never loads TensorFlow and no process loads the model only to plan. Each
+input's call returns, beside its parts, the statistics of its rows when the run keeps
+them; the driver merges them. `ray_dispatch` holds the driver's loop: which actor scores
+an input, a lost actor's inputs sent again, and Ray's failures as exit codes.
 
 Every part file and every rejects part is written into `OUTPUT_DIR/_temporary/<run id>/`
 first; only when every input has been scored does the driver commit them (`ray_commit`):
@@ -242,8 +242,12 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
             log_to_driver=False,
             logging_level=logging.CRITICAL,
             runtime_env=_runtime_env(config),
-            # A Ray started here holds a few blocks in flight, not 30% of the RAM.
+            # A Ray started here holds the calls' small results, not 30% of the RAM.
             object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
+            # ...and starts no idle workers (one per CPU by default, some 77 MiB each) for
+            # tasks this run never submits: its actors start their own. Ray's setting,
+            # given only to a Ray the run starts (a cluster joined keeps its own).
+            _system_config=None if config.ray_address else {"prestart_worker_first_driver": False},
         )
     logging.getLogger("ray").setLevel(logging.CRITICAL)
     return ray
