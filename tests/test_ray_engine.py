@@ -123,7 +123,7 @@ def test_ray_bad_row_fails_the_run_and_commits_nothing(tmp_path: Path, mlp_model
     out = tmp_path / "out"
     out.mkdir()
     (out / "part-00000.parquet").write_text("previous run")
-    with pytest.raises(DataError, match=r"d\.parquet: row 41, column 'f2'"):
+    with pytest.raises(DataError) as raised:
         batchpredict.predict(
             model=str(mlp_model),
             input_file=str(source),
@@ -131,6 +131,9 @@ def test_ray_bad_row_fails_the_run_and_commits_nothing(tmp_path: Path, mlp_model
             keep_columns=["id"],
             engine="ray",
         )
+    # The actor's own error, not Ray's traceback around it.
+    assert str(raised.value).startswith(f"{source}: row 41, column 'f2': ")
+    assert "\n" not in str(raised.value) and "ray::" not in str(raised.value)
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet"]
     assert (out / "part-00000.parquet").read_text() == "previous run"
 
@@ -239,6 +242,26 @@ def test_default_actors_one_per_gpu_else_one_per_four_cpus(
     from batchpredict.ray_engine import _default_concurrency
 
     assert _default_concurrency(resources, gpus) == actors
+
+
+def test_a_model_an_actor_cannot_load_exits_78_with_one_json_line_on_stderr(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    """A real process: Ray's core writes to file descriptor 2 as it starts, past Python."""
+    broken = tmp_path / "broken.keras"
+    broken.write_text("not a model")
+    source = write_with_library(make_frame(10), tmp_path / "d.csv", "csv")
+    result = run_cli(
+        "predict", "--model", str(broken), "--input_file", str(source),
+        "--output_dir", str(tmp_path / "out"), "--engine", "ray", "--log_format", "json",
+    )  # fmt: skip
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("{") for line in lines), lines  # nothing but our log lines
+    failed = json.loads(lines[-1])
+    assert failed["error"].startswith(f"cannot load Keras model {broken}")
+    assert "\n" not in failed["error"] and "ray::" not in failed["error"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_ray_the_engine_exits_78_with_the_install_hint(

@@ -122,13 +122,22 @@ def _tensorflow_quieted() -> Iterator[None]:
     warnings.filterwarnings("ignore", module=r"(tensorflow|keras|absl|h5py)(\.|$)")
     for name in ("tensorflow", "absl", "keras", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    with stderr_captured():
+        yield
+
+
+@contextlib.contextmanager
+def stderr_captured() -> Iterator[None]:
+    """File descriptor 2 pointed at a temporary file in the block: for libraries that print
+    from C++ before any setting of theirs is in force. What they printed is shown only if
+    the block fails."""
     with tempfile.TemporaryFile() as capture:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(capture.fileno(), 2)
         try:
             yield
-        except Exception:  # not on Ctrl-C or SIGTERM: that is no failure of the import
+        except Exception:  # not on Ctrl-C or SIGTERM: that is no failure of the block
             os.dup2(saved, 2)
             capture.seek(0)
             sys.stderr.write(capture.read().decode("utf-8", "replace"))

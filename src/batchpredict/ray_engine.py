@@ -25,6 +25,7 @@ Ray is imported only here, and this module only when the engine is used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -44,7 +45,7 @@ from batchpredict.manifest import (
     input_identity,
     prediction_options,
 )
-from batchpredict.observe import get_logger
+from batchpredict.observe import get_logger, stderr_captured
 from batchpredict.ray_actor import InputDone, ModelActor
 from batchpredict.ray_commit import STAGING, FinishStats, Provenance, commit
 from batchpredict.ray_dispatch import Scoring, cluster_failure
@@ -58,6 +59,7 @@ from batchpredict.summary import Counts, RunState, RunSummary
 #: The object store of a Ray this run starts itself: only the calls' small results and
 #: arguments pass through it (actors read their inputs themselves).
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
+_NO_PRESTARTED_WORKERS = {"prestart_worker_first_driver": False}
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -230,25 +232,27 @@ def _model_actors(
 
 def _start_ray(ray: Any, config: RunConfig) -> Any:
     """Join (or start) the cluster quietly; returns `ray`."""
-    # Ray's own lines (cluster start, dataset plans, a task's traceback, which we report
-    # as our one-line error) would mix with our log lines on stderr.
+    # Ray's own lines (a task's traceback, which we report as our one-line error, a lost
+    # worker) would mix with our log lines on stderr.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not ray.is_initialized():
-        ray.init(
-            # "local": a new Ray for this run, never one another process started with
-            # `ray start` on this machine (which address=None would join).
-            address=config.ray_address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.CRITICAL,
-            runtime_env=_runtime_env(config),
-            # A Ray started here holds the calls' small results, not 30% of the RAM.
-            object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
-            # ...and starts no idle workers (one per CPU by default, some 77 MiB each) for
-            # tasks this run never submits: its actors start their own. Ray's setting,
-            # given only to a Ray the run starts (a cluster joined keeps its own).
-            _system_config=None if config.ray_address else {"prestart_worker_first_driver": False},
-        )
+        # Ray's core says, on stderr, that it took that level as it starts.
+        with contextlib.nullcontext() if config.log_level == "debug" else stderr_captured():
+            ray.init(
+                # "local": a new Ray for this run, never one another process started with
+                # `ray start` on this machine (which address=None would join).
+                address=config.ray_address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.CRITICAL,
+                runtime_env=_runtime_env(config),
+                # A Ray started here holds the calls' small results, not 30% of the RAM...
+                object_store_memory=None if config.ray_address else LOCAL_OBJECT_STORE_BYTES,
+                # ...and starts no idle workers (one per CPU by default, some 77 MiB each)
+                # for tasks this run never submits: its actors start their own. Ray's
+                # setting, given only to a Ray the run starts (a cluster keeps its own).
+                _system_config=None if config.ray_address else _NO_PRESTARTED_WORKERS,
+            )
     logging.getLogger("ray").setLevel(logging.CRITICAL)
     return ray
 
@@ -310,12 +314,17 @@ _OUR_ERROR = re.compile(r"batchpredict\.errors\.(\w+): (.+)")
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
-    """The batchpredict error a Ray task raised, rebuilt from Ray's wrapper (Ray passes the
-    worker's traceback as text, not the exception), or `exc` itself."""
+    """The batchpredict error a Ray task raised, or `exc` itself. Ray's error for a task
+    is also an instance of the task's error's class, with the worker's traceback as its
+    text: the task's own error is its `cause`, else it is rebuilt from that text."""
     from batchpredict import errors
 
     seen: BaseException | None = exc
     while seen is not None:
+        cause = getattr(seen, "cause", None)
+        if isinstance(cause, BaseException) and cause is not seen:
+            seen = cause  # the task's own error, with its own message
+            continue
         if isinstance(seen, BatchPredictError):
             return seen
         found = _OUR_ERROR.findall(str(seen))
@@ -324,8 +333,7 @@ def _unwrapped(exc: BaseException) -> BaseException:
             kind = getattr(errors, name, None)
             if isinstance(kind, type) and issubclass(kind, BatchPredictError):
                 return kind(message.strip())
-        cause = getattr(seen, "cause", None)
-        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+        seen = seen.__cause__
     return exc
 
 
