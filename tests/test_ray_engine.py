@@ -82,6 +82,13 @@ def test_ray_predictions_equal_the_local_engines(fmt: str, tmp_path: Path, mlp_m
     manifest = json.loads((tmp_path / "ray" / "_manifest.json").read_text())
     assert manifest["engine"] == "ray" and manifest["model"]["sha256"]
     assert sum(output["rows"] for output in manifest["outputs"]) == 2500
+    # Each part names the one input its rows came from, the parts in input order.
+    sources = [[i["path"] for i in output["inputs"]] for output in manifest["outputs"]]
+    assert all(len(paths) == 1 for paths in sources)
+    assert [Path(paths[0]).stem for paths in sources] == sorted(
+        Path(paths[0]).stem for paths in sources
+    )
+    assert {Path(paths[0]).stem for paths in sources} == {"a", "b"}
     assert all(len(output["sha256"]) == 64 for output in manifest["outputs"])
     assert manifest["made_with"] and manifest["versions"]["pyarrow"]
     assert batchpredict.verify(str(tmp_path / "ray")).ok

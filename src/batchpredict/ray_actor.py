@@ -107,7 +107,7 @@ class ModelActor:
         try:
             # An actor is a process of its own, which the command line did not set up.
             quiet_tensorflow(self.config.log_level)
-            with store_settings_of(self.config):  # the model may be in a store
+            with _store_settings(self.config):  # the model may be in a store
                 self.scorer = scorer_for(self.config)
         except BaseException as exc:
             self.failed = exc
@@ -120,7 +120,7 @@ class ModelActor:
         and the model's identity: planned by the first actor loaded, so that no process
         loads the model for this alone."""
         loaded = self._loaded()
-        with store_settings_of(self.config):
+        with _store_settings(self.config):
             mapping = plan_run_mapping(inputs, loaded.model, self.config)
             assert mapping is not None  # the Ray engine does not read stdin
             return mapping, identify_model(self.config.model, loaded.model)
@@ -130,7 +130,7 @@ class ModelActor:
         column `mapping`."""
         started = time.time()
         loaded = self._loaded()
-        with store_settings_of(self.config):
+        with _store_settings(self.config):
             return self._score(position, item, (loaded, mapping), started)
 
     def _loaded(self) -> Scorer:
@@ -194,9 +194,9 @@ class ModelActor:
         counts: Counts,
         rejects: RejectsWriter,
     ) -> Prefetch[Ready]:
-        """The chunks of `item`, mapped and converted for the model, read a chunk ahead on
-        a thread (bad rows into `rejects` with `--on_error skip`, else the first stops
-        the call)."""
+        """The chunks of `item`, mapped and converted for the model, read ahead on a
+        thread (bad rows into `rejects` with `--on_error skip`, else the first stops the
+        call)."""
         loaded, mapping = run
         chunk_rows = chunk_rows_for(
             self.config.chunk_size, loaded.predictor.batch_size, loaded.model
@@ -235,7 +235,7 @@ def input_name(item: InputFile) -> str:
     return hashlib.sha256(f"{item.path}\0{first}".encode()).hexdigest()[:32]
 
 
-def store_settings_of(config: RunConfig) -> contextlib.AbstractContextManager[None]:
+def _store_settings(config: RunConfig) -> contextlib.AbstractContextManager[None]:
     """The run's store settings in a worker (an actor's process of its own, where the
     driver's `store_settings` is not in force)."""
     return storage.store_settings(config.s3_endpoint_url, config.storage_timeout)
