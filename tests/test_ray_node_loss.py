@@ -125,16 +125,22 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
+def _planned_and_scored(actors: list[Any], inputs: list[str]) -> tuple[Any, int, list[Any]]:
+    """Plan and score `inputs` on `actors`: the pool, the pid that planned, the results."""
+    scoring = ray_dispatch.Scoring(ray, actors)
+    try:
+        mapping, planned_by = scoring.plan(inputs)  # type: ignore[arg-type]
+        done = scoring.run(inputs, mapping)  # type: ignore[arg-type]
+    finally:
+        scoring.stop()
+    return scoring, planned_by, done
+
+
 def test_the_inputs_of_a_dead_actor_go_to_the_actors_alive(local_ray: None) -> None:
     actor_class = ray.remote(_Actor).options(num_cpus=0, max_restarts=0)
     actors = [actor_class.remote("score"), actor_class.remote("")]
     inputs = [f"d{index}.csv" for index in range(20)]
-    scoring = ray_dispatch.Scoring(ray, actors)
-    try:
-        mapping, _ = scoring.plan(inputs)  # type: ignore[arg-type]
-        done = scoring.run(inputs, mapping)  # type: ignore[arg-type]
-    finally:
-        scoring.stop()
+    scoring, _, done = _planned_and_scored(actors, inputs)
     # Each input once, every call given the mapping the plan made.
     assert sorted(done) == [(index, item, "mapping") for index, item in enumerate(inputs)]
     assert len(scoring.actors) == 1  # the dead one no longer gets inputs
@@ -147,12 +153,7 @@ def test_an_actor_lost_while_loading_leaves_the_plan_and_the_inputs_to_the_other
     actors = [actor_class.remote("load"), actor_class.remote("")]
     alive_pid = ray.get(actors[1].placed.remote())
     inputs = [f"d{index}.csv" for index in range(6)]
-    scoring = ray_dispatch.Scoring(ray, actors)
-    try:
-        mapping, planned_by = scoring.plan(inputs)  # type: ignore[arg-type]
-        done = scoring.run(inputs, mapping)  # type: ignore[arg-type]
-    finally:
-        scoring.stop()
+    _, planned_by, done = _planned_and_scored(actors, inputs)
     assert planned_by == alive_pid
     assert sorted(done) == [(index, item, "mapping") for index, item in enumerate(inputs)]
 
