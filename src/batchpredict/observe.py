@@ -127,10 +127,10 @@ def _tensorflow_quieted() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stderr_captured() -> Iterator[None]:
+def stderr_captured(shown_on_failure: bool = True) -> Iterator[None]:
     """File descriptor 2 pointed at a temporary file in the block: for libraries that print
     from C++ before any setting of theirs is in force. What they printed is shown only if
-    the block fails."""
+    the block fails (and `shown_on_failure`)."""
     with tempfile.TemporaryFile() as capture:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -139,8 +139,9 @@ def stderr_captured() -> Iterator[None]:
             yield
         except Exception:  # not on Ctrl-C or SIGTERM: that is no failure of the block
             os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode("utf-8", "replace"))
+            if shown_on_failure:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace"))
             raise
         finally:
             os.dup2(saved, 2)

@@ -30,7 +30,9 @@ import functools
 import logging
 import os
 import re
+import socket
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -48,7 +50,7 @@ from batchpredict.manifest import (
 from batchpredict.observe import get_logger, stderr_captured
 from batchpredict.ray_actor import InputDone, ModelActor
 from batchpredict.ray_commit import STAGING, FinishStats, Provenance, commit
-from batchpredict.ray_dispatch import Scoring, cluster_failure
+from batchpredict.ray_dispatch import Scoring, cluster_failure, ray_error_text
 from batchpredict.run_stats import RunStats, StatsRun, compact
 from batchpredict.scoring import warn_if_guessed
 from batchpredict.shards import split_row_groups
@@ -60,6 +62,8 @@ from batchpredict.summary import Counts, RunState, RunSummary
 #: arguments pass through it (actors read their inputs themselves).
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 _NO_PRESTARTED_WORKERS = {"prestart_worker_first_driver": False}
+#: How long a `--ray_address` of `host:port` may take to take a TCP connection.
+RAY_CONNECT_SECONDS = 30.0
 INSTALL_HINT = "--engine ray needs Ray: pip install 'batchpredict[ray]'"
 
 
@@ -231,17 +235,25 @@ def _model_actors(
 
 
 def _start_ray(ray: Any, config: RunConfig) -> Any:
-    """Join (or start) the cluster quietly; returns `ray`."""
+    """Join (or start) the cluster quietly; returns `ray`. A cluster that cannot be joined
+    is a configuration error (78), said in one line."""
     # Ray's own lines (a task's traceback, which we report as our one-line error, a lost
     # worker) would mix with our log lines on stderr.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    if not ray.is_initialized():
-        # Ray's core says, on stderr, that it took that level as it starts.
-        with contextlib.nullcontext() if config.log_level == "debug" else stderr_captured():
+    address = config.ray_address or "local"
+    if ray.is_initialized():
+        return ray
+    why = _unreachable(address, RAY_CONNECT_SECONDS)
+    if why is not None:
+        raise ConfigError(f"--ray_address {address}: no Ray cluster answers there: {why}")
+    # Ray's core says, on stderr, that it took that level as it starts.
+    quiet = config.log_level != "debug"
+    try:
+        with stderr_captured(shown_on_failure=False) if quiet else contextlib.nullcontext():
             ray.init(
                 # "local": a new Ray for this run, never one another process started with
                 # `ray start` on this machine (which address=None would join).
-                address=config.ray_address or "local",
+                address=address,
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.CRITICAL,
@@ -253,8 +265,32 @@ def _start_ray(ray: Any, config: RunConfig) -> Any:
                 # setting, given only to a Ray the run starts (a cluster keeps its own).
                 _system_config=None if config.ray_address else _NO_PRESTARTED_WORKERS,
             )
+    except Exception as exc:  # whatever Ray says, the run cannot start
+        raise ConfigError(f"--ray_address {address}: {ray_error_text(exc)}") from exc
     logging.getLogger("ray").setLevel(logging.CRITICAL)
     return ray
+
+
+def _unreachable(address: str, seconds: float) -> str | None:
+    """Why nothing takes a connection at a `--ray_address` of `host:port` (or
+    `ray://host:port`) within `seconds`; None when something does, or for `auto` and
+    `local`. Ray's own client retries such an address for minutes, and quietly."""
+    if address in ("auto", "local"):
+        return None
+    try:
+        parsed = urllib.parse.urlsplit(address if "://" in address else f"ray://{address}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        return None  # Ray says what is wrong with it
+    if host is None or port is None:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except TimeoutError:
+        return f"no connection within {seconds:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _actors(ray: Any, config: RunConfig) -> tuple[float, int, dict[str, Any]]:

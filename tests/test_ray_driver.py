@@ -1,16 +1,23 @@
-"""How `--engine ray` deals its inputs to the model actors, without starting Ray: one input
-per call, Parquet files split into row-group ranges when there are fewer files than
-actors, and fewer actors (said in a warning) when the inputs cannot be split."""
+"""What the driver of `--engine ray` decides before any actor runs, without starting Ray:
+how it deals its inputs to the model actors (one input per call, Parquet files split into
+row-group ranges when there are fewer files than actors, and fewer actors, said in a
+warning, when the inputs cannot be split), and a `--ray_address` where nothing answers
+failing at once (78) instead of Ray's client retrying it for minutes."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from structlog.testing import capture_logs
 
 from batchpredict import ray_engine
+from batchpredict.config import RunConfig
+from batchpredict.errors import ConfigError
 from batchpredict.ray_actor import input_name
 from batchpredict.sources import expand_inputs
 from conftest import make_frame, write_with_library
@@ -60,3 +67,42 @@ def test_as_many_inputs_as_actors_are_dealt_as_they_are(tmp_path: Path) -> None:
     with capture_logs() as logs:
         ray_engine._log_pool({"address": "local"}, 2, 2)
     assert [line["event"] for line in logs] == ["ray engine started"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # nothing listens once it is closed
+
+
+class _RayNotStarted:
+    """`ray` as the engine sees it before joining: not initialised, never to be."""
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **options: Any) -> None:
+        raise AssertionError("ray.init must not be called for an address nothing answers")
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_nothing_answers_fails_with_78_before_ray_is_joined(
+    scheme: str,
+) -> None:
+    address = f"{scheme}127.0.0.1:{_closed_port()}"
+    config = RunConfig(model="m", input_files=("a",), output_dir="o", ray_address=address)
+    with pytest.raises(ConfigError) as refused:
+        ray_engine._start_ray(_RayNotStarted(), config)
+    assert str(refused.value).startswith(f"--ray_address {address}: no Ray cluster answers")
+    assert refused.value.exit_code == 78
+
+
+def test_an_address_that_takes_connections_is_left_to_ray() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert ray_engine._unreachable(f"127.0.0.1:{port}", 5) is None
+        assert ray_engine._unreachable(f"ray://127.0.0.1:{port}", 5) is None
+    for found_by_ray in ("auto", "local", "not an address"):
+        assert ray_engine._unreachable(found_by_ray, 5) is None
