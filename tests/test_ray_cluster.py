@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import N_FEATURES, make_frame, reference_predictions, s3_keys, write_with_library
-from ray_clusters import start_two_nodes
+from ray_clusters import two_nodes_running
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -27,17 +27,9 @@ def two_nodes(s3_env: dict[str, str]) -> Iterator[Any]:
     """A head and a worker node of 3 CPUs each, not connected: each run joins it with
     --ray_address, as a driver does. The nodes hold the S3 credentials, as a cluster's
     nodes have their own (instance roles); the endpoint is the run's, which it passes on."""
-    node_env = {key: value for key, value in s3_env.items() if key != "AWS_ENDPOINT_URL"}
-    with pytest.MonkeyPatch.context() as patch:  # inherited by the nodes' processes
-        for key, value in node_env.items():
-            patch.setenv(key, value)
-        patch.delenv("AWS_ENDPOINT_URL", raising=False)
-        cluster = start_two_nodes()
-    try:
+    node_env: dict[str, str | None] = {**s3_env, "AWS_ENDPOINT_URL": None}
+    with two_nodes_running(node_env) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(autouse=True)

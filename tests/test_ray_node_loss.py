@@ -19,7 +19,7 @@ import pytest
 
 from batchpredict import ray_dispatch
 from conftest import N_FEATURES, make_frame, write_with_library
-from ray_clusters import start_two_nodes
+from ray_clusters import two_nodes_running
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -177,12 +177,8 @@ def test_a_pool_whose_every_actor_died_fails_with_74(local_ray: None) -> None:
 def doomed_cluster() -> Iterator[Any]:
     """A head and a worker node of 3 CPUs each, this process not connected (the run under
     test joins with --ray_address). The test kills the worker node: a cluster of its own."""
-    cluster = start_two_nodes()
-    try:
+    with two_nodes_running() as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _files(folder: Path) -> dict[str, bytes]:
