@@ -189,7 +189,7 @@ def cli() -> None:
         type=click.Choice(ENGINE_CHOICES),
         default="local",
         show_default=True,
-        help="local: this machine's threads. ray: Ray tasks and actors "
+        help="local: this machine's threads. ray: model actors on Ray "
         "(pip install 'batchpredict[ray]'), part files in --output_dir.",
     ),
     option(
